@@ -1,0 +1,30 @@
+# The two commands of the README, plus helpers. Every target sets up .venv first (idempotent).
+VENV := .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: setup reproduce test bench lock clean-venv
+
+setup:
+	@bash scripts/setup_venv.sh
+
+## Run the default suite and render the report (pass extra flags with ARGS="...").
+reproduce: setup
+	@$(PY) reproduce.py $(ARGS)
+
+## Run the test suite (benchmarks excluded; see `make bench`).
+test: setup
+	@$(PY) -m pytest tests --ignore=tests/benchmarks $(ARGS)
+
+## Throughput/memory benchmarks, saved as JSON under results/benchmarks/.
+bench: setup
+	@mkdir -p results/benchmarks
+	@$(PY) -m pytest tests/benchmarks --benchmark-only \
+	    --benchmark-json=results/benchmarks/bench-$$(date +%Y%m%d-%H%M%S).json $(ARGS)
+
+## Regenerate requirements.lock from requirements.in in a throwaway venv.
+lock:
+	@bash scripts/make_lock.sh
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,175 @@
+"""The one batched interface every environment family implements.
+
+An environment holds B parallel copies of a task with N agents each. Everything it returns is a
+torch tensor on the environment's device, batched as ``[B, N, ...]`` for per-agent data and
+``[B, ...]`` for per-copy data. Actions go in as an integer tensor ``[B, N]``.
+
+Auto-reset semantics (defined here, and only here)
+--------------------------------------------------
+``step(actions)`` advances every copy by one joint step. A copy whose episode ends in that step
+(``terminated`` or ``truncated``) is reset *within the same call*. The returned :class:`StepOutput`
+then holds, for that copy:
+
+* ``reward``, ``terminated``, ``truncated`` and ``won`` of the step that *ended* the episode;
+* ``obs``, ``obs_extra``, ``state`` and ``avail_actions`` of the *first* step of the new episode,
+  i.e. what the agents act on next;
+* ``final_obs``, ``final_obs_extra``, ``final_state`` and ``final_avail_actions``: the last
+  observation of the episode that just ended (needed to bootstrap truncated episodes). For copies
+  whose episode did not end, the ``final_*`` fields equal the current ones.
+
+``terminated`` means the task reached a terminal state (no bootstrapping); ``truncated`` means the
+episode limit cut it (bootstrap from ``final_*``). They are never both true. ``won`` is true only on
+the step that ended a won episode (SMAC-like tasks; always false elsewhere).
+
+``reset(seed)`` resets every copy; with the same seed (given here or to ``make_env``) the same
+sequence of actions yields the same episodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+
+
+class EnvError(ValueError):
+    """Bad input to the environment layer (unknown family, scenario or option; bad actions)."""
+
+
+class UnknownChoiceError(EnvError):
+    """A name that is not one of the valid choices; the message lists them."""
+
+    def __init__(self, what: str, got: object, choices: Sequence[str]):
+        self.what, self.got, self.choices = what, got, list(choices)
+        super().__init__(f"unknown {what} {got!r}; valid choices: {', '.join(map(str, self.choices))}")
+
+
+class BackendUnavailableError(RuntimeError):
+    """The scenario exists but its backend (StarCraft II, Melting Pot bot assets, ...) is missing
+    on this machine. The message says what is missing and how to get it."""
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """Static description of a batched environment."""
+
+    family: str
+    scenario: str
+    num_envs: int
+    n_agents: int
+    n_actions: int
+    obs_shape: tuple[int, ...]
+    state_shape: tuple[int, ...]
+    episode_limit: int
+    obs_dtype: torch.dtype = torch.float32
+    state_dtype: torch.dtype = torch.float32
+    # Per-agent extra observations (e.g. Melting Pot's INVENTORY, READY_TO_SHOOT): name -> shape
+    # without the [B, N] prefix. Empty for vector-observation tasks.
+    extra_obs_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    # True when every agent receives the same team reward (SMAC, Predator-Prey).
+    shared_reward: bool = True
+    # True for SMAC-like tasks whose episodes can be won.
+    has_won: bool = False
+    # Resolved scenario options (defaults filled in), for provenance and run specs.
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepOutput:
+    """What ``reset`` and ``step`` return. Shapes: B copies, N agents, A actions."""
+
+    obs: torch.Tensor  # [B, N, *obs_shape]
+    state: torch.Tensor  # [B, *state_shape]
+    avail_actions: torch.Tensor  # [B, N, A] bool
+    reward: torch.Tensor  # [B, N] float32 (equal across agents when spec.shared_reward)
+    terminated: torch.Tensor  # [B] bool
+    truncated: torch.Tensor  # [B] bool
+    won: torch.Tensor  # [B] bool
+    final_obs: torch.Tensor  # [B, N, *obs_shape]
+    final_state: torch.Tensor  # [B, *state_shape]
+    final_avail_actions: torch.Tensor  # [B, N, A] bool
+    obs_extra: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [B, N, *shape]
+    final_obs_extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def done(self) -> torch.Tensor:
+        return self.terminated | self.truncated
+
+
+class BatchedEnv(ABC):
+    """B parallel copies of one scenario; see the module docstring for the auto-reset contract."""
+
+    spec: EnvSpec
+    device: torch.device
+
+    @abstractmethod
+    def reset(self, seed: int | None = None) -> StepOutput:
+        """Reset every copy. Rewards are zero and all flags false in the returned output."""
+
+    @abstractmethod
+    def step(self, actions: torch.Tensor) -> StepOutput:
+        """Advance every copy by one joint step; ``actions`` is an integer tensor [B, N]."""
+
+    def close(self) -> None:
+        """Release processes and other resources. Safe to call more than once."""
+
+    def provenance(self) -> dict[str, Any]:
+        """Backend name and versions, for the run's provenance.json."""
+        return {"family": self.spec.family, "scenario": self.spec.scenario}
+
+    def __enter__(self) -> "BatchedEnv":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # best effort; explicit close() is the contract
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # Helpers shared by implementations -------------------------------------------------------
+
+    def _check_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """Validate an action tensor's shape; return it as int64 on the env's device."""
+        expected = (self.spec.num_envs, self.spec.n_agents)
+        if tuple(actions.shape) != expected:
+            raise EnvError(f"actions must have shape {expected} (num_envs, n_agents), got {tuple(actions.shape)}")
+        return actions.to(device=self.device, dtype=torch.long)
+
+
+def parse_options(options_cls: type, options: Mapping[str, Any], where: str) -> Any:
+    """Build an options dataclass from user keys; unknown keys or wrong types are errors that list
+    the valid keys and their types."""
+    fields = {f.name: f for f in dataclasses.fields(options_cls)}
+    hints = typing.get_type_hints(options_cls)
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        valid = ", ".join(f"{n} ({_type_name(hints[n])})" for n in fields)
+        raise EnvError(f"unknown option(s) {unknown} for {where}; valid options: {valid}")
+    values = {}
+    for name, value in options.items():
+        expected = hints[name]
+        if not _type_ok(value, expected):
+            raise EnvError(f"option {name!r} for {where} must be {_type_name(expected)}, got {value!r}")
+        values[name] = float(value) if expected is float else value
+    return options_cls(**values)
+
+
+def _type_ok(value: Any, expected: Any) -> bool:
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(expected, type):
+        return isinstance(value, expected)
+    return True  # complex annotations (unions, generics) are checked by the dataclass itself
+
+
+def _type_name(t: Any) -> str:
+    return t if isinstance(t, str) else getattr(t, "__name__", str(t))
