@@ -31,6 +31,7 @@ FAMILIES: dict[str, str] = {
     "smax": "envs.smax",
     "smac": "envs.smac",
     "meltingpot": "envs.meltingpot",
+    "matrix_game": "envs.matrix_game",
 }
 
 __all__ = [

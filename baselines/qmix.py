@@ -1,0 +1,20 @@
+"""QMIX (Rashid et al., 2018): monotonic mixing of per-agent utilities conditioned on the state.
+
+Everything QMIX needs is shared machinery: the recurrent agent, the hypernetwork mixer
+(marl/networks.py: QMixer) and the TD learner (marl/value_learner.py: QLearner).
+"""
+
+from dataclasses import dataclass
+
+from marl.config import ValueLearnerConfig
+from marl.value_learner import QLearner
+
+KIND = "value"
+
+
+@dataclass
+class Config(ValueLearnerConfig):
+    mixer: str = "qmix"
+
+
+Learner = QLearner

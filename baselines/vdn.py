@@ -1,0 +1,16 @@
+"""VDN (Sunehag et al., 2018): Q_tot = sum of per-agent utilities (no state conditioning)."""
+
+from dataclasses import dataclass
+
+from marl.config import ValueLearnerConfig
+from marl.value_learner import QLearner
+
+KIND = "value"
+
+
+@dataclass
+class Config(ValueLearnerConfig):
+    mixer: str = "vdn"
+
+
+Learner = QLearner

@@ -1,0 +1,110 @@
+"""Episode replay buffer, preallocated on the training device (PyMARL's EpisodeBatch/ReplayBuffer).
+
+An episode of length L occupies time indices 0..L of the observation-like fields (index L holds
+the observation after the last step, i.e. ``final_obs``, used to bootstrap) and 0..L-1 of the
+transition fields. ``filled[t]`` marks real transitions; padding beyond L is masked out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from envs.base import EnvSpec
+
+# Fields with T + 1 time steps (observations) and with T time steps (transitions).
+OBS_FIELDS = ("obs", "state", "avail_actions")
+TRANSITION_FIELDS = ("actions", "reward", "terminated", "filled")
+
+
+@dataclass
+class EpisodeLayout:
+    """Shapes and dtypes of one episode, derived from an environment spec."""
+
+    max_len: int
+    n_agents: int
+    n_actions: int
+    obs_shape: tuple[int, ...]
+    state_shape: tuple[int, ...]
+    obs_dtype: torch.dtype = torch.float32
+    state_dtype: torch.dtype = torch.float32
+
+    @classmethod
+    def from_spec(cls, spec: EnvSpec) -> "EpisodeLayout":
+        return cls(spec.episode_limit, spec.n_agents, spec.n_actions, tuple(spec.obs_shape),
+                   tuple(spec.state_shape), spec.obs_dtype, spec.state_dtype)
+
+    def allocate(self, n: int, device: torch.device) -> dict[str, torch.Tensor]:
+        T, N, A = self.max_len, self.n_agents, self.n_actions
+        return {
+            "obs": torch.zeros(n, T + 1, N, *self.obs_shape, dtype=self.obs_dtype, device=device),
+            "state": torch.zeros(n, T + 1, *self.state_shape, dtype=self.state_dtype, device=device),
+            # Padding is "all actions available" so maxima over padded steps stay finite.
+            "avail_actions": torch.ones(n, T + 1, N, A, dtype=torch.bool, device=device),
+            "actions": torch.zeros(n, T, N, dtype=torch.long, device=device),
+            "reward": torch.zeros(n, T, dtype=torch.float32, device=device),
+            "terminated": torch.zeros(n, T, dtype=torch.bool, device=device),
+            "filled": torch.zeros(n, T, dtype=torch.bool, device=device),
+        }
+
+
+class EpisodeReplayBuffer:
+    """Ring buffer of whole episodes; uniform sampling of episodes."""
+
+    def __init__(self, layout: EpisodeLayout, capacity: int, device: torch.device | str = "cpu"):
+        self.layout, self.capacity, self.device = layout, capacity, torch.device(device)
+        self.data = layout.allocate(capacity, self.device)
+        self.lengths = torch.zeros(capacity, dtype=torch.long, device=self.device)
+        self.insert_pos = 0
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def insert(self, episodes: dict[str, torch.Tensor], lengths: torch.Tensor) -> None:
+        """Insert k complete episodes given as tensors [k, ...] in this buffer's layout."""
+        k = int(lengths.shape[0])
+        if k == 0:
+            return
+        if k > self.capacity:  # keep only the newest
+            episodes = {name: v[-self.capacity:] for name, v in episodes.items()}
+            lengths, k = lengths[-self.capacity:], self.capacity
+        idx = (self.insert_pos + torch.arange(k, device=self.device)) % self.capacity
+        for name, tensor in self.data.items():
+            tensor[idx] = episodes[name].to(self.device)
+        self.lengths[idx] = lengths.to(self.device)
+        self.insert_pos = (self.insert_pos + k) % self.capacity
+        self.size = min(self.size + k, self.capacity)
+
+    def can_sample(self, batch_size: int) -> bool:
+        return self.size >= batch_size
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """A batch of episodes, cut to the longest episode in the batch (PyMARL's max_t_filled),
+        drawn without replacement as PyMARL does, and ordered longest first so that recurrent
+        networks can skip finished episodes (see marl/fast_gru.py)."""
+        idx = torch.randperm(self.size, generator=generator, device=self.device)[:batch_size]
+        idx = idx[torch.argsort(self.lengths[idx], descending=True, stable=True)]
+        t_max = int(self.lengths[idx].max())
+        batch = {}
+        for name, tensor in self.data.items():
+            steps = t_max + 1 if name in OBS_FIELDS else t_max
+            batch[name] = tensor[idx, :steps]
+        return batch
+
+    # Checkpointing: only the filled part is saved.
+    def state_dict(self) -> dict:
+        return {
+            "data": {k: v[: self.size].clone() for k, v in self.data.items()},
+            "lengths": self.lengths[: self.size].clone(),
+            "insert_pos": self.insert_pos,
+            "size": self.size,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        size = state["size"]
+        for k, v in state["data"].items():
+            self.data[k][:size] = v.to(self.device)
+        self.lengths[:size] = state["lengths"].to(self.device)
+        self.insert_pos, self.size = state["insert_pos"], size

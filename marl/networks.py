@@ -1,0 +1,110 @@
+"""Networks shared by the value-decomposition learners (PyMARL's agent and mixers)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from marl.fast_gru import gru_sequence
+
+
+class AgentOutput(NamedTuple):
+    q: torch.Tensor  # [R, T, A] Q-value per action
+    hidden: torch.Tensor  # [R, T, H] GRU hidden state after each step
+    embedding: torch.Tensor  # [R, T, H] first-layer features (input to the GRU)
+
+
+class RecurrentAgent(nn.Module):
+    """PyMARL's RNNAgent: input -> FC -> ReLU -> GRU -> FC -> Q per action, shared by all agents.
+
+    A single-layer ``nn.GRU`` is the same function as PyMARL's ``GRUCell`` (same gates and
+    parameters). Acting runs it one step at a time; training runs whole episodes through
+    ``marl.fast_gru.gru_sequence`` (hand-written BPTT that skips rows whose episode has ended).
+    """
+
+    def __init__(self, input_dim: int, n_actions: int, hidden_dim: int = 64):
+        super().__init__()
+        self.hidden_dim = hidden_dim
+        self.fc1 = nn.Linear(input_dim, hidden_dim)
+        self.rnn = nn.GRU(hidden_dim, hidden_dim, batch_first=True)
+        self.fc2 = nn.Linear(hidden_dim, n_actions)
+
+    def forward(self, inputs: torch.Tensor, h0: torch.Tensor | None = None,
+                active: list[int] | None = None) -> AgentOutput:
+        """inputs [R, T, input_dim]; h0 [R, H] or None (zeros); ``active[t]`` = number of leading
+        rows still inside their episode at step t (rows sorted by length, longest first), or None.
+        Outputs at inactive positions are not meaningful (mask them)."""
+        embedding = F.relu(self.fc1(inputs))
+        if inputs.shape[1] == 1 and active is None:
+            hidden, _ = self.rnn(embedding, None if h0 is None else h0.unsqueeze(0).contiguous())
+        else:
+            h0 = embedding.new_zeros(embedding.shape[0], self.hidden_dim) if h0 is None else h0
+            hidden = gru_sequence(embedding, h0, self.rnn, active)
+        return AgentOutput(self.fc2(hidden), hidden, embedding)
+
+
+class QMixer(nn.Module):
+    """QMIX's monotonic mixer: Q_tot = f(Q_1..Q_N; s), with non-negative weights produced from the
+    global state by hypernetworks (abs), so dQ_tot/dQ_i >= 0 (IGM holds)."""
+
+    def __init__(self, n_agents: int, state_dim: int, embed_dim: int = 32, hypernet_embed: int = 64,
+                 hypernet_layers: int = 2):
+        super().__init__()
+        self.n_agents, self.embed_dim = n_agents, embed_dim
+
+        def hyper(out_dim: int) -> nn.Module:
+            if hypernet_layers == 1:
+                return nn.Linear(state_dim, out_dim)
+            if hypernet_layers == 2:
+                return nn.Sequential(nn.Linear(state_dim, hypernet_embed), nn.ReLU(), nn.Linear(hypernet_embed, out_dim))
+            raise ValueError(f"hypernet_layers must be 1 or 2, got {hypernet_layers}")
+
+        self.hyper_w1 = hyper(embed_dim * n_agents)
+        self.hyper_w_final = hyper(embed_dim)
+        self.hyper_b1 = nn.Linear(state_dim, embed_dim)
+        self.hyper_v = nn.Sequential(nn.Linear(state_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, 1))
+
+    def forward(self, agent_qs: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """agent_qs [..., N], states [..., S] -> Q_tot [...]."""
+        lead = agent_qs.shape[:-1]
+        qs = agent_qs.reshape(-1, 1, self.n_agents)
+        s = states.reshape(qs.shape[0], -1)
+        w1 = self.hyper_w1(s).abs().view(-1, self.n_agents, self.embed_dim)
+        b1 = self.hyper_b1(s).view(-1, 1, self.embed_dim)
+        hidden = F.elu(torch.bmm(qs, w1) + b1)  # [M, 1, E]
+        w_final = self.hyper_w_final(s).abs().view(-1, self.embed_dim, 1)
+        q_tot = torch.bmm(hidden, w_final).view(-1) + self.hyper_v(s).view(-1)
+        return q_tot.view(lead)
+
+
+class VDNMixer(nn.Module):
+    """VDN: Q_tot = sum_i Q_i (the state is ignored)."""
+
+    def forward(self, agent_qs: torch.Tensor, states: torch.Tensor | None = None) -> torch.Tensor:
+        return agent_qs.sum(-1)
+
+
+def build_agent_inputs(obs: torch.Tensor, last_actions: torch.Tensor, n_actions: int,
+                       last_action: bool = True, agent_id: bool = True) -> torch.Tensor:
+    """PyMARL agent inputs: own observation ++ one-hot last action ++ one-hot agent id.
+
+    obs [..., N, O] float; last_actions [..., N] long, where -1 means "no previous action"
+    (episode start) and encodes as all zeros. Returns [..., N, O (+A) (+N)].
+    """
+    parts = [obs]
+    if last_action:
+        onehot = F.one_hot(last_actions.clamp(min=0), n_actions).to(obs.dtype)
+        parts.append(onehot * (last_actions >= 0).unsqueeze(-1).to(obs.dtype))
+    if agent_id:
+        n_agents = obs.shape[-2]
+        eye = torch.eye(n_agents, dtype=obs.dtype, device=obs.device)
+        parts.append(eye.expand(*obs.shape[:-2], n_agents, n_agents))
+    return torch.cat(parts, dim=-1)
+
+
+def agent_input_dim(obs_dim: int, n_agents: int, n_actions: int, last_action: bool = True,
+                    agent_id: bool = True) -> int:
+    return obs_dim + (n_actions if last_action else 0) + (n_agents if agent_id else 0)

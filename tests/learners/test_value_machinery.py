@@ -1,0 +1,195 @@
+"""Math of the shared value-learning machinery against hand-computed values."""
+
+import math
+
+import pytest
+import torch
+
+from marl.buffer import EpisodeLayout, EpisodeReplayBuffer
+from marl.config import ConfigError, ValueLearnerConfig, build_config
+from marl.controller import LinearSchedule, epsilon_greedy
+from marl.networks import QMixer, RecurrentAgent, VDNMixer, build_agent_inputs
+from marl.value_learner import previous_actions, td_lambda_targets
+
+
+def _set_linear(layer: torch.nn.Linear, weight, bias) -> None:
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(weight, dtype=torch.float32))
+        layer.bias.copy_(torch.tensor(bias, dtype=torch.float32))
+
+
+def test_qmixer_matches_hand_computation():
+    mixer = QMixer(n_agents=2, state_dim=1, embed_dim=1, hypernet_layers=1)
+    _set_linear(mixer.hyper_w1, [[2.0], [-3.0]], [0.0, 0.0])  # |w1| = [2, 3]
+    _set_linear(mixer.hyper_b1, [[0.5]], [0.0])  # b1 = 0.5
+    _set_linear(mixer.hyper_w_final, [[-2.0]], [0.0])  # |w_final| = 2
+    _set_linear(mixer.hyper_v[0], [[1.0]], [0.0])
+    _set_linear(mixer.hyper_v[2], [[3.0]], [1.0])  # V(s=1) = 3 * relu(1) + 1 = 4
+    q_tot = mixer(torch.tensor([[1.0, -1.0]]), torch.tensor([[1.0]]))
+    hidden = math.exp(-0.5) - 1.0  # elu(2*1 + 3*(-1) + 0.5)
+    assert q_tot.item() == pytest.approx(2.0 * hidden + 4.0, abs=1e-6)
+
+
+def test_qmixer_is_monotonic_in_every_agent_q():
+    torch.manual_seed(0)
+    mixer = QMixer(n_agents=3, state_dim=5)
+    qs = torch.randn(64, 3, requires_grad=True)
+    states = torch.randn(64, 5)
+    mixer(qs, states).sum().backward()
+    assert (qs.grad >= 0).all()
+    # Raising any single agent's Q never lowers Q_tot.
+    base = mixer(qs.detach(), states)
+    for i in range(3):
+        bumped = qs.detach().clone()
+        bumped[:, i] += 0.7
+        assert (mixer(bumped, states) >= base - 1e-6).all()
+
+
+def test_qmixer_keeps_leading_dims():
+    mixer = QMixer(n_agents=2, state_dim=4)
+    assert mixer(torch.randn(3, 7, 2), torch.randn(3, 7, 4)).shape == (3, 7)
+
+
+def test_vdn_is_the_sum():
+    qs = torch.tensor([[1.0, 2.5, -0.5], [0.0, 0.0, 3.0]])
+    assert torch.equal(VDNMixer()(qs), torch.tensor([3.0, 3.0]))
+
+
+def test_td_lambda_zero_is_one_step_target():
+    reward = torch.tensor([[1.0, 2.0, 3.0, 0.0]])
+    terminated = torch.tensor([[False, False, True, False]])
+    mask = torch.tensor([[True, True, True, False]])
+    q = torch.tensor([[10.0, 20.0, 30.0, 40.0, 50.0]])
+    y = td_lambda_targets(reward, terminated, mask, q, gamma=0.5, td_lambda=0.0)
+    assert torch.allclose(y[0, :3], torch.tensor([1.0 + 0.5 * 20.0, 2.0 + 0.5 * 30.0, 3.0]))
+
+
+def test_td_lambda_hand_computed_truncated_episode():
+    # Episode of length 2, truncated (not terminal): bootstraps from Q at the final observation.
+    gamma, lam = 0.9, 0.5
+    reward = torch.tensor([[1.0, 2.0, 0.0]])
+    terminated = torch.zeros(1, 3, dtype=torch.bool)
+    mask = torch.tensor([[True, True, False]])
+    q = torch.tensor([[5.0, 6.0, 7.0, 99.0]])  # index 2 = final observation, 3 = padding
+    y = td_lambda_targets(reward, terminated, mask, q, gamma, lam)
+    g1 = 2.0 + gamma * 7.0
+    g0 = 1.0 + gamma * ((1 - lam) * 6.0 + lam * g1)
+    assert y[0, 1].item() == pytest.approx(g1)
+    assert y[0, 0].item() == pytest.approx(g0)
+
+
+def test_td_lambda_one_is_monte_carlo_for_terminal_episode():
+    reward = torch.tensor([[1.0, 1.0, 1.0]])
+    terminated = torch.tensor([[False, False, True]])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    q = torch.tensor([[100.0, 100.0, 100.0, 100.0]])
+    y = td_lambda_targets(reward, terminated, mask, q, gamma=0.5, td_lambda=1.0)
+    assert torch.allclose(y[0], torch.tensor([1.75, 1.5, 1.0]))
+
+
+def test_double_q_uses_online_argmax_over_available_actions():
+    from types import SimpleNamespace
+
+    from marl.value_learner import QLearner
+
+    online = torch.tensor([[[[1.0, 5.0, 3.0]]]])  # best overall: action 1
+    target = torch.tensor([[[[10.0, 20.0, 30.0]]]])
+    avail = torch.tensor([[[[True, False, True]]]])  # action 1 unavailable -> online argmax = 2
+    fake = SimpleNamespace(cfg=SimpleNamespace(double_q=True))
+    assert QLearner.greedy_target_values(fake, online, target, avail).item() == 30.0
+    fake.cfg.double_q = False
+    avail = torch.tensor([[[[True, True, False]]]])
+    assert QLearner.greedy_target_values(fake, online, target, avail).item() == 20.0
+
+
+def test_epsilon_greedy_respects_availability():
+    g = torch.Generator().manual_seed(0)
+    q = torch.tensor([[5.0, 1.0, 9.0, 2.0]]).expand(4000, 4)
+    avail = torch.tensor([[True, True, False, True]]).expand(4000, 4)
+    assert (epsilon_greedy(q, avail, 0.0, g) == 0).all()  # 9.0 is unavailable
+    actions = epsilon_greedy(q, avail, 1.0, g)
+    counts = torch.bincount(actions, minlength=4).float() / 4000
+    assert counts[2] == 0
+    assert torch.allclose(counts[[0, 1, 3]], torch.full((3,), 1 / 3), atol=0.03)
+
+
+def test_linear_schedule():
+    s = LinearSchedule(1.0, 0.05, 100)
+    assert s(0) == 1.0 and s(50) == pytest.approx(0.525) and s(100) == pytest.approx(0.05) and s(10**6) == 0.05
+
+
+def test_agent_inputs_and_previous_actions():
+    obs = torch.zeros(1, 2, 3)
+    inputs = build_agent_inputs(obs, torch.tensor([[-1, 2]]), n_actions=3)
+    assert inputs.shape == (1, 2, 3 + 3 + 2)
+    assert inputs[0, 0, 3:6].tolist() == [0, 0, 0]  # no previous action
+    assert inputs[0, 1, 3:6].tolist() == [0, 0, 1]
+    assert inputs[0, :, 6:].tolist() == [[1, 0], [0, 1]]  # agent id
+    acts = torch.tensor([[[1, 2], [0, 1]]])  # [C=1, T=2, N=2]
+    assert previous_actions(acts).tolist() == [[[-1, -1], [1, 2], [0, 1]]]
+
+
+def test_recurrent_agent_sequence_equals_stepwise():
+    torch.manual_seed(0)
+    agent = RecurrentAgent(6, 4, hidden_dim=8)
+    x = torch.randn(3, 5, 6)
+    full = agent(x)
+    h = torch.zeros(3, 8)
+    for t in range(5):
+        step = agent(x[:, t:t + 1], h)
+        assert torch.allclose(step.q[:, 0], full.q[:, t], atol=1e-6)
+        h = step.hidden[:, -1]
+
+
+def _layout() -> EpisodeLayout:
+    return EpisodeLayout(max_len=4, n_agents=2, n_actions=3, obs_shape=(5,), state_shape=(6,))
+
+
+def _episodes(layout: EpisodeLayout, lengths: list[int], tag: float) -> tuple[dict, torch.Tensor]:
+    data = layout.allocate(len(lengths), torch.device("cpu"))
+    for i, length in enumerate(lengths):
+        data["obs"][i, : length + 1] = tag + i
+        data["filled"][i, :length] = True
+    return data, torch.tensor(lengths)
+
+
+def test_replay_ring_buffer_and_sampling():
+    layout = _layout()
+    buf = EpisodeReplayBuffer(layout, capacity=3)
+    buf.insert(*_episodes(layout, [1, 2], tag=10.0))
+    assert len(buf) == 2 and not buf.can_sample(3)
+    buf.insert(*_episodes(layout, [2, 1], tag=20.0))  # overwrites the oldest slot
+    assert len(buf) == 3 and buf.insert_pos == 1
+    assert buf.data["obs"][0, 0, 0, 0].item() == 21.0  # second of the new ones went to slot 0
+    g = torch.Generator().manual_seed(0)
+    batch = buf.sample(3, g)
+    # cut to the longest sampled episode (2 steps): obs-like fields keep one extra index
+    assert batch["filled"].shape == (3, 2) and batch["obs"].shape == (3, 3, 2, 5)
+    # without replacement: three distinct episodes
+    assert len({float(v) for v in batch["obs"][:, 0, 0, 0]}) == 3
+
+
+def test_replay_state_dict_roundtrip():
+    layout = _layout()
+    buf = EpisodeReplayBuffer(layout, capacity=5)
+    buf.insert(*_episodes(layout, [3, 4], tag=1.0))
+    other = EpisodeReplayBuffer(layout, capacity=5)
+    other.load_state_dict(buf.state_dict())
+    assert other.size == 2 and other.insert_pos == 2
+    for k in buf.data:
+        assert torch.equal(other.data[k][:2], buf.data[k][:2])
+
+
+def test_build_config_profiles_and_errors():
+    cfg = build_config(ValueLearnerConfig, {"profile": "pymarl2"})
+    assert (cfg.optimizer, cfg.lr, cfg.batch_size, cfg.num_envs, cfg.td_lambda) == ("adam", 1e-3, 128, 8, 0.6)
+    assert build_config(ValueLearnerConfig, {}).optimizer == "rmsprop"
+    six_h = build_config(ValueLearnerConfig, {"profile": "pymarl2"}, scenario="6h_vs_8z")
+    assert (six_h.td_lambda, six_h.epsilon_anneal_time) == (0.3, 500_000)
+    assert build_config(ValueLearnerConfig, {"lr": 1}).lr == 1.0  # ints are fine for floats
+    with pytest.raises(ConfigError, match="valid keys: .*hidden_dim"):
+        build_config(ValueLearnerConfig, {"hiden_dim": 3})
+    with pytest.raises(ConfigError, match="'batch_size' must be int"):
+        build_config(ValueLearnerConfig, {"batch_size": "big"})
+    with pytest.raises(ConfigError, match="valid profiles: pymarl, pymarl2"):
+        build_config(ValueLearnerConfig, {"profile": "fast"})
