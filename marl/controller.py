@@ -61,7 +61,7 @@ class AgentController:
         """obs [B,N,O], avail [B,N,A], last_actions [B,N] (-1 at episode start), hidden [B*N,H]
         -> (actions [B,N], new hidden [B*N,H])."""
         B = obs.shape[0]
-        x = self.inputs(obs, last_actions).reshape(B * self.n_agents, 1, -1)
+        x = self.inputs(obs, last_actions).reshape(1, B * self.n_agents, -1)  # time-major, T = 1
         out = self.agent(x, hidden)
         q = out.q.view(B, self.n_agents, -1)
-        return epsilon_greedy(q, avail, epsilon, generator), out.hidden[:, -1]
+        return epsilon_greedy(q, avail, epsilon, generator), out.hidden[-1]

@@ -12,9 +12,9 @@ from marl.fast_gru import gru_sequence
 
 
 class AgentOutput(NamedTuple):
-    q: torch.Tensor  # [R, T, A] Q-value per action
-    hidden: torch.Tensor  # [R, T, H] GRU hidden state after each step
-    embedding: torch.Tensor  # [R, T, H] first-layer features (input to the GRU)
+    q: torch.Tensor  # [T, R, A] Q-value per action
+    hidden: torch.Tensor  # [T, R, H] GRU hidden state after each step
+    embedding: torch.Tensor  # [T, R, H] first-layer features (input to the GRU)
 
 
 class RecurrentAgent(nn.Module):
@@ -23,25 +23,27 @@ class RecurrentAgent(nn.Module):
     A single-layer ``nn.GRU`` is the same function as PyMARL's ``GRUCell`` (same gates and
     parameters). Acting runs it one step at a time; training runs whole episodes through
     ``marl.fast_gru.gru_sequence`` (hand-written BPTT that skips rows whose episode has ended).
+    Tensors are time-major, [T, R, ...] with R = rows (episodes x agents), so that each time
+    step is one contiguous block.
     """
 
     def __init__(self, input_dim: int, n_actions: int, hidden_dim: int = 64):
         super().__init__()
         self.hidden_dim = hidden_dim
         self.fc1 = nn.Linear(input_dim, hidden_dim)
-        self.rnn = nn.GRU(hidden_dim, hidden_dim, batch_first=True)
+        self.rnn = nn.GRU(hidden_dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, n_actions)
 
     def forward(self, inputs: torch.Tensor, h0: torch.Tensor | None = None,
                 active: list[int] | None = None) -> AgentOutput:
-        """inputs [R, T, input_dim]; h0 [R, H] or None (zeros); ``active[t]`` = number of leading
+        """inputs [T, R, input_dim]; h0 [R, H] or None (zeros); ``active[t]`` = number of leading
         rows still inside their episode at step t (rows sorted by length, longest first), or None.
         Outputs at inactive positions are not meaningful (mask them)."""
         embedding = F.relu(self.fc1(inputs))
-        if inputs.shape[1] == 1 and active is None:
+        if inputs.shape[0] == 1 and active is None:
             hidden, _ = self.rnn(embedding, None if h0 is None else h0.unsqueeze(0).contiguous())
         else:
-            h0 = embedding.new_zeros(embedding.shape[0], self.hidden_dim) if h0 is None else h0
+            h0 = embedding.new_zeros(embedding.shape[1], self.hidden_dim) if h0 is None else h0
             hidden = gru_sequence(embedding, h0, self.rnn, active)
         return AgentOutput(self.fc2(hidden), hidden, embedding)
 

@@ -59,7 +59,9 @@ class ValueTrainer:
 
     def __init__(self, algorithm: str, family: str, scenario: str, seed: int, budget: Budget,
                  overrides: Mapping[str, Any] | None = None, env_options: Mapping[str, Any] | None = None,
-                 run_dir: str | Path | None = None, device: str = "cpu", progress: ProgressFn | None = None):
+                 run_dir: str | Path | None = None, device: str = "cpu", progress: ProgressFn | None = None,
+                 provenance_extra: Mapping[str, Any] | None = None):
+        self.provenance_extra = dict(provenance_extra or {})
         self.algo = get_algorithm(algorithm)
         self.cfg = self.algo.make_config(overrides, scenario=scenario)
         self.family, self.scenario, self.seed, self.budget = family, scenario, seed, budget
@@ -241,15 +243,19 @@ class ValueTrainer:
             "device": str(self.device),
             "python": platform.python_version(),
             "machine": platform.machine(),
+            **self.provenance_extra,
         }
 
 
 def train_run(algorithm: str, family: str, scenario: str, seed: int, budget: Budget,
               overrides: Mapping[str, Any] | None = None, env_options: Mapping[str, Any] | None = None,
               run_dir: str | Path | None = None, device: str = "cpu",
-              progress: ProgressFn | None = None) -> list[dict[str, Any]]:
+              progress: ProgressFn | None = None,
+              provenance_extra: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """Train one run to its budget (resuming from ``run_dir``'s checkpoint if there is one) and
-    return its metric rows (one per evaluation)."""
+    return its metric rows (one per evaluation). ``progress(t_env, total, row_or_None)`` is called
+    after every collection round and every evaluation; raising from it stops the run (the last
+    checkpoint stays valid). ``provenance_extra`` is merged into provenance.json."""
     trainer = ValueTrainer(algorithm, family, scenario, seed, budget, overrides, env_options, run_dir, device,
-                           progress)
+                           progress, provenance_extra)
     return trainer.run()

@@ -129,16 +129,19 @@ class QLearner:
     def agent_sequence(self, agent: RecurrentAgent, batch: dict[str, torch.Tensor],
                        obs: torch.Tensor | None = None) -> AgentOutput:
         """Run ``agent`` over whole episodes. Returns q [C, T+1, N, A], hidden and embedding
-        [C, T+1, N, H]. ``obs`` replaces the batch's observations (DDN feeds fused states)."""
+        [C, T+1, N, H] (views of time-major storage). ``obs`` replaces the batch's observations
+        (DDN feeds its teacher personalized states)."""
         obs = batch["obs"] if obs is None else obs
         C, T1, N = obs.shape[:3]
-        inputs = self.controller.inputs(obs.reshape(C, T1, N, -1), previous_actions(batch["actions"]))
-        out = agent(inputs.permute(0, 2, 1, 3).reshape(C * N, T1, -1), active=active_rows(batch["filled"], N))
+        # Build the inputs directly in time-major order: the concatenation is the only copy.
+        inputs = self.controller.inputs(obs.reshape(C, T1, N, -1).transpose(0, 1),
+                                        previous_actions(batch["actions"]).transpose(0, 1))
+        out = agent(inputs.reshape(T1, C * N, -1), active=active_rows(batch["filled"], N))
 
-        def unflatten(x: torch.Tensor) -> torch.Tensor:
-            return x.view(C, N, T1, -1).permute(0, 2, 1, 3)
+        def batch_major(x: torch.Tensor) -> torch.Tensor:
+            return x.view(T1, C, N, -1).transpose(0, 1)
 
-        return AgentOutput(unflatten(out.q), unflatten(out.hidden), unflatten(out.embedding))
+        return AgentOutput(batch_major(out.q), batch_major(out.hidden), batch_major(out.embedding))
 
     def greedy_target_values(self, q_online: torch.Tensor, q_target: torch.Tensor,
                              avail: torch.Tensor) -> torch.Tensor:

@@ -12,10 +12,10 @@ def _grads(loss, tensors):
 
 def test_matches_nn_gru_values_and_gradients():
     torch.manual_seed(0)
-    gru = nn.GRU(5, 6, batch_first=True).double()
-    x = torch.randn(7, 9, 5, dtype=torch.double, requires_grad=True)
+    gru = nn.GRU(5, 6).double()
+    x = torch.randn(9, 7, 5, dtype=torch.double, requires_grad=True)  # time-major [T, R, I]
     h0 = torch.randn(7, 6, dtype=torch.double, requires_grad=True)
-    weights = torch.randn(7, 9, 6, dtype=torch.double)
+    weights = torch.randn(9, 7, 6, dtype=torch.double)
     inputs = [x, h0, *gru.parameters()]
     ref, _ = gru(x, h0[None])
     ours = gru_sequence(x, h0, gru)
@@ -26,29 +26,29 @@ def test_matches_nn_gru_values_and_gradients():
 
 def test_packed_rows_equal_running_each_sequence_on_its_own():
     torch.manual_seed(1)
-    gru = nn.GRU(4, 3, batch_first=True).double()
+    gru = nn.GRU(4, 3).double()
     lengths = [6, 4, 4, 1]  # sorted, longest first
-    x = torch.randn(4, 6, 4, dtype=torch.double, requires_grad=True)
+    x = torch.randn(6, 4, 4, dtype=torch.double, requires_grad=True)  # [T, R, I]
     h0 = torch.randn(4, 3, dtype=torch.double, requires_grad=True)
     active = [sum(length > t for length in lengths) for t in range(6)]
-    mask = torch.tensor([[t < length for t in range(6)] for length in lengths]).unsqueeze(-1)
-    weights = torch.randn(4, 6, 3, dtype=torch.double) * mask
+    mask = torch.tensor([[t < length for length in lengths] for t in range(6)]).unsqueeze(-1)  # [T, R, 1]
+    weights = torch.randn(6, 4, 3, dtype=torch.double) * mask
     ours = gru_sequence(x, h0, gru, active)
     assert (ours[~mask.expand_as(ours)] == 0).all()
     inputs = [x, h0, *gru.parameters()]
     ref_loss = 0.0
     for i, length in enumerate(lengths):
-        out, _ = gru(x[i:i + 1, :length], h0[i:i + 1][None])
-        assert torch.allclose(ours[i, :length], out[0], atol=1e-12)
-        ref_loss = ref_loss + (out[0] * weights[i, :length]).sum()
+        out, _ = gru(x[:length, i:i + 1], h0[i:i + 1][None])
+        assert torch.allclose(ours[:length, i], out[:, 0], atol=1e-12)
+        ref_loss = ref_loss + (out[:, 0] * weights[:length, i]).sum()
     for a, b in zip(_grads(ref_loss, inputs), _grads((ours * weights).sum(), inputs)):
         assert torch.allclose(a, b, atol=1e-10)
 
 
 def test_rejects_unsorted_activity():
-    gru = nn.GRU(2, 2, batch_first=True)
+    gru = nn.GRU(2, 2)
     try:
-        gru_sequence(torch.zeros(2, 3, 2), torch.zeros(2, 2), gru, active=[1, 2, 2])
+        gru_sequence(torch.zeros(3, 2, 2), torch.zeros(2, 2), gru, active=[1, 2, 2])
     except ValueError as e:
         assert "non-increasing" in str(e)
     else:

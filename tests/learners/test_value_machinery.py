@@ -132,13 +132,13 @@ def test_agent_inputs_and_previous_actions():
 def test_recurrent_agent_sequence_equals_stepwise():
     torch.manual_seed(0)
     agent = RecurrentAgent(6, 4, hidden_dim=8)
-    x = torch.randn(3, 5, 6)
+    x = torch.randn(5, 3, 6)  # time-major [T, R, I]
     full = agent(x)
     h = torch.zeros(3, 8)
     for t in range(5):
-        step = agent(x[:, t:t + 1], h)
-        assert torch.allclose(step.q[:, 0], full.q[:, t], atol=1e-6)
-        h = step.hidden[:, -1]
+        step = agent(x[t:t + 1], h)  # the acting path (nn.GRU, one step)
+        assert torch.allclose(step.q[0], full.q[t], atol=1e-6)
+        h = step.hidden[-1]
 
 
 def _layout() -> EpisodeLayout:
