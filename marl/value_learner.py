@@ -48,6 +48,7 @@ def td_lambda_targets(reward: torch.Tensor, terminated: torch.Tensor, mask: torc
 def td_stats(loss: torch.Tensor, td: torch.Tensor, q_tot: torch.Tensor, y: torch.Tensor,
              mask: torch.Tensor) -> dict[str, float]:
     """Logged training statistics (PyMARL's names), averaged over real steps."""
+    loss, td, q_tot = loss.detach(), td.detach(), q_tot.detach()
     n = mask.sum()
     return {"loss": float(loss), "td_error_abs": float(td.abs().sum() / n),
             "q_taken_mean": float((q_tot * mask).sum() / n), "target_mean": float((y * mask).sum() / n)}

@@ -1,0 +1,91 @@
+"""End-to-end training throughput of the value learners, beside the raw environment's throughput.
+
+For each (algorithm, scenario, parallel envs) this measures, in one run:
+
+* ``train_env_steps_per_s``: env steps per second of the full training loop (acting with the
+  learner's network, epsilon-greedy, replay insertion, one update per ``num_envs`` episodes with
+  the ``pymarl2`` profile's batch of 128 episodes), after the replay holds a full batch;
+* ``raw_env_steps_per_s``: the same environment stepped with uniformly random available actions
+  (chosen in torch, as the learner does) for the same number of steps; and their ratio;
+* ``updates_per_s``: learner updates per second on batches sampled from that replay;
+* ``peak_rss_mb``: the process's peak resident memory so far (ru_maxrss; cumulative over the session).
+
+Run with ``make bench`` (JSON under results/benchmarks/) or
+``.venv/bin/python -m pytest tests/benchmarks/test_bench_learners.py --benchmark-only``.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import pytest
+import torch
+
+from marl.train import Budget, ValueTrainer
+
+CASES = [
+    ("smax", "3m", 8),
+    ("smax", "3s_vs_5z", 8),
+    ("smax", "3m", 32),
+    ("predator_prey", "stag_hunt", 8),
+    ("predator_prey", "stag_hunt", 32),
+]
+MEASURED_ROUNDS = 12
+THREADS = 1  # one learner per core: the suite runs one run per worker process
+
+
+def _raw_env_steps_per_s(env, steps: int) -> float:
+    out = env.reset(seed=0)
+    generator = torch.Generator().manual_seed(0)
+    n = max(steps // env.spec.num_envs, 1)
+    start = time.perf_counter()
+    for _ in range(n):
+        noise = torch.rand(out.avail_actions.shape, generator=generator)
+        out = env.step(noise.masked_fill(~out.avail_actions, -1.0).argmax(-1))
+    return n * env.spec.num_envs / (time.perf_counter() - start)
+
+
+@pytest.mark.parametrize("algorithm", ["qmix", "ddn"])
+@pytest.mark.parametrize("family,scenario,num_envs", CASES)
+def test_training_throughput(benchmark, algorithm, family, scenario, num_envs):
+    torch.set_num_threads(THREADS)
+    overrides = {"profile": "pymarl2", "num_envs": num_envs}
+    trainer = ValueTrainer(algorithm, family, scenario, seed=0, budget=Budget(env_steps=10**9, eval_episodes=1),
+                           overrides=overrides)
+    try:
+        while not trainer.buffer.can_sample(trainer.cfg.batch_size):  # warm-up: fill one batch
+            trainer._train_round()
+        trainer._train_round()  # first update (one-off allocations)
+
+        def measured():
+            t0, updates0 = trainer.t_env, trainer.learner.updates
+            start = time.perf_counter()
+            for _ in range(MEASURED_ROUNDS):
+                trainer._train_round()
+            elapsed = time.perf_counter() - start
+            return (trainer.t_env - t0) / elapsed, trainer.learner.updates - updates0
+
+        train_sps, n_updates = benchmark.pedantic(measured, rounds=1, iterations=1)
+        steps_measured = MEASURED_ROUNDS * num_envs * trainer.env.spec.episode_limit // 4
+        raw_sps = _raw_env_steps_per_s(trainer.env, steps_measured)
+
+        start = time.perf_counter()
+        for _ in range(5):
+            trainer.learner.train_step(trainer.buffer.sample(trainer.cfg.batch_size, trainer.generator),
+                                       trainer.episode)
+        updates_per_s = 5 / (time.perf_counter() - start)
+        benchmark.extra_info.update({
+            "algorithm": algorithm, "family": family, "scenario": scenario, "num_envs": num_envs,
+            "profile": "pymarl2", "batch_size": trainer.cfg.batch_size, "torch_threads": THREADS,
+            "train_env_steps_per_s": round(train_sps, 1),
+            "raw_env_steps_per_s": round(raw_sps, 1),
+            "ratio_to_raw_env": round(train_sps / raw_sps, 4),
+            "updates_per_s": round(updates_per_s, 2),
+            "updates_in_measurement": n_updates,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        })
+        print(f"\n{algorithm} {family}/{scenario} x{num_envs}: train {train_sps:.0f} env steps/s, "
+              f"raw {raw_sps:.0f} (ratio {train_sps / raw_sps:.3f}), {updates_per_s:.2f} updates/s")
+    finally:
+        trainer.close()
