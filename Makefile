@@ -3,17 +3,21 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: setup reproduce test bench lock clean-venv
+.PHONY: setup setup-system reproduce test bench lock clean-venv
 
 setup:
 	@bash scripts/setup_venv.sh
+
+## System packages the tests need (headless Chromium, poppler, fonts): apt-get, idempotent.
+setup-system:
+	@bash scripts/setup_system.sh
 
 ## Run the default suite and render the report (pass extra flags with ARGS="...").
 reproduce: setup
 	@$(PY) reproduce.py $(ARGS)
 
 ## Run the test suite (benchmarks excluded; see `make bench`).
-test: setup
+test: setup setup-system
 	@$(PY) -m pytest tests --ignore=tests/benchmarks $(ARGS)
 
 ## Throughput/memory benchmarks, saved as JSON under results/benchmarks/.

@@ -1,0 +1,185 @@
+"""Read a suite directory (layout: the run-store contract, see suites/) into tidy pandas tables.
+
+``collect(suite_dir)`` returns a :class:`SuiteData` with
+
+* ``runs``: one row per table cell a run fills (spec fields, status, budget, final score): a run
+  directory normally fills one (group, label) cell, but the orchestrator stores a training shared by
+  several cells once, listing them in spec.json's ``memberships`` (e.g. the default ddn in the main
+  table and as the reference column of the ablations);
+* ``evals``: one row per evaluation of every run directory (identifying columns + metrics.csv),
+
+plus each run's provenance and the problems met on the way (a corrupt run directory is reported,
+never fatal: a partial or damaged suite still renders).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+# A run's final score is the mean of its last FINAL_EVALS greedy evaluations (DESIGN.md contract).
+FINAL_EVALS = 3
+
+
+@dataclass(frozen=True)
+class Metric:
+    column: str  # column of metrics.csv
+    name: str  # how tables call it
+    is_rate: bool  # a fraction in [0, 1] (printed as a percentage)
+
+
+WIN_RATE = Metric("test_win_rate", "test win rate", True)
+TEST_RETURN = Metric("test_return_mean", "mean test return", False)
+FOCAL_RETURN = Metric("focal_per_capita_return", "focal per-capita return", False)
+
+# What a family is scored by (DESIGN.md, Evaluation contracts).
+FAMILY_METRIC: dict[str, Metric] = {
+    "smac": WIN_RATE,
+    "smax": WIN_RATE,
+    "predator_prey": TEST_RETURN,
+    "matrix_game": TEST_RETURN,
+    "meltingpot": FOCAL_RETURN,
+}
+
+RUN_COLUMNS = ["run_id", "suite", "paper", "family", "scenario", "algorithm", "label", "group", "seed",
+               "state", "attempts", "error", "env_steps_budget", "eval_interval", "eval_episodes",
+               "overrides", "env_options", "n_evals", "last_env_steps", "metric", "final_score"]
+
+
+def metric_for(family: str) -> Metric:
+    return FAMILY_METRIC.get(family, TEST_RETURN)
+
+
+@dataclass
+class SuiteData:
+    suite_dir: Path
+    name: str
+    runs: pd.DataFrame
+    evals: pd.DataFrame
+    provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
+    manifest: dict[str, Any] | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def run_dirs(self) -> pd.DataFrame:
+        """One row per run directory (runs filling several cells appear once)."""
+        return self.runs.drop_duplicates("run_id")
+
+    @property
+    def done(self) -> pd.DataFrame:
+        """Finished runs with at least one evaluation: the only ones that enter scores."""
+        return self.runs[(self.runs["state"] == "done") & (self.runs["n_evals"] > 0)]
+
+    def done_evals(self) -> pd.DataFrame:
+        return self.evals[self.evals["run_id"].isin(self.done["run_id"])]
+
+
+def _read_json(path: Path) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def final_score(values: pd.Series | np.ndarray, last: int = FINAL_EVALS) -> float:
+    """Mean of the last ``last`` evaluations (fewer if the run has fewer)."""
+    values = np.asarray(values, dtype=float)
+    return float(np.mean(values[-last:])) if len(values) else float("nan")
+
+
+def _load_run(run_dir: Path, problems: list[str]) -> tuple[list[dict[str, Any]], pd.DataFrame, dict[str, Any]] | None:
+    """(one row per table cell the run fills, its metrics, its provenance); None if unreadable."""
+    try:
+        spec = _read_json(run_dir / "spec.json")
+    except (OSError, ValueError) as exc:
+        problems.append(f"{run_dir.name}: unreadable spec.json ({exc.__class__.__name__}: {exc}); run skipped")
+        return None
+    try:
+        status = _read_json(run_dir / "status.json")
+    except FileNotFoundError:
+        status = {"state": "pending", "attempts": 0, "error": None}
+    except (OSError, ValueError) as exc:
+        problems.append(f"{run_dir.name}: unreadable status.json ({exc}); treated as failed")
+        status = {"state": "failed", "attempts": 0, "error": f"unreadable status.json: {exc}"}
+    metrics = pd.DataFrame()
+    if (run_dir / "metrics.csv").exists():
+        try:
+            metrics = pd.read_csv(run_dir / "metrics.csv")
+        except (OSError, ValueError, pd.errors.EmptyDataError) as exc:
+            problems.append(f"{run_dir.name}: unreadable metrics.csv ({exc}); no evaluations used")
+    provenance: dict[str, Any] = {}
+    if (run_dir / "provenance.json").exists():
+        try:
+            provenance = _read_json(run_dir / "provenance.json")
+        except (OSError, ValueError) as exc:
+            problems.append(f"{run_dir.name}: unreadable provenance.json ({exc})")
+
+    budget = spec.get("budget") or {}
+    family = spec.get("family", "?")
+    metric = metric_for(family)
+    has_metric = not metrics.empty and metric.column in metrics
+    if not metrics.empty and not has_metric:
+        problems.append(f"{run_dir.name}: metrics.csv has no column {metric.column!r}")
+    row = {
+        "run_id": spec.get("id", run_dir.name),
+        "suite": spec.get("suite"),
+        "paper": spec.get("paper"),
+        "family": family,
+        "scenario": spec.get("scenario", "?"),
+        "algorithm": spec.get("algorithm", "?"),
+        "label": spec.get("label") or spec.get("algorithm", "?"),
+        "group": spec.get("group") or "main",
+        "seed": spec.get("seed"),
+        "state": status.get("state", "pending"),
+        "attempts": status.get("attempts", 0),
+        "error": status.get("error"),
+        "env_steps_budget": budget.get("env_steps"),
+        "eval_interval": budget.get("eval_interval"),
+        "eval_episodes": budget.get("eval_episodes"),
+        "overrides": json.dumps(spec.get("overrides") or {}, sort_keys=True),
+        "env_options": json.dumps(spec.get("env_options") or {}, sort_keys=True),
+        "n_evals": len(metrics) if has_metric else 0,
+        "last_env_steps": int(metrics["env_steps"].iloc[-1]) if has_metric and "env_steps" in metrics else 0,
+        "metric": metric.column,
+        "final_score": final_score(metrics[metric.column]) if has_metric else float("nan"),
+    }
+    # The orchestrator stores one run for every (group, label) cell with the same training.
+    cells = [(m.get("group"), m.get("label")) for m in spec.get("memberships") or [] if isinstance(m, dict)]
+    cells = list(dict.fromkeys(cells)) or [(row["group"], row["label"])]
+    return [{**row, "group": g or "main", "label": lb or row["algorithm"]} for g, lb in cells], metrics, provenance
+
+
+def collect(suite_dir: str | Path) -> SuiteData:
+    suite_dir = Path(suite_dir)
+    problems: list[str] = []
+    manifest = None
+    if (suite_dir / "manifest.yaml").exists():
+        try:
+            manifest = yaml.safe_load((suite_dir / "manifest.yaml").read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            problems.append(f"manifest.yaml unreadable ({exc})")
+    rows, frames, provenance = [], [], {}
+    runs_dir = suite_dir / "runs"
+    for run_dir in sorted(p for p in runs_dir.glob("*") if p.is_dir()) if runs_dir.is_dir() else []:
+        loaded = _load_run(run_dir, problems)
+        if loaded is None:
+            continue
+        cells, metrics, prov = loaded
+        rows.extend(cells)
+        run = cells[0]
+        provenance[run["run_id"]] = prov
+        if run["n_evals"]:
+            ident = {k: run[k] for k in ("run_id", "family", "scenario", "algorithm", "seed")}
+            frames.append(metrics.assign(eval_index=np.arange(len(metrics)), **ident))
+    runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    evals = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["run_id", "family", "scenario", "algorithm", "seed", "eval_index", "env_steps"])
+    name = (manifest or {}).get("name") if isinstance(manifest, dict) else None
+    if not name and not runs.empty and runs["suite"].notna().any():
+        name = str(runs["suite"].dropna().iloc[0])
+    return SuiteData(suite_dir=suite_dir, name=name or suite_dir.name, runs=runs, evals=evals,
+                     provenance=provenance, manifest=manifest, problems=problems)

@@ -1,0 +1,122 @@
+"""What the report says about how the numbers were made: the learners' configuration in force
+(every field, with the comment its config dataclass gives it, reconstructed choices marked) and the
+runs' provenance (commit, package versions, environment backend and version, image digest ...).
+Both are read from the runs' provenance.json, so they describe what actually ran."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from reports.collect import SuiteData
+
+_FIELD_LINE = re.compile(r"^\s+(\w+)\s*:\s*[^=#]+?=\s*.*?#\s*(.+?)\s*$")
+_SKIP_PROVENANCE = {"config", "env_spec"}
+
+
+@dataclass
+class ConfigField:
+    name: str
+    values: list[tuple[str, list[str]]]  # (value, labels using it), most used first
+    default: str
+    comment: str
+
+    @property
+    def is_choice(self) -> bool:
+        """A reconstruction the papers do not fix (reference/methods.md marks them *choice*)."""
+        return "choice" in self.comment.lower()
+
+    @property
+    def changed(self) -> bool:
+        return any(v != self.default for v, _ in self.values)
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else str(value)
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """The end-of-line comment of every dataclass field, subclasses overriding their bases."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for line in source.splitlines():
+            if m := _FIELD_LINE.match(line):
+                out[m.group(1)] = m.group(2)
+    return out
+
+
+def _config_class(algorithm: str) -> type | None:
+    try:
+        from marl.registry import get_algorithm
+
+        return get_algorithm(algorithm).config_cls
+    except Exception:  # an algorithm this checkout lacks still gets its values printed
+        return None
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def method_choices(data: SuiteData) -> dict[str, list[ConfigField]]:
+    """Per algorithm (registry name): every config field, the values in force and which labels use
+    each, the dataclass default and its comment."""
+    out: dict[str, list[ConfigField]] = {}
+    for algorithm, runs in data.runs.groupby("algorithm", sort=True):
+        configs = [(r.label, data.provenance.get(r.run_id, {}).get("config")) for r in runs.itertuples()]
+        configs = [(label, cfg) for label, cfg in configs if isinstance(cfg, dict)]
+        if not configs:
+            continue
+        cls = _config_class(str(algorithm))
+        comments = field_comments(cls) if cls else {}
+        defaults = {f.name: _show(_default(f)) for f in dataclasses.fields(cls)} if cls else {}
+        names = list(dict.fromkeys(k for _, cfg in configs for k in cfg))
+        fields = []
+        for name in names:
+            users: dict[str, list[str]] = {}
+            for label, cfg in configs:
+                value = _show(cfg.get(name))
+                if label not in users.setdefault(value, []):
+                    users[value].append(label)
+            # Most used value first: the template names the labels of the other values only.
+            values = sorted(users.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+            fields.append(ConfigField(name, values, defaults.get(name, ""), comments.get(name, "")))
+        out[str(algorithm)] = fields
+    return out
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = _show(value)
+
+
+def provenance_table(data: SuiteData) -> list[tuple[str, list[tuple[str, int]]]]:
+    """(key, [(value, number of runs)]) for every provenance key except the config and env spec,
+    which have their own sections."""
+    seen: dict[str, dict[str, int]] = {}
+    for prov in data.provenance.values():
+        flat: dict[str, str] = {}
+        for key, value in prov.items():
+            if key not in _SKIP_PROVENANCE:
+                _flatten(key, value, flat)
+        for key, value in flat.items():
+            counts = seen.setdefault(key, {})
+            counts[value] = counts.get(value, 0) + 1
+    return [(key, sorted(counts.items(), key=lambda kv: -kv[1])) for key, counts in sorted(seen.items())]

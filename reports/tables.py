@@ -1,0 +1,199 @@
+"""The papers' tables as data: which runs fill which cell, and each cell's statistics.
+
+A table is one run *group* (``main``, ``ablation_state``, ``ablation_distill``, ``ablation_idm``,
+``mu_sweep``, or any other group a manifest names); rows are (family, scenario), columns are run
+labels. Ablation tables compare against the default ``ddn``: when a group has no ``ddn`` runs of its
+own on a scenario, the ``ddn`` runs of another group on the same scenario (and budget) fill that
+column, and the cell says where they came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from reports.collect import SuiteData, metric_for
+from reports.paper import PaperNumbers
+from reports.stats import Aggregate, Improvement, aggregate, probability_of_improvement
+
+REFERENCE = "ddn"
+FAMILY_ORDER = ["smac", "smax", "predator_prey", "matrix_game", "meltingpot"]
+FAMILY_NAMES = {
+    "smac": "SMAC (StarCraft II)",
+    "smax": "SMAX stand-in",
+    "predator_prey": "Predator-Prey",
+    "matrix_game": "matrix game",
+    "meltingpot": "Melting Pot",
+}
+
+
+@dataclass(frozen=True)
+class Layout:
+    group: str
+    title: str
+    description: str
+    columns: tuple[str, ...] = ()  # preferred column order; labels found in the data are appended
+    reference: str | None = None  # label borrowed from another group when missing
+
+
+LAYOUTS: dict[str, Layout] = {
+    "main": Layout("main", "Main results: final test score per scenario and algorithm",
+                   "DDN's main comparison (SMAC win rates; Predator-Prey returns) against QMIX, VDN and WQMIX.",
+                   ("qmix", "vdn", "ow_wqmix", "cw_wqmix", "ddn")),
+    "ablation_state": Layout("ablation_state", "Ablation: personalized vs raw global state (paper Table 3)",
+                             "ddn = Personalization Fusion Block on; ddn_raw_state = the teacher reads the raw state.",
+                             ("ddn", "ddn_raw_state"), REFERENCE),
+    "ablation_distill": Layout("ablation_distill", "Ablation: distillation losses (paper Table 4)",
+                               "ddn = multi-level L_B + L_Q + L_F; ddn_distill_B = single-level L_B only.",
+                               ("ddn", "ddn_distill_B"), REFERENCE),
+    "ablation_idm": Layout("ablation_idm", "Ablation: internal distillation module (paper Table 5)",
+                           "ddn = with the intrinsic reward (IDM); ddn_no_idm = without.",
+                           ("ddn", "ddn_no_idm"), REFERENCE),
+    "mu_sweep": Layout("mu_sweep", "IDM mask probability sweep, mu in {0.1, 0.25, 0.5, 0.75, 0.9} (paper Table 5)",
+                       "The default ddn has mu = 0.75; it fills the 0.75 column when the sweep has no run of its own.",
+                       ("ddn_mu_0.1", "ddn_mu_0.25", "ddn_mu_0.5", "ddn_mu_0.75", "ddn_mu_0.9")),
+}
+# mu_sweep's 0.75 column falls back to the default ddn (same configuration).
+ALIASES: dict[tuple[str, str], str] = {("mu_sweep", "ddn_mu_0.75"): REFERENCE}
+
+
+def layout_for(group: str) -> Layout:
+    return LAYOUTS.get(group, Layout(group, f"Group {group}", f"Runs of the manifest's group {group!r}."))
+
+
+def family_key(family: str) -> tuple[int, str]:
+    return (FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER), family)
+
+
+@dataclass
+class Cell:
+    label: str
+    agg: Aggregate
+    values: list[float]
+    seeds: list[Any]
+    n_runs: int  # runs of this cell in the suite, whatever their state
+    n_done: int
+    paper: float | None = None
+    note: str | None = None  # e.g. where borrowed runs came from
+    budget: int | None = None  # env steps of the runs used
+
+
+@dataclass
+class Row:
+    family: str
+    scenario: str
+    metric: str
+    metric_name: str
+    is_rate: bool
+    cells: dict[str, Cell] = field(default_factory=dict)
+
+
+@dataclass
+class Comparison:
+    family: str
+    scenario: str
+    x: str
+    y: str
+    poi: Improvement
+
+
+@dataclass
+class Table:
+    layout: Layout
+    columns: list[str]
+    rows: list[Row]
+    comparisons: list[Comparison]
+
+
+def cell_runs(data: SuiteData, group: str, family: str, scenario: str, label: str) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
+    """(all runs of the cell in any state, its finished runs, note) with the reference fallback."""
+    runs = data.runs
+    where = (runs["family"] == family) & (runs["scenario"] == scenario)
+    own = runs[where & (runs["group"] == group) & (runs["label"] == label)]
+    done = own[(own["state"] == "done") & (own["n_evals"] > 0)]
+    if len(done):
+        return own, done, None
+    layout = layout_for(group)
+    borrow = ALIASES.get((group, label)) or (label if label == layout.reference else None)
+    if borrow is None:
+        return own, done, None
+    others = runs[where & (runs["label"] == borrow) & (runs["state"] == "done") & (runs["n_evals"] > 0)
+                  & ~((runs["group"] == group) & (runs["label"] == label))]
+    group_budget = runs[where & (runs["group"] == group)]["env_steps_budget"].dropna()
+    if len(group_budget):
+        others = others[others["env_steps_budget"].isin(set(group_budget))]
+    if not len(others):
+        return own, done, None
+    others = others.sort_values(["group", "seed"]).drop_duplicates("seed")
+    note = f"{borrow} runs of group {', '.join(sorted(set(others['group'])))}"
+    return own, others, note
+
+
+def build_table(data: SuiteData, group: str, numbers: PaperNumbers, reps: int) -> Table:
+    layout = layout_for(group)
+    in_group = data.runs[data.runs["group"] == group]
+    found = list(dict.fromkeys(in_group["label"]))
+    columns = [c for c in layout.columns if c in found or (layout.reference == c) or ((group, c) in ALIASES)]
+    columns += sorted(c for c in found if c not in columns)
+    rows: list[Row] = []
+    for family, scenario in sorted(set(zip(in_group["family"], in_group["scenario"])),
+                                   key=lambda fs: (family_key(fs[0]), fs[1])):
+        metric = metric_for(family)
+        row = Row(family, scenario, metric.column, metric.name, metric.is_rate)
+        for label in columns:
+            own, done, note = cell_runs(data, group, family, scenario, label)
+            if not len(own) and note is None:
+                continue
+            budgets = sorted(set(done["env_steps_budget"].dropna().astype(int)))
+            row.cells[label] = Cell(
+                label=label, agg=aggregate(done["final_score"], reps=reps), values=done["final_score"].tolist(),
+                seeds=done["seed"].tolist(), n_runs=len(own) if len(own) else len(done), n_done=len(done),
+                paper=numbers.cell(group, family, scenario, label), note=note,
+                budget=budgets[-1] if budgets else None)
+        rows.append(row)
+    columns = [c for c in columns if any(c in r.cells for r in rows)]
+    return Table(layout, columns, rows, _comparisons(layout, columns, rows, reps))
+
+
+def _comparisons(layout: Layout, columns: list[str], rows: list[Row], reps: int) -> list[Comparison]:
+    """The reference (ddn) against every other column; a two-column table: first vs second."""
+    if REFERENCE in columns:
+        pairs = [(REFERENCE, c) for c in columns if c != REFERENCE]
+    elif len(columns) == 2:
+        pairs = [(columns[0], columns[1])]
+    else:
+        return []
+    out = []
+    for row in rows:
+        for x, y in pairs:
+            cx, cy = row.cells.get(x), row.cells.get(y)
+            if cx is None or cy is None or not cx.n_done or not cy.n_done:
+                continue
+            out.append(Comparison(row.family, row.scenario, x, y,
+                                  probability_of_improvement(cx.values, cy.values, reps=reps)))
+    return out
+
+
+def groups_in_order(data: SuiteData, paper: str | None = None) -> list[str]:
+    runs = data.runs if paper is None else data.runs[data.runs["paper"].fillna("ddn") == paper]
+    found = list(dict.fromkeys(runs["group"]))
+    return [g for g in LAYOUTS if g in found] + sorted(g for g in found if g not in LAYOUTS)
+
+
+def learning_curve(data: SuiteData, family: str, scenario: str, label: str, group: str) -> pd.DataFrame:
+    """Per-seed curves of one cell on a common grid: an evaluation taken at env step t belongs to the
+    nominal point floor(t / eval_interval) * eval_interval (evaluations fire at the first step past
+    each multiple of the interval; the final one at the budget). Columns: seeds; index: env steps."""
+    _, done, _ = cell_runs(data, group, family, scenario, label)
+    ev = data.evals[data.evals["run_id"].isin(done["run_id"])]
+    if ev.empty:
+        return pd.DataFrame()
+    interval = done.set_index("run_id")["eval_interval"].reindex(ev["run_id"]).to_numpy(dtype=float)
+    interval = np.where(np.isfinite(interval) & (interval > 0), interval, 1.0)
+    steps = (np.floor(ev["env_steps"].to_numpy(dtype=float) / interval) * interval).astype(np.int64)
+    metric = metric_for(family).column
+    frame = pd.DataFrame({"step": steps, "seed": ev["seed"].to_numpy(), "value": ev[metric].to_numpy(dtype=float)})
+    return frame.pivot_table(index="step", columns="seed", values="value", aggfunc="last").sort_index()
