@@ -1,0 +1,181 @@
+#!/usr/bin/env python
+"""Run a benchmark suite (scenarios x algorithms x seeds) and render its report.
+
+Thin CLI over suites/ (manifests, run store, orchestrator, backends) and reports/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import warnings
+
+EXAMPLES = """\
+examples:
+  python reproduce.py                              # the quick suite on this machine, then its report
+  python reproduce.py --suite smoke --workers 2    # the tiny suite CI uses
+  python reproduce.py --suite ddn_smax --dry-run   # list the run matrix and what is already done
+  python reproduce.py --suite ddn_smac --backend docker              # StarCraft II maps in the image
+  python reproduce.py --suite ddn_smax --backend ray --address auto  # an existing Ray cluster
+  python reproduce.py --suite quick --only scenario=3m --seeds 0     # a slice of a suite
+  python reproduce.py --suite ddn_smac --skip-unavailable            # run what this machine can
+  python reproduce.py --suite quick --report-only  # re-render the report from finished runs
+  python reproduce.py --list                       # suites, algorithms, scenarios, backends
+  make reproduce ARGS="--suite smoke"
+
+Rerunning a command resumes it: finished runs are skipped, interrupted ones resume from their last
+checkpoint. Ctrl-C stops at the next safe point; a second Ctrl-C stops at once.
+exit codes: 0 all runs done, 1 some run failed or a run dir is corrupt, 2 bad input or refused
+(manifest, flags, unavailable backends, output dir locked), 130 interrupted.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reproduce.py", description=__doc__.strip().splitlines()[0],
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", default="quick", help="shipped suite name (see --list) or path to a manifest .yaml "
+                                                    "(default: quick)")
+    p.add_argument("--backend", default="local", choices=("local", "ray", "docker"),
+                   help="where runs execute (default: local)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="runs at once (local/docker: worker processes/containers; ray: CPUs of the local cluster); "
+                        "default: this machine's CPU count")
+    p.add_argument("--out", default="results", help="output directory of the run store (default: results)")
+    p.add_argument("--dry-run", action="store_true", help="validate and list the runs with their state; write nothing")
+    p.add_argument("--list", action="store_true", help="list suites, algorithms, scenarios and available backends")
+    p.add_argument("--report-only", action="store_true", help="only render the report from the runs on disk")
+    p.add_argument("--seeds", default=None, help="comma-separated subset of the manifest's seeds, e.g. 0,1")
+    p.add_argument("--only", action="append", default=[], metavar="TERM",
+                   help="keep runs matching TERM: key=value[,value] (keys: family, scenario, algorithm, label, group, "
+                        "seed, id) or a bare scenario/algorithm/label/group name; repeatable (all must match)")
+    p.add_argument("--skip-unavailable", action="store_true",
+                   help="skip runs whose backend is missing here instead of refusing the whole suite")
+    p.add_argument("--retries", type=int, default=2, help="extra attempts for a failed run (default: 2)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per run (default: the manifest's cpus per run, 1 unless it says otherwise)")
+    p.add_argument("--address", default=None, help="ray: address of an existing cluster (default: start a local one)")
+    p.add_argument("--image", default=None, help="docker: image to run (default: the manifest's image)")
+    p.add_argument("--no-report", action="store_true", help="do not render the report at the end")
+    return p
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"reproduce.py: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Validation imports JAX (SMAX options); the backends then start processes with fork+exec, which
+    # is safe, but Python warns about any fork in a multithreaded process.
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+
+    from suites.backends import BackendError, make_backend
+    from suites.manifest import ManifestError, load_suite
+    from suites.orchestrator import UsageError, eprint, execute, filter_runs, format_plan, plan, render_report
+    from suites.provenance import provenance_extra
+    from suites.store import StoreLockedError, SuiteStore
+
+    problems = []
+    if args.workers is not None and args.workers < 1:
+        problems.append(f"--workers must be >= 1, got {args.workers}")
+    if args.retries < 0:
+        problems.append(f"--retries must be >= 0, got {args.retries}")
+    if args.threads is not None and args.threads < 1:
+        problems.append(f"--threads must be >= 1, got {args.threads}")
+    if args.address is not None and args.backend != "ray":
+        problems.append("--address only applies to --backend ray")
+    if args.image is not None and args.backend != "docker":
+        problems.append("--image only applies to --backend docker")
+    if sum([args.dry_run, args.list, args.report_only]) > 1:
+        problems.append("--dry-run, --list and --report-only exclude each other")
+    seeds = None
+    if args.seeds is not None:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            problems.append(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+        else:
+            if not seeds:
+                problems.append("--seeds is empty")
+    if problems:
+        return _fail("; ".join(problems))
+
+    if args.list:
+        from suites.listing import print_listing
+
+        print_listing()
+        return 0
+
+    try:
+        # With docker the image, not this machine, must provide StarCraft II / the Melting Pot assets.
+        suite = load_suite(args.suite, check_availability=args.backend != "docker")
+        specs = filter_runs(suite, seeds, args.only)
+    except (ManifestError, UsageError) as exc:
+        return _fail(str(exc))
+    store = SuiteStore(args.out, suite.name)
+    items = plan(specs, store)
+
+    if args.dry_run:
+        print(format_plan(items, suite))
+        return 0
+    if args.report_only:
+        if not store.runs.is_dir():
+            return _fail(f"no runs of suite {suite.name!r} under {store.root}; run it first (without --report-only)")
+        path = render_report(store.root, say=eprint)
+        print(f"report: {path}")
+        return 0
+
+    unavailable = [it for it in items if it.spec.unavailable and it.state.kind != "done"]
+    if unavailable and not args.skip_unavailable:
+        reasons: dict[str, list[str]] = {}
+        for it in unavailable:
+            reasons.setdefault(it.spec.unavailable or "", []).append(it.spec.id)
+        lines = [f"{len(unavailable)} run(s) of suite {suite.name!r} cannot run on this machine; nothing was started:"]
+        for reason, ids in reasons.items():
+            lines.append(f"  - {len(ids)} run(s): {reason}")
+        lines.append("Run the suite where these are available (e.g. --backend docker with the project's image), "
+                     "narrow it with --only/--seeds, or pass --skip-unavailable to run the rest.")
+        return _fail("\n".join(lines))
+    corrupt = [it for it in items if it.state.kind == "corrupt"]
+    for it in corrupt:
+        eprint(f"CORRUPT run dir {store.run_dir(it.spec.id)} ({it.spec.describe()}): {it.state.detail}. "
+               "It is left untouched; move it away to rerun that run.")
+
+    backend_kwargs = {"workers": args.workers, "address": args.address, "image": args.image or suite.image,
+                      "suite_root": store.root}
+    try:
+        backend = make_backend(args.backend, **backend_kwargs)
+        backend.check()
+    except BackendError as exc:
+        return _fail(str(exc))
+    try:
+        store.acquire(command=" ".join(shlex.quote(a) for a in sys.argv))
+    except StoreLockedError as exc:
+        return _fail(str(exc))
+    try:
+        store.write_manifest(suite)
+        try:
+            backend.start()
+        except BackendError as exc:
+            return _fail(str(exc))
+        try:
+            summary = execute(items, store, backend, suite, provenance_extra(args.backend), retries=args.retries,
+                              threads=args.threads)
+        finally:
+            backend.close()
+    finally:
+        store.release()
+    print(summary.format())
+    if not args.no_report and not summary.interrupted:
+        path = render_report(store.root, say=eprint)
+        print(f"report: {path}")
+    return summary.exit_code if summary.exit_code != 0 else (1 if corrupt else 0)
+
+
+if __name__ == "__main__":
+    # Run from the checkout: packages beside this file (DESIGN.md conventions).
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    sys.exit(main())

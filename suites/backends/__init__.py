@@ -1,0 +1,139 @@
+"""Execution backends: where a run's worker (suites/worker.py) executes.
+
+Every backend takes jobs (a run dir to execute) and reports events as dicts with ``event`` in
+``start | progress | log | end`` and ``run`` (the run id). Exactly one ``end`` event
+(``state``: done | failed | interrupted, ``error``) is reported per submitted job, whatever happens
+to the worker. ``check()`` fails fast, before anything is written; ``start()`` brings up what the
+backend needs (a Ray cluster); ``request_stop()`` asks workers to stop at their next safe point;
+``kill()`` ends them at once.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from suites.manifest import RunSpec
+
+BACKENDS = ("local", "ray", "docker")
+
+
+class BackendError(RuntimeError):
+    """The backend cannot be used here; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Job:
+    spec: RunSpec
+    run_dir: Path
+    threads: int
+    device: str
+    cpus: float
+    gpus: float
+
+
+class Backend(ABC):
+    name: str
+
+    def check(self) -> None:
+        """Raise BackendError when the backend cannot run here (cheap, writes nothing)."""
+
+    def start(self) -> None:
+        """Bring up what the backend needs."""
+
+    @abstractmethod
+    def slots(self) -> int:
+        """How many jobs may run at once."""
+
+    @abstractmethod
+    def submit(self, job: Job, provenance: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def poll(self, timeout: float) -> list[dict[str, Any]]:
+        """Events since the last call, waiting up to ``timeout`` seconds for the first."""
+
+    @abstractmethod
+    def request_stop(self) -> None: ...
+
+    @abstractmethod
+    def kill(self) -> None: ...
+
+    def close(self) -> None:
+        """Release resources (after every job has ended or been killed)."""
+
+
+class LineStreamJob:
+    """Turns a worker's output lines (``python -m suites.worker``) into events: prefixed JSON lines
+    are events, other lines are log output kept for error messages. ``finish(code)`` reports the
+    ``end`` event if the worker died before sending its own."""
+
+    TAIL = 30
+
+    def __init__(self, run_id: str, events: "queue.Queue[dict[str, Any]]"):
+        self.run_id, self.events = run_id, events
+        self.tail: deque[str] = deque(maxlen=self.TAIL)
+        self.ended = False
+
+    def consume(self, lines: Iterable[str]) -> None:
+        from suites.worker import EVENT_PREFIX
+
+        for line in lines:
+            line = line.rstrip("\n")
+            if line.startswith(EVENT_PREFIX):
+                try:
+                    event = json.loads(line[len(EVENT_PREFIX):])
+                except json.JSONDecodeError:
+                    self.tail.append(line)
+                    continue
+                if event.get("event") == "end":
+                    self.ended = True
+                self.events.put(event)
+            elif line.strip():
+                self.tail.append(line)
+                self.events.put({"event": "log", "run": self.run_id, "line": line})
+
+    def finish(self, description: str) -> None:
+        if not self.ended:
+            self.ended = True
+            tail = "\n".join(self.tail)
+            self.events.put({"event": "end", "run": self.run_id, "state": "failed",
+                             "error": f"worker {description}" + (f"; its last output:\n{tail}" if tail else "")})
+
+
+def drain(events: "queue.Queue[dict[str, Any]]", timeout: float) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    try:
+        out.append(events.get(timeout=timeout))
+        while True:
+            out.append(events.get_nowait())
+    except queue.Empty:
+        pass
+    return out
+
+
+def start_thread(target: Any, *args: Any) -> threading.Thread:
+    thread = threading.Thread(target=target, args=args, daemon=True)
+    thread.start()
+    return thread
+
+
+def make_backend(name: str, **kwargs: Any) -> Backend:
+    if name == "local":
+        from suites.backends.local_backend import LocalBackend
+
+        return LocalBackend(**kwargs)
+    if name == "ray":
+        from suites.backends.ray_backend import RayBackend
+
+        return RayBackend(**kwargs)
+    if name == "docker":
+        from suites.backends.docker_backend import DockerBackend
+
+        return DockerBackend(**kwargs)
+    raise BackendError(f"unknown backend {name!r}; valid choices: {', '.join(BACKENDS)}")

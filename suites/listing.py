@@ -1,0 +1,82 @@
+"""``reproduce.py --list``: suites, algorithms, scenarios (with availability here) and backends."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+from typing import Any
+
+import envs
+from marl.registry import get_algorithm, list_algorithms
+from suites.manifest import DEFAULT_IMAGE, PLANNED_ALGORITHMS, ManifestError, load_suite, list_suites
+
+# Long scenario lists (Melting Pot's 312 scenarios) are summarised past this many names.
+MAX_NAMES = 60
+
+
+def backend_status() -> dict[str, str]:
+    status = {"local": f"available ({os.cpu_count()} CPUs)"}
+    if importlib.util.find_spec("ray") is None:
+        status["ray"] = "not installed (pip package 'ray')"
+    else:
+        status["ray"] = f"available (ray {importlib.metadata.version('ray')}; a local cluster, or --address)"
+    try:
+        import docker
+
+        client = docker.from_env(timeout=5)
+        client.ping()
+        try:
+            client.images.get(DEFAULT_IMAGE)
+            status["docker"] = f"available (daemon reachable, image {DEFAULT_IMAGE} present)"
+        except docker.errors.ImageNotFound:
+            status["docker"] = f"daemon reachable, but image {DEFAULT_IMAGE} is not built (see docker/)"
+    except ImportError:
+        status["docker"] = "not installed (pip package 'docker')"
+    except Exception as exc:
+        status["docker"] = f"no Docker daemon reachable ({type(exc).__name__})"
+    return status
+
+
+def _suite_line(name: str) -> str:
+    try:
+        suite = load_suite(name)
+    except ManifestError as exc:
+        return f"  {name:<20} INVALID: {exc}"
+    unavailable = sum(1 for r in suite.runs if r.unavailable)
+    note = f", {unavailable} unavailable here" if unavailable else ""
+    first = suite.description.splitlines()[0] if suite.description else ""
+    return f"  {name:<20} {suite.paper:<7} {len(suite.runs):>5} runs{note}  {first}"
+
+
+def print_listing() -> None:
+    print("suites (reproduce.py --suite NAME):")
+    for name in list_suites():
+        print(_suite_line(name))
+    print("\nalgorithms (manifest 'name'):")
+    for name in list_algorithms():
+        print(f"  {name:<12} kind {get_algorithm(name).kind}")
+    for name, what in PLANNED_ALGORITHMS.items():
+        if name not in list_algorithms():
+            print(f"  {name:<12} planned, not implemented yet: {what}")
+    print("\nscenarios (manifest 'family' / 'scenario'):")
+    for family in envs.FAMILIES:
+        try:
+            names = envs.list_scenarios(family)
+        except Exception as exc:  # a family whose library is not installed
+            print(f"  {family}: cannot be listed ({type(exc).__name__}: {exc})")
+            continue
+        reasons: dict[str, Any] = {n: envs.unavailable_reason(family, n) for n in names}
+        ok = [n for n in names if reasons[n] is None]
+        print(f"  {family}: {len(names)} scenarios, {len(ok)} available here")
+        shown = ok if len(ok) <= MAX_NAMES else ok[:MAX_NAMES] + [f"... {len(ok) - MAX_NAMES} more"]
+        if shown:
+            print("    available: " + ", ".join(shown))
+        missing = [n for n in names if reasons[n] is not None]
+        if missing:
+            example = reasons[missing[0]].partition(": ")[0]
+            listed = missing if len(missing) <= 20 else missing[:20] + [f"... {len(missing) - 20} more"]
+            print(f"    unavailable here ({example}): " + ", ".join(listed))
+    print("\nbackends (--backend):")
+    for name, text in backend_status().items():
+        print(f"  {name:<8} {text}")

@@ -1,0 +1,193 @@
+"""Execute one run in its run dir; the same code whichever backend (local subprocess, Ray task,
+Docker container) calls it.
+
+The worker reads spec.json, marks status.json running, trains through the algorithm kind's trainer
+(resuming from checkpoint.pt when there is one) and marks the run done or failed. Progress goes to
+an :class:`EventSink`. A stop request (SIGTERM to ``python -m suites.worker``, the Ray hub's stop
+flag, the parent process dying) raises from the trainer's progress callback, so the run stops at the
+next safe point with its last checkpoint intact and status back to pending.
+
+``python -m suites.worker RUN_DIR`` prints its events as JSON lines prefixed with ``EVENT_PREFIX``
+on stdout (anything else printed there is ordinary log output); its exit code is 0 done,
+1 failed, 3 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from suites.store import SPEC, STATUS, read_json_file, write_status, now
+
+EVENT_PREFIX = "@@suite-event "
+EXIT_DONE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 3
+RUN_LOCK = ".run.lock"
+RUN_LOCK_WAIT_S = 120.0  # an orphaned worker of a killed driver stops at its next safe point
+SUMMARY_KEYS = ("test_win_rate", "test_return_mean", "train_return_mean", "epsilon")
+
+
+class StopRequested(Exception):
+    """Raised from the trainer's progress callback to stop at a safe point."""
+
+
+class EventSink:
+    """Where a worker reports to. Subclasses send events somewhere and say when to stop."""
+
+    def emit(self, event: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def should_stop(self) -> bool:
+        return False
+
+
+class _Throttle:
+    """Progress events at most every ``interval`` seconds (evaluation rows always go out)."""
+
+    def __init__(self, interval: float = 1.0):
+        self.interval, self.last = interval, 0.0
+
+    def due(self, force: bool) -> bool:
+        t = time.monotonic()
+        if force or t - self.last >= self.interval:
+            self.last = t
+            return True
+        return False
+
+
+def _lock_run_dir(run_dir: Path) -> int:
+    """An exclusive lock on the run dir for the worker's lifetime (released by the kernel on death)."""
+    fd = os.open(run_dir / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + RUN_LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise RuntimeError(f"{run_dir} is still being written by another worker after "
+                                   f"{RUN_LOCK_WAIT_S:.0f} s (a worker left behind by a killed reproduce.py?)")
+            time.sleep(0.5)
+
+
+def execute(run_dir: str | Path, sink: EventSink, backend: str, provenance_extra: Mapping[str, Any] | None = None,
+            threads: int = 1, device: str = "cpu") -> tuple[str, str | None]:
+    """Run the spec in ``run_dir`` to its budget. Returns (state, error): state is "done",
+    "failed" or "interrupted" (status.json is then "pending", ready to resume)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / SPEC).is_file():
+        raise FileNotFoundError(f"{run_dir / SPEC} not found on host {socket.gethostname()}: the output directory "
+                                "must be visible to the workers (a shared filesystem for a multi-node Ray cluster)")
+    lock_fd = _lock_run_dir(run_dir)
+    try:
+        spec = read_json_file(run_dir / SPEC)
+        run_id = spec["id"]
+        if sink.should_stop():
+            return "interrupted", None
+        previous = read_json_file(run_dir / STATUS) if (run_dir / STATUS).exists() else {}
+        attempts = int(previous.get("attempts", 0))
+        write_status(run_dir, state="running", attempts=attempts + 1, error=None, started_at=now(), finished_at=None,
+                     backend=backend, host=socket.gethostname())
+        sink.emit({"event": "start", "run": run_id, "attempt": attempts + 1, "pid": os.getpid()})
+        throttle = _Throttle()
+
+        def progress(t_env: int, total: int, row: Mapping[str, Any] | None) -> None:
+            if throttle.due(row is not None):
+                summary = {k: row[k] for k in SUMMARY_KEYS if row is not None and k in row}
+                sink.emit({"event": "progress", "run": run_id, "t": int(t_env), "total": int(total), "row": summary})
+            if sink.should_stop():
+                raise StopRequested
+
+        try:
+            _train(spec, run_dir, progress, threads, device,
+                   {**(provenance_extra or {}), "backend": backend, "host": socket.gethostname()})
+        except StopRequested:
+            write_status(run_dir, state="pending", attempts=attempts, finished_at=None)
+            sink.emit({"event": "end", "run": run_id, "state": "interrupted", "error": None})
+            return "interrupted", None
+        except BaseException as exc:  # recorded, then reported; the orchestrator decides on retries
+            error = f"{type(exc).__name__}: {exc}"
+            tb = traceback.format_exc(limit=-4)
+            write_status(run_dir, state="failed", error=error, traceback=tb, finished_at=now())
+            sink.emit({"event": "end", "run": run_id, "state": "failed", "error": error})
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            return "failed", error
+        write_status(run_dir, state="done", error=None, traceback=None, finished_at=now())
+        sink.emit({"event": "end", "run": run_id, "state": "done", "error": None})
+        return "done", None
+    finally:
+        os.close(lock_fd)
+
+
+def _train(spec: Mapping[str, Any], run_dir: Path, progress: Callable, threads: int, device: str,
+           provenance_extra: dict[str, Any]) -> None:
+    import torch
+
+    from marl.registry import get_algorithm
+
+    torch.set_num_threads(max(1, threads))
+    kind = get_algorithm(spec["algorithm"]).kind
+    if kind != "value":
+        raise NotImplementedError(f"algorithm {spec['algorithm']!r} is of kind {kind!r}, which has no trainer yet")
+    from marl.train import Budget, train_run
+
+    train_run(spec["algorithm"], spec["family"], spec["scenario"], int(spec["seed"]), Budget(**spec["budget"]),
+              overrides=spec["overrides"], env_options=spec["env_options"], run_dir=run_dir, device=device,
+              progress=progress, provenance_extra=provenance_extra)
+
+
+# Command line (local subprocesses and Docker containers) ---------------------------------------
+
+
+class StdoutSink(EventSink):
+    """Events as prefixed JSON lines on stdout; stop on SIGTERM or when the parent process is gone."""
+
+    def __init__(self, parent_pid: int | None):
+        self.parent_pid = parent_pid
+        self.stop = False
+        signal.signal(signal.SIGTERM, self._on_term)
+        # The driver forwards Ctrl-C as SIGTERM; a stray SIGINT must not kill the run mid-write.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        self.stop = True
+
+    def emit(self, event: dict[str, Any]) -> None:
+        sys.stdout.write(EVENT_PREFIX + json.dumps(event) + "\n")
+        sys.stdout.flush()
+
+    def should_stop(self) -> bool:
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            self.stop = True  # the driver died (kill -9): stop cleanly rather than run unsupervised
+        return self.stop
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Execute one run of a suite in its run dir (used by reproduce.py's backends).")
+    parser.add_argument("run_dir")
+    parser.add_argument("--backend", default="local")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--provenance", default="{}", help="JSON merged into provenance.json")
+    parser.add_argument("--parent-pid", type=int, default=None, help="stop when this process is no longer the parent")
+    args = parser.parse_args(argv)
+    extra = json.loads(args.provenance)
+    if os.environ.get("SUITE_IMAGE_DIGEST"):
+        extra["image_digest"] = os.environ["SUITE_IMAGE_DIGEST"]
+    sink = StdoutSink(args.parent_pid)
+    state, _ = execute(args.run_dir, sink, args.backend, extra, args.threads, args.device)
+    return {"done": EXIT_DONE, "failed": EXIT_FAILED, "interrupted": EXIT_INTERRUPTED}[state]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
