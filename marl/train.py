@@ -203,6 +203,8 @@ class ValueTrainer:
             "learner": self.learner.state_dict(),
             "buffer": self.buffer.state_dict(),
             "generator": self.generator.get_state(),
+            # Learners may draw from torch's global generator too (e.g. DDN's IDM sample mask).
+            "torch_rng": torch.get_rng_state(),
             "counters": {
                 "t_env": self.t_env, "episode": self.episode, "pending_episodes": self.pending_episodes,
                 "n_evals": self.n_evals, "next_eval": self.next_eval, "next_checkpoint": self.next_checkpoint,
@@ -224,6 +226,7 @@ class ValueTrainer:
         self.learner.load_state_dict(state["learner"])
         self.buffer.load_state_dict(state["buffer"])
         self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
         for key, value in state["counters"].items():
             setattr(self, key, value)
         self._window = state["window"]
