@@ -397,17 +397,4 @@ class PredatorPreyEnv(BatchedEnv):
         self._t = torch.where(done, 0, self._t)
 
     def _first_output(self) -> StepOutput:
-        obs, state, avail = self._observe()
-        false = torch.zeros(self.B, dtype=torch.bool, device=self.device)
-        return StepOutput(
-            obs=obs,
-            state=state,
-            avail_actions=avail,
-            reward=torch.zeros(self.B, self.N, device=self.device),
-            terminated=false,
-            truncated=false.clone(),
-            won=false.clone(),
-            final_obs=obs,
-            final_state=state,
-            final_avail_actions=avail,
-        )
+        return StepOutput.first(*self._observe())

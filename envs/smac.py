@@ -673,7 +673,7 @@ class SmacEnv(BatchedEnv):
 
     def reset(self, seed: int | None = None) -> StepOutput:
         self._usable()
-        b, n = self.spec.num_envs, self.spec.n_agents
+        b = self.spec.num_envs
         seeds: list[int | None] = [None] * b if seed is None else list(copy_seeds(seed, b))
         self._send_all([("reset", s) for s in seeds])
         replies = self._gather("reset", RESET_TIMEOUT_S)
@@ -681,20 +681,7 @@ class SmacEnv(BatchedEnv):
             self._game_procs[i] = procs
         obs, state, avail = self._stack([observation for observation, _ in replies])
         self._avail = avail
-        flags = torch.zeros(b, dtype=torch.bool, device=self.device)
-        obs, state, avail = obs.to(self.device), state.to(self.device), avail.to(self.device)
-        return StepOutput(
-            obs=obs,
-            state=state,
-            avail_actions=avail,
-            reward=torch.zeros(b, n, device=self.device),
-            terminated=flags,
-            truncated=flags.clone(),
-            won=flags.clone(),
-            final_obs=obs,
-            final_state=state,
-            final_avail_actions=avail,
-        )
+        return StepOutput.first(obs.to(self.device), state.to(self.device), avail.to(self.device))
 
     def step(self, actions: torch.Tensor) -> StepOutput:
         self._usable()

@@ -21,13 +21,6 @@ from marl.registry import get_algorithm
 from marl.train import Budget, train_run
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def spec():

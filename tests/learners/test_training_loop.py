@@ -98,9 +98,10 @@ def _comparable(rows):
             for r in rows]
 
 
-def test_interrupted_run_resumes_to_exactly_the_uninterrupted_result(tmp_path: Path):
+@pytest.mark.parametrize("algorithm", ["qmix", "ddn"])  # DDN also draws from torch's global RNG
+def test_interrupted_run_resumes_to_exactly_the_uninterrupted_result(tmp_path: Path, algorithm: str):
     budget = Budget(env_steps=3000, eval_interval=500, eval_episodes=4, checkpoint_interval=1000)
-    args = ("qmix", "predator_prey", "stag_hunt_small", 7, budget)
+    args = (algorithm, "predator_prey", "stag_hunt_small", 7, budget)
     reference = train_run(*args, overrides=SMALL, run_dir=tmp_path / "a")
 
     class Killed(Exception):

@@ -13,14 +13,6 @@ from marl.registry import get_algorithm
 from marl.train import Budget, train_run
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny networks: one thread is fastest and avoids oversubscribing shared CI cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_registry_and_defaults():
     ow, cw = get_algorithm("ow_wqmix"), get_algorithm("cw_wqmix")
