@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: setup setup-system reproduce test bench lock clean-venv
+.PHONY: setup setup-system reproduce test bench lock clean-venv docker-smoke
 
 setup:
 	@bash scripts/setup_venv.sh
@@ -32,3 +32,8 @@ lock:
 
 clean-venv:
 	rm -rf $(VENV)
+
+## Build the image on a local Debian base with a private Docker daemon and run the smoke suite in it
+## through --backend docker (root; several minutes; see tests/docker/test_docker_smoke.py).
+docker-smoke: setup
+	@DOCKER_SMOKE=1 $(PY) -m pytest tests/docker/test_docker_smoke.py -v -rs $(ARGS)

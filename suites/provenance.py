@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import socket
 import subprocess
@@ -41,6 +42,18 @@ def package_versions() -> dict[str, str | None]:
 def provenance_extra(backend: str) -> dict[str, Any]:
     extra: dict[str, Any] = {"git": git_info(), "packages": package_versions(), "orchestrator_backend": backend,
                              "orchestrator_host": socket.gethostname()}
-    if os.environ.get("SUITE_IMAGE_DIGEST"):
-        extra["image_digest"] = os.environ["SUITE_IMAGE_DIGEST"]
+    extra.update(image_provenance())
     return extra
+
+
+def image_provenance() -> dict[str, Any]:
+    """Inside the project's image: its digest (SUITE_IMAGE_DIGEST, set by the docker backend) and its
+    version record (SUITE_IMAGE_INFO, written by docker/Dockerfile: SC2 build, Melting Pot asset
+    version and checksum, lock hash, torch variant, ...). Empty elsewhere."""
+    out: dict[str, Any] = {}
+    if os.environ.get("SUITE_IMAGE_DIGEST"):
+        out["image_digest"] = os.environ["SUITE_IMAGE_DIGEST"]
+    info = Path(os.environ.get("SUITE_IMAGE_INFO") or "/nonexistent")
+    if info.is_file():
+        out["image"] = json.loads(info.read_text())
+    return out

@@ -26,6 +26,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from suites.provenance import image_provenance
 from suites.store import SPEC, STATUS, read_json_file, write_status, now
 
 EVENT_PREFIX = "@@suite-event "
@@ -182,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, default=None, help="stop when this process is no longer the parent")
     args = parser.parse_args(argv)
     extra = json.loads(args.provenance)
-    if os.environ.get("SUITE_IMAGE_DIGEST"):
-        extra["image_digest"] = os.environ["SUITE_IMAGE_DIGEST"]
+    extra.update(image_provenance())  # the image's digest and version record, inside a container
     sink = StdoutSink(args.parent_pid)
     state, _ = execute(args.run_dir, sink, args.backend, extra, args.threads, args.device)
     return {"done": EXIT_DONE, "failed": EXIT_FAILED, "interrupted": EXIT_INTERRUPTED}[state]
