@@ -42,7 +42,7 @@ from torch import nn
 
 from marl.config import ValueLearnerConfig
 from marl.networks import AgentOutput, RecurrentAgent, agent_input_dim
-from marl.value_learner import QLearner, active_rows, previous_actions, td_stats
+from marl.value_learner import QLearner, active_rows, mix_where, observed, previous_actions, td_stats
 
 KIND = "value"
 
@@ -207,7 +207,7 @@ class Learner(QLearner):
         local = self.controller.inputs(batch["obs"].reshape(C, T1, N, -1).transpose(0, 1),
                                        previous_actions(batch["actions"]).transpose(0, 1))
         state_tm = state.reshape(C, T1, -1).transpose(0, 1)
-        valid = torch.cat([torch.ones_like(filled[:, :1]), filled], dim=1).t()  # [T+1, C]: t <= length
+        valid = observed(filled).t()  # [T+1, C]: t <= length
         active = active_rows(filled, N)
 
         # Internal distillation: r_I from the novelty of s_{t+1}; masked predictor update.
@@ -229,10 +229,11 @@ class Learner(QLearner):
         with torch.no_grad():
             q_target = self.run_agent(self.target_agent, self.teacher_inputs(self.target_fusion, local, state_tm, valid),
                                       active).q
-            target_tot = self.target_mixer(self.greedy_target_values(teacher.q, q_target, batch["avail_actions"]),
-                                           state)
+            target_tot = mix_where(self.target_mixer,
+                                   self.greedy_target_values(teacher.q, q_target, batch["avail_actions"]), state,
+                                   valid.t())
             y = self.targets({**batch, "reward": reward}, target_tot)
-        q_tot = self.mixer(chosen, state[:, :-1])
+        q_tot = mix_where(self.mixer, chosen, state[:, :-1], filled)
         td = (q_tot - y) * mask
         td_loss = td.pow(2).sum() / mask.sum()
 

@@ -30,7 +30,7 @@ from torch import nn
 from marl.config import ValueLearnerConfig
 from marl.controller import masked_q
 from marl.networks import RecurrentAgent, agent_input_dim
-from marl.value_learner import QLearner
+from marl.value_learner import QLearner, mix_where, observed
 
 KIND = "value"
 
@@ -142,11 +142,12 @@ class Learner(QLearner):
             greedy = masked_q(q.detach(), avail).argmax(-1)  # QMIX agents' greedy joint action [C, T+1, N]
             central_target = self.central_values(self.target_central_agent, batch)
             central_greedy = central_target.gather(3, greedy[..., None, None].expand(-1, -1, -1, 1, E)).squeeze(3)
-            target_star = self.target_central_mixer(central_greedy, state)  # Q*_target(s_t, u_hat_t) [C, T+1]
+            # Q*_target(s_t, u_hat_t) [C, T+1]
+            target_star = mix_where(self.target_central_mixer, central_greedy, state, observed(batch["filled"]))
             y = self.targets(batch, target_star)
 
-        q_tot = self.mixer(chosen, state[:, :-1])
-        q_star = self.central_mixer(central_chosen, state[:, :-1])
+        q_tot = mix_where(self.mixer, chosen, state[:, :-1], batch["filled"])
+        q_star = mix_where(self.central_mixer, central_chosen, state[:, :-1], batch["filled"])
         n = mask.sum()
         central_loss = ((q_star - y) * mask).pow(2).sum() / n
 

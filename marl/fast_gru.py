@@ -91,9 +91,14 @@ def gru_sequence(x: torch.Tensor, h0: torch.Tensor, gru: torch.nn.GRU,
     returns all hidden states [T,R,H]: the same function as ``gru(x, h0[None])[0]`` where rows are
     active, zeros elsewhere. ``active[t]`` (default: all rows) is the number of leading rows still
     inside their sequence at step t; rows must then be sorted by length, longest first."""
-    T, R = x.shape[:2]
+    return gru_recurrence(F.linear(x, gru.weight_ih_l0, gru.bias_ih_l0), h0, gru, active)
+
+
+def gru_recurrence(gi: torch.Tensor, h0: torch.Tensor, gru: torch.nn.GRU,
+                   active: list[int] | None = None) -> torch.Tensor:
+    """The recurrent part alone, from precomputed input projections gi [T,R,3H] (W_ih x + b_ih)."""
+    T, R = gi.shape[:2]
     active = [R] * T if active is None else [min(int(k), R) for k in active]
     if any(b > a for a, b in zip(active, active[1:])):
         raise ValueError("active row counts must be non-increasing (sort rows by length, longest first)")
-    gi = F.linear(x, gru.weight_ih_l0, gru.bias_ih_l0)
     return _GRURecurrence.apply(gi, h0, gru.weight_hh_l0, gru.bias_hh_l0, active)

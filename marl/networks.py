@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from marl.fast_gru import gru_sequence
+from marl.fast_gru import gru_recurrence, gru_sequence
 
 
 class AgentOutput(NamedTuple):
@@ -38,14 +38,29 @@ class RecurrentAgent(nn.Module):
                 active: list[int] | None = None) -> AgentOutput:
         """inputs [T, R, input_dim]; h0 [R, H] or None (zeros); ``active[t]`` = number of leading
         rows still inside their episode at step t (rows sorted by length, longest first), or None.
-        Outputs at inactive positions are not meaningful (mask them)."""
-        embedding = F.relu(self.fc1(inputs))
-        if inputs.shape[0] == 1 and active is None:
-            hidden, _ = self.rnn(embedding, None if h0 is None else h0.unsqueeze(0).contiguous())
-        else:
-            h0 = embedding.new_zeros(embedding.shape[1], self.hidden_dim) if h0 is None else h0
-            hidden = gru_sequence(embedding, h0, self.rnn, active)
-        return AgentOutput(self.fc2(hidden), hidden, embedding)
+        Outputs at inactive positions are zeros (mask them)."""
+        if active is None:
+            embedding = F.relu(self.fc1(inputs))
+            if inputs.shape[0] == 1:  # acting: one step
+                hidden, _ = self.rnn(embedding, None if h0 is None else h0.unsqueeze(0).contiguous())
+            else:
+                h0 = embedding.new_zeros(embedding.shape[1], self.hidden_dim) if h0 is None else h0
+                hidden = gru_sequence(embedding, h0, self.rnn)
+            return AgentOutput(self.fc2(hidden), hidden, embedding)
+        # Training on padded episodes: the feed-forward layers see only positions inside an
+        # episode (a prefix of every time step, rows being sorted), often a fraction of T x R.
+        T, R = inputs.shape[:2]
+        valid = torch.arange(R, device=inputs.device) < torch.tensor(active, device=inputs.device).unsqueeze(1)
+        emb_valid = F.relu(self.fc1(inputs[valid]))
+        gi = emb_valid.new_zeros(T, R, 3 * self.hidden_dim)
+        gi[valid] = F.linear(emb_valid, self.rnn.weight_ih_l0, self.rnn.bias_ih_l0)
+        h0 = emb_valid.new_zeros(R, self.hidden_dim) if h0 is None else h0
+        hidden = gru_recurrence(gi, h0, self.rnn, active)
+        q = hidden.new_zeros(T, R, self.fc2.out_features)
+        q[valid] = self.fc2(hidden[valid])
+        embedding = emb_valid.new_zeros(T, R, self.hidden_dim)
+        embedding[valid] = emb_valid
+        return AgentOutput(q, hidden, embedding)
 
 
 class QMixer(nn.Module):

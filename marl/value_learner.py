@@ -71,6 +71,20 @@ def make_optimizer(cfg: ValueLearnerConfig, params: list[nn.Parameter]) -> torch
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: rmsprop, adam")
 
 
+def mix_where(mixer: nn.Module, agent_values: torch.Tensor, states: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """``mixer(agent_values, states)`` at the positions where ``where`` ([C, T] bool) holds, zero
+    elsewhere: padding beyond an episode's end never goes through the mixer's hypernetworks.
+    agent_values [C, T, N, ...], states [C, T, S]."""
+    out = agent_values.new_zeros(where.shape)
+    out[where] = mixer(agent_values[where], states[where])
+    return out
+
+
+def observed(filled: torch.Tensor) -> torch.Tensor:
+    """[C, T] real steps -> [C, T+1] observation indices inside an episode (t <= length)."""
+    return torch.cat([torch.ones_like(filled[:, :1]), filled], dim=1)
+
+
 def active_rows(filled: torch.Tensor, n_agents: int) -> list[int] | None:
     """Per observation index t (0..T), how many leading agent rows (episode-major, N per episode)
     are still inside their episode, i.e. t <= length. None when episodes are not sorted longest
@@ -163,10 +177,10 @@ class QLearner:
         chosen = q[:, :-1].gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1)
         with torch.no_grad():
             q_target = self.agent_sequence(self.target_agent, batch).q
-            target_tot = self.target_mixer(self.greedy_target_values(q, q_target, batch["avail_actions"]),
-                                           batch["state"])
+            target_tot = mix_where(self.target_mixer, self.greedy_target_values(q, q_target, batch["avail_actions"]),
+                                   batch["state"], observed(batch["filled"]))
             y = self.targets(batch, target_tot)
-        q_tot = self.mixer(chosen, batch["state"][:, :-1])
+        q_tot = mix_where(self.mixer, chosen, batch["state"][:, :-1], batch["filled"])
         td = (q_tot - y) * mask
         loss = td.pow(2).sum() / mask.sum()
         return loss, td_stats(loss, td, q_tot, y, mask)
