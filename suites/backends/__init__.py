@@ -106,7 +106,9 @@ class LineStreamJob:
                              "error": f"worker {description}" + (f"; its last output:\n{tail}" if tail else "")})
 
 
-def drain(events: "queue.Queue[dict[str, Any]]", timeout: float) -> list[dict[str, Any]]:
+def drain(events: "queue.Queue[dict[str, Any]]", timeout: float, running: dict[str, Any]) -> list[dict[str, Any]]:
+    """Events queued by the watcher threads (waiting up to ``timeout`` for the first). A watcher's
+    internal ``_reaped`` event removes its run from ``running`` and is not passed on."""
     out: list[dict[str, Any]] = []
     try:
         out.append(events.get(timeout=timeout))
@@ -114,7 +116,10 @@ def drain(events: "queue.Queue[dict[str, Any]]", timeout: float) -> list[dict[st
             out.append(events.get_nowait())
     except queue.Empty:
         pass
-    return out
+    for event in out:
+        if event["event"] == "_reaped":
+            running.pop(event["run"], None)
+    return [e for e in out if e["event"] != "_reaped"]
 
 
 def start_thread(target: Any, *args: Any) -> threading.Thread:

@@ -115,11 +115,7 @@ class DockerBackend(Backend):
             self.events.put({"event": "_reaped", "run": run_id})
 
     def poll(self, timeout: float) -> list[dict[str, Any]]:
-        events = drain(self.events, timeout)
-        for event in events:
-            if event["event"] == "_reaped":
-                self.containers.pop(event["run"], None)
-        return [e for e in events if e["event"] != "_reaped"]
+        return drain(self.events, timeout, self.containers)
 
     def request_stop(self) -> None:
         for container in list(self.containers.values()):

@@ -55,11 +55,7 @@ class LocalBackend(Backend):
         self.events.put({"event": "_reaped", "run": run_id})
 
     def poll(self, timeout: float) -> list[dict[str, Any]]:
-        events = drain(self.events, timeout)
-        for event in events:
-            if event["event"] == "_reaped":
-                self.procs.pop(event["run"], None)
-        return [e for e in events if e["event"] != "_reaped"]
+        return drain(self.events, timeout, self.procs)
 
     def request_stop(self) -> None:
         for proc in list(self.procs.values()):
