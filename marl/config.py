@@ -54,6 +54,8 @@ class ValueLearnerConfig:
 
 
 PROFILES: dict[str, dict[str, Any]] = {
+    # Policy-gradient learners (marl/policy_config.py): the dataclass defaults are MAPPO's.
+    "mappo": {},
     "pymarl": {},  # the dataclass defaults are the original PyMARL values
     "pymarl2": {
         "optimizer": "adam",

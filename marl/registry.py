@@ -21,6 +21,12 @@ ALGORITHMS: dict[str, str] = {
     "ow_wqmix": "baselines.wqmix",
     "cw_wqmix": "baselines.wqmix",
     "ddn": "algorithms.ddn",
+    "mappo": "baselines.mappo",
+    "selfplay": "baselines.selfplay",
+    "rpm": "baselines.rpm",
+    "opre": "baselines.opre",
+    "randnet": "baselines.randnet",
+    "bidist": "algorithms.bidist",
 }
 
 

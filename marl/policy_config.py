@@ -1,0 +1,53 @@
+"""Typed configuration of the on-policy learners (MAPPO and the population methods built on it).
+
+Defaults are MAPPO's (Yu et al. 2022, its reference implementation ``on-policy``): Adam 5e-4 for
+actor and critic, eps 1e-5, 15 PPO epochs, one minibatch, recurrent chunks of 10 steps, clip 0.2,
+entropy 0.01, value normalisation, Huber value loss (delta 10) with value clipping, GAE (0.99, 0.95),
+grad-norm clip 10, GRU 64. Choices that are reconstructions (methods.md) are named fields here or in
+the algorithm's own Config subclass. The Melting Pot line of work trained with lr 5e-5 and much
+larger budgets; set ``lr``/``critic_lr`` in a manifest to follow it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class PolicyLearnerConfig:
+    profile: str = "mappo"
+    # Interaction: each iteration collects rollout_length steps from each of num_envs copies.
+    num_envs: int = 8
+    rollout_length: int = 200  # MAPPO's episode_length (steps per copy between updates)
+    # Networks (shared by all agents: parameter sharing, as MAPPO)
+    hidden_dim: int = 64
+    # RGB observations are average-pooled by this factor before the CNN (Melting Pot sprites are
+    # 8x8 pixels, so 8 gives one value per grid cell, as the RPM/Melting Pot baselines did). *choice*
+    downsample: int = 8
+    cnn_channels: list[int] = field(default_factory=lambda: [16, 32])
+    cnn_kernel: int = 3
+    actor_agent_id: bool = False  # actors see only their own observation (decentralised execution)
+    critic_agent_id: bool = True  # the centralised critic sees the global state + which agent it values
+    orthogonal_init: bool = True  # MAPPO: orthogonal weights, gain 0.01 on the policy head
+    # PPO
+    lr: float = 5e-4
+    critic_lr: float = 5e-4
+    adam_eps: float = 1e-5
+    ppo_epochs: int = 15
+    num_mini_batch: int = 1
+    data_chunk_length: int = 10  # recurrent training on chunks of this many steps
+    clip_param: float = 0.2
+    value_loss_coef: float = 1.0
+    entropy_coef: float = 0.01
+    max_grad_norm: float = 10.0
+    use_huber_loss: bool = True
+    huber_delta: float = 10.0
+    use_clipped_value_loss: bool = True
+    use_value_norm: bool = True
+    value_norm_beta: float = 0.99999
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    # Evaluation: "auto" = greedy on SMAC-like tasks (MAPPO's deterministic eval), sampled actions
+    # elsewhere (Melting Pot policies are evaluated as stochastic policies); or "greedy" / "sample".
+    eval_actions: str = "auto"
+    eval_num_envs: int = 4  # parallel test copies (Melting Pot copies are processes)
