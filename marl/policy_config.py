@@ -24,8 +24,14 @@ class PolicyLearnerConfig:
     # RGB observations are average-pooled by this factor before the CNN (Melting Pot sprites are
     # 8x8 pixels, so 8 gives one value per grid cell, as the RPM/Melting Pot baselines did). *choice*
     downsample: int = 8
-    cnn_channels: list[int] = field(default_factory=lambda: [16, 32])
+    # MAPPO's CNNBase: one unpadded 3x3 convolution with hidden_dim // 2 channels, then FC.
+    cnn_channels: list[int] = field(default_factory=lambda: [32])
     cnn_kernel: int = 3
+    # The critic's CNN over the global view (Melting Pot's WORLD.RGB is 3-10x larger than a player's
+    # view): stride 2 and 16 channels keep its cost near the actor's on a CPU (*choice*; MAPPO's
+    # would be stride 1, 32 channels, about 15x the cost on a 2-player substrate).
+    critic_cnn_channels: list[int] = field(default_factory=lambda: [16])
+    critic_cnn_stride: int = 2
     actor_agent_id: bool = False  # actors see only their own observation (decentralised execution)
     critic_agent_id: bool = True  # the centralised critic sees the global state + which agent it values
     orthogonal_init: bool = True  # MAPPO: orthogonal weights, gain 0.01 on the policy head

@@ -55,19 +55,24 @@ class ObsEncoder(nn.Module):
     """Image (CNN) or vector input, plus flattened extras and an optional one-hot id -> FC -> ReLU."""
 
     def __init__(self, shape: tuple[int, ...], extra_dim: int, id_dim: int, hidden_dim: int,
-                 downsample: int = 8, channels: list[int] | tuple[int, ...] = (16, 32), kernel: int = 3,
+                 downsample: int = 8, channels: list[int] | tuple[int, ...] = (32,), kernel: int = 3, stride: int = 1,
                  orthogonal: bool = True):
         super().__init__()
         self.image, self.downsample, self.id_dim = is_image(shape), downsample, id_dim
         if self.image:
             H, W, C = shape
+            h, w = H // downsample, W // downsample
             layers: list[nn.Module] = []
             c_in = C
-            for c in channels:
-                layers += [init_layer(nn.Conv2d(c_in, c, kernel, padding=kernel // 2), orthogonal=orthogonal), nn.ReLU()]
+            for c in channels:  # MAPPO's CNNBase: valid (unpadded) convolutions
+                if min(h, w) < kernel:
+                    raise ValueError(f"image of {H}x{W} downsampled by {downsample} is {h}x{w}, smaller than the "
+                                     f"{kernel}x{kernel} kernel; lower 'downsample' or the number of conv layers")
+                layers += [init_layer(nn.Conv2d(c_in, c, kernel, stride=stride), orthogonal=orthogonal), nn.ReLU()]
+                h, w = (h - kernel) // stride + 1, (w - kernel) // stride + 1
                 c_in = c
             self.cnn = nn.Sequential(*layers, nn.Flatten())
-            flat = c_in * (H // downsample) * (W // downsample)
+            flat = c_in * h * w
             self.stored_shape: tuple[int, ...] = (C, H // downsample, W // downsample)
         else:
             self.cnn = None
@@ -139,7 +144,7 @@ class RecurrentActor(nn.Module):
         self.hidden_dim = cfg.hidden_dim
         self.n_actions = spec.n_actions
         self.encoder = ObsEncoder(spec.obs_shape, extra_dim(spec), spec.n_agents if cfg.actor_agent_id else 0,
-                                  cfg.hidden_dim, cfg.downsample, cfg.cnn_channels, cfg.cnn_kernel, cfg.orthogonal_init)
+                                  cfg.hidden_dim, cfg.downsample, cfg.cnn_channels, cfg.cnn_kernel, 1, cfg.orthogonal_init)
         self.gru = nn.GRUCell(cfg.hidden_dim, cfg.hidden_dim)
         self.head = init_layer(nn.Linear(cfg.hidden_dim, n_outputs or spec.n_actions), 0.01, cfg.orthogonal_init)
 
@@ -188,8 +193,8 @@ class RecurrentCritic(nn.Module):
     def __init__(self, spec: EnvSpec, cfg):
         super().__init__()
         self.hidden_dim, self.n_agents = cfg.hidden_dim, spec.n_agents
-        self.state_encoder = ObsEncoder(spec.state_shape, 0, 0, cfg.hidden_dim, cfg.downsample, cfg.cnn_channels,
-                                        cfg.cnn_kernel, cfg.orthogonal_init)
+        self.state_encoder = ObsEncoder(spec.state_shape, 0, 0, cfg.hidden_dim, cfg.downsample, cfg.critic_cnn_channels,
+                                        cfg.cnn_kernel, cfg.critic_cnn_stride, cfg.orthogonal_init)
         self.id_dim = spec.n_agents if cfg.critic_agent_id else 0
         self.fc = init_layer(nn.Linear(cfg.hidden_dim + self.id_dim, cfg.hidden_dim), orthogonal=cfg.orthogonal_init)
         self.gru = nn.GRUCell(cfg.hidden_dim, cfg.hidden_dim)
