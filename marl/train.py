@@ -36,6 +36,7 @@ from marl.runner import EpisodeRunner, evaluate_greedy
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.csv"
 PROVENANCE = "provenance.json"
+STANDARD_WINDOW = ("return", "won", "loss", "td_error_abs", "q_taken_mean", "grad_norm")
 
 
 @dataclass
@@ -90,8 +91,7 @@ class ValueTrainer:
         self.next_checkpoint = budget.checkpoint_interval
         self.wall_time = 0.0
         self.rows: list[dict[str, Any]] = []
-        self._window: dict[str, list[float]] = {"return": [], "won": [], "loss": [], "td_error_abs": [],
-                                                "q_taken_mean": [], "grad_norm": []}
+        self._window: dict[str, list[float]] = {key: [] for key in STANDARD_WINDOW}
         self.resumed = self._try_resume()
         self.runner.start(derive_seed(seed, 3, self.t_env))
 
@@ -136,6 +136,10 @@ class ValueTrainer:
                 stats = self.learner.train_step(batch, self.episode)
                 for key in ("loss", "td_error_abs", "q_taken_mean", "grad_norm"):
                     self._window[key].append(stats.get(key, float("nan")))
+                # The learner's own statistics too (DDN: intrinsic reward, distillation losses ...).
+                for key, value in stats.items():
+                    if key not in STANDARD_WINDOW and isinstance(value, (int, float)):
+                        self._window.setdefault(key, []).append(float(value))
         if self.progress is not None:
             self.progress(self.t_env, self.budget.env_steps, None)
 
@@ -171,6 +175,7 @@ class ValueTrainer:
             "td_error_abs": mean("td_error_abs"),
             "q_taken_mean": mean("q_taken_mean"),
             "grad_norm": mean("grad_norm"),
+            **{key: mean(key) for key in sorted(self._window) if key not in STANDARD_WINDOW},
             "env_steps_per_s": round((self.t_env - prev["env_steps"]) / dt, 1),
         }
         self.rows.append(row)

@@ -1,0 +1,240 @@
+"""RandNet: network randomization (Lee, Lee, Shin and Lee, ICLR 2020), on MAPPO.
+
+A random 3x3 convolution (C -> C channels, C = the image's, no bias, Xavier-normal weights so the
+randomized image keeps the clean one's variance) is applied to the [0, 1] image in front of the
+actor's CNN. Sources: the paper and its authors' code (github.com/pokaxpoka/netrand,
+``random_ppo2.py`` / ``policies.py``), read for this reconstruction.
+
+* Training: every iteration (``before_rollout``) draws a new layer from the run's generator. With
+  probability ``clean_prob`` the whole iteration (rollout and PPO update) uses the clean image
+  instead, else the draw; the rollout's actor and that iteration's update see the same draw (it is
+  held by the learner until the next ``before_rollout``). As in the authors' code, the choice is
+  made once per iteration, not per observation.
+* Feature matching: ``feature_match_coef`` * MSE between the encoder's features of the randomized
+  and of the clean image, the clean side detached (authors' code: ``stop_gradient`` on the clean
+  features), averaged over feature units and the learner's agent steps. It is added in clean
+  iterations too (with the iteration's draw), as the authors' code does.
+* Test time (evaluation and the saved ``policy.pt``): :class:`MonteCarloActor` averages the action
+  probabilities over ``mc_samples`` draws and returns the log of the average. The draws are made
+  once, when the learner is built (from the run's seed), and saved with the policy, so a loaded
+  policy is a deterministic function of its inputs; each draw keeps its own GRU state across an
+  episode, as a training rollout keeps one draw throughout (*choice* for a recurrent actor: the
+  paper's agents average per observation).
+
+The centralised critic sees the clean global state (*choice*: the critic is not used at test time,
+and randomization is about the acting policy's visual robustness). The layer acts on the image the
+actor stores, i.e. after ``downsample``: at the default 8, one value per Melting Pot grid cell, so
+it mixes colours of neighbouring cells rather than within a sprite.
+
+Vector observations (SMAX, Predator-Prey) have no image to randomize: building RandNet there is a
+ConfigError.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from envs.base import EnvSpec
+from marl.config import ConfigError
+from marl.policy_config import PolicyLearnerConfig
+from marl.policy_learner import KIND, PolicyLearner
+from marl.policy_networks import (ActInput, ObsEncoder, RecurrentActor, flat_input, is_image, masked_logits,
+                                  run_gru)
+from marl.policy_runner import Episodes, Rollout
+from marl.ppo import masked_mean
+
+__all__ = ["KIND", "Config", "Learner", "build_actor", "RandNetActor", "MonteCarloActor", "RandomConv",
+           "draw_random_conv", "feature_match_loss"]
+
+KERNEL = 3  # the paper's random layer is a single 3x3 convolution
+
+
+@dataclass
+class Config(PolicyLearnerConfig):
+    # Probability that an iteration trains on clean images. The paper's alpha = 0.1 (the random
+    # layer is the identity with probability alpha). Note: the authors' code draws
+    # ``clean_flag = rand > real_thres`` with real_thres 0.1, which makes clean iterations the 90%
+    # case; we follow the paper's text.
+    clean_prob: float = 0.1
+    feature_match_coef: float = 0.002  # beta, the paper's and its code's fm_coeff
+    mc_samples: int = 10  # M, the paper's Monte Carlo draws at test time
+
+
+def draw_random_conv(channels: int, generator: torch.Generator | None = None, samples: int | None = None,
+                     device: torch.device | str | None = None) -> torch.Tensor:
+    """Xavier-normal weights of a C -> C 3x3 convolution: [C, C, 3, 3], or [samples, C, C, 3, 3].
+    std = sqrt(2 / (fan_in + fan_out)) with fan_in = fan_out = C * 3 * 3."""
+    fan = channels * KERNEL * KERNEL
+    shape = (channels, channels, KERNEL, KERNEL) if samples is None else (samples, channels, channels, KERNEL, KERNEL)
+    if device is None:
+        device = generator.device if generator is not None else "cpu"
+    return torch.randn(shape, generator=generator, device=device) * math.sqrt(2.0 / (fan + fan))
+
+
+class RandomConv:
+    """image_transform for ObsEncoder: one random layer on [M, C, H, W] (shape kept)."""
+
+    def __init__(self, weight: torch.Tensor):
+        self.weight = weight
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(img, self.weight, padding=KERNEL // 2)
+
+
+def per_draw_conv(img: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+    """img [S*R, C, H, W] in S blocks of R rows -> block s through draws[s] ([S, C, C, 3, 3]), in one
+    grouped convolution."""
+    S, C = draws.shape[0], draws.shape[1]
+    R, H, W = img.shape[0] // S, img.shape[-2], img.shape[-1]
+    x = img.reshape(S, R, C, H, W).transpose(0, 1).reshape(R, S * C, H, W)
+    y = F.conv2d(x, draws.reshape(S * C, C, KERNEL, KERNEL), padding=KERNEL // 2, groups=S)
+    return y.reshape(R, S, C, H, W).transpose(0, 1).reshape(S * R, C, H, W)
+
+
+def feature_match_loss(randomized: torch.Tensor, clean: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference over feature units and the masked rows; no gradient to ``clean``."""
+    return masked_mean(((randomized - clean.detach()) ** 2).mean(-1), mask)
+
+
+class RandNetActor(RecurrentActor):
+    """The training actor: MAPPO's, with ``transform`` (the iteration's random layer, or None for a
+    clean iteration) applied to the image before the CNN. Saved state = RecurrentActor's."""
+
+    def __init__(self, spec: EnvSpec, cfg: Config):
+        super().__init__(spec, cfg)
+        self.transform: RandomConv | None = None
+
+    def features(self, inp: ActInput) -> torch.Tensor:
+        return self.encoder(inp.obs, inp.extra, inp.agent_ids, image_transform=self.transform)
+
+
+class MonteCarloActor(nn.Module):
+    """Test-time RandNet: pi(a) = mean over S fixed draws of pi(a | draw s); logits = log of that mean.
+
+    The hidden state holds one GRU state per draw: [rows, S * H]."""
+
+    def __init__(self, actor: RecurrentActor, draws: torch.Tensor):
+        super().__init__()
+        self.actor = actor
+        self.register_buffer("draws", draws)
+
+    @property
+    def encoder(self) -> ObsEncoder:  # the runner reads its downsampling factor
+        return self.actor.encoder
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.draws.shape[0] * self.actor.hidden_dim
+
+    def initial_hidden(self, rows: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        return torch.zeros(rows, self.hidden_dim, device=device)
+
+    def _per_draw_features(self, inp: ActInput) -> torch.Tensor:
+        """Encoder features of every draw: flat inp [R, ...] -> [S*R, H] (S blocks of R rows)."""
+        S = self.draws.shape[0]
+        rep = lambda x: x.repeat(S, *([1] * (x.dim() - 1)))  # noqa: E731
+        return self.actor.encoder(rep(inp.obs), rep(inp.extra), rep(inp.agent_ids),
+                                  image_transform=lambda img: per_draw_conv(img, self.draws))
+
+    def _average(self, hidden: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
+        """hidden [..., S, R, H], avail [..., R, A] -> log mean_s softmax(head) [..., R, A], masked."""
+        S = self.draws.shape[0]
+        logp = F.log_softmax(masked_logits(self.actor.head(hidden), avail.unsqueeze(-3)), -1)
+        return masked_logits(torch.logsumexp(logp, -3) - math.log(S), avail)
+
+    def act(self, inp: ActInput, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        S, H, R = self.draws.shape[0], self.actor.hidden_dim, inp.obs.shape[0]
+        feats = self._per_draw_features(inp)
+        h_draws = h.reshape(R, S, H).transpose(0, 1).reshape(S * R, H)
+        h_new = self.actor.gru(feats, h_draws).view(S, R, H)
+        return self._average(h_new, inp.avail), h_new.transpose(0, 1).reshape(R, S * H)
+
+    def sequence(self, inp: ActInput, h0: torch.Tensor, starts: torch.Tensor) -> dict[str, torch.Tensor]:
+        """inp fields [L, R, ...]; h0 [R, S*H]; starts [L, R] -> {"logits": [L, R, A], "hidden": [L, R, S*H]}."""
+        S, H = self.draws.shape[0], self.actor.hidden_dim
+        L, R = starts.shape
+        feats = self._per_draw_features(flat_input(inp, L * R)).view(S, L, R, H).transpose(0, 1).reshape(L, S * R, H)
+        h_draws = h0.reshape(R, S, H).transpose(0, 1).reshape(S * R, H)
+        hidden = run_gru(self.actor.gru, feats, h_draws, starts.repeat(1, S)).view(L, S, R, H)
+        return {"logits": self._average(hidden, inp.avail), "hidden": hidden.transpose(1, 2).reshape(L, R, S * H)}
+
+
+def _check_image(spec: EnvSpec) -> None:
+    if not is_image(spec.obs_shape):
+        raise ConfigError(f"randnet needs image observations: {spec.family}/{spec.scenario} observations are "
+                          f"vectors of shape {tuple(spec.obs_shape)} (use a Melting Pot substrate)")
+
+
+def build_actor(cfg: Config, spec: EnvSpec) -> nn.Module:
+    """The test-time actor (Monte Carlo over ``mc_samples`` draws). Its draws are placeholders (zeros)
+    until a policy artifact's state is loaded into it."""
+    _check_image(spec)
+    C = spec.obs_shape[-1]
+    return MonteCarloActor(RecurrentActor(spec, cfg), torch.zeros(cfg.mc_samples, C, C, KERNEL, KERNEL))
+
+
+def _build_training_actor(cfg: Config, spec: EnvSpec) -> nn.Module:
+    _check_image(spec)
+    return RandNetActor(spec, cfg)
+
+
+class Learner(PolicyLearner):
+    actor_builder = staticmethod(_build_training_actor)
+
+    def __init__(self, cfg: Config, spec: EnvSpec, device: torch.device | str = "cpu"):
+        _check_image(spec)
+        if not 0.0 <= cfg.clean_prob <= 1.0:
+            raise ConfigError(f"randnet: clean_prob must be in [0, 1], got {cfg.clean_prob}")
+        if cfg.mc_samples < 1:
+            raise ConfigError(f"randnet: mc_samples must be >= 1, got {cfg.mc_samples}")
+        if cfg.feature_match_coef < 0:
+            raise ConfigError(f"randnet: feature_match_coef must be >= 0, got {cfg.feature_match_coef}")
+        super().__init__(cfg, spec, device)
+        self.channels = spec.obs_shape[-1]
+        # Test-time draws and the first iteration's draw come from the global RNG, seeded by the run.
+        draws = draw_random_conv(self.channels, samples=cfg.mc_samples).to(self.device)
+        self.mc_actor = MonteCarloActor(self.actor, draws)
+        self._set_draw(draw_random_conv(self.channels).to(self.device), clean=False)
+
+    def _set_draw(self, weight: torch.Tensor, clean: bool) -> None:
+        self.draw, self.clean = weight, clean
+        self.actor.transform = None if clean else RandomConv(weight)
+
+    def before_rollout(self, generator: torch.Generator) -> None:
+        clean = bool(torch.rand((), generator=generator, device=generator.device) < self.cfg.clean_prob)
+        self._set_draw(draw_random_conv(self.channels, generator).to(self.device), clean)
+
+    def eval_module(self) -> nn.Module:
+        return self.mc_actor
+
+    def actor_sequence(self, inp: ActInput, h0: torch.Tensor, starts: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.actor.sequence(inp, h0, starts)  # with this iteration's input (draw or clean)
+        L, M = starts.shape
+        flat = flat_input(inp, L * M)
+        if self.clean:
+            other = self.actor.encoder(flat.obs, flat.extra, flat.agent_ids, image_transform=RandomConv(self.draw))
+            out["randomized_features"], out["clean_features"] = other.view(L, M, -1), out["features"]
+        else:
+            other = self.actor.encoder(flat.obs, flat.extra, flat.agent_ids)
+            out["randomized_features"], out["clean_features"] = out["features"], other.view(L, M, -1)
+        return out
+
+    def extra_actor_losses(self, out: dict[str, torch.Tensor], inp: ActInput, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        fm = feature_match_loss(out["randomized_features"], out["clean_features"], mask)
+        return {"feature_match_loss": self.cfg.feature_match_coef * fm}
+
+    def after_update(self, rollout: Rollout, episodes: Episodes, generator: torch.Generator) -> dict[str, float]:
+        return {"clean_iteration": float(self.clean)}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"draw": self.draw, "clean": self.clean, "mc_draws": self.mc_actor.draws}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.mc_actor.draws.copy_(state["mc_draws"])
+        self._set_draw(state["draw"].to(self.device), bool(state["clean"]))

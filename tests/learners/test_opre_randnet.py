@@ -1,0 +1,417 @@
+"""OPRE and RandNet: their loss terms and mixtures against hand-computed values, the test-time actors
+(OPRE ignores the state, RandNet's Monte Carlo average), the per-iteration random layer, artifact
+round trips, and one short training run each (OPRE on SMAX 3m, RandNet on a Melting Pot substrate)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import baselines.opre as opre
+import baselines.randnet as randnet
+from envs.base import EnvSpec
+from marl.config import ConfigError, build_config
+from marl.policy_networks import ActInput, RecurrentActor
+from marl.policy_runner import LEARNER
+from marl.population import load_policy, save_policy
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+N, A = 2, 4
+FIELDS = ("obs", "extra", "agent_ids", "avail", "state")
+
+
+def vector_spec() -> EnvSpec:
+    return EnvSpec(family="test", scenario="vec", num_envs=2, n_agents=N, n_actions=A, obs_shape=(6,),
+                   state_shape=(5,), episode_limit=50)
+
+
+def image_spec() -> EnvSpec:
+    # 40x40 RGB, stored at downsample 8 as 3 x 5 x 5 (Melting Pot's layout).
+    return EnvSpec(family="test", scenario="img", num_envs=2, n_agents=N, n_actions=A, obs_shape=(40, 40, 3),
+                   state_shape=(48, 48, 3), episode_limit=50, obs_dtype=torch.uint8)
+
+
+def vector_input(rows: int, seed: int, lead: tuple[int, ...] = ()) -> ActInput:
+    g = torch.Generator().manual_seed(seed)
+    avail = torch.ones(*lead, rows, A, dtype=torch.bool)
+    avail[..., 0, 3] = False  # one unavailable action
+    ids = torch.arange(rows) % N
+    return ActInput(torch.randn(*lead, rows, 6, generator=g), torch.zeros(*lead, rows, 0),
+                    ids.expand(*lead, rows).clone(), avail, torch.randn(*lead, rows, 5, generator=g))
+
+
+def image_input(rows: int, seed: int, lead: tuple[int, ...] = ()) -> ActInput:
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randint(0, 256, (*lead, rows, 3, 5, 5), generator=g, dtype=torch.uint8)
+    state = torch.randint(0, 256, (*lead, rows, 3, 6, 6), generator=g, dtype=torch.uint8)
+    ids = (torch.arange(rows) % N).expand(*lead, rows).clone()
+    return ActInput(obs, torch.zeros(*lead, rows, 0), ids, torch.ones(*lead, rows, A, dtype=torch.bool), state)
+
+
+def step_input(inp: ActInput, t: int) -> ActInput:
+    return ActInput(*(getattr(inp, f)[t] for f in FIELDS))
+
+
+def opre_learner(**overrides) -> opre.Learner:
+    torch.manual_seed(0)
+    return opre.Learner(build_config(opre.Config, {"rollout_length": 20, **overrides}), vector_spec())
+
+
+def randnet_learner(**overrides) -> randnet.Learner:
+    torch.manual_seed(0)
+    return randnet.Learner(build_config(randnet.Config, {"rollout_length": 20, **overrides}), image_spec())
+
+
+# OPRE ------------------------------------------------------------------------------------------
+
+
+def test_opre_mixture_is_log_of_weighted_option_probabilities():
+    pi = torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.2, 0.7]])
+    w = torch.tensor([0.3, 0.7])
+    all_avail = torch.ones(3, dtype=torch.bool)
+    got = opre.mixture_logits(pi.log() + 2.0, w.log() - 1.0, all_avail)  # shifts: logits, not log-probs
+    assert torch.allclose(got, torch.tensor([0.22, 0.215, 0.565]).log(), atol=1e-6)
+    # Unavailable action: every option renormalises over the others, the mixture gives it ~0.
+    avail = torch.tensor([True, True, False])
+    got = opre.mixture_logits(pi.log().masked_fill(~avail, -1e10), w.log(), avail)
+    expected = [0.3 * 2 / 3 + 0.7 * 1 / 3, 0.3 * 1 / 3 + 0.7 * 2 / 3]
+    assert torch.allclose(got[:2], torch.tensor(expected).log(), atol=1e-6)
+    assert got[2] < -1e9 and torch.isfinite(got).all()
+    assert torch.allclose(torch.softmax(got, -1), torch.tensor([*expected, 0.0]), atol=1e-6)
+
+
+def test_opre_kl_term_by_hand_and_its_gradients_reach_p_and_q():
+    learner = opre_learner(kl_coef=0.5)
+    p = torch.tensor([[[0.5, 0.5], [0.2, 0.8], [0.9, 0.1]]]).log()  # [L=1, M=3, K=2]
+    q = torch.tensor([[[0.9, 0.1], [0.5, 0.5], [0.1, 0.9]]]).log()
+    mask = torch.tensor([[True, True, False]])  # the third row is a co-player's: left out
+    kl1 = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)
+    kl2 = 0.2 * math.log(0.2 / 0.5) + 0.8 * math.log(0.8 / 0.5)
+    extras = learner.extra_actor_losses({"p_logits": p, "q_logits": q}, None, mask)
+    assert set(extras) == {"option_kl_loss"}
+    assert extras["option_kl_loss"].item() == pytest.approx(0.5 * (kl1 + kl2) / 2, rel=1e-5)
+
+    # On the real actor: the term trains q's head and p's head, not the option heads.
+    L, M = 3, 4
+    inp = vector_input(M, 1, (L,))
+    starts = torch.zeros(L, M, dtype=torch.bool)
+    starts[0] = True
+    with torch.no_grad():  # make p and q disagree so the KL has a gradient
+        learner.actor.privileged_head.weight.mul_(100.0)
+    out = learner.actor_sequence(inp, learner.actor.initial_hidden(M), starts)
+    learner.extra_actor_losses(out, inp, torch.ones(L, M, dtype=torch.bool))["option_kl_loss"].backward()
+    assert learner.actor.meta_head.weight.grad.abs().sum() > 0
+    assert learner.actor.privileged_head.weight.grad.abs().sum() > 0
+    assert learner.actor.option_head.weight.grad is None
+
+
+def test_opre_training_acts_with_p_and_the_ppo_logits_match_the_acting_ones():
+    learner = opre_learner()
+    with torch.no_grad():
+        learner.actor.privileged_head.weight.mul_(100.0)
+        learner.actor.meta_head.weight.mul_(100.0)
+        learner.actor.option_head.weight.mul_(100.0)
+    L, M = 4, 4
+    inp = vector_input(M, 2, (L,))
+    starts = torch.zeros(L, M, dtype=torch.bool)
+    starts[0] = True
+    acting = learner.module(LEARNER)
+    h = acting.initial_hidden(M)
+    step_logits = []
+    for t in range(L):
+        logits, h = acting.act(step_input(inp, t), h)
+        step_logits.append(logits)
+    with torch.no_grad():
+        out = learner.actor_sequence(inp, learner.actor.initial_hidden(M), starts)
+    # PPO's ratio is taken on the same (privileged) mixture the rollout sampled from.
+    assert torch.allclose(torch.stack(step_logits), out["logits"], atol=1e-5)
+    expected = opre.mixture_logits(out["option_logits"], out["p_logits"], inp.avail)
+    assert torch.allclose(out["logits"], expected)
+    q_mix = opre.mixture_logits(out["option_logits"], out["q_logits"], inp.avail)
+    assert not torch.allclose(out["logits"], q_mix, atol=1e-3)  # p and q really differ here
+    assert learner.eval_module() is learner.actor
+
+
+def test_opre_test_time_actor_ignores_the_state():
+    learner = opre_learner()
+    with torch.no_grad():
+        learner.actor.privileged_head.weight.mul_(100.0)
+    actor = learner.eval_module()
+    M = 4
+    inp = vector_input(M, 3)
+    nan_state = ActInput(inp.obs, inp.extra, inp.agent_ids, inp.avail, torch.full_like(inp.state, float("nan")))
+    other_state = ActInput(inp.obs, inp.extra, inp.agent_ids, inp.avail, torch.randn_like(inp.state) * 10)
+    h0 = actor.initial_hidden(M)
+    with torch.no_grad():
+        base, _ = actor.act(inp, h0)
+        assert torch.equal(actor.act(nan_state, h0)[0], base)
+        assert torch.equal(actor.act(other_state, h0)[0], base)
+        # ... whereas the privileged (training) mixture depends on it.
+        with_p = actor.act(inp, h0, privileged=True)[0]
+        assert not torch.allclose(with_p, actor.act(other_state, h0, privileged=True)[0])
+        seq_inp = vector_input(M, 4, (3,))
+        starts = torch.zeros(3, M, dtype=torch.bool)
+        a = actor.sequence(seq_inp, h0, starts)["logits"]
+        seq_nan = ActInput(seq_inp.obs, seq_inp.extra, seq_inp.agent_ids, seq_inp.avail,
+                           torch.full_like(seq_inp.state, float("nan")))
+        assert torch.equal(actor.sequence(seq_nan, h0, starts)["logits"], a)
+
+
+@pytest.mark.parametrize("image", [False, True])
+def test_opre_policy_artifact_round_trip(tmp_path, image):
+    spec, make_input = (image_spec(), image_input) if image else (vector_spec(), vector_input)
+    torch.manual_seed(0)
+    learner = opre.Learner(build_config(opre.Config, {"rollout_length": 20, "orthogonal_init": not image}), spec)
+    with torch.no_grad():
+        for p in learner.actor.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        # Training (privileged) acting works on this kind of state too.
+        logits, _ = learner.module(LEARNER).act(make_input(4, 6), torch.zeros(4, 64))
+        assert logits.shape == (4, A) and torch.isfinite(logits).all()
+    path = tmp_path / "policy.pt"
+    save_policy(path, "opre", learner.cfg, spec, learner.eval_module())
+    loaded = load_policy(path, expect=spec)
+    assert loaded.algorithm == "opre" and isinstance(loaded.actor, opre.OptionActor)
+    inp = make_input(4, 5)
+    with torch.no_grad():
+        mine, h1 = learner.eval_module().act(inp, torch.zeros(4, 64))
+        theirs, h2 = loaded.actor.act(inp, torch.zeros(4, 64))
+    assert torch.equal(mine, theirs) and torch.equal(h1, h2)
+
+
+def test_opre_rejects_bad_config():
+    with pytest.raises(ConfigError, match="n_options"):
+        opre_learner(n_options=0)
+
+
+# RandNet ---------------------------------------------------------------------------------------
+
+
+def test_randnet_redraws_every_iteration_deterministically_from_the_generator():
+    a, b = randnet_learner(), randnet_learner()
+    ga, gb = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    draws = []
+    for _ in range(4):
+        a.before_rollout(ga)
+        b.before_rollout(gb)
+        assert torch.equal(a.draw, b.draw) and a.clean == b.clean
+        assert a.draw.shape == (3, 3, 3, 3)
+        draws.append(a.draw.clone())
+    assert all(not torch.equal(x, y) for i, x in enumerate(draws) for y in draws[i + 1:])
+    # The acting actor (the rollout's) uses the iteration's draw, or the clean image.
+    assert a.module(LEARNER) is a.actor
+    a.before_rollout(ga)
+    assert (a.actor.transform is None) == a.clean
+    if not a.clean:
+        assert a.actor.transform.weight is a.draw
+
+
+def test_randnet_clean_probability_and_xavier_normal_scale():
+    g = torch.Generator().manual_seed(0)
+    never, always = randnet_learner(clean_prob=0.0), randnet_learner(clean_prob=1.0)
+    cleans = []
+    for _ in range(20):
+        never.before_rollout(g)
+        always.before_rollout(g)
+        cleans.append(never.clean)
+        assert always.clean and always.actor.transform is None
+    assert not any(cleans)
+    half = randnet_learner(clean_prob=0.5)
+    flags = []
+    for _ in range(400):
+        half.before_rollout(g)
+        flags.append(half.clean)
+    assert 0.4 < sum(flags) / 400 < 0.6
+    w = randnet.draw_random_conv(3, g, samples=2000)
+    assert w.std().item() == pytest.approx(math.sqrt(2.0 / (27 + 27)), rel=0.02)
+    assert w.mean().abs().item() < 0.01
+
+
+def test_random_conv_keeps_the_image_shape_and_per_draw_conv_matches_single_draws():
+    g = torch.Generator().manual_seed(1)
+    img = torch.rand(5, 3, 5, 5, generator=g)
+    w = randnet.draw_random_conv(3, g)
+    out = randnet.RandomConv(w)(img)
+    assert out.shape == img.shape
+    # One output pixel by hand: centre of image 0, output channel 1.
+    by_hand = (img[0, :, 1:4, 1:4] * w[1]).sum()
+    assert out[0, 1, 2, 2].item() == pytest.approx(by_hand.item(), rel=1e-5)
+    draws = randnet.draw_random_conv(3, g, samples=4)
+    stacked = torch.cat([img] * 4)  # 4 blocks of 5 rows
+    got = randnet.per_draw_conv(stacked, draws)
+    expected = torch.cat([randnet.RandomConv(draws[s])(img) for s in range(4)])
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_feature_matching_loss_by_hand_and_its_weight():
+    rand = torch.tensor([[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]], requires_grad=True)  # [L=1, M=2, F=3]
+    clean = torch.tensor([[[0.0, 2.0, 5.0], [9.0, 9.0, 9.0]]], requires_grad=True)
+    mask = torch.tensor([[True, False]])
+    hand = (1.0**2 + 0.0**2 + 2.0**2) / 3  # row 0 only
+    loss = randnet.feature_match_loss(rand, clean, mask)
+    assert loss.item() == pytest.approx(hand)
+    loss.backward()
+    assert clean.grad is None  # the clean side is a fixed target
+    assert torch.allclose(rand.grad, torch.tensor([[[2 / 3, 0.0, -4 / 3], [0.0, 0.0, 0.0]]]))
+    learner = randnet_learner(feature_match_coef=0.5)
+    extras = learner.extra_actor_losses({"randomized_features": rand, "clean_features": clean}, None, mask)
+    assert set(extras) == {"feature_match_loss"}
+    assert extras["feature_match_loss"].item() == pytest.approx(0.5 * hand)
+
+
+@pytest.mark.parametrize("clean_prob", [0.0, 1.0])
+def test_randnet_sequence_uses_the_iterations_input_and_matches_the_features(clean_prob):
+    learner = randnet_learner(clean_prob=clean_prob)
+    learner.before_rollout(torch.Generator().manual_seed(3))
+    L, M = 3, 4
+    inp = image_input(M, 0, (L,))
+    starts = torch.zeros(L, M, dtype=torch.bool)
+    starts[0] = True
+    enc = learner.actor.encoder
+    flat = lambda x: x.reshape(L * M, *x.shape[2:])  # noqa: E731
+    with torch.no_grad():
+        out = learner.actor_sequence(inp, learner.actor.initial_hidden(M), starts)
+        clean = enc(flat(inp.obs), flat(inp.extra), flat(inp.agent_ids)).view(L, M, -1)
+        rand = enc(flat(inp.obs), flat(inp.extra), flat(inp.agent_ids),
+                   image_transform=randnet.RandomConv(learner.draw)).view(L, M, -1)
+        plain = RecurrentActor(image_spec(), learner.cfg)  # the same weights without any random layer
+        plain.load_state_dict(learner.actor.state_dict())
+        plain_logits = plain.sequence(inp, plain.initial_hidden(M), starts)["logits"]
+        # The rollout's acting module gives the same logits step by step.
+        h = learner.actor.initial_hidden(M)
+        for t in range(L):
+            logits, h = learner.module(LEARNER).act(step_input(inp, t), h)
+            assert torch.allclose(logits, out["logits"][t], atol=1e-5)
+    assert torch.allclose(out["clean_features"], clean, atol=1e-6)
+    assert torch.allclose(out["randomized_features"], rand, atol=1e-6)
+    assert not torch.allclose(clean, rand, atol=1e-3)
+    used = clean if learner.clean else rand
+    assert torch.allclose(out["features"], used, atol=1e-6)
+    assert torch.allclose(plain_logits, out["logits"], atol=1e-6) == learner.clean
+
+
+def test_monte_carlo_actor_is_log_of_mean_probabilities_over_fixed_draws():
+    learner = randnet_learner(mc_samples=3)
+    with torch.no_grad():
+        learner.actor.head.weight.mul_(300.0)  # make the draws' policies visibly different
+    mc, actor = learner.eval_module(), learner.actor
+    S, H, M = 3, 64, 4
+    inp1, inp2 = image_input(M, 1), image_input(M, 2)
+    inp1.avail[0, 2] = False
+    inp2.avail[0, 2] = False
+    with torch.no_grad():
+        g1, h = mc.act(inp1, mc.initial_hidden(M))
+        g2, _ = mc.act(inp2, h)
+        assert h.shape == (M, S * H)
+        # By hand: each draw through the plain actor with its own GRU state, then mean of probabilities.
+        manual = []
+        hs = [actor.initial_hidden(M) for _ in range(S)]
+        for step in (inp1, inp2):
+            probs = []
+            for s in range(S):
+                actor.transform = randnet.RandomConv(mc.draws[s])
+                logits, hs[s] = RecurrentActor.act(actor, step, hs[s])
+                probs.append(torch.softmax(logits, -1))
+            manual.append(torch.stack(probs).mean(0))
+            assert not torch.allclose(probs[0], probs[1], atol=1e-3)
+    for got, want in zip((g1, g2), manual):
+        assert torch.allclose(torch.softmax(got, -1), want, atol=1e-6)
+        assert torch.allclose(got[:, :2], want[:, :2].log(), atol=1e-5)
+        assert got[0, 2] < -1e9 and torch.isfinite(got).all()
+    # sequence() equals stepping act()
+    L = 2
+    seq = ActInput(*(torch.stack([getattr(inp1, f), getattr(inp2, f)]) for f in FIELDS))
+    with torch.no_grad():
+        out = mc.sequence(seq, mc.initial_hidden(M), torch.zeros(L, M, dtype=torch.bool))
+    assert torch.allclose(out["logits"][0], g1, atol=1e-5) and torch.allclose(out["logits"][1], g2, atol=1e-5)
+
+
+def test_randnet_artifact_and_checkpoint_round_trip(tmp_path):
+    learner = randnet_learner(mc_samples=4)
+    learner.before_rollout(torch.Generator().manual_seed(5))
+    path = tmp_path / "policy.pt"
+    save_policy(path, "randnet", learner.cfg, image_spec(), learner.eval_module())
+    loaded = load_policy(path, expect=image_spec())
+    assert isinstance(loaded.actor, randnet.MonteCarloActor)
+    assert torch.equal(loaded.actor.draws, learner.eval_module().draws) and loaded.actor.draws.abs().sum() > 0
+    inp = image_input(4, 9)
+    with torch.no_grad():
+        mine, _ = learner.eval_module().act(inp, learner.eval_module().initial_hidden(4))
+        theirs, _ = loaded.actor.act(inp, loaded.actor.initial_hidden(4))
+    assert torch.equal(mine, theirs)
+
+    other = randnet_learner(mc_samples=4, clean_prob=1.0)
+    other.before_rollout(torch.Generator().manual_seed(6))
+    other.load_state_dict(learner.state_dict())
+    assert torch.equal(other.draw, learner.draw) and other.clean == learner.clean
+    assert torch.equal(other.eval_module().draws, learner.eval_module().draws)
+    assert (other.actor.transform is None) == learner.clean
+
+
+def test_randnet_needs_image_observations():
+    cfg = build_config(randnet.Config, {"rollout_length": 20})
+    with pytest.raises(ConfigError, match="randnet needs image observations"):
+        randnet.Learner(cfg, vector_spec())
+    with pytest.raises(ConfigError, match="randnet needs image observations"):
+        randnet.build_actor(cfg, vector_spec())
+
+
+# Short training runs ---------------------------------------------------------------------------
+
+
+def _loaded_acts_like_learner(run_dir, trainer, inp: ActInput) -> None:
+    loaded = load_policy(run_dir / "policy.pt", expect=trainer.env.spec)
+    mine = trainer.learner.eval_module()
+    with torch.no_grad():
+        a, _ = mine.act(inp, mine.initial_hidden(inp.obs.shape[0]))
+        b, _ = loaded.actor.act(inp, loaded.actor.initial_hidden(inp.obs.shape[0]))
+    assert torch.isfinite(b).all() and torch.equal(a, b)
+
+
+def test_short_opre_run_on_smax(tmp_path):
+    from marl.policy_train import PolicyTrainer
+    from marl.train import Budget
+
+    trainer = PolicyTrainer("opre", "smax", "3m", 0, Budget(env_steps=320, eval_interval=10_000, eval_episodes=2),
+                            overrides={"num_envs": 4, "rollout_length": 20, "ppo_epochs": 2}, run_dir=tmp_path)
+    rows = trainer.run()
+    last = rows[-1]
+    assert last["env_steps"] == 320
+    for key in ("policy_loss", "value_loss", "option_kl_loss", "test_return_mean"):
+        assert math.isfinite(last[key]), key
+    assert last["option_kl_loss"] >= 0.0
+    spec = trainer.env.spec
+    M = 2 * spec.n_agents
+    inp = ActInput(torch.randn(M, *spec.obs_shape), torch.zeros(M, 0), torch.arange(M) % spec.n_agents,
+                   torch.ones(M, spec.n_actions, dtype=torch.bool), torch.full((M, *spec.state_shape), float("nan")))
+    _loaded_acts_like_learner(tmp_path, trainer, inp)
+
+
+def test_short_randnet_run_on_meltingpot(tmp_path):
+    pytest.importorskip("meltingpot")
+    from marl.policy_train import PolicyTrainer
+    from marl.train import Budget
+
+    trainer = PolicyTrainer("randnet", "meltingpot", "prisoners_dilemma_in_the_matrix__repeated", 0,
+                            Budget(env_steps=240, eval_interval=10_000, eval_episodes=2),
+                            overrides={"num_envs": 2, "rollout_length": 20, "ppo_epochs": 2, "mc_samples": 4,
+                                       "eval_num_envs": 1},
+                            env_options={"max_episode_frames": 40}, run_dir=tmp_path)
+    rows = trainer.run()
+    last = rows[-1]
+    assert last["env_steps"] == 240
+    for key in ("policy_loss", "value_loss", "feature_match_loss", "clean_iteration", "test_return_mean"):
+        assert math.isfinite(last[key]), key
+    assert last["feature_match_loss"] > 0.0
+    spec = trainer.env.spec
+    H, W, C = spec.obs_shape
+    M = 2 * spec.n_agents
+    g = torch.Generator().manual_seed(0)
+    extra = sum(math.prod(s) for s in spec.extra_obs_shapes.values())
+    inp = ActInput(torch.randint(0, 256, (M, C, H // 8, W // 8), generator=g, dtype=torch.uint8),
+                   torch.rand(M, extra, generator=g), torch.arange(M) % spec.n_agents,
+                   torch.ones(M, spec.n_actions, dtype=torch.bool), torch.zeros(M, 0))
+    _loaded_acts_like_learner(tmp_path, trainer, inp)
