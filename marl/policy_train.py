@@ -95,7 +95,8 @@ class PolicyTrainer:
         self.rows: list[dict[str, Any]] = []
         self._window: dict[str, list[float]] = {}
         self.resumed = self._try_resume()
-        self.collector.start(derive_seed(seed, 3, self.t_env))
+        if self.t_env < self.next_checkpoint:  # else run() checkpoints and re-seeds first: start once
+            self.collector.start(derive_seed(seed, 3, self.t_env))
 
     def run(self) -> list[dict[str, Any]]:
         start = time.perf_counter() - self.wall_time

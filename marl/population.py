@@ -139,7 +139,10 @@ class PolicyPool:
     def get(self, sid: int) -> nn.Module:
         module = self._cache.get(sid)
         if module is None:
-            module = self.build()
+            # Building initialises parameters from torch's global RNG; a cache miss must not change
+            # the random stream (a resumed run rebuilds modules the uninterrupted run had cached).
+            with torch.random.fork_rng(devices=[]):
+                module = self.build()
             module.load_state_dict(self.snapshots[sid])
             module.eval()
             for p in module.parameters():
