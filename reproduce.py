@@ -17,6 +17,7 @@ examples:
   python reproduce.py                              # the quick suite on this machine, then its report
   python reproduce.py --suite smoke --workers 2    # the tiny suite CI uses
   python reproduce.py --suite ddn_smax --dry-run   # list the run matrix and what is already done
+  python reproduce.py --suite bidist_quick         # policy learners, held-out co-players, cross-play
   python reproduce.py --suite ddn_smac --backend docker              # StarCraft II maps in the image
   python reproduce.py --suite ddn_smax --backend ray --address auto  # an existing Ray cluster
   python reproduce.py --suite quick --only scenario=3m --seeds 0     # a slice of a suite
@@ -26,7 +27,8 @@ examples:
   make reproduce ARGS="--suite smoke"
 
 Rerunning a command resumes it: finished runs are skipped, interrupted ones resume from their last
-checkpoint. Ctrl-C stops at the next safe point; a second Ctrl-C stops at once.
+checkpoint. Suites with a 'heldout' section then evaluate every focal policy run in cross-play
+against the held-out runs of its scenario (crossplay.json in its run dir; skipped when up to date). Ctrl-C stops at the next safe point; a second Ctrl-C stops at once.
 exit codes: 0 all runs done, 1 some run failed or a run dir is corrupt, 2 bad input or refused
 (manifest, flags, unavailable backends, output dir locked), 130 interrupted.
 """
@@ -120,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.dry_run:
         print(format_plan(items, suite))
+        if suite.heldout is not None:
+            from suites.crossplay import describe_plan, plan_crossplay
+
+            print(describe_plan(plan_crossplay(items, suite, store)))
         return 0
     if args.report_only:
         if not store.runs.is_dir():
@@ -164,15 +170,27 @@ def main(argv: list[str] | None = None) -> int:
         try:
             summary = execute(items, store, backend, suite, provenance_extra(args.backend), retries=args.retries,
                               threads=args.threads)
+            crossplay = None
+            if suite.heldout is not None and not summary.interrupted:
+                # After training: the focal policies against the held-out populations (suites/crossplay.py).
+                from suites.crossplay import execute_crossplay_phase
+
+                crossplay = execute_crossplay_phase(items, store, backend, suite, provenance_extra(args.backend),
+                                                    retries=args.retries, threads=args.threads)
         finally:
             backend.close()
     finally:
         store.release()
     print(summary.format())
-    if not args.no_report and not summary.interrupted:
+    if crossplay is not None:
+        print(crossplay.format())
+    interrupted = summary.interrupted or (crossplay is not None and crossplay.interrupted)
+    if not args.no_report and not interrupted:
         path = render_report(store.root, say=eprint)
         print(f"report: {path}")
-    return summary.exit_code if summary.exit_code != 0 else (1 if corrupt else 0)
+    codes = [summary.exit_code] + ([crossplay.exit_code] if crossplay is not None else [])
+    code = 130 if 130 in codes else max(codes)
+    return code if code != 0 else (1 if corrupt else 0)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """One verdict per claim of the papers: reproduced / not reproduced / not run (with the reason).
 
 The rules per claim kind are documented in ``paper_numbers.yaml``. A SMAC claim is judged on SMAC
-runs when the suite has them, otherwise on the SMAX stand-in, and then says so.
+runs when the suite has them, otherwise on the SMAX stand-in, and then says so. A BiDist claim
+(``source: crossplay``) is judged on the cross-play table: every row (held-out population, Melting
+Pot scenario) where it and its rivals were evaluated, and it says which population each row used.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pandas as pd
 from reports.collect import SuiteData, metric_for
 from reports.paper import Claim, Paper, PaperNumbers
 from reports.stats import aggregate, probability_of_improvement
-from reports.tables import FAMILY_NAMES, cell_runs, family_key
+from reports.tables import FAMILY_NAMES, HELDOUT_GROUP, build_crossplay_table, cell_runs, family_key
 
 REPRODUCED, NOT_REPRODUCED, NOT_RUN = "reproduced", "not reproduced", "not run"
 
@@ -143,6 +145,9 @@ def evaluate_claims(data: SuiteData, numbers: PaperNumbers, reps: int) -> list[V
         if claim.kind == "summary":
             out.append(Verdict(claim, NOT_RUN, claim.how_to_run, paper_budget=paper.budget_env_steps))
             continue
+        if claim.source == "crossplay":
+            out.append(_crossplay_verdict(data, claim, paper, reps))
+            continue
         details, results, families, budgets, judged = [], [], set(), set(), set()
         for family, scenario in _targets(data, claim, paper):
             ok, detail, used = _judge(data, claim, family, scenario, reps)
@@ -171,3 +176,62 @@ def evaluate_claims(data: SuiteData, numbers: PaperNumbers, reps: int) -> list[V
             reason += f". Not run on {', '.join(unjudged)}: {claim.how_to_run}"
         out.append(Verdict(claim, verdict, reason, details, measured_on, sorted(budgets), paper.budget_env_steps))
     return out
+
+
+def _crossplay_status(data: SuiteData, claim: Claim) -> str:
+    """Why a cross-play claim has nothing to judge: what the suite holds of its runs."""
+    labels = [lb for lb in (claim.label, *claim.than) if lb]
+    runs = data.run_dirs
+    focal = runs[(runs["group"] == claim.group) & runs["label"].isin(labels)]
+    if not len(focal):
+        return f"no {', '.join(labels)} runs in group {claim.group} of this suite"
+    parts = []
+    for label in labels:
+        mine = focal[focal["label"] == label]
+        if not len(mine):
+            parts.append(f"{label}: no runs")
+            continue
+        done = mine[mine["state"] == "done"]
+        text = f"{label}: {len(done)} of {len(mine)} runs trained, {int((done['crossplay_state'] == 'done').sum())} evaluated"
+        errors = mine["crossplay_error"].dropna()
+        parts.append(text + (f" (cross-play error: {str(errors.iloc[0])[:120]})" if len(errors) else ""))
+    held = runs[runs["group"] == HELDOUT_GROUP]
+    parts.append(f"held-out runs: {int((held['state'] == 'done').sum())} of {len(held)} trained" if len(held)
+                 else "the suite has no held-out population (manifest section 'heldout')")
+    return "; ".join(parts)
+
+
+def _crossplay_verdict(data: SuiteData, claim: Claim, paper: Paper, reps: int) -> Verdict:
+    """``better`` on the cross-play table: P(label > other) with its CI above 0.5 on every row where
+    both were evaluated, for every rival that was."""
+    table = build_crossplay_table(data, claim.group, reps)
+    details, results, kinds, families, budgets = [], [], [], set(), set()
+    for row in table.rows:
+        where = f"{row.scenario} ({FAMILY_NAMES.get(row.family, row.family)}; vs {row.population})"
+        mine = row.cells.get(claim.label) if claim.label else None
+        present = {o: row.cells[o] for o in claim.than if o in row.cells and row.cells[o].n_done}
+        if mine is None or not mine.n_done or not present:
+            details.append(f"{where}: needs cross-play results of {claim.label} and of one of {', '.join(claim.than)}")
+            continue
+        parts, ok = [f"median {claim.label} {fmt_score(mine.agg.median, False)}"], True
+        for other, cell in present.items():
+            poi = probability_of_improvement(mine.values, cell.values, reps=reps)
+            ok &= poi.lo > 0.5
+            parts.append(f"P({claim.label} > {other}) = {poi.p:.2f} [{poi.lo:.2f}, {poi.hi:.2f}] "
+                         f"(median {fmt_score(cell.agg.median, False)}, n={poi.n_x} vs {poi.n_y})")
+        absent = [o for o in claim.than if o not in present]
+        single = mine.n_done < 2 or any(c.n_done < 2 for c in present.values())
+        details.append(f"{where}: " + "; ".join(parts) + (f"; not run: {', '.join(absent)}" if absent else "")
+                       + (" (single seeds: no interval, so this row's outcome is indicative only)" if single else ""))
+        results.append(ok)
+        families.add(row.family)
+        if row.population and row.population not in kinds:
+            kinds.append(row.population)
+        budgets.update(c.budget for c in (mine, *present.values()) if c.budget)
+    if not results:
+        return Verdict(claim, NOT_RUN, f"{_crossplay_status(data, claim)}. To run it: {claim.how_to_run}", details,
+                       paper_budget=paper.budget_env_steps)
+    measured_on = [FAMILY_NAMES.get(f, f) for f in sorted(families, key=family_key)] + \
+        [f"co-players: {k}" for k in kinds]
+    return Verdict(claim, REPRODUCED if all(results) else NOT_REPRODUCED, "; ".join(details), details, measured_on,
+                   sorted(budgets), paper.budget_env_steps)

@@ -7,9 +7,17 @@
   several cells once, listing them in spec.json's ``memberships`` (e.g. the default ddn in the main
   table and as the reference column of the ablations);
 * ``evals``: one row per evaluation of every run directory (identifying columns + metrics.csv),
+* ``crossplay``: one row per cross-play evaluation of a focal policy run (its ``crossplay.json``,
+  written by suites/crossplay.py): the focal per-capita return against a held-out population or on
+  a Melting Pot scenario with DeepMind's bots, and which population that was,
 
 plus each run's provenance and the problems met on the way (a corrupt run directory is reported,
 never fatal: a partial or damaged suite still renders).
+
+A run's score: the mean of its last evaluations of the family's metric in metrics.csv (win rate,
+test return), except for BiDist's metric, the focal per-capita return against held-out co-players,
+which only cross-play measures: such a run is scored by its crossplay.json (NaN until evaluated) and
+its metrics.csv gives the self-play learning curve (``test_return_mean``).
 """
 
 from __future__ import annotations
@@ -29,14 +37,22 @@ FINAL_EVALS = 3
 
 @dataclass(frozen=True)
 class Metric:
-    column: str  # column of metrics.csv
+    column: str  # column of metrics.csv (or field of crossplay.json)
     name: str  # how tables call it
     is_rate: bool  # a fraction in [0, 1] (printed as a percentage)
+    source: str = "metrics"  # "metrics": metrics.csv; "crossplay": crossplay.json
+    curve: str | None = None  # the metrics.csv column of the learning curve, when not ``column``
+
+    @property
+    def curve_column(self) -> str:
+        return self.curve or self.column
 
 
 WIN_RATE = Metric("test_win_rate", "test win rate", True)
 TEST_RETURN = Metric("test_return_mean", "mean test return", False)
-FOCAL_RETURN = Metric("focal_per_capita_return", "focal per-capita return", False)
+FOCAL_RETURN = Metric("focal_per_capita_return", "focal per-capita return", False, source="crossplay",
+                      curve="test_return_mean")
+CROSSPLAY = "crossplay.json"
 
 # What a family is scored by (DESIGN.md, Evaluation contracts).
 FAMILY_METRIC: dict[str, Metric] = {
@@ -49,11 +65,21 @@ FAMILY_METRIC: dict[str, Metric] = {
 
 RUN_COLUMNS = ["run_id", "suite", "paper", "family", "scenario", "algorithm", "label", "group", "seed",
                "state", "attempts", "error", "env_steps_budget", "eval_interval", "eval_episodes",
-               "overrides", "env_options", "n_evals", "last_env_steps", "metric", "final_score"]
+               "overrides", "env_options", "n_evals", "last_env_steps", "metric", "final_score",
+               "crossplay_state", "crossplay_error"]
+CROSSPLAY_COLUMNS = ["run_id", "paper", "family", "scenario", "algorithm", "label", "group", "seed", "state",
+                     "env_steps_budget", "kind", "eval_scenario", "eval_state", "reason", "population_kind", "value",
+                     "episodes", "n_focal", "members", "n_members", "n_members_expected"]
 
 
 def metric_for(family: str) -> Metric:
     return FAMILY_METRIC.get(family, TEST_RETURN)
+
+
+def run_metric(paper: str | None, family: str) -> Metric:
+    """What a run is scored by: BiDist's runs by the focal per-capita return in cross-play, whatever
+    the family (its suites may use SMAX or matrix games for quick checks); others by their family's."""
+    return FOCAL_RETURN if paper == "bidist" else metric_for(family)
 
 
 @dataclass
@@ -63,6 +89,7 @@ class SuiteData:
     runs: pd.DataFrame
     evals: pd.DataFrame
     provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
+    crossplay: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CROSSPLAY_COLUMNS))
     manifest: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -91,8 +118,32 @@ def final_score(values: pd.Series | np.ndarray, last: int = FINAL_EVALS) -> floa
     return float(np.mean(values[-last:])) if len(values) else float("nan")
 
 
-def _load_run(run_dir: Path, problems: list[str]) -> tuple[list[dict[str, Any]], pd.DataFrame, dict[str, Any]] | None:
-    """(one row per table cell the run fills, its metrics, its provenance); None if unreadable."""
+def _crossplay_rows(record: dict[str, Any], row: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per evaluation of a crossplay.json (held-out population or bot scenario): done, failed
+    or unavailable here (``eval_state``; only done ones have a value)."""
+    out = []
+    expected = record.get("population_expected")
+    for ev in record.get("evaluations") or []:
+        if not isinstance(ev, dict):
+            continue
+        members = ev.get("population") or []
+        out.append({**{k: row[k] for k in ("run_id", "paper", "family", "scenario", "algorithm", "label", "group",
+                                            "seed", "state", "env_steps_budget")},
+                    "kind": ev.get("kind"), "eval_scenario": ev.get("scenario", row["scenario"]),
+                    "eval_state": ev.get("state"), "reason": ev.get("reason") or ev.get("error"),
+                    "population_kind": ev.get("population_kind"),
+                    "value": float(ev.get("focal_per_capita_return", float("nan"))),
+                    "episodes": ev.get("episodes"), "n_focal": ev.get("n_focal"),
+                    "members": json.dumps([{k: m.get(k) for k in ("algorithm", "label", "seed", "run_id") if k in m}
+                                           for m in members]),
+                    "n_members": len(members), "n_members_expected": expected if members else None})
+    return out
+
+
+def _load_run(run_dir: Path, problems: list[str]) -> tuple[list[dict[str, Any]], pd.DataFrame, dict[str, Any],
+                                                           list[dict[str, Any]]] | None:
+    """(one row per table cell the run fills, its metrics, its provenance, its cross-play rows);
+    None if unreadable."""
     try:
         spec = _read_json(run_dir / "spec.json")
     except (OSError, ValueError) as exc:
@@ -117,13 +168,25 @@ def _load_run(run_dir: Path, problems: list[str]) -> tuple[list[dict[str, Any]],
             provenance = _read_json(run_dir / "provenance.json")
         except (OSError, ValueError) as exc:
             problems.append(f"{run_dir.name}: unreadable provenance.json ({exc})")
+    crossplay: dict[str, Any] | None = None
+    if (run_dir / CROSSPLAY).exists():
+        try:
+            crossplay = _read_json(run_dir / CROSSPLAY)
+        except (OSError, ValueError) as exc:
+            problems.append(f"{run_dir.name}: unreadable {CROSSPLAY} ({exc}); its cross-play is not used")
 
     budget = spec.get("budget") or {}
     family = spec.get("family", "?")
-    metric = metric_for(family)
-    has_metric = not metrics.empty and metric.column in metrics
+    metric = run_metric(spec.get("paper"), family)
+    curve = metric.curve_column
+    has_metric = not metrics.empty and curve in metrics
     if not metrics.empty and not has_metric:
-        problems.append(f"{run_dir.name}: metrics.csv has no column {metric.column!r}")
+        problems.append(f"{run_dir.name}: metrics.csv has no column {curve!r}")
+    if metric.source == "crossplay":
+        value = (crossplay or {}).get(metric.column)
+        score = float(value) if isinstance(value, (int, float)) else float("nan")
+    else:
+        score = final_score(metrics[metric.column]) if has_metric else float("nan")
     row = {
         "run_id": spec.get("id", run_dir.name),
         "suite": spec.get("suite"),
@@ -145,12 +208,16 @@ def _load_run(run_dir: Path, problems: list[str]) -> tuple[list[dict[str, Any]],
         "n_evals": len(metrics) if has_metric else 0,
         "last_env_steps": int(metrics["env_steps"].iloc[-1]) if has_metric and "env_steps" in metrics else 0,
         "metric": metric.column,
-        "final_score": final_score(metrics[metric.column]) if has_metric else float("nan"),
+        "final_score": score,
+        "crossplay_state": (crossplay or {}).get("state"),
+        "crossplay_error": (crossplay or {}).get("error"),
     }
     # The orchestrator stores one run for every (group, label) cell with the same training.
     cells = [(m.get("group"), m.get("label")) for m in spec.get("memberships") or [] if isinstance(m, dict)]
     cells = list(dict.fromkeys(cells)) or [(row["group"], row["label"])]
-    return [{**row, "group": g or "main", "label": lb or row["algorithm"]} for g, lb in cells], metrics, provenance
+    rows = [{**row, "group": g or "main", "label": lb or row["algorithm"]} for g, lb in cells]
+    played = [x for r in rows for x in _crossplay_rows(crossplay, r)] if isinstance(crossplay, dict) else []
+    return rows, metrics, provenance, played
 
 
 def collect(suite_dir: str | Path) -> SuiteData:
@@ -162,14 +229,15 @@ def collect(suite_dir: str | Path) -> SuiteData:
             manifest = yaml.safe_load((suite_dir / "manifest.yaml").read_text())
         except (OSError, yaml.YAMLError) as exc:
             problems.append(f"manifest.yaml unreadable ({exc})")
-    rows, frames, provenance = [], [], {}
+    rows, frames, provenance, played = [], [], {}, []
     runs_dir = suite_dir / "runs"
     for run_dir in sorted(p for p in runs_dir.glob("*") if p.is_dir()) if runs_dir.is_dir() else []:
         loaded = _load_run(run_dir, problems)
         if loaded is None:
             continue
-        cells, metrics, prov = loaded
+        cells, metrics, prov, cross = loaded
         rows.extend(cells)
+        played.extend(cross)
         run = cells[0]
         provenance[run["run_id"]] = prov
         if run["n_evals"]:
@@ -182,4 +250,5 @@ def collect(suite_dir: str | Path) -> SuiteData:
     if not name and not runs.empty and runs["suite"].notna().any():
         name = str(runs["suite"].dropna().iloc[0])
     return SuiteData(suite_dir=suite_dir, name=name or suite_dir.name, runs=runs, evals=evals,
-                     provenance=provenance, manifest=manifest, problems=problems)
+                     provenance=provenance, manifest=manifest, problems=problems,
+                     crossplay=pd.DataFrame(played, columns=CROSSPLAY_COLUMNS))

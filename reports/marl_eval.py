@@ -33,6 +33,8 @@ def to_marl_eval(data: SuiteData) -> dict[str, Any]:
     out: dict[str, Any] = {}
     evals = data.done_evals()
     for run in data.done.itertuples():
+        if run.group == "heldout":  # co-players of the cross-play evaluation, not an algorithm's results
+            continue
         rows = evals[evals["run_id"] == run.run_id].sort_values("eval_index")
         metrics = {name: col for name, col in METRIC_COLUMNS.items() if col in rows
                    and (name != "win_rate" or metric_for(run.family).is_rate)}

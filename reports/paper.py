@@ -10,6 +10,7 @@ import yaml
 
 PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.yaml")
 CLAIM_KINDS = ("value", "better", "best", "lags", "summary")
+CLAIM_SOURCES = ("metrics", "crossplay")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Claim:
     value: float | None = None
     tolerance: float = 0.0
     how_to_run: str = ""
+    source: str = "metrics"  # "metrics": final scores of the group's tables; "crossplay": the cross-play table
 
 
 @dataclass
@@ -71,7 +73,11 @@ def load_paper_numbers(path: str | Path = PAPER_NUMBERS) -> PaperNumbers:
                             group=c.get("group", "main"), label=c.get("label"), than=tuple(c.get("than") or ()),
                             among=tuple(c.get("among") or ()), scenarios=tuple(c.get("scenarios") or ()),
                             value=c.get("value"), tolerance=float(c.get("tolerance", 0.0)),
-                            how_to_run=" ".join(str(c.get("how_to_run", "")).split())))
+                            how_to_run=" ".join(str(c.get("how_to_run", "")).split()),
+                            source=c.get("source", "metrics")))
+        if claims[-1].source not in CLAIM_SOURCES:
+            raise ValueError(f"{path}: claim {c['id']!r} has unknown source {claims[-1].source!r}; "
+                             f"valid: {', '.join(CLAIM_SOURCES)}")
     for c in raw.get("cells") or []:
         if c["paper"] not in papers:
             raise ValueError(f"{path}: cell {c} names unknown paper {c['paper']!r}")

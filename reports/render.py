@@ -28,12 +28,13 @@ from reports.marl_eval import write_marl_eval
 from reports.paper import PaperNumbers, load_paper_numbers
 from reports.provenance import method_choices, provenance_table
 from reports.stats import REPS
-from reports.tables import FAMILY_NAMES, Table, build_table, groups_in_order, learning_curve
+from reports.tables import (FAMILY_NAMES, HELDOUT_GROUP, Table, build_crossplay_table, build_table, crossplay_groups,
+                            groups_in_order, learning_curve)
 
 TEMPLATES = Path(__file__).with_name("templates")
-BIDIST_NOT_RUN = ("the BiDist learners (MAPPO with a distilled co-player policy) and its baselines (self-play, "
-                  "RPM, OPRE, RandNet) are not implemented yet, so this suite has no Melting Pot runs; the "
-                  "seed document gives no table of numbers to compare with either.")
+BIDIST_NOT_RUN = ("this suite has no BiDist runs. Run python reproduce.py --suite bidist_quick (a few minutes: "
+                  "the whole pipeline at a tiny budget) or --suite bidist_meltingpot (paper scale); the seed "
+                  "document gives no table of numbers to compare with.")
 
 
 @dataclass
@@ -49,7 +50,63 @@ def _slug(*parts: str) -> str:
 def _subset(data: SuiteData, bidist: bool) -> SuiteData:
     is_bidist = data.runs["paper"].fillna("") == "bidist"
     runs = data.runs[is_bidist if bidist else ~is_bidist]
-    return dataclasses.replace(data, runs=runs, evals=data.evals[data.evals["run_id"].isin(runs["run_id"])])
+    return dataclasses.replace(data, runs=runs, evals=data.evals[data.evals["run_id"].isin(runs["run_id"])],
+                               crossplay=data.crossplay[data.crossplay["run_id"].isin(runs["run_id"])])
+
+
+@dataclass
+class Pending:
+    run_id: str
+    family: str
+    scenario: str
+    label: str
+    seed: Any
+    reason: str
+
+
+def _bidist(data: SuiteData, fig_dir: Path, reps: int) -> dict[str, Any]:
+    """The BiDist section: cross-play tables, self-play learning curves, the held-out members and
+    the focal runs still without a cross-play result."""
+    tables = [build_crossplay_table(data, group, reps) for group in crossplay_groups(data)]
+    tables = [t for t in tables if t.rows]
+    focal = data.runs[(data.runs["group"] != HELDOUT_GROUP)]
+    figures_out: list[Figure] = []
+    for family, scenario in sorted(set(zip(focal["family"], focal["scenario"]))):
+        for group in dict.fromkeys(focal["group"]):
+            labels = list(dict.fromkeys(focal[(focal["group"] == group) & (focal["family"] == family)
+                                              & (focal["scenario"] == scenario)]["label"]))
+            curves = {lb: learning_curve(data, family, scenario, lb, group) for lb in labels}
+            curves = {k: v for k, v in curves.items() if not v.empty}
+            if not curves:
+                continue
+            where = FAMILY_NAMES.get(family, family)
+            png = figures.learning_curves(curves, f"{scenario} ({where}): self-play, group {group}",
+                                          "self-play test return", False, reps=reps)
+            atomic_write_bytes(fig_dir / f"{_slug('bidist', group, family, scenario)}.png", png)
+            figures_out.append(Figure(
+                f"Learning curves, {scenario} ({where}), group {group}: per-capita test return with every slot "
+                f"played by the learner itself (self-play, as evaluated during training; not the generalisation "
+                f"metric), median over seeds with a 95% bootstrap CI.", base64.b64encode(png).decode()))
+    held = data.run_dirs[data.run_dirs["group"] == HELDOUT_GROUP].sort_values(["scenario", "label", "seed"])
+    done = data.crossplay[data.crossplay["eval_state"] == "done"]
+    evaluated = set(done["run_id"])
+    unavailable = data.crossplay[data.crossplay["eval_state"] == "unavailable"].drop_duplicates("eval_scenario")
+    not_here = [(r.eval_scenario, r.reason) for r in unavailable.sort_values("eval_scenario").itertuples()]
+    pending = []
+    for r in focal.drop_duplicates("run_id").sort_values(["scenario", "label", "seed"]).itertuples():
+        if r.run_id in evaluated:
+            continue
+        if r.state != "done":
+            reason = f"training {r.state}"
+        elif r.crossplay_state == "failed":
+            reason = f"cross-play failed: {r.crossplay_error}"
+        else:
+            reason = "trained, not evaluated in cross-play yet (it runs after training, once held-out runs of " \
+                     "its scenario finished: rerun reproduce.py)"
+        pending.append(Pending(r.run_id, r.family, r.scenario, r.label, r.seed, reason))
+    kinds = list(dict.fromkeys(done["population_kind"].dropna()))
+    return {"tables": tables, "figures": figures_out, "heldout": list(held.itertuples()), "pending": pending,
+            "kinds": kinds, "has_runs": not focal.empty, "not_here": not_here}
 
 
 def _tables(data: SuiteData, numbers: PaperNumbers, reps: int) -> list[Table]:
@@ -82,6 +139,20 @@ def _budget_text(data: SuiteData) -> str:
     return ", ".join(f"{fmt_steps(b)} env steps" for b in budgets) if budgets else "n/a"
 
 
+def _paper_budget_text(data: SuiteData, numbers: PaperNumbers) -> str:
+    """The papers' own budgets, for the papers this suite's runs reproduce (DDN when it has none)."""
+    found = [p for p in dict.fromkeys(data.runs["paper"].dropna()) if p in numbers.papers] or ["ddn"]
+    parts = []
+    for key in found:
+        paper = numbers.papers.get(key)
+        if paper is None:
+            continue
+        steps = paper.budget_env_steps
+        parts.append(f"the {key.upper() if key == 'ddn' else 'BiDist'} paper: "
+                     + (f"{fmt_steps(steps)} env steps" if steps else "budget not given"))
+    return "; ".join(parts) or "n/a"
+
+
 def _eval_text(data: SuiteData) -> str:
     pairs = sorted({(int(i), int(e)) for i, e in zip(data.runs["eval_interval"], data.runs["eval_episodes"])
                     if i == i and e == e})
@@ -94,14 +165,11 @@ def render_html(data: SuiteData, numbers: PaperNumbers, out_dir: Path, reps: int
                 marl_eval_name: str = "marl_eval.json") -> str:
     ddn_data, bidist_data = _subset(data, bidist=False), _subset(data, bidist=True)
     ddn_tables = _tables(ddn_data, numbers, reps)
-    # BiDist tables only once a BiDist run finished (its suite can list runs that cannot run yet).
-    bidist_tables = _tables(bidist_data, numbers, reps) if len(bidist_data.done) else []
     fig_dir = out_dir / "figures"
     runs = data.run_dirs
     states = runs["state"].value_counts()
     missing = runs[(runs["state"] != "done") | (runs["n_evals"] == 0)].sort_values(["group", "scenario", "label", "seed"])
     seeds = sorted({s for s in runs["seed"].dropna()})
-    ddn_paper = numbers.papers.get("ddn")
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined)
     env.filters["score"] = lambda v, is_rate, digits=1: fmt_score(v, bool(is_rate), digits)
     env.filters["steps"] = lambda v: fmt_steps(int(v)) if v is not None and v == v else "n/a"
@@ -117,13 +185,12 @@ def render_html(data: SuiteData, numbers: PaperNumbers, out_dir: Path, reps: int
         "partial": not runs.empty and len(missing) > 0,
         "problems": data.problems,
         "budget_text": _budget_text(data),
-        "paper_budget_text": f"{fmt_steps(ddn_paper.budget_env_steps)} env steps" if ddn_paper else "n/a",
+        "paper_budget_text": _paper_budget_text(data, numbers),
         "seeds_text": ", ".join(str(s) for s in seeds) if seeds else "none",
         "verdicts": evaluate_claims(data, numbers, reps),
         "ddn_tables": ddn_tables,
         "figures": _figures(ddn_data, ddn_tables, fig_dir, reps),
-        "bidist_tables": bidist_tables,
-        "bidist_figures": _figures(bidist_data, bidist_tables, fig_dir, reps),
+        "bidist": _bidist(bidist_data, fig_dir, reps),
         "bidist_reason": BIDIST_NOT_RUN,
         "missing": list(missing.itertuples()),
         "family_names": FAMILY_NAMES,

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from reports.collect import SuiteData, metric_for
+from reports.collect import FOCAL_RETURN, SuiteData, metric_for, run_metric
 from reports.paper import PaperNumbers
 from reports.stats import Aggregate, Improvement, aggregate, probability_of_improvement
 
@@ -89,6 +89,9 @@ class Row:
     metric_name: str
     is_rate: bool
     cells: dict[str, Cell] = field(default_factory=dict)
+    population: str | None = None  # cross-play rows: who the co-players were
+    members: list[str] = field(default_factory=list)  # cross-play rows: the held-out runs, "label seed s"
+    trained_on: str | None = None  # cross-play rows on a Melting Pot scenario: the substrate trained on
 
 
 @dataclass
@@ -186,7 +189,8 @@ def groups_in_order(data: SuiteData, paper: str | None = None) -> list[str]:
 def learning_curve(data: SuiteData, family: str, scenario: str, label: str, group: str) -> pd.DataFrame:
     """Per-seed curves of one cell on a common grid: an evaluation taken at env step t belongs to the
     nominal point floor(t / eval_interval) * eval_interval (evaluations fire at the first step past
-    each multiple of the interval; the final one at the budget). Columns: seeds; index: env steps."""
+    each multiple of the interval; the final one at the budget). Columns: seeds; index: env steps.
+    The curve is of the runs' metrics.csv metric (BiDist runs: the self-play test return)."""
     _, done, _ = cell_runs(data, group, family, scenario, label)
     ev = data.evals[data.evals["run_id"].isin(done["run_id"])]
     if ev.empty:
@@ -194,6 +198,78 @@ def learning_curve(data: SuiteData, family: str, scenario: str, label: str, grou
     interval = done.set_index("run_id")["eval_interval"].reindex(ev["run_id"]).to_numpy(dtype=float)
     interval = np.where(np.isfinite(interval) & (interval > 0), interval, 1.0)
     steps = (np.floor(ev["env_steps"].to_numpy(dtype=float) / interval) * interval).astype(np.int64)
-    metric = metric_for(family).column
+    metric = run_metric(done["paper"].iloc[0], family).curve_column
     frame = pd.DataFrame({"step": steps, "seed": ev["seed"].to_numpy(), "value": ev[metric].to_numpy(dtype=float)})
     return frame.pivot_table(index="step", columns="seed", values="value", aggfunc="last").sort_index()
+
+
+# BiDist: cross-play ---------------------------------------------------------------------------
+
+HELDOUT_GROUP = "heldout"  # suites/manifest.py: the held-out runs' group, never a focal column
+BIDIST_REFERENCE = "bidist"
+CROSSPLAY_LAYOUT = Layout(
+    "main", "Cross-play: focal per-capita return per evaluation and algorithm",
+    "Each focal policy (rows: where it was evaluated) plays with co-players it never met in training: the "
+    "suite's held-out population (policies trained in separate runs with other seeds) or, on Melting Pot "
+    "scenarios, DeepMind's background bots. Cell: median over seeds of the focal per-capita return "
+    "[95% bootstrap CI], IQM, n seeds.",
+    ("bidist", "mappo", "selfplay", "rpm", "opre", "randnet"), BIDIST_REFERENCE)
+
+
+def crossplay_groups(data: SuiteData) -> list[str]:
+    """Groups of focal runs scored by cross-play (the held-out group is never one)."""
+    runs = data.runs[(data.runs["metric"] == FOCAL_RETURN.column) & (data.runs["group"] != HELDOUT_GROUP)]
+    found = list(dict.fromkeys(runs["group"]))
+    return (["main"] if "main" in found else []) + sorted(g for g in found if g != "main")
+
+
+def heldout_members(data: SuiteData, family: str, scenario: str) -> list[str]:
+    runs = data.run_dirs
+    held = runs[(runs["group"] == HELDOUT_GROUP) & (runs["family"] == family) & (runs["scenario"] == scenario)]
+    return [f"{r.label} seed {r.seed}" + ("" if r.state == "done" else f" ({r.state})")
+            for r in held.sort_values(["label", "seed"]).itertuples()]
+
+
+def build_crossplay_table(data: SuiteData, group: str, reps: int) -> Table:
+    """Rows: (family, where evaluated, population); columns: the group's labels; cells: the focal
+    per-capita return of each seed's focal run (its crossplay.json), aggregated over seeds."""
+    layout = CROSSPLAY_LAYOUT if group == "main" else Layout(
+        group, f"BiDist cross-play, group {group}", CROSSPLAY_LAYOUT.description, CROSSPLAY_LAYOUT.columns,
+        BIDIST_REFERENCE)
+    focal = data.runs[(data.runs["group"] == group) & (data.runs["metric"] == FOCAL_RETURN.column)]
+    played = data.crossplay[(data.crossplay["group"] == group) & (data.crossplay["state"] == "done")
+                            & (data.crossplay["eval_state"] == "done")]
+    found = list(dict.fromkeys(focal["label"]))
+    columns = [c for c in layout.columns if c in found] + sorted(c for c in found if c not in layout.columns)
+    keys = sorted(set(zip(played["family"], played["scenario"], played["eval_scenario"], played["kind"],
+                          played["population_kind"].fillna("?"))),
+                  key=lambda k: (family_key(k[0]), k[1], k[3] != "heldout_population", k[2]))
+    rows: list[Row] = []
+    for family, trained_on, where, kind, population in keys:
+        at = played[(played["family"] == family) & (played["scenario"] == trained_on) & (played["eval_scenario"] == where)
+                     & (played["kind"] == kind)]
+        row = Row(family, where, FOCAL_RETURN.column, FOCAL_RETURN.name, False, population=population,
+                  members=heldout_members(data, family, trained_on) if kind == "heldout_population" else [],
+                  trained_on=trained_on if where != trained_on else None)
+        for label in columns:
+            own = focal[(focal["family"] == family) & (focal["scenario"] == trained_on) & (focal["label"] == label)]
+            got = at[at["label"] == label].drop_duplicates("run_id").sort_values("seed")
+            if not len(own):
+                continue
+            budgets = sorted(set(got["env_steps_budget"].dropna().astype(int)))
+            row.cells[label] = Cell(label=label, agg=aggregate(got["value"], reps=reps), values=got["value"].tolist(),
+                                    seeds=got["seed"].tolist(), n_runs=len(own), n_done=len(got),
+                                    budget=budgets[-1] if budgets else None)
+        rows.append(row)
+    columns = [c for c in columns if any(c in r.cells for r in rows)]
+    comparisons = []
+    if BIDIST_REFERENCE in columns:
+        for row in rows:
+            x = row.cells.get(BIDIST_REFERENCE)
+            for label in columns:
+                y = row.cells.get(label)
+                if label == BIDIST_REFERENCE or x is None or y is None or not x.n_done or not y.n_done:
+                    continue
+                comparisons.append(Comparison(row.family, row.scenario, BIDIST_REFERENCE, label,
+                                              probability_of_improvement(x.values, y.values, reps=reps)))
+    return Table(layout, columns, rows, comparisons)

@@ -8,8 +8,8 @@ import os
 from typing import Any
 
 import envs
-from marl.registry import get_algorithm, list_algorithms
-from suites.manifest import DEFAULT_IMAGE, PLANNED_ALGORITHMS, ManifestError, load_suite, list_suites
+from marl.registry import list_algorithms
+from suites.manifest import DEFAULT_IMAGE, ManifestError, algorithm_kind, load_suite, list_suites
 
 # Long scenario lists (Melting Pot's 312 scenarios) are summarised past this many names.
 MAX_NAMES = 60
@@ -45,6 +45,8 @@ def _suite_line(name: str) -> str:
         return f"  {name:<20} INVALID: {exc}"
     unavailable = sum(1 for r in suite.runs if r.unavailable)
     note = f", {unavailable} unavailable here" if unavailable else ""
+    if suite.heldout is not None:
+        note += f" ({sum(r.is_heldout for r in suite.runs)} held-out)"
     first = suite.description.splitlines()[0] if suite.description else ""
     return f"  {name:<20} {suite.paper:<7} {len(suite.runs):>5} runs{note}  {first}"
 
@@ -55,10 +57,8 @@ def print_listing() -> None:
         print(_suite_line(name))
     print("\nalgorithms (manifest 'name'):")
     for name in list_algorithms():
-        print(f"  {name:<12} kind {get_algorithm(name).kind}")
-    for name, what in PLANNED_ALGORITHMS.items():
-        if name not in list_algorithms():
-            print(f"  {name:<12} planned, not implemented yet: {what}")
+        kind, why = algorithm_kind(name)
+        print(f"  {name:<12} kind {kind}" if kind else f"  {name:<12} UNAVAILABLE: {why}")
     print("\nscenarios (manifest 'family' / 'scenario'):")
     for family in envs.FAMILIES:
         try:

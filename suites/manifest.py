@@ -10,8 +10,14 @@ algorithm entry. ``budget`` on a scenario entry overrides some of the suite's bu
 scenario (Predator-Prey episodes are longer than SMAX ones, for example).
 
 Availability is not validity: a scenario whose backend is missing here (StarCraft II maps, Melting
-Pot bot scenarios) and an algorithm that is planned but not implemented yet are valid; their runs
-carry an ``unavailable`` reason that ``--dry-run`` shows and a real run refuses up front.
+Pot bot scenarios) and a registered algorithm whose module cannot be imported here are valid; their
+runs carry an ``unavailable`` reason that ``--dry-run`` shows and a real run refuses up front.
+
+Held-out populations (BiDist's evaluation, methods.md "Melting Pot evaluation"): the optional
+``heldout`` section adds training runs of policy learners with *other* seeds (group ``heldout``).
+They never take part in any focal run's training; after training, every focal policy run is
+evaluated in cross-play against the held-out runs of its scenario (suites/crossplay.py), and, on
+Melting Pot, on the listed Melting Pot scenarios, whose background is DeepMind's bots.
 """
 
 from __future__ import annotations
@@ -33,26 +39,18 @@ from marl.registry import get_algorithm, list_algorithms
 SUITES_DIR = Path(__file__).resolve().parent
 PAPERS = ("ddn", "bidist")
 TOP_KEYS = ("name", "paper", "description", "budget", "seeds", "overrides", "resources", "image",
-            "scenarios", "algorithms")
+            "scenarios", "algorithms", "heldout")
+HELDOUT_KEYS = ("seeds", "algorithms", "budget", "episodes", "n_focal", "bot_scenarios")
+HELDOUT_GROUP = "heldout"  # the table group of held-out runs (never a focal row of a report)
 BUDGET_KEYS = ("env_steps", "eval_interval", "eval_episodes", "checkpoint_interval")
 SCENARIO_KEYS = ("family", "scenario", "options", "overrides", "budget")
 ALGORITHM_KEYS = ("name", "label", "group", "overrides", "scenarios")
 RESOURCE_KEYS = ("cpus", "gpus")
 DEFAULT_IMAGE = "marl-repro-suite:latest"
 
-# Learners the papers need that are not in marl/registry.py yet (the BiDist line: its issue adds
-# them). A manifest may name them; their runs are marked unavailable instead of failing validation,
-# so bidist_meltingpot can be listed and dry-run today. A registered name always takes precedence.
-PLANNED_ALGORITHMS: dict[str, str] = {
-    "bidist": "BiDist (algorithms/bidist.py)",
-    "mappo": "MAPPO (baselines/mappo.py)",
-    "selfplay": "self-play (baselines/selfplay.py)",
-    "rpm": "RPM (baselines/rpm.py)",
-    "opre": "OPRE (baselines/opre.py)",
-    "randnet": "RandNet (baselines/randnet.py)",
-}
-# Trainers by algorithm kind (marl/registry.py ``Algorithm.kind``).
-TRAINER_KINDS = ("value",)
+# Trainers by algorithm kind (marl/registry.py ``Algorithm.kind``): marl/train.py, marl/policy_train.py.
+TRAINER_KINDS = ("value", "policy")
+POLICY_KIND = "policy"
 
 # Env option dataclasses per family, to validate options without building an environment.
 _OPTION_CLASSES = {
@@ -108,7 +106,29 @@ class AlgorithmEntry:
     group: str
     overrides: dict[str, Any]
     scenarios: tuple[str, ...] | None  # restrict this entry to these scenarios ("name" or "family/name")
-    unavailable: str | None  # planned-but-unimplemented algorithm, or a kind without a trainer
+    unavailable: str | None  # a module that cannot be imported here, or a kind without a trainer
+    kind: str | None = None  # "value" | "policy"; None when the module cannot be imported here
+
+
+@dataclass(frozen=True)
+class BotScenario:
+    """A Melting Pot scenario (``<substrate>_<k>``): the substrate with DeepMind's background bots."""
+
+    name: str
+    substrate: str
+    unavailable: str | None  # the bots' models are missing here
+
+
+@dataclass(frozen=True)
+class Heldout:
+    """The manifest's ``heldout`` section: who the focal policies are evaluated against."""
+
+    seeds: tuple[int, ...]
+    algorithms: tuple[AlgorithmEntry, ...]
+    budget: dict[str, int]  # overrides of each scenario's budget for the held-out runs
+    episodes: int | None  # cross-play episodes per focal run (None: the run's eval_episodes)
+    n_focal: int | None  # focal slots per episode (None: half the players, marl/crossplay.py)
+    bot_scenarios: tuple[BotScenario, ...]
 
 
 @dataclass(frozen=True)
@@ -123,7 +143,13 @@ class Suite:
     image: str
     scenarios: tuple[ScenarioEntry, ...]
     algorithms: tuple[AlgorithmEntry, ...]
+    heldout: Heldout | None = None
     runs: tuple["RunSpec", ...] = field(default=())
+
+    @property
+    def all_seeds(self) -> tuple[int, ...]:
+        """The focal seeds, then the held-out runs' seeds."""
+        return self.seeds + (self.heldout.seeds if self.heldout else ())
 
 
 @dataclass(frozen=True)
@@ -160,8 +186,12 @@ class RunSpec:
         return {"id": self.id, **self.content(), "label": self.label, "group": self.group,
                 "memberships": [{"group": g, "label": lbl} for g, lbl in self.memberships]}
 
+    @property
+    def is_heldout(self) -> bool:
+        return self.group == HELDOUT_GROUP
+
     def describe(self) -> str:
-        return f"{self.family}/{self.scenario} {self.label} seed {self.seed}"
+        return f"{self.family}/{self.scenario} {self.label}{' (held-out)' if self.is_heldout else ''} seed {self.seed}"
 
 
 def content_id(content: Mapping[str, Any]) -> str:
@@ -272,11 +302,12 @@ class _Validator:
         scenarios = self.scenarios(data.get("scenarios"), budget, top_overrides)
         names = {s.scenario for s in scenarios} | {f"{s.family}/{s.scenario}" for s in scenarios}
         algorithms = self.algorithms(data.get("algorithms"), names)
+        heldout = self.heldout(data.get("heldout"), seeds, scenarios, algorithms, names)
         if self.problems:
             raise ManifestError(self.path, self.problems)
         suite = Suite(name=name, paper=paper or "", description=str(description).strip(), path=self.path,
                       text=self.text, seeds=seeds, resources=resources, image=image,
-                      scenarios=tuple(scenarios), algorithms=tuple(algorithms))
+                      scenarios=tuple(scenarios), algorithms=tuple(algorithms), heldout=heldout)
         runs = self.expand(suite)
         if self.problems:
             raise ManifestError(self.path, self.problems)
@@ -303,16 +334,16 @@ class _Validator:
             return fallback
         return Budget(**fields)
 
-    def seeds(self, value: Any) -> tuple[int, ...]:
+    def seeds(self, value: Any, where: str = "seeds") -> tuple[int, ...]:
         if not isinstance(value, list) or not value:
-            self.fail("seeds", f"must be a non-empty list of non-negative integers, got {value!r}")
+            self.fail(where, f"must be a non-empty list of non-negative integers, got {value!r}")
             return ()
         for i, seed in enumerate(value):
             if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-                self.fail(f"seeds[{i}]", f"must be a non-negative integer, got {seed!r}")
+                self.fail(f"{where}[{i}]", f"must be a non-negative integer, got {seed!r}")
         if len(set(map(str, value))) != len(value):
-            self.fail("seeds", f"seeds must be distinct, got {value!r}")
-        return tuple(value)
+            self.fail(where, f"seeds must be distinct, got {value!r}")
+        return tuple(s for s in value if isinstance(s, int) and not isinstance(s, bool))
 
     def resources(self, value: Any) -> Resources:
         if value is None:
@@ -371,80 +402,167 @@ class _Validator:
         # Canonical types (1 -> 1.0 for float options) so equal options hash equally.
         return {key: getattr(parsed, key) for key in options}
 
-    def algorithms(self, value: Any, scenario_names: set[str]) -> list[AlgorithmEntry]:
+    def algorithms(self, value: Any, scenario_names: set[str], where: str = "algorithms",
+                   forced_group: str | None = None) -> list[AlgorithmEntry]:
         if not isinstance(value, list) or not value:
-            self.fail("algorithms", f"must be a non-empty list of algorithm entries, got {value!r}")
+            self.fail(where, f"must be a non-empty list of algorithm entries, got {value!r}")
             return []
         valid = list_algorithms()
         entries, cells = [], set()
         for i, item in enumerate(value):
-            where = f"algorithms[{i}]"
+            at = f"{where}[{i}]"
             if isinstance(item, str):
                 item = {"name": item}
-            if not self.keys(item, where, ALGORITHM_KEYS, required=("name",)):
+            if not self.keys(item, at, ALGORITHM_KEYS, required=("name",)):
                 continue
-            name = self.string(item, "name", f"{where}.name")
+            name = self.string(item, "name", f"{at}.name")
             if name is None:
                 continue
-            unavailable = None
-            if name in valid:
-                kind = get_algorithm(name).kind
-                if kind not in TRAINER_KINDS:
-                    unavailable = f"algorithm {name!r} is of kind {kind!r}, which has no trainer yet"
-            elif name in PLANNED_ALGORITHMS:
-                unavailable = f"algorithm {name!r} is not implemented yet ({PLANNED_ALGORITHMS[name]} is planned)"
-            else:
-                self.fail(f"{where}.name", f"unknown algorithm {name!r}; valid choices: {', '.join(valid)} "
-                                           f"(planned, not implemented yet: {', '.join(PLANNED_ALGORITHMS)})")
+            if name not in valid:
+                self.fail(f"{at}.name", f"unknown algorithm {name!r}; valid choices: {', '.join(valid)}")
                 continue
-            label = self.string(item, "label", f"{where}.label", default=name) or name
-            group = self.string(item, "group", f"{where}.group", default="main") or "main"
+            kind, unavailable = algorithm_kind(name)
+            if kind is not None and kind not in TRAINER_KINDS:
+                unavailable = f"algorithm {name!r} is of kind {kind!r}, which has no trainer"
+            if forced_group is not None:
+                if "group" in item:
+                    self.fail(f"{at}.group", f"held-out runs are always in group {forced_group!r}")
+                group = forced_group
+            else:
+                group = self.string(item, "group", f"{at}.group", default="main") or "main"
+                if group == HELDOUT_GROUP:
+                    self.fail(f"{at}.group", f"group {HELDOUT_GROUP!r} is reserved for the 'heldout' section's runs")
+            label = self.string(item, "label", f"{at}.label", default=name) or name
             if (group, label) in cells:
-                self.fail(f"{where}.label", f"label {label!r} appears twice in group {group!r}")
+                self.fail(f"{at}.label", f"label {label!r} appears twice in group {group!r}")
             cells.add((group, label))
             restrict = item.get("scenarios")
             if restrict is not None:
                 if not isinstance(restrict, list) or not restrict:
-                    self.fail(f"{where}.scenarios", f"must be a non-empty list of scenario names, got {restrict!r}")
+                    self.fail(f"{at}.scenarios", f"must be a non-empty list of scenario names, got {restrict!r}")
                     restrict = None
                 else:
                     for s in restrict:
                         if s not in scenario_names:
-                            self.fail(f"{where}.scenarios", f"{s!r} is not one of this manifest's scenarios: "
-                                                            f"{', '.join(sorted(scenario_names))}")
+                            self.fail(f"{at}.scenarios", f"{s!r} is not one of this manifest's scenarios: "
+                                                         f"{', '.join(sorted(scenario_names))}")
                     restrict = tuple(restrict)
-            overrides = self.mapping(item.get("overrides"), f"{where}.overrides")
-            entries.append(AlgorithmEntry(name, label, group, overrides, restrict, unavailable))
+            overrides = self.mapping(item.get("overrides"), f"{at}.overrides")
+            entries.append(AlgorithmEntry(name, label, group, overrides, restrict, unavailable, kind))
         return entries
+
+    def heldout(self, value: Any, seeds: tuple[int, ...], scenarios: list[ScenarioEntry],
+                algorithms: list[AlgorithmEntry], scenario_names: set[str]) -> Heldout | None:
+        if value is None:
+            return None
+        if not self.keys(value, "heldout", HELDOUT_KEYS, required=("seeds",)):
+            return None
+        held_seeds = self.seeds(value.get("seeds"), "heldout.seeds")
+        overlap = sorted(set(held_seeds) & set(seeds))
+        if overlap:
+            self.fail("heldout.seeds", f"seeds {overlap} are also focal seeds; held-out seeds must be disjoint from "
+                                       f"the suite's seeds {list(seeds)} (a co-player must never be a focal run's own "
+                                       "training)")
+        if "algorithms" in value:
+            entries = self.algorithms(value["algorithms"], scenario_names, "heldout.algorithms", HELDOUT_GROUP)
+            for i, entry in enumerate(entries):
+                if entry.kind is not None and entry.kind != POLICY_KIND:
+                    self.fail(f"heldout.algorithms[{i}].name", f"algorithm {entry.name!r} is of kind {entry.kind!r}; "
+                                                               f"held-out co-players must be policy learners (kind "
+                                                               f"{POLICY_KIND!r}, e.g. mappo)")
+        else:  # default: the suite's own policy learners, with their overrides
+            entries = [dataclasses.replace(a, group=HELDOUT_GROUP) for a in algorithms
+                       if a.kind in (POLICY_KIND, None)]
+            if algorithms and not entries:
+                self.fail("heldout.algorithms", "missing, and the suite has no policy learner to default to; name the "
+                                                "held-out co-players' algorithms (kind 'policy', e.g. mappo)")
+        overrides: dict[str, int] = {}
+        if value.get("budget") is not None:
+            if self.keys(value["budget"], "heldout.budget", BUDGET_KEYS):
+                for key, v in value["budget"].items():
+                    if key in BUDGET_KEYS and self.positive_int(v, f"heldout.budget.{key}") is not None:
+                        overrides[key] = v
+        episodes = n_focal = None
+        if value.get("episodes") is not None:
+            episodes = self.positive_int(value["episodes"], "heldout.episodes")
+        if value.get("n_focal") is not None:
+            n_focal = self.positive_int(value["n_focal"], "heldout.n_focal")
+        bots = self.bot_scenarios(value.get("bot_scenarios"), scenarios)
+        return Heldout(held_seeds, tuple(entries), overrides, episodes, n_focal, tuple(bots))
+
+    def bot_scenarios(self, value: Any, scenarios: list[ScenarioEntry]) -> list[BotScenario]:
+        """``all`` (every Melting Pot scenario of the suite's Melting Pot substrates) or a list of names."""
+        if value is None:
+            return []
+        where = "heldout.bot_scenarios"
+        substrates = [s.scenario for s in scenarios if s.family == "meltingpot"]
+        if not substrates:
+            self.fail(where, "Melting Pot scenarios need a Melting Pot substrate among the suite's scenarios")
+            return []
+        catalogue = [n for n in envs.list_scenarios("meltingpot") if n.rpartition("_")[0] in substrates
+                     and n.rpartition("_")[2].isdigit()]
+        if value == "all":
+            names = catalogue
+        elif isinstance(value, list) and value and all(isinstance(n, str) for n in value):
+            names = []
+            for name in value:
+                if name not in catalogue:
+                    self.fail(where, f"{name!r} is not a Melting Pot scenario of this suite's substrates "
+                                     f"({', '.join(substrates)}); valid choices: {', '.join(catalogue)} (or 'all')")
+                else:
+                    names.append(name)
+        else:
+            self.fail(where, f"must be 'all' or a non-empty list of Melting Pot scenario names, got {value!r}")
+            return []
+        return [BotScenario(n, n.rpartition("_")[0],
+                            envs.unavailable_reason("meltingpot", n) if self.check_availability else None)
+                for n in dict.fromkeys(names)]
 
     def expand(self, suite: Suite) -> list[RunSpec]:
         runs: dict[str, RunSpec] = {}
-        for a_index, algo in enumerate(suite.algorithms):
+        self._expand(suite, suite.algorithms, suite.seeds, {}, "algorithms", runs)
+        if suite.heldout is not None:
+            where = "heldout.algorithms" if suite.heldout.algorithms else "algorithms"
+            self._expand(suite, suite.heldout.algorithms, suite.heldout.seeds, suite.heldout.budget, where, runs)
+        return list(runs.values())
+
+    def _expand(self, suite: Suite, algorithms: tuple[AlgorithmEntry, ...], seeds: tuple[int, ...],
+                budget_overrides: dict[str, int], where: str, runs: dict[str, RunSpec]) -> None:
+        for a_index, algo in enumerate(algorithms):
             for scenario in suite.scenarios:
                 if algo.scenarios is not None and not {scenario.scenario, f"{scenario.family}/{scenario.scenario}"} & set(algo.scenarios):
                     continue
-                overrides = self.resolve_overrides(algo, scenario, f"algorithms[{a_index}].overrides")
+                overrides = self.resolve_overrides(algo, scenario, f"{where}[{a_index}].overrides")
                 if overrides is None:
                     continue
-                for seed in suite.seeds:
+                budget = {**scenario.budget.as_dict(), **budget_overrides}
+                for seed in seeds:
                     spec = RunSpec(suite=suite.name, paper=suite.paper, family=scenario.family,
                                    scenario=scenario.scenario, env_options=scenario.options, algorithm=algo.name,
                                    label=algo.label, group=algo.group, overrides=overrides, seed=seed,
-                                   budget=scenario.budget.as_dict(), memberships=((algo.group, algo.label),),
+                                   budget=budget, memberships=((algo.group, algo.label),),
                                    unavailable=algo.unavailable or scenario.unavailable)
                     existing = runs.get(spec.id)
                     if existing is not None:  # the same training fills another table cell
                         spec = dataclasses.replace(existing, memberships=existing.memberships + spec.memberships)
                     runs[spec.id] = spec
-        return list(runs.values())
 
     def resolve_overrides(self, algo: AlgorithmEntry, scenario: ScenarioEntry, where: str) -> dict[str, Any] | None:
         merged = {**scenario.overrides, **algo.overrides}
-        if algo.name not in list_algorithms():
-            return merged  # planned algorithm: its config cannot be checked yet
+        if algo.kind is None:
+            return merged  # its module cannot be imported here, so neither can its config be checked
         try:
             cfg = get_algorithm(algo.name).make_config(merged, scenario=scenario.scenario)
         except ConfigError as exc:
             self.fail(where, f"{exc} (on scenario {scenario.scenario!r})")
             return None
         return {key: getattr(cfg, key) for key in merged}  # canonical types, for stable ids
+
+
+def algorithm_kind(name: str) -> tuple[str | None, str | None]:
+    """(kind, None) for a registered algorithm, or (None, why) when its module cannot be imported here
+    (e.g. a learner still being written): its runs are then unavailable, not a validation error."""
+    try:
+        return get_algorithm(name).kind, None
+    except Exception as exc:  # ImportError, or any error raised while importing the module
+        return None, f"algorithm {name!r} is registered but its module cannot be imported here ({type(exc).__name__}: {exc})"

@@ -41,10 +41,10 @@ def filter_runs(suite: Suite, seeds: list[int] | None = None, only: list[str] | 
     algorithm, label or group."""
     runs = list(suite.runs)
     if seeds is not None:
-        unknown = sorted(set(seeds) - set(suite.seeds))
+        unknown = sorted(set(seeds) - set(suite.all_seeds))
         if unknown:
             raise UsageError(f"--seeds {','.join(map(str, unknown))}: not in suite {suite.name!r}'s seeds "
-                             f"{', '.join(map(str, suite.seeds))}")
+                             f"{', '.join(map(str, suite.all_seeds))}")
         runs = [r for r in runs if r.seed in seeds]
     for term in only or []:
         if "=" in term:
@@ -143,6 +143,8 @@ class Summary:
     outcomes: list[Outcome] = field(default_factory=list)
     interrupted: bool = False
     elapsed: float = 0.0
+    title: str = "summary"
+    noun: str = "runs"
 
     def count(self, state: str) -> int:
         return sum(o.state == state for o in self.outcomes)
@@ -155,10 +157,10 @@ class Summary:
 
     def format(self) -> str:
         counts = collections.Counter(o.state for o in self.outcomes)
-        lines = [f"summary: {len(self.outcomes)} runs in {self.elapsed:.0f} s - "
+        lines = [f"{self.title}: {len(self.outcomes)} {self.noun} in {self.elapsed:.0f} s - "
                  + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))]
         for o in self.outcomes:
-            if o.state in ("failed", "corrupt", "unavailable"):
+            if o.state in ("failed", "corrupt", "unavailable", "waiting"):
                 lines.append(f"  {o.state.upper()} {o.spec.id} {o.spec.describe()}"
                              + (f" ({o.attempts} attempt(s))" if o.state == "failed" else "") + f": {o.error}")
         if self.interrupted:
@@ -215,8 +217,25 @@ def execute(items: list[PlanItem], store: SuiteStore, backend: Backend, suite: S
     skipped = summary.count("skipped")
     if skipped:
         progress.line(f"{skipped} run(s) already done: skipped")
+    final, stopping = run_jobs(
+        [it.spec for it in todo], backend, suite, provenance, retries, threads, progress,
+        prepare=store.prepare,
+        on_failed=lambda spec, error: _record_failure(store.run_dir(spec.id), error),
+        attempts=lambda spec: _attempts(store.run_dir(spec.id)))
+    progress.close()
+    summary.outcomes.extend(final[it.spec.id] for it in todo if it.spec.id in final)
+    summary.interrupted = stopping and any(o.state in ("interrupted", "pending") for o in summary.outcomes)
+    summary.elapsed = time.monotonic() - started
+    return summary
 
-    queue = collections.deque(it.spec for it in todo)
+
+def run_jobs(specs: list[RunSpec], backend: Backend, suite: Suite, provenance: dict[str, Any], retries: int,
+             threads: int | None, progress: Progress, prepare: Callable[[RunSpec], Path],
+             on_failed: Callable[[RunSpec, str | None], None], attempts: Callable[[RunSpec], int],
+             task: str = "train", requests: dict[str, dict[str, Any]] | None = None) -> tuple[dict[str, Outcome], bool]:
+    """Submit one ``task`` job per spec (at most ``backend.slots()`` at once), retry failures, stop on
+    Ctrl-C. Returns (an outcome per spec, whether it was stopped)."""
+    queue = collections.deque(specs)
     tries: dict[str, int] = collections.Counter()
     active: dict[str, RunSpec] = {}
     final: dict[str, Outcome] = {}
@@ -233,15 +252,16 @@ def execute(items: list[PlanItem], store: SuiteStore, backend: Backend, suite: S
                 break
             if interrupts.count == 1 and not stopping:
                 stopping = True
-                progress.line("interrupt: stopping the running runs at their next safe point "
+                progress.line("interrupt: stopping the running jobs at their next safe point "
                               "(interrupt again to stop at once)")
                 backend.request_stop()
             while queue and not stopping and len(active) < backend.slots():
                 spec = queue.popleft()
-                run_dir = store.prepare(spec)
+                run_dir = prepare(spec)
                 tries[spec.id] += 1
                 active[spec.id] = spec
-                backend.submit(Job(spec, run_dir, job_threads, device, cpus, gpus), provenance)
+                backend.submit(Job(spec, run_dir, job_threads, device, cpus, gpus, task,
+                                   (requests or {}).get(spec.id)), provenance)
             for event in backend.poll(timeout=0.5):
                 if interrupts.count >= 2:
                     break  # killed: the workers' ends are our doing, not failures
@@ -251,21 +271,17 @@ def execute(items: list[PlanItem], store: SuiteStore, backend: Backend, suite: S
                 spec = active.pop(event["run"])
                 state, error = event["state"], event.get("error")
                 if state == "failed":
-                    _record_failure(store.run_dir(spec.id), error)
+                    on_failed(spec, error)
                     if tries[spec.id] <= retries and not stopping:
                         progress.line(f"retry  {spec.id} {spec.describe()} (attempt {tries[spec.id] + 1} of {retries + 1})")
                         queue.append(spec)
                         continue
-                final[spec.id] = Outcome(spec, state, _attempts(store.run_dir(spec.id)), error)
+                final[spec.id] = Outcome(spec, state, attempts(spec), error)
             progress.tick()
-    progress.close()
 
     for spec in [*active.values(), *queue]:  # stopped before finishing (or before starting)
-        final[spec.id] = Outcome(spec, "interrupted" if spec.id in active else "pending", _attempts(store.run_dir(spec.id)))
-    summary.outcomes.extend(final[it.spec.id] for it in todo if it.spec.id in final)
-    summary.interrupted = stopping and any(o.state in ("interrupted", "pending") for o in summary.outcomes)
-    summary.elapsed = time.monotonic() - started
-    return summary
+        final[spec.id] = Outcome(spec, "interrupted" if spec.id in active else "pending", attempts(spec))
+    return final, stopping
 
 
 def _record_failure(run_dir: Path, error: str | None) -> None:

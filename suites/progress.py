@@ -36,21 +36,25 @@ def _fmt_row(row: dict[str, Any], has_won: bool) -> str:
 
 class Progress:
     def __init__(self, specs: list[RunSpec], already_done: int, total_runs: int, stream: TextIO | None = None,
-                 log_interval: float = 30.0):
+                 log_interval: float = 30.0, totals: dict[str, int] | None = None, unit: str = "step",
+                 what: str = "runs"):
+        """``totals``: units of work per job (default: the run's env-step budget); ``unit`` names them."""
         self.stream = stream or sys.stderr
         self.specs = {s.id: s for s in specs}
         self.steps = {s.id: 0 for s in specs}
-        self.total_steps = sum(s.budget["env_steps"] for s in specs)
+        self.totals = {s.id: (totals or {}).get(s.id, s.budget["env_steps"]) for s in specs}
+        self.total_steps = sum(self.totals.values())
         self.done_runs, self.total_runs = already_done, total_runs
+        self.unit, self.what = unit, what
         self.start = time.monotonic()
         self.first_steps: dict[str, int] = {}
         self.tty = self.stream.isatty()
-        self.bar = tqdm(total=self.total_steps, unit="step", unit_scale=True, dynamic_ncols=True, file=self.stream,
+        self.bar = tqdm(total=self.total_steps, unit=unit, unit_scale=True, dynamic_ncols=True, file=self.stream,
                         disable=not self.tty, desc=self._desc(), smoothing=0.1)
         self.log_interval, self.last_log = log_interval, time.monotonic()
 
     def _desc(self) -> str:
-        return f"runs {self.done_runs}/{self.total_runs}"
+        return f"{self.what} {self.done_runs}/{self.total_runs}"
 
     def line(self, text: str) -> None:
         stamp = time.strftime("%H:%M:%S")
@@ -61,7 +65,8 @@ class Progress:
 
     def _tag(self, run_id: str) -> str:
         spec = self.specs.get(run_id)
-        return f"{run_id} {spec.describe()}" if spec else run_id
+        tag = f"{run_id} {spec.describe()}" if spec else run_id
+        return tag if self.what == "runs" else f"{self.what} of {tag}"
 
     def eta(self) -> float | None:
         """Seconds left, from the env-step rate of this invocation (resumed steps excluded)."""
@@ -78,16 +83,16 @@ class Progress:
         if kind == "start":
             self.line(f"start  {self._tag(run_id)} (attempt {event.get('attempt', 1)})")
         elif kind == "progress":
-            t = min(int(event["t"]), self.specs[run_id].budget["env_steps"])
+            t = min(int(event["t"]), self.totals[run_id])
             self.first_steps.setdefault(run_id, t)
             self.steps[run_id] = t
             if event.get("row"):
-                total = self.specs[run_id].budget["env_steps"]
+                total = self.totals[run_id]
                 self.line(f"eval   {self._tag(run_id)}: {t}/{total} steps, {_fmt_row(event['row'], self.specs[run_id].family in WON_FAMILIES)}")
         elif kind == "end":
             state = event.get("state")
             if state == "done":
-                self.steps[run_id] = self.specs[run_id].budget["env_steps"]
+                self.steps[run_id] = self.totals[run_id]
                 self.done_runs += 1
             error = f": {event.get('error')}" if event.get("error") else ""
             self.line(f"{state:<6} {self._tag(run_id)}{error}")
@@ -102,7 +107,7 @@ class Progress:
             self.last_log = time.monotonic()
             pct = 100.0 * self.bar.n / max(1, self.total_steps)
             eta = self.eta()
-            self.line(f"overall: runs {self.done_runs}/{self.total_runs}, {pct:.0f}% of env steps, "
+            self.line(f"overall: {self.what} {self.done_runs}/{self.total_runs}, {pct:.0f}% of {'env steps' if self.unit == 'step' else self.unit + 's'}, "
                       f"elapsed {_fmt_duration(time.monotonic() - self.start)}"
                       + (f", ETA {_fmt_duration(eta)}" if eta is not None else ""))
 

@@ -1,5 +1,5 @@
-"""Execute one run in its run dir; the same code whichever backend (local subprocess, Ray task,
-Docker container) calls it.
+"""Execute one run in its run dir (or its cross-play evaluation, ``--task crossplay``); the same
+code whichever backend (local subprocess, Ray task, Docker container) calls it.
 
 The worker reads spec.json, marks status.json running, trains through the algorithm kind's trainer
 (resuming from checkpoint.pt when there is one) and marks the run done or failed. Progress goes to
@@ -80,14 +80,26 @@ def _lock_run_dir(run_dir: Path) -> int:
             time.sleep(0.5)
 
 
+TASKS = ("train", "crossplay")
+
+
 def execute(run_dir: str | Path, sink: EventSink, backend: str, provenance_extra: Mapping[str, Any] | None = None,
-            threads: int = 1, device: str = "cpu") -> tuple[str, str | None]:
-    """Run the spec in ``run_dir`` to its budget. Returns (state, error): state is "done",
-    "failed" or "interrupted" (status.json is then "pending", ready to resume)."""
+            threads: int = 1, device: str = "cpu", task: str = "train",
+            request: Mapping[str, Any] | None = None) -> tuple[str, str | None]:
+    """Run the spec in ``run_dir`` to its budget (task "train"), or evaluate its finished policy in
+    cross-play (task "crossplay", suites/crossplay.py, with the driver's ``request``). Returns
+    (state, error): state is "done", "failed" or "interrupted" (a training's status.json is then
+    "pending", ready to resume)."""
     run_dir = Path(run_dir)
+    if task not in TASKS:
+        raise ValueError(f"unknown worker task {task!r}; valid choices: {', '.join(TASKS)}")
     if not (run_dir / SPEC).is_file():
         raise FileNotFoundError(f"{run_dir / SPEC} not found on host {socket.gethostname()}: the output directory "
                                 "must be visible to the workers (a shared filesystem for a multi-node Ray cluster)")
+    if task == "crossplay":
+        from suites.crossplay import execute_crossplay
+
+        return execute_crossplay(run_dir, sink, dict(request or {}), threads, device)
     lock_fd = _lock_run_dir(run_dir)
     try:
         spec = read_json_file(run_dir / SPEC)
@@ -136,15 +148,20 @@ def _train(spec: Mapping[str, Any], run_dir: Path, progress: Callable, threads: 
 
     from marl.registry import get_algorithm
 
+    from marl.train import Budget
+
     torch.set_num_threads(max(1, threads))
     kind = get_algorithm(spec["algorithm"]).kind
-    if kind != "value":
-        raise NotImplementedError(f"algorithm {spec['algorithm']!r} is of kind {kind!r}, which has no trainer yet")
-    from marl.train import Budget, train_run
-
+    if kind == "value":
+        from marl.train import train_run
+    elif kind == "policy":
+        from marl.policy_train import train_run  # type: ignore[assignment]  # same signature; also writes policy.pt
+    else:
+        raise NotImplementedError(f"algorithm {spec['algorithm']!r} is of kind {kind!r}, which has no trainer")
+    # The run id travels into provenance.json and into policy.pt's info (held-out members name their run).
     train_run(spec["algorithm"], spec["family"], spec["scenario"], int(spec["seed"]), Budget(**spec["budget"]),
               overrides=spec["overrides"], env_options=spec["env_options"], run_dir=run_dir, device=device,
-              progress=progress, provenance_extra=provenance_extra)
+              progress=progress, provenance_extra={**provenance_extra, "run_id": spec["id"]})
 
 
 # Command line (local subprocesses and Docker containers) ---------------------------------------
@@ -153,15 +170,20 @@ def _train(spec: Mapping[str, Any], run_dir: Path, progress: Callable, threads: 
 class StdoutSink(EventSink):
     """Events as prefixed JSON lines on stdout; stop on SIGTERM or when the parent process is gone."""
 
-    def __init__(self, parent_pid: int | None):
+    def __init__(self, parent_pid: int | None, immediate: bool = False):
         self.parent_pid = parent_pid
         self.stop = False
+        # A cross-play evaluation has no state worth a safe point (its result is written at the end,
+        # atomically), so it stops at once rather than after a long evaluation.
+        self.immediate = immediate
         signal.signal(signal.SIGTERM, self._on_term)
         # The driver forwards Ctrl-C as SIGTERM; a stray SIGINT must not kill the run mid-write.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def _on_term(self, signum: int, frame: Any) -> None:
         self.stop = True
+        if self.immediate:
+            raise StopRequested
 
     def emit(self, event: dict[str, Any]) -> None:
         sys.stdout.write(EVENT_PREFIX + json.dumps(event) + "\n")
@@ -181,11 +203,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--provenance", default="{}", help="JSON merged into provenance.json")
     parser.add_argument("--parent-pid", type=int, default=None, help="stop when this process is no longer the parent")
+    parser.add_argument("--task", default="train", choices=TASKS,
+                        help="train the run (default) or evaluate its policy in cross-play")
+    parser.add_argument("--request", default="{}", help="crossplay: the driver's request (JSON)")
     args = parser.parse_args(argv)
     extra = json.loads(args.provenance)
     extra.update(image_provenance())  # the image's digest and version record, inside a container
-    sink = StdoutSink(args.parent_pid)
-    state, _ = execute(args.run_dir, sink, args.backend, extra, args.threads, args.device)
+    sink = StdoutSink(args.parent_pid, immediate=args.task == "crossplay")
+    state, _ = execute(args.run_dir, sink, args.backend, extra, args.threads, args.device, args.task,
+                       json.loads(args.request))
     return {"done": EXIT_DONE, "failed": EXIT_FAILED, "interrupted": EXIT_INTERRUPTED}[state]
 
 

@@ -36,6 +36,14 @@ class Job:
     device: str
     cpus: float
     gpus: float
+    task: str = "train"  # "train" (suites/worker.py) | "crossplay" (suites/crossplay.py) in that run dir
+    request: dict[str, Any] | None = None  # the cross-play request
+
+    def worker_args(self) -> list[str]:
+        """The ``python -m suites.worker`` flags that select the task."""
+        if self.task == "train":
+            return []
+        return ["--task", self.task, "--request", json.dumps(self.request or {})]
 
 
 class Backend(ABC):

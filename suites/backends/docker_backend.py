@@ -69,7 +69,7 @@ class DockerBackend(Backend):
         run_dir = Path(job.run_dir).resolve()
         inside = f"{MOUNT}/{run_dir.relative_to(Path(self.suite_root).resolve()).as_posix()}"
         command = [self.python, "-m", "suites.worker", inside, "--backend", self.name, "--threads", str(job.threads),
-                   "--device", job.device, "--provenance", json.dumps(provenance)]
+                   "--device", job.device, "--provenance", json.dumps(provenance), *job.worker_args()]
         args: dict[str, Any] = {
             "image": self.image_name,
             "command": command,

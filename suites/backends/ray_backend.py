@@ -65,13 +65,14 @@ class HubSink(EventSink):
         return self.stop
 
 
-def run_task(run_dir: str, hub: Any, provenance: dict[str, Any], threads: int, device: str) -> tuple[str, str | None]:
+def run_task(run_dir: str, hub: Any, provenance: dict[str, Any], threads: int, device: str, task: str = "train",
+             request: dict[str, Any] | None = None) -> tuple[str, str | None]:
     """The body of a run's Ray task (imported on the worker from the shipped working_dir)."""
     import os
 
     if os.environ.get("SUITE_IMAGE_DIGEST"):
         provenance = {**provenance, "image_digest": os.environ["SUITE_IMAGE_DIGEST"]}
-    return execute(run_dir, HubSink(hub), "ray", provenance, threads, device)
+    return execute(run_dir, HubSink(hub), "ray", provenance, threads, device, task, request)
 
 
 class RayBackend(Backend):
@@ -114,8 +115,9 @@ class RayBackend(Backend):
         return 1_000_000  # Ray queues tasks by their resource requests
 
     def submit(self, job: Job, provenance: dict[str, Any]) -> None:
-        task = self._task.options(num_cpus=job.cpus, num_gpus=job.gpus, max_retries=0, name=f"run-{job.spec.id}")
-        ref = task.remote(str(job.run_dir), self.hub, provenance, job.threads, job.device)
+        task = self._task.options(num_cpus=job.cpus, num_gpus=job.gpus, max_retries=0,
+                                  name=f"{'run' if job.task == 'train' else job.task}-{job.spec.id}")
+        ref = task.remote(str(job.run_dir), self.hub, provenance, job.threads, job.device, job.task, job.request)
         self.refs[ref] = job.spec.id
 
     def poll(self, timeout: float) -> list[dict[str, Any]]:

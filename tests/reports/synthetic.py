@@ -30,6 +30,12 @@ class FakeRun:
     paper: str = "ddn"
     config: dict[str, Any] = field(default_factory=dict)  # overrides of the algorithm's config
     n_evals: int = 5
+    # Policy runs (BiDist suites): the focal per-capita return of crossplay.json against the held-out
+    # population (None: no crossplay.json) and on Melting Pot scenarios with bots ({scenario: value}).
+    crossplay: float | None = None
+    bots: dict[str, float] = field(default_factory=dict)
+    crossplay_error: str | None = None  # write a failed crossplay.json with this error
+    bots_unavailable: list[str] = field(default_factory=list)  # Melting Pot scenarios whose bots are missing
 
     def spec(self, suite: str) -> dict[str, Any]:
         content = {"suite": suite, "paper": self.paper, "family": self.family, "scenario": self.scenario,
@@ -57,6 +63,44 @@ def metric_rows(family: str, final: float, n_evals: int) -> list[dict[str, Any]]
     return rows
 
 
+def policy_metric_rows(final: float, n_evals: int) -> list[dict[str, Any]]:
+    """metrics.csv of a policy learner (marl/policy_train.py): self-play test return, PPO statistics,
+    no win rate on Melting Pot."""
+    rows = []
+    for i in range(n_evals):
+        level = final * min(1.0, i / max(n_evals - 3, 1))
+        rows.append({"env_steps": i * BUDGET["eval_interval"] + (37 if i else 0), "episodes": 4 * i, "updates": 2 * i,
+                     "wall_time": 2.0 * i, "test_return_mean": level, "test_return_std": 0.2, "test_length_mean": 300.0,
+                     "test_episodes": 4, "actor_grad_norm": 0.5, "approx_kl": 0.01, "clip_frac": 0.1,
+                     "critic_grad_norm": 1.0, "entropy": 2.0, "policy_loss": -0.01, "train_return_mean": level,
+                     "value_loss": 0.3, "env_steps_per_s": 150.0})
+    return rows
+
+
+SUITE_POPULATION = "suite-trained held-out population (other seeds / algorithms, never seen in training)"
+BOT_POPULATION = "DeepMind's Melting Pot scenario bots (background population of the asset bundle)"
+
+
+def crossplay_record(run: FakeRun, members: list[dict[str, Any]]) -> dict[str, Any]:
+    """A crossplay.json as suites/crossplay.py writes it."""
+    evaluations = []
+    if run.crossplay is not None:
+        evaluations.append({"kind": "heldout_population", "scenario": run.scenario, "state": "done",
+                            "focal_per_capita_return": run.crossplay, "population_kind": SUITE_POPULATION,
+                            "population": members, "episodes": 8, "n_focal": 1})
+    for scenario, value in run.bots.items():
+        evaluations.append({"kind": "meltingpot_scenario", "scenario": scenario, "state": "done",
+                            "focal_per_capita_return": value, "population_kind": BOT_POPULATION, "episodes": 8,
+                            "n_focal": 1})
+    for scenario in run.bots_unavailable:
+        evaluations.append({"kind": "meltingpot_scenario", "scenario": scenario, "state": "unavailable",
+                            "reason": f"Melting Pot scenario {scenario!r} needs the background bots' SavedModels"})
+    return {"format": 1, "state": "failed" if run.crossplay_error else "done", "error": run.crossplay_error,
+            "population": members, "population_expected": len(members),
+            "focal_per_capita_return": run.crossplay, "population_kind": SUITE_POPULATION if run.crossplay is not None
+            else None, "evaluations": [] if run.crossplay_error else evaluations}
+
+
 def write_suite(root: Path, name: str, runs: list[FakeRun], manifest: str | None = None) -> Path:
     suite = root / name
     (suite / "runs").mkdir(parents=True)
@@ -69,8 +113,15 @@ def write_suite(root: Path, name: str, runs: list[FakeRun], manifest: str | None
         atomic_write_json(d / "status.json", {"state": run.state, "attempts": 1 if run.state != "pending" else 0,
                                               "error": run.error, "started_at": None, "finished_at": None,
                                               "backend": "local", "host": "test"})
+        if run.crossplay is not None or run.bots or run.crossplay_error or run.bots_unavailable:
+            held = [r for r in runs if r.group == "heldout" and r.scenario == run.scenario]
+            members = [{"run_id": r.spec(name)["id"], "algorithm": r.algorithm or r.label, "label": r.label,
+                        "seed": r.seed} for r in held]
+            atomic_write_json(d / "crossplay.json", crossplay_record(run, members))
         if run.final is not None:
-            atomic_write_csv(d / "metrics.csv", metric_rows(run.family, run.final, run.n_evals))
+            rows = (policy_metric_rows(run.final, run.n_evals) if run.paper == "bidist"
+                    else metric_rows(run.family, run.final, run.n_evals))
+            atomic_write_csv(d / "metrics.csv", rows)
             config = asdict(get_algorithm(spec["algorithm"]).make_config(run.config, run.scenario))
             atomic_write_json(d / "provenance.json", {
                 "env": {"family": run.family, "backend": "jaxmarl" if run.family == "smax" else "native",

@@ -57,7 +57,7 @@ def test_html_content(rendered):
         assert heading in full
     assert "97.01%" in full and "82.16%" in full  # the paper's numbers beside ours
     assert "Partial suite" not in full and "None: every run of the suite finished" in full
-    assert "not implemented yet" in full  # BiDist section rendered as not run, with the reason
+    assert "Not run." in full and "bidist_quick" in full  # BiDist section rendered as not run, with the reason
     assert "idm_mask_prob" in full and "choice" in full and "abc1234" in full  # config and provenance
     partial = rendered["partial"]["html"].read_text()
     assert "Partial suite" in partial and "39 of 42 runs finished" in partial
@@ -98,16 +98,19 @@ def test_empty_suite_pdf_says_nothing_ran(rendered):
     assert "No runs yet" in text and "not run" in text
 
 
-def test_bidist_section_says_not_run_until_a_bidist_run_finished(tmp_path):
+def test_bidist_section_says_not_run_until_a_bidist_run_finished(tmp_path, rendered):
     from reports.collect import collect
     from reports.paper import load_paper_numbers
     from reports.render import render_html
     from tests.reports.conftest import REPS
     from tests.reports.synthetic import FakeRun, write_suite
 
+    full = rendered["full"]["html"].read_text()  # a DDN suite: no BiDist run at all
+    section = full[full.index('id="bidist"'):full.index('id="missing"')]
+    assert "Not run." in section and "bidist_quick" in section
     suite = write_suite(tmp_path, "bidist", [FakeRun("meltingpot", "clean_up", "mappo", 0, None, state="pending",
                                                      paper="bidist", algorithm="mappo")])
     html = render_html(collect(suite), load_paper_numbers(), suite / "report", REPS)
     section = html[html.index('id="bidist"'):html.index('id="missing"')]
-    assert "Not run." in section and "not implemented yet" in section
+    assert "No cross-play result yet." in section and "training pending" in section
     assert "mappo" in html[html.index('id="missing"'):]  # the pending run is listed as missing

@@ -14,7 +14,7 @@ from suites.orchestrator import UsageError, filter_runs
 from tests.suites.conftest import TINY, write_manifest
 
 SHIPPED = ("smoke", "quick", "ddn_smac", "ddn_smax", "ddn_smax_curves", "ddn_ablations", "ddn_predator_prey",
-           "bidist_meltingpot")
+           "bidist_meltingpot", "bidist_quick")
 
 
 def _with(path: tuple, value) -> dict:
@@ -43,7 +43,7 @@ BAD_MANIFESTS = [
     (("algorithms", 0, "overrides"), {"learning_rate": 0.1}, ["algorithms[0].overrides", "unknown key(s) ['learning_rate']",
                                                               "valid keys: profile"]),
     (("algorithms", 0, "overrides"), {"batch_size": "big"}, ["algorithms[0].overrides", "'batch_size' must be int"]),
-    (("overrides",), {"profile": "pymarl3"}, ["unknown profile 'pymarl3'", "valid profiles: pymarl, pymarl2"]),
+    (("overrides",), {"profile": "pymarl3"}, ["unknown profile 'pymarl3'", "valid profiles: mappo, pymarl, pymarl2"]),
     (("seeds",), [], ["seeds: must be a non-empty list"]),
     (("seeds",), [0, 0], ["seeds must be distinct"]),
     (("seeds",), [0, -1], ["seeds[1]: must be a non-negative integer"]),
@@ -213,10 +213,20 @@ def test_ddn_smax_is_labelled_as_the_stand_in():
     assert {"3s_vs_5z", "5m_vs_6m", "3s5z_vs_3s6z", "6h_vs_8z", "3m", "2s3z"} <= {r.scenario for r in suite.runs}
 
 
-def test_planned_algorithms_validate_but_are_marked_unavailable():
-    suite = load_suite("bidist_meltingpot")
-    assert {r.algorithm for r in suite.runs} == {"bidist", "mappo", "selfplay", "rpm", "opre", "randnet"}
-    assert all(r.unavailable and "not implemented yet" in r.unavailable for r in suite.runs)
+def test_bidist_suites_have_the_six_learners_and_a_heldout_population():
+    algorithms = {"bidist", "mappo", "selfplay", "rpm", "opre", "randnet"}
+    for name, held in (("bidist_meltingpot", {"mappo", "selfplay"}), ("bidist_quick", {"mappo"})):
+        suite = load_suite(name)
+        focal = [r for r in suite.runs if not r.is_heldout]
+        assert {r.algorithm for r in focal} == algorithms and {r.family for r in suite.runs} == {"meltingpot"}
+        heldout = [r for r in suite.runs if r.is_heldout]
+        assert {r.algorithm for r in heldout} == held and {r.seed for r in heldout} == {100, 101}
+        assert not {r.seed for r in heldout} & set(suite.seeds)
+        # unavailable only where a learner's module cannot be imported here, never "planned"
+        assert all(r.unavailable is None or "cannot be imported here" in r.unavailable for r in suite.runs)
+    assert load_suite("bidist_meltingpot").runs[0].budget["env_steps"] == 10_000_000
+    quick = load_suite("bidist_quick")
+    assert all(r.env_options == {"max_episode_frames": 300} for r in quick.runs)
 
 
 def test_filters(tiny_manifest):
@@ -255,6 +265,6 @@ def test_dry_run_writes_nothing_and_list_names_everything(tmp_path, capsys, tiny
     assert not out.exists()
     assert reproduce.main(["--list"]) == 0
     listing = capsys.readouterr().out
-    for text in ("smoke", "ddn_ablations", "qmix", "ddn", "bidist", "planned, not implemented yet",
+    for text in ("smoke", "ddn_ablations", "qmix", "ddn", "bidist", "bidist_quick", "mappo        kind policy",
                  "predator_prey: 2 scenarios, 2 available here", "local", "ray", "docker"):
         assert text in listing, text

@@ -1,0 +1,263 @@
+"""Policy learners in suites: the ``heldout`` manifest section, the worker's dispatch to the policy
+trainer, and the cross-play phase (crossplay.json written, skipped when up to date, re-evaluated when
+the population changes, failures recorded per run). Runs in-process through a synchronous backend;
+tiny MAPPO runs on SMAX 3m."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import envs
+import reproduce
+from suites.backends import Backend, Job
+from suites.backends.docker_backend import DockerBackend
+from suites.crossplay import CROSSPLAY, POLICY_FILE, describe_plan, execute_crossplay_phase, plan_crossplay
+from suites.manifest import HELDOUT_GROUP, ManifestError, load_suite
+from suites.orchestrator import execute, filter_runs, plan
+from suites.store import METRICS, STATUS, SuiteStore
+from suites.worker import EventSink
+from suites.worker import execute as worker_execute
+from tests.suites.conftest import write_manifest
+
+# Importing jaxmarl (SMAX's scenario list) rebinds sys.stderr; done here, before capsys replaces it.
+envs.list_scenarios("smax")
+
+POLICY = {
+    "name": "tinypol",
+    "paper": "bidist",
+    "budget": {"env_steps": 200, "eval_interval": 100, "eval_episodes": 2, "checkpoint_interval": 100},
+    "seeds": [0, 1],
+    "overrides": {"num_envs": 2, "rollout_length": 20, "ppo_epochs": 1, "eval_num_envs": 2},
+    "scenarios": [{"family": "smax", "scenario": "3m"}],
+    "algorithms": [{"name": "mappo"}],
+    "heldout": {"seeds": [100, 101], "algorithms": ["mappo"], "budget": {"env_steps": 100}, "episodes": 4},
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _manifest(tmp_path: Path, **changes: Any) -> Path:
+    data = copy.deepcopy(POLICY)
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    return write_manifest(tmp_path / "m.yaml", data)
+
+
+# Manifest -------------------------------------------------------------------------------------------
+
+BAD_HELDOUT = [
+    ({"seeds": [1, 100]}, ["heldout.seeds", "seeds [1] are also focal seeds", "must be disjoint"]),
+    ({"seeds": "100"}, ["heldout.seeds: must be a non-empty list of non-negative integers"]),
+    ({"seeds": [100], "algorithms": ["mapo"]}, ["heldout.algorithms[0].name: unknown algorithm 'mapo'",
+                                                "valid choices: qmix"]),
+    ({"seeds": [100], "algorithms": ["qmix"]}, ["heldout.algorithms[0].name", "of kind 'value'",
+                                                "must be policy learners"]),
+    ({"seeds": [100], "algorithms": [{"name": "mappo", "group": "x"}]},
+     ["heldout.algorithms[0].group: held-out runs are always in group 'heldout'"]),
+    ({"seeds": [100], "episodes": 0}, ["heldout.episodes: must be a positive integer, got 0"]),
+    ({"seeds": [100], "n_focal": "one"}, ["heldout.n_focal: must be a positive integer"]),
+    ({"seeds": [100], "budget": {"env_step": 5}}, ["heldout.budget.env_step: unknown key"]),
+    ({"seeds": [100], "colour": 1}, ["heldout.colour: unknown key; valid keys: seeds, algorithms"]),
+    ({"algorithms": ["mappo"]}, ["heldout.seeds: missing (required)"]),
+    ({"seeds": [100], "bot_scenarios": "all"}, ["heldout.bot_scenarios", "need a Melting Pot substrate"]),
+    ([100], ["heldout: must be a mapping"]),
+]
+
+
+@pytest.mark.parametrize("heldout,expected", BAD_HELDOUT, ids=[repr(h)[:40] for h, _ in BAD_HELDOUT])
+def test_bad_heldout_section_is_refused_and_nothing_written(tmp_path, capsys, heldout, expected):
+    manifest = _manifest(tmp_path, heldout=heldout)
+    out = tmp_path / "out"
+    assert reproduce.main(["--suite", str(manifest), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    for fragment in expected:
+        assert fragment in err, (fragment, err)
+    assert not out.exists()
+
+
+def test_heldout_group_is_reserved(tmp_path):
+    with pytest.raises(ManifestError, match=r"algorithms\[0\].group: group 'heldout' is reserved"):
+        load_suite(str(_manifest(tmp_path, algorithms=[{"name": "mappo", "group": "heldout"}])))
+
+
+def test_expansion_adds_heldout_runs_with_their_seeds_and_budget(tmp_path):
+    suite = load_suite(str(_manifest(tmp_path)))
+    focal = [r for r in suite.runs if not r.is_heldout]
+    held = [r for r in suite.runs if r.is_heldout]
+    assert sorted(r.seed for r in focal) == [0, 1] and sorted(r.seed for r in held) == [100, 101]
+    assert all(r.group == HELDOUT_GROUP and r.memberships == ((HELDOUT_GROUP, "mappo"),) for r in held)
+    assert {r.budget["env_steps"] for r in held} == {100} and {r.budget["env_steps"] for r in focal} == {200}
+    assert held[0].budget["eval_interval"] == 100  # the rest of the scenario's budget is kept
+    assert all(r.overrides == focal[0].overrides for r in held)  # the suite's overrides apply to both
+    assert suite.all_seeds == (0, 1, 100, 101) and suite.heldout.episodes == 4
+    assert [r.seed for r in filter_runs(suite, seeds=[101])] == [101]
+    assert len(filter_runs(suite, only=["group=heldout"])) == 2
+
+
+def test_heldout_algorithms_default_to_the_suites_policy_learners(tmp_path):
+    suite = load_suite(str(_manifest(tmp_path, algorithms=["qmix", {"name": "mappo", "overrides": {"lr": 1e-4}}],
+                                     overrides={"num_envs": 2}, heldout={"seeds": [7]})))
+    held = [r for r in suite.runs if r.is_heldout]
+    assert [(r.algorithm, r.seed, r.overrides["lr"]) for r in held] == [("mappo", 7, 1e-4)]
+
+
+def test_a_registered_module_that_cannot_be_imported_is_unavailable_not_invalid(tmp_path, monkeypatch, capsys):
+    from marl import registry
+
+    monkeypatch.setitem(registry.ALGORITHMS, "ghost", "baselines.no_such_learner_module")
+    manifest = _manifest(tmp_path, algorithms=["mappo", "ghost"], heldout=None)
+    suite = load_suite(str(manifest))
+    ghost = [r for r in suite.runs if r.algorithm == "ghost"]
+    assert ghost and all("cannot be imported here (ModuleNotFoundError" in r.unavailable for r in ghost)
+    assert not any(r.unavailable for r in suite.runs if r.algorithm == "mappo")
+    assert reproduce.main(["--suite", str(manifest), "--out", str(tmp_path / "out")]) == 2
+    assert "cannot run on this machine; nothing was started" in capsys.readouterr().err
+
+
+def test_crossplay_jobs_reach_the_worker_through_every_backend(tmp_path):
+    spec = load_suite(str(_manifest(tmp_path))).runs[0]
+    root = tmp_path / "out" / "tinypol"
+    job = Job(spec, root / "runs" / spec.id, 1, "cpu", 1.0, 0.0, task="crossplay", request={"focal": spec.id})
+    cmd = DockerBackend(image="img", suite_root=root).container_args(job, {})["command"]
+    assert cmd[cmd.index("--task") + 1] == "crossplay" and json.loads(cmd[cmd.index("--request") + 1]) == {"focal": spec.id}
+    assert Job(spec, job.run_dir, 1, "cpu", 1.0, 0.0).worker_args() == []  # training: the worker's default
+
+
+# Worker and cross-play phase ---------------------------------------------------------------------
+
+
+class ListSink(EventSink):
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def emit(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+
+class InlineBackend(Backend):
+    """Runs each job synchronously in this process, through the same worker entry point."""
+
+    name = "inline"
+
+    def __init__(self) -> None:
+        self.sink = ListSink()
+        self.jobs: list[Job] = []
+
+    def slots(self) -> int:
+        return 1
+
+    def submit(self, job: Job, provenance: dict[str, Any]) -> None:
+        self.jobs.append(job)
+        worker_execute(job.run_dir, self.sink, self.name, provenance, job.threads, job.device, job.task, job.request)
+
+    def poll(self, timeout: float) -> list[dict[str, Any]]:
+        events, self.sink.events = self.sink.events, []
+        return events
+
+    def request_stop(self) -> None:
+        pass
+
+    def kill(self) -> None:
+        pass
+
+
+def test_worker_dispatches_policy_learners_and_writes_the_policy_artifact(tmp_path):
+    suite = load_suite(str(_manifest(tmp_path, seeds=[0], heldout=None)))
+    store = SuiteStore(tmp_path / "out", suite.name)
+    spec = suite.runs[0]
+    run_dir = store.prepare(spec)
+    sink = ListSink()
+    assert worker_execute(run_dir, sink, "local", {"git": {"commit": "c0ffee"}}) == ("done", None)
+    assert [e["event"] for e in sink.events][0] == "start" and sink.events[-1]["state"] == "done"
+    assert json.loads((run_dir / STATUS).read_text())["state"] == "done"
+    rows = (run_dir / METRICS).read_text().splitlines()
+    header = rows[0].split(",")
+    assert {"env_steps", "test_return_mean", "test_win_rate", "policy_loss", "value_loss", "entropy"} <= set(header)
+    assert [int(r.split(",")[header.index("env_steps")]) for r in rows[1:]] == [0, 120, 200]
+    blob = torch.load(run_dir / POLICY_FILE, weights_only=False)
+    assert blob["algorithm"] == "mappo" and blob["info"]["run_id"] == spec.id and blob["info"]["seed"] == 0
+    prov = json.loads((run_dir / "provenance.json").read_text())
+    assert prov["run_id"] == spec.id and prov["algorithm"] == "mappo"
+
+
+def _train(store: SuiteStore, suite, seeds: list[int]) -> None:
+    items = plan([r for r in suite.runs if r.seed in seeds], store)
+    summary = execute(items, store, InlineBackend(), suite, {})
+    assert summary.exit_code == 0, summary.format()
+
+
+def test_crossplay_phase_writes_skips_and_reevaluates_when_the_population_changes(tmp_path):
+    suite = load_suite(str(_manifest(tmp_path)))
+    store = SuiteStore(tmp_path / "out", suite.name)
+    items = plan(list(suite.runs), store)
+    by_seed = {r.seed: r for r in suite.runs}
+
+    # Nothing held-out has finished: the focal runs wait.
+    _train(store, suite, [0, 1])
+    phase = execute_crossplay_phase(items, store, InlineBackend(), suite, {})
+    assert [o.state for o in phase.outcomes] == ["waiting", "waiting"] and phase.exit_code == 0
+    assert "none of the 2 held-out run(s) of smax/3m has finished" in phase.format()
+
+    # One member finished: both focal runs are evaluated against it.
+    _train(store, suite, [100])
+    phase = execute_crossplay_phase(items, store, InlineBackend(), suite, {})
+    assert sorted(o.state for o in phase.outcomes) == ["done", "done"], phase.format()
+    record = json.loads((store.run_dir(by_seed[0].id) / CROSSPLAY).read_text())
+    assert record["state"] == "done" and record["focal_run"] == by_seed[0].id
+    assert [m["run_id"] for m in record["population"]] == [by_seed[100].id] and record["population_expected"] == 2
+    (held,) = record["evaluations"]
+    assert held["kind"] == "heldout_population" and held["scenario"] == "3m" and held["state"] == "done"
+    assert held["population_kind"] == record["population_kind"]
+    assert held["population_kind"].startswith("suite-trained held-out population")
+    assert held["n_agents"] == 3 and held["n_focal"] == 1 and held["episodes"] >= 4 and held["actions"] == "greedy"
+    assert held["population"][0]["seed"] == 100 and "path" not in held["population"][0]
+    assert math.isfinite(record["focal_per_capita_return"])
+    assert record["focal_per_capita_return"] == pytest.approx(sum(held["episode_focal_returns"]) / held["episodes"], abs=1e-3)
+    first = (store.run_dir(by_seed[0].id) / CROSSPLAY).read_bytes()
+
+    # Rerun: up to date, nothing evaluated, nothing rewritten.
+    backend = InlineBackend()
+    phase = execute_crossplay_phase(items, store, backend, suite, {})
+    assert [o.state for o in phase.outcomes] == ["skipped", "skipped"] and backend.jobs == []
+    assert (store.run_dir(by_seed[0].id) / CROSSPLAY).read_bytes() == first
+
+    # The second member finishes: the population changed, so both are evaluated again. Seed 1's
+    # policy is gone: its evaluation fails, is recorded, and does not stop seed 0's.
+    _train(store, suite, [101])
+    (store.run_dir(by_seed[1].id) / POLICY_FILE).unlink()
+    assert "2 focal run(s) to evaluate, 0 up to date" in describe_plan(plan_crossplay(items, suite, store))
+    phase = execute_crossplay_phase(items, store, InlineBackend(), suite, {}, retries=0)
+    states = {o.spec.seed: o.state for o in phase.outcomes}
+    assert states == {0: "done", 1: "failed"} and phase.exit_code == 1
+    record = json.loads((store.run_dir(by_seed[0].id) / CROSSPLAY).read_text())
+    assert sorted(m["seed"] for m in record["population"]) == [100, 101]
+    failed = json.loads((store.run_dir(by_seed[1].id) / CROSSPLAY).read_text())
+    assert failed["state"] == "failed" and "policy.pt is missing" in failed["error"]
+    assert "FAILED" in phase.format() and "policy.pt is missing" in phase.format()
+
+    # The report reads it: seed 0 scored, seed 1 listed as failed, the held-out runs never a column.
+    from reports.collect import collect
+    from reports.tables import build_crossplay_table
+
+    data = collect(store.root)
+    table = build_crossplay_table(data, "main", reps=200)
+    assert table.columns == ["mappo"] and len(table.rows) == 1
+    cell = table.rows[0].cells["mappo"]
+    assert (cell.n_done, cell.n_runs) == (1, 2) and cell.values == [pytest.approx(record["focal_per_capita_return"])]
+    assert table.rows[0].members == ["mappo seed 100", "mappo seed 101"]
