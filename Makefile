@@ -12,9 +12,11 @@ setup:
 setup-system:
 	@bash scripts/setup_system.sh
 
-## Run the default suite and render the report (pass extra flags with ARGS="...").
+## Run the default suites, one per paper, and render their reports (extra flags: ARGS="...";
+## other suites: SUITES="smoke").
+SUITES ?= quick bidist_quick
 reproduce: setup
-	@$(PY) reproduce.py $(ARGS)
+	@for suite in $(SUITES); do $(PY) reproduce.py --suite $$suite $(ARGS) || exit $$?; done
 
 ## Run the test suite (benchmarks excluded; see `make bench`).
 test: setup setup-system

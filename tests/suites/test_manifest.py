@@ -14,7 +14,7 @@ from suites.orchestrator import UsageError, filter_runs
 from tests.suites.conftest import TINY, write_manifest
 
 SHIPPED = ("smoke", "quick", "ddn_smac", "ddn_smax", "ddn_smax_curves", "ddn_ablations", "ddn_predator_prey",
-           "bidist_meltingpot", "bidist_quick")
+           "bidist_meltingpot", "bidist_quick", "bidist_stag_hunt")
 
 
 def _with(path: tuple, value) -> dict:
