@@ -400,3 +400,15 @@ def test_state_is_normalised_to_smac_like_ranges(env3s):
     assert raw_positions_seen  # positions are fractions of the 32x32 map, not all ~0
     scale = smax._state_scale(smax._compiled("3s_vs_5z", smax.SMAXOptions(), env3s.spec.num_envs).env._env)
     assert float(scale[1]) == pytest.approx(1 / 32) and float(scale[0]) == 1.0
+
+
+def test_importing_the_adapter_keeps_redirected_streams():
+    """jaxmarl's import resets stdout/stderr to the process's originals; the adapter undoes that, so
+    pytest's capture or a caller's redirection survives the first SMAX use."""
+    import subprocess
+    import sys
+
+    code = ("import io, sys; buf = io.StringIO(); sys.stderr = buf; out = sys.stdout\n"
+            "import envs.smax\n"
+            "assert sys.stderr is buf and sys.stdout is out, (sys.stderr, sys.stdout)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[2]))

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import torch
 
-import envs
 import reproduce
 from suites.backends import Backend, Job
 from suites.backends.docker_backend import DockerBackend
@@ -25,9 +24,6 @@ from suites.store import METRICS, STATUS, SuiteStore
 from suites.worker import EventSink
 from suites.worker import execute as worker_execute
 from tests.suites.conftest import write_manifest
-
-# Importing jaxmarl (SMAX's scenario list) rebinds sys.stderr; done here, before capsys replaces it.
-envs.list_scenarios("smax")
 
 POLICY = {
     "name": "tinypol",
