@@ -26,15 +26,23 @@ and randomization is about the acting policy's visual robustness). The layer act
 actor stores, i.e. after ``downsample``: at the default 8, one value per Melting Pot grid cell, so
 it mixes colours of neighbouring cells rather than within a sprite.
 
-Vector observations (SMAX, Predator-Prey) have no image to randomize: building RandNet there is a
-ConfigError.
+Vector observations (SMAX, Predator-Prey). The paper randomizes images only; for a vector the
+analogous random layer is a random linear map D -> D (*choice*): ``W`` [D, D], no bias, Xavier-normal
+(std sqrt(2 / (D + D)), so E|Wx|^2 = |x|^2, the variance-keeping property of the image layer), applied
+to the flattened observation vector the actor stores, before the encoder's FC (the per-agent extras and
+the one-hot id stay clean, as they do beside the image). A vector's entries have no spatial layout, so
+a full linear map stands in for the 3x3 convolution, which is itself a linear map mixing the channels
+of neighbouring pixels. Everything else is unchanged: the re-draw every iteration, ``clean_prob``,
+feature matching on the encoder's features and the Monte Carlo test-time actor with saved draws. No
+config field selects this: the only other option, no vector randomization, would make RandNet plain
+MAPPO with a Monte Carlo average over identical policies.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +58,7 @@ from marl.policy_runner import Episodes, Rollout
 from marl.ppo import masked_mean
 
 __all__ = ["KIND", "Config", "Learner", "build_actor", "RandNetActor", "MonteCarloActor", "RandomConv",
-           "draw_random_conv", "feature_match_loss"]
+           "RandomLinear", "draw_random_conv", "draw_random_linear", "random_layer", "encode", "feature_match_loss"]
 
 KERNEL = 3  # the paper's random layer is a single 3x3 convolution
 
@@ -97,6 +105,47 @@ def per_draw_conv(img: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
     return y.reshape(R, S, C, H, W).transpose(0, 1).reshape(S * R, C, H, W)
 
 
+def draw_random_linear(dim: int, generator: torch.Generator | None = None, samples: int | None = None,
+                       device: torch.device | str | None = None) -> torch.Tensor:
+    """Xavier-normal weights of a D -> D linear map (no bias): [D, D], or [samples, D, D].
+    std = sqrt(2 / (fan_in + fan_out)) with fan_in = fan_out = D."""
+    shape = (dim, dim) if samples is None else (samples, dim, dim)
+    if device is None:
+        device = generator.device if generator is not None else "cpu"
+    return torch.randn(shape, generator=generator, device=device) * math.sqrt(2.0 / (dim + dim))
+
+
+class RandomLinear:
+    """The vector observation's random layer: x [M, D] -> x W^T [M, D]."""
+
+    def __init__(self, weight: torch.Tensor):
+        self.weight = weight
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
+def per_draw_linear(x: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+    """x [S*R, D] in S blocks of R rows -> block s through draws[s] ([S, D, D]), in one batched product."""
+    S, D = draws.shape[0], draws.shape[-1]
+    return torch.bmm(x.reshape(S, -1, D), draws.transpose(1, 2)).reshape(-1, D)
+
+
+def random_layer(weight: torch.Tensor) -> RandomConv | RandomLinear:
+    """The random layer of a draw: a convolution for [C, C, 3, 3] weights, a linear map for [D, D]."""
+    return RandomConv(weight) if weight.dim() == 4 else RandomLinear(weight)
+
+
+def encode(encoder: ObsEncoder, obs: torch.Tensor, extra: torch.Tensor, ids: torch.Tensor,
+           transform: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+    """Encoder features with the random layer ``transform`` (None: the clean observation). Images: on
+    the [0, 1] image before the CNN. Vectors: on the flattened stored observation [M, D] before the FC."""
+    if transform is None or encoder.image:
+        return encoder(obs, extra, ids, image_transform=transform)
+    flat = obs.reshape(obs.shape[0], -1).float()
+    return encoder(transform(flat).reshape(obs.shape), extra, ids)
+
+
 def feature_match_loss(randomized: torch.Tensor, clean: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared difference over feature units and the masked rows; no gradient to ``clean``."""
     return masked_mean(((randomized - clean.detach()) ** 2).mean(-1), mask)
@@ -104,14 +153,14 @@ def feature_match_loss(randomized: torch.Tensor, clean: torch.Tensor, mask: torc
 
 class RandNetActor(RecurrentActor):
     """The training actor: MAPPO's, with ``transform`` (the iteration's random layer, or None for a
-    clean iteration) applied to the image before the CNN. Saved state = RecurrentActor's."""
+    clean iteration) applied to the observation (see :func:`encode`). Saved state = RecurrentActor's."""
 
     def __init__(self, spec: EnvSpec, cfg: Config):
         super().__init__(spec, cfg)
-        self.transform: RandomConv | None = None
+        self.transform: RandomConv | RandomLinear | None = None
 
     def features(self, inp: ActInput) -> torch.Tensor:
-        return self.encoder(inp.obs, inp.extra, inp.agent_ids, image_transform=self.transform)
+        return encode(self.encoder, inp.obs, inp.extra, inp.agent_ids, self.transform)
 
 
 class MonteCarloActor(nn.Module):
@@ -139,8 +188,9 @@ class MonteCarloActor(nn.Module):
         """Encoder features of every draw: flat inp [R, ...] -> [S*R, H] (S blocks of R rows)."""
         S = self.draws.shape[0]
         rep = lambda x: x.repeat(S, *([1] * (x.dim() - 1)))  # noqa: E731
-        return self.actor.encoder(rep(inp.obs), rep(inp.extra), rep(inp.agent_ids),
-                                  image_transform=lambda img: per_draw_conv(img, self.draws))
+        per_draw = per_draw_conv if self.actor.encoder.image else per_draw_linear
+        return encode(self.actor.encoder, rep(inp.obs), rep(inp.extra), rep(inp.agent_ids),
+                      lambda x: per_draw(x, self.draws))
 
     def _average(self, hidden: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
         """hidden [..., S, R, H], avail [..., R, A] -> log mean_s softmax(head) [..., R, A], masked."""
@@ -165,22 +215,29 @@ class MonteCarloActor(nn.Module):
         return {"logits": self._average(hidden, inp.avail), "hidden": hidden.transpose(1, 2).reshape(L, R, S * H)}
 
 
-def _check_image(spec: EnvSpec) -> None:
-    if not is_image(spec.obs_shape):
-        raise ConfigError(f"randnet needs image observations: {spec.family}/{spec.scenario} observations are "
-                          f"vectors of shape {tuple(spec.obs_shape)} (use a Melting Pot substrate)")
+def layer_shape(spec: EnvSpec) -> tuple[int, ...]:
+    """Shape of one draw: [C, C, 3, 3] for images (C channels), [D, D] for vectors (D = flat size)."""
+    if is_image(spec.obs_shape):
+        C = spec.obs_shape[-1]
+        return (C, C, KERNEL, KERNEL)
+    D = int(math.prod(spec.obs_shape))
+    return (D, D)
+
+
+def draw_layer(spec: EnvSpec, generator: torch.Generator | None = None, samples: int | None = None) -> torch.Tensor:
+    """One draw (or ``samples`` draws) of ``spec``'s random layer."""
+    if is_image(spec.obs_shape):
+        return draw_random_conv(spec.obs_shape[-1], generator, samples)
+    return draw_random_linear(layer_shape(spec)[0], generator, samples)
 
 
 def build_actor(cfg: Config, spec: EnvSpec) -> nn.Module:
     """The test-time actor (Monte Carlo over ``mc_samples`` draws). Its draws are placeholders (zeros)
     until a policy artifact's state is loaded into it."""
-    _check_image(spec)
-    C = spec.obs_shape[-1]
-    return MonteCarloActor(RecurrentActor(spec, cfg), torch.zeros(cfg.mc_samples, C, C, KERNEL, KERNEL))
+    return MonteCarloActor(RecurrentActor(spec, cfg), torch.zeros(cfg.mc_samples, *layer_shape(spec)))
 
 
 def _build_training_actor(cfg: Config, spec: EnvSpec) -> nn.Module:
-    _check_image(spec)
     return RandNetActor(spec, cfg)
 
 
@@ -188,7 +245,6 @@ class Learner(PolicyLearner):
     actor_builder = staticmethod(_build_training_actor)
 
     def __init__(self, cfg: Config, spec: EnvSpec, device: torch.device | str = "cpu"):
-        _check_image(spec)
         if not 0.0 <= cfg.clean_prob <= 1.0:
             raise ConfigError(f"randnet: clean_prob must be in [0, 1], got {cfg.clean_prob}")
         if cfg.mc_samples < 1:
@@ -196,19 +252,18 @@ class Learner(PolicyLearner):
         if cfg.feature_match_coef < 0:
             raise ConfigError(f"randnet: feature_match_coef must be >= 0, got {cfg.feature_match_coef}")
         super().__init__(cfg, spec, device)
-        self.channels = spec.obs_shape[-1]
         # Test-time draws and the first iteration's draw come from the global RNG, seeded by the run.
-        draws = draw_random_conv(self.channels, samples=cfg.mc_samples).to(self.device)
+        draws = draw_layer(spec, samples=cfg.mc_samples).to(self.device)
         self.mc_actor = MonteCarloActor(self.actor, draws)
-        self._set_draw(draw_random_conv(self.channels).to(self.device), clean=False)
+        self._set_draw(draw_layer(spec).to(self.device), clean=False)
 
     def _set_draw(self, weight: torch.Tensor, clean: bool) -> None:
         self.draw, self.clean = weight, clean
-        self.actor.transform = None if clean else RandomConv(weight)
+        self.actor.transform = None if clean else random_layer(weight)
 
     def before_rollout(self, generator: torch.Generator) -> None:
         clean = bool(torch.rand((), generator=generator, device=generator.device) < self.cfg.clean_prob)
-        self._set_draw(draw_random_conv(self.channels, generator).to(self.device), clean)
+        self._set_draw(draw_layer(self.spec, generator).to(self.device), clean)
 
     def eval_module(self) -> nn.Module:
         return self.mc_actor
@@ -218,10 +273,10 @@ class Learner(PolicyLearner):
         L, M = starts.shape
         flat = flat_input(inp, L * M)
         if self.clean:
-            other = self.actor.encoder(flat.obs, flat.extra, flat.agent_ids, image_transform=RandomConv(self.draw))
+            other = encode(self.actor.encoder, flat.obs, flat.extra, flat.agent_ids, random_layer(self.draw))
             out["randomized_features"], out["clean_features"] = other.view(L, M, -1), out["features"]
         else:
-            other = self.actor.encoder(flat.obs, flat.extra, flat.agent_ids)
+            other = encode(self.actor.encoder, flat.obs, flat.extra, flat.agent_ids, None)
             out["randomized_features"], out["clean_features"] = out["features"], other.view(L, M, -1)
         return out
 

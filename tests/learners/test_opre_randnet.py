@@ -1,6 +1,7 @@
 """OPRE and RandNet: their loss terms and mixtures against hand-computed values, the test-time actors
-(OPRE ignores the state, RandNet's Monte Carlo average), the per-iteration random layer, artifact
-round trips, and one short training run each (OPRE on SMAX 3m, RandNet on a Melting Pot substrate)."""
+(OPRE ignores the state, RandNet's Monte Carlo average), the per-iteration random layer (a convolution
+on images, a linear map on vectors), artifact round trips, and short training runs (OPRE on SMAX 3m,
+RandNet on a Melting Pot substrate and on SMAX 3m)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import baselines.opre as opre
 import baselines.randnet as randnet
@@ -60,9 +62,10 @@ def opre_learner(**overrides) -> opre.Learner:
     return opre.Learner(build_config(opre.Config, {"rollout_length": 20, **overrides}), vector_spec())
 
 
-def randnet_learner(**overrides) -> randnet.Learner:
+def randnet_learner(vector: bool = False, **overrides) -> randnet.Learner:
     torch.manual_seed(0)
-    return randnet.Learner(build_config(randnet.Config, {"rollout_length": 20, **overrides}), image_spec())
+    return randnet.Learner(build_config(randnet.Config, {"rollout_length": 20, **overrides}),
+                           vector_spec() if vector else image_spec())
 
 
 # OPRE ------------------------------------------------------------------------------------------
@@ -329,34 +332,144 @@ def test_monte_carlo_actor_is_log_of_mean_probabilities_over_fixed_draws():
     assert torch.allclose(out["logits"][0], g1, atol=1e-5) and torch.allclose(out["logits"][1], g2, atol=1e-5)
 
 
-def test_randnet_artifact_and_checkpoint_round_trip(tmp_path):
-    learner = randnet_learner(mc_samples=4)
+@pytest.mark.parametrize("vector", [False, True])
+def test_randnet_artifact_and_checkpoint_round_trip(tmp_path, vector):
+    spec, make_input = (vector_spec(), vector_input) if vector else (image_spec(), image_input)
+    learner = randnet_learner(vector, mc_samples=4)
     learner.before_rollout(torch.Generator().manual_seed(5))
     path = tmp_path / "policy.pt"
-    save_policy(path, "randnet", learner.cfg, image_spec(), learner.eval_module())
-    loaded = load_policy(path, expect=image_spec())
+    save_policy(path, "randnet", learner.cfg, spec, learner.eval_module())
+    loaded = load_policy(path, expect=spec)
     assert isinstance(loaded.actor, randnet.MonteCarloActor)
+    assert loaded.actor.draws.shape == ((4, 6, 6) if vector else (4, 3, 3, 3, 3))
     assert torch.equal(loaded.actor.draws, learner.eval_module().draws) and loaded.actor.draws.abs().sum() > 0
-    inp = image_input(4, 9)
+    inp = make_input(4, 9)
     with torch.no_grad():
         mine, _ = learner.eval_module().act(inp, learner.eval_module().initial_hidden(4))
         theirs, _ = loaded.actor.act(inp, loaded.actor.initial_hidden(4))
     assert torch.equal(mine, theirs)
 
-    other = randnet_learner(mc_samples=4, clean_prob=1.0)
+    other = randnet_learner(vector, mc_samples=4, clean_prob=1.0)
     other.before_rollout(torch.Generator().manual_seed(6))
     other.load_state_dict(learner.state_dict())
     assert torch.equal(other.draw, learner.draw) and other.clean == learner.clean
     assert torch.equal(other.eval_module().draws, learner.eval_module().draws)
     assert (other.actor.transform is None) == learner.clean
+    if not learner.clean:
+        assert isinstance(other.actor.transform, randnet.RandomLinear if vector else randnet.RandomConv)
 
 
-def test_randnet_needs_image_observations():
-    cfg = build_config(randnet.Config, {"rollout_length": 20})
-    with pytest.raises(ConfigError, match="randnet needs image observations"):
-        randnet.Learner(cfg, vector_spec())
-    with pytest.raises(ConfigError, match="randnet needs image observations"):
-        randnet.build_actor(cfg, vector_spec())
+# RandNet on vector observations (SMAX, Predator-Prey): a random linear map D -> D ------------------
+
+
+def test_randnet_vector_draws_are_xavier_normal_linear_maps_redrawn_every_iteration():
+    a, b = randnet_learner(vector=True, clean_prob=0.0), randnet_learner(vector=True, clean_prob=0.0)
+    assert a.draw.shape == (6, 6) and a.eval_module().draws.shape == (10, 6, 6)
+    ga, gb = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    draws = []
+    for _ in range(4):
+        a.before_rollout(ga)
+        b.before_rollout(gb)
+        assert torch.equal(a.draw, b.draw) and not a.clean
+        assert isinstance(a.actor.transform, randnet.RandomLinear) and a.actor.transform.weight is a.draw
+        draws.append(a.draw.clone())
+    assert all(not torch.equal(x, y) for i, x in enumerate(draws) for y in draws[i + 1:])
+    # The test-time draws are fixed at construction and differ from one another.
+    mc = a.eval_module().draws
+    assert not torch.equal(mc[0], mc[1])
+    # Xavier normal, fan_in = fan_out = D: std sqrt(2 / (D + D)) = sqrt(1 / D).
+    g = torch.Generator().manual_seed(0)
+    w = randnet.draw_random_linear(50, g, samples=100)
+    assert w.shape == (100, 50, 50)
+    assert w.std().item() == pytest.approx(math.sqrt(2.0 / (50 + 50)), rel=0.02)
+    assert w.mean().abs().item() < 0.005
+    # ... which keeps the squared norm on average: E|Wx|^2 = |x|^2.
+    x = torch.randn(50, generator=g)
+    assert (w @ x).pow(2).sum(-1).mean().item() == pytest.approx(x.pow(2).sum().item(), rel=0.05)
+    always = randnet_learner(vector=True, clean_prob=1.0)
+    always.before_rollout(g)
+    assert always.clean and always.actor.transform is None and always.draw.shape == (6, 6)
+
+
+def test_random_linear_and_per_draw_linear_by_hand():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(5, 6, generator=g)
+    w = randnet.draw_random_linear(6, g)
+    out = randnet.RandomLinear(w)(x)
+    assert out.shape == x.shape
+    assert out[3, 2].item() == pytest.approx(sum(w[2, j].item() * x[3, j].item() for j in range(6)), rel=1e-5)
+    draws = randnet.draw_random_linear(6, g, samples=3)
+    got = randnet.per_draw_linear(torch.cat([x] * 3), draws)  # 3 blocks of 5 rows
+    expected = torch.cat([x @ draws[s].T for s in range(3)])
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("clean_prob", [0.0, 1.0])
+def test_randnet_vector_transform_changes_the_features_and_is_matched(clean_prob):
+    learner = randnet_learner(vector=True, clean_prob=clean_prob)
+    learner.before_rollout(torch.Generator().manual_seed(3))
+    L, M = 3, 4
+    inp = vector_input(M, 0, (L,))
+    starts = torch.zeros(L, M, dtype=torch.bool)
+    starts[0] = True
+    fc = learner.actor.encoder.fc  # vector encoder: FC -> ReLU on [obs] (no extras, no id by default)
+    with torch.no_grad():
+        out = learner.actor_sequence(inp, learner.actor.initial_hidden(M), starts)
+        clean = F.relu(inp.obs @ fc.weight.T + fc.bias)  # by hand
+        rand = F.relu((inp.obs @ learner.draw.T) @ fc.weight.T + fc.bias)
+        plain = RecurrentActor(vector_spec(), learner.cfg)  # the same weights without any random layer
+        plain.load_state_dict(learner.actor.state_dict())
+        plain_logits = plain.sequence(inp, plain.initial_hidden(M), starts)["logits"]
+        h = learner.actor.initial_hidden(M)
+        for t in range(L):  # the rollout's acting module gives the same logits step by step
+            logits, h = learner.module(LEARNER).act(step_input(inp, t), h)
+            assert torch.allclose(logits, out["logits"][t], atol=1e-5)
+    assert torch.allclose(out["clean_features"], clean, atol=1e-5)
+    assert torch.allclose(out["randomized_features"], rand, atol=1e-5)
+    assert not torch.allclose(clean, rand, atol=1e-2)
+    assert torch.allclose(out["features"], clean if learner.clean else rand, atol=1e-5)
+    assert torch.allclose(plain_logits, out["logits"], atol=1e-6) == learner.clean
+    # Feature matching: by hand, and it trains the encoder (the draw is no parameter).
+    out = learner.actor_sequence(inp, learner.actor.initial_hidden(M), starts)
+    mask = torch.ones(L, M, dtype=torch.bool)
+    fm = learner.extra_actor_losses(out, inp, mask)["feature_match_loss"]
+    assert fm.item() == pytest.approx(learner.cfg.feature_match_coef * (rand - clean).pow(2).mean().item(), rel=1e-4)
+    fm.backward()
+    assert fc.weight.grad.abs().sum() > 0
+
+
+def test_monte_carlo_actor_on_vectors_is_log_of_mean_probabilities_over_fixed_draws():
+    learner = randnet_learner(vector=True, mc_samples=3)
+    with torch.no_grad():
+        learner.actor.head.weight.mul_(300.0)  # make the draws' policies visibly different
+    mc = learner.eval_module()
+    plain = RecurrentActor(vector_spec(), learner.cfg)  # by hand: the plain actor on W_s x
+    plain.load_state_dict(learner.actor.state_dict())
+    S, H, M = 3, 64, 4
+    steps = [vector_input(M, 1), vector_input(M, 2)]
+    with torch.no_grad():
+        got, h = [], mc.initial_hidden(M)
+        for step in steps:
+            logits, h = mc.act(step, h)
+            got.append(logits)
+        assert h.shape == (M, S * H)
+        hs = [plain.initial_hidden(M) for _ in range(S)]
+        for t, step in enumerate(steps):
+            probs = []
+            for s in range(S):
+                moved = ActInput(step.obs @ mc.draws[s].T, step.extra, step.agent_ids, step.avail, step.state)
+                logits, hs[s] = plain.act(moved, hs[s])
+                probs.append(torch.softmax(logits, -1))
+            assert not torch.allclose(probs[0], probs[1], atol=1e-3)
+            want = torch.stack(probs).mean(0)
+            assert torch.allclose(torch.softmax(got[t], -1), want, atol=1e-6)
+            assert torch.allclose(got[t][:, :3], want[:, :3].log(), atol=1e-5)
+            assert got[t][0, 3] < -1e9 and torch.isfinite(got[t]).all()  # vector_input's unavailable action
+        # The saved per-draw GRU states are the hand-run ones, draw by draw.
+        assert torch.allclose(h.view(M, S, H).transpose(0, 1), torch.stack(hs), atol=1e-6)
+        seq = ActInput(*(torch.stack([getattr(steps[0], f), getattr(steps[1], f)]) for f in FIELDS))
+        out = mc.sequence(seq, mc.initial_hidden(M), torch.zeros(2, M, dtype=torch.bool))
+    assert torch.allclose(out["logits"][0], got[0], atol=1e-5) and torch.allclose(out["logits"][1], got[1], atol=1e-5)
 
 
 # Short training runs ---------------------------------------------------------------------------
@@ -414,4 +527,33 @@ def test_short_randnet_run_on_meltingpot(tmp_path):
     inp = ActInput(torch.randint(0, 256, (M, C, H // 8, W // 8), generator=g, dtype=torch.uint8),
                    torch.rand(M, extra, generator=g), torch.arange(M) % spec.n_agents,
                    torch.ones(M, spec.n_actions, dtype=torch.bool), torch.zeros(M, 0))
+    _loaded_acts_like_learner(tmp_path, trainer, inp)
+
+
+def test_short_randnet_run_on_smax(tmp_path):
+    from marl.policy_train import PolicyTrainer
+    from marl.train import Budget
+
+    trainer = PolicyTrainer("randnet", "smax", "3m", 0, Budget(env_steps=240, eval_interval=10_000, eval_episodes=2),
+                            overrides={"num_envs": 4, "rollout_length": 20, "ppo_epochs": 1, "mc_samples": 2},
+                            run_dir=tmp_path)
+    rows = trainer.run()
+    last = rows[-1]
+    assert last["env_steps"] == 240
+    spec = trainer.env.spec
+    D = spec.obs_shape[0]
+    assert trainer.learner.draw.shape == (D, D) and trainer.learner.eval_module().draws.shape == (2, D, D)
+    train_rows = [r for r in rows if "policy_loss" in r]
+    assert train_rows
+    for r in train_rows:
+        for key in ("policy_loss", "value_loss", "feature_match_loss", "clean_iteration"):
+            assert math.isfinite(r[key]), key
+        assert r["feature_match_loss"] > 0.0  # the random map moves the features, clean iteration or not
+    assert math.isfinite(last["test_return_mean"])
+    M = 2 * spec.n_agents
+    g = torch.Generator().manual_seed(0)
+    avail = torch.ones(M, spec.n_actions, dtype=torch.bool)
+    avail[0, 1] = False
+    inp = ActInput(torch.randn(M, *spec.obs_shape, generator=g), torch.zeros(M, 0), torch.arange(M) % spec.n_agents,
+                   avail, torch.zeros(M, 0))
     _loaded_acts_like_learner(tmp_path, trainer, inp)
