@@ -1,7 +1,7 @@
 """The training loop of the on-policy learners: rollout -> PPO update (+ the method's own work) ->
 evaluate; one code path for MAPPO, self-play, RPM, OPRE, RandNet and BiDist on every family.
 
-Contracts (DESIGN.md), as in marl/train.py:
+Contracts (DESIGN.md; the shared loop is marl/trainer.py):
 
 * env steps = joint transitions summed over the parallel copies (T x B per iteration);
 * evaluation every ``eval_interval`` env steps (and at step 0 and at the end): the learner's
@@ -20,21 +20,15 @@ Contracts (DESIGN.md), as in marl/train.py:
 from __future__ import annotations
 
 import math
-import platform
-import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 
 import envs
-from marl.policy_runner import LEARNER, RolloutCollector, play_episodes
+from marl.policy_runner import LEARNER, Episodes, RolloutCollector, play_episodes
 from marl.population import POLICY_FILE, save_policy
-from marl.registry import get_algorithm
-from marl.run_io import atomic_torch_save, atomic_write_csv, atomic_write_json
-from marl.train import CHECKPOINT, METRICS, PROVENANCE, Budget, ProgressFn, derive_seed
+from marl.trainer import Budget, ProgressFn, Trainer
 
 
 class SelfPlayPlayers:
@@ -58,71 +52,26 @@ def greedy_eval(cfg: Any, spec: envs.EnvSpec) -> bool:
     return cfg.eval_actions == "greedy"
 
 
-class PolicyTrainer:
-    def __init__(self, algorithm: str, family: str, scenario: str, seed: int, budget: Budget,
-                 overrides: Mapping[str, Any] | None = None, env_options: Mapping[str, Any] | None = None,
-                 run_dir: str | Path | None = None, device: str = "cpu", progress: ProgressFn | None = None,
-                 provenance_extra: Mapping[str, Any] | None = None):
-        self.provenance_extra = dict(provenance_extra or {})
-        self.algo = get_algorithm(algorithm)
-        self.cfg = self.algo.make_config(overrides, scenario=scenario)
-        self.family, self.scenario, self.seed, self.budget = family, scenario, seed, budget
-        self.env_options = dict(env_options or {})
-        self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.device = torch.device(device)
-        self.progress = progress
+class PolicyTrainer(Trainer):
+    """Fixed-length rollouts with the learner's players -> PPO update (+ the method's own work)."""
 
-        torch.manual_seed(seed)  # network initialisation
-        self.env = envs.make_env(family, scenario, num_envs=self.cfg.num_envs, seed=seed, device=device,
-                                 **self.env_options)
-        n_test = max(1, min(self.cfg.eval_num_envs, budget.eval_episodes))
-        self.test_episodes_per_env = math.ceil(budget.eval_episodes / n_test)
-        self.test_env = envs.make_env(family, scenario, num_envs=n_test, seed=derive_seed(seed, 1), device=device,
-                                      **self.env_options)
-        self.learner = self.algo.make_learner(self.cfg, self.env.spec, self.device)
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(derive_seed(seed, 2))
+    def test_num_envs(self) -> int:
+        return max(1, min(self.cfg.eval_num_envs, self.budget.eval_episodes))
+
+    def setup(self) -> None:
+        self.test_episodes_per_env = math.ceil(self.budget.eval_episodes / self.test_env.spec.num_envs)
         self.collector = RolloutCollector(self.env, self.learner, self.learner.actor, self.learner.critic,
                                           self.generator, self.device)
         self.greedy_eval = greedy_eval(self.cfg, self.env.spec)
 
-        self.t_env = 0
-        self.episode = 0
-        self.n_evals = 0
-        self.next_eval = 0
-        self.next_checkpoint = budget.checkpoint_interval
-        self.wall_time = 0.0
-        self.rows: list[dict[str, Any]] = []
-        self._window: dict[str, list[float]] = {}
-        self.resumed = self._try_resume()
+    def after_resume(self) -> None:
         if self.t_env < self.next_checkpoint:  # else run() checkpoints and re-seeds first: start once
-            self.collector.start(derive_seed(seed, 3, self.t_env))
+            self.collector.start(self.collection_seed())
 
-    def run(self) -> list[dict[str, Any]]:
-        start = time.perf_counter() - self.wall_time
-        try:
-            while self.t_env < self.budget.env_steps:
-                if self.t_env >= self.next_eval:
-                    self._evaluate(time.perf_counter() - start)
-                if self.t_env >= self.next_checkpoint:
-                    self.wall_time = time.perf_counter() - start
-                    self._checkpoint_and_reseed()
-                self._iteration()
-            if not self.rows or self.rows[-1]["env_steps"] != self.t_env:
-                self._evaluate(time.perf_counter() - start)
-            self.wall_time = time.perf_counter() - start
-            if self.run_dir is not None:
-                self._save_checkpoint()
-                self.save_policy(self.run_dir / POLICY_FILE)
-        finally:
-            self.close()
-        return self.rows
+    def restart_collection(self) -> None:
+        self.collector.start(self.collection_seed())
 
-    def close(self) -> None:
-        self.env.close()
-        self.test_env.close()
-
-    def _iteration(self) -> None:
+    def iteration(self) -> None:
         self.learner.before_rollout(self.generator)
         rollout, episodes = self.collector.collect(self.cfg.rollout_length)
         self.t_env += rollout.env_steps
@@ -130,19 +79,14 @@ class PolicyTrainer:
         stats = self.learner.train_step(rollout, episodes, self.generator)
         if episodes.count:
             per_capita = episodes.per_capita(LEARNER)
-            self._add("train_return_mean", per_capita[~per_capita.isnan()].tolist())
+            self.add_stat("train_return_mean", per_capita[~per_capita.isnan()].tolist())
             if self.env.spec.has_won:
-                self._add("train_win_rate", episodes.won.float().tolist())
+                self.add_stat("train_win_rate", episodes.won.float().tolist())
         for key, value in stats.items():
-            self._add(key, [value])
-        if self.progress is not None:
-            self.progress(self.t_env, self.budget.env_steps, None)
-
-    def _add(self, key: str, values: list[float]) -> None:
-        self._window.setdefault(key, []).extend(values)
+            self.add_stat(key, [value])
 
     @torch.no_grad()
-    def evaluate_selfplay(self, seed: int):
+    def evaluate_selfplay(self, seed: int) -> Episodes:
         actor = self.learner.eval_module()
         was_training = actor.training
         actor.eval()
@@ -152,99 +96,27 @@ class PolicyTrainer:
         finally:
             actor.train(was_training)
 
-    def _evaluate(self, wall_time: float) -> None:
-        episodes = self.evaluate_selfplay(derive_seed(self.seed, 4, self.n_evals))
+    def evaluation_metrics(self) -> dict[str, Any]:
+        episodes = self.evaluate_selfplay(self.evaluation_seed())
         per_capita = episodes.returns.mean(-1)
-        prev = self.rows[-1] if self.rows else {"env_steps": 0, "wall_time": 0.0}
-        dt = max(wall_time - prev["wall_time"], 1e-9)
-        row: dict[str, Any] = {
-            "env_steps": self.t_env,
-            "episodes": self.episode,
-            "updates": self.learner.updates,
-            "wall_time": round(wall_time, 3),
+        metrics: dict[str, Any] = {
             "test_return_mean": float(per_capita.mean()),
             "test_return_std": float(per_capita.std(unbiased=False)),
             "test_length_mean": float(episodes.lengths.float().mean()),
             "test_episodes": episodes.count,
         }
         if self.env.spec.has_won:
-            row["test_win_rate"] = float(episodes.won.float().mean())
-        for key, values in sorted(self._window.items()):
-            row[key] = float(np.mean(values)) if values else float("nan")
-        row["env_steps_per_s"] = round((self.t_env - prev["env_steps"]) / dt, 1)
-        self.rows.append(row)
-        self._window = {}
-        self.n_evals += 1
-        self.next_eval += self.budget.eval_interval
-        while self.next_eval <= self.t_env:
-            self.next_eval += self.budget.eval_interval
-        if self.run_dir is not None:
-            atomic_write_csv(self.run_dir / METRICS, self.rows)
-        if self.progress is not None:
-            self.progress(self.t_env, self.budget.env_steps, row)
+            metrics["test_win_rate"] = float(episodes.won.float().mean())
+        return metrics
 
-    # Checkpoints ---------------------------------------------------------------------------
-
-    def _checkpoint_and_reseed(self) -> None:
-        if self.run_dir is not None:
-            self._save_checkpoint()
-        self.next_checkpoint += self.budget.checkpoint_interval
-        self.collector.start(derive_seed(self.seed, 3, self.t_env))
-
-    def _save_checkpoint(self) -> None:
+    def finish(self) -> None:
         assert self.run_dir is not None
-        state = {
-            "version": 1,
-            "kind": "policy",
-            "algorithm": self.algo.name,
-            "config": asdict(self.cfg),
-            "learner": self.learner.state_dict(),
-            "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "counters": {"t_env": self.t_env, "episode": self.episode, "n_evals": self.n_evals,
-                         "next_eval": self.next_eval, "next_checkpoint": self.next_checkpoint,
-                         "wall_time": self.wall_time},
-            "window": self._window,
-            "rows": self.rows,
-        }
-        atomic_torch_save(self.run_dir / CHECKPOINT, state)
-        atomic_write_json(self.run_dir / PROVENANCE, self.provenance())
-
-    def _try_resume(self) -> bool:
-        if self.run_dir is None or not (self.run_dir / CHECKPOINT).exists():
-            return False
-        state = torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=False)
-        if state.get("algorithm") != self.algo.name or state.get("config") != asdict(self.cfg):
-            raise RuntimeError(f"{self.run_dir / CHECKPOINT} belongs to a different configuration; "
-                               "remove the run directory to start this run afresh")
-        self.learner.load_state_dict(state["learner"])
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        for key, value in state["counters"].items():
-            setattr(self, key, value)
-        self._window = state["window"]
-        self.rows = state["rows"]
-        atomic_write_csv(self.run_dir / METRICS, self.rows)  # rows after the checkpoint are redone
-        return True
+        self.save_policy(self.run_dir / POLICY_FILE)
 
     def save_policy(self, path: str | Path) -> None:
         save_policy(path, self.algo.name, self.cfg, self.env.spec, self.learner.eval_module(),
                     {"seed": self.seed, "env_steps": self.t_env, **{k: v for k, v in self.provenance_extra.items()
                                                                      if isinstance(v, (str, int, float))}})
-
-    def provenance(self) -> dict[str, Any]:
-        return {
-            "env": self.env.provenance(),
-            "env_spec": {k: (str(v) if isinstance(v, torch.dtype) else v) for k, v in asdict(self.env.spec).items()},
-            "algorithm": self.algo.name,
-            "config": asdict(self.cfg),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "device": str(self.device),
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            **self.provenance_extra,
-        }
 
 
 def train_run(algorithm: str, family: str, scenario: str, seed: int, budget: Budget,

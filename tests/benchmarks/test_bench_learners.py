@@ -55,14 +55,14 @@ def test_training_throughput(benchmark, algorithm, family, scenario, num_envs):
                            overrides=overrides)
     try:
         while not trainer.buffer.can_sample(trainer.cfg.batch_size):  # warm-up: fill one batch
-            trainer._train_round()
-        trainer._train_round()  # first update (one-off allocations)
+            trainer.iteration()
+        trainer.iteration()  # first update (one-off allocations)
 
         def measured():
             t0, updates0 = trainer.t_env, trainer.learner.updates
             start = time.perf_counter()
             for _ in range(MEASURED_ROUNDS):
-                trainer._train_round()
+                trainer.iteration()
             elapsed = time.perf_counter() - start
             return (trainer.t_env - t0) / elapsed, trainer.learner.updates - updates0
 

@@ -42,7 +42,7 @@ def test_policy_training_throughput(benchmark, algorithm, substrate):
     trainer = PolicyTrainer(algorithm, "meltingpot", substrate, seed=0,
                             budget=Budget(env_steps=10**9, eval_episodes=1))
     try:
-        trainer._iteration()  # warm-up (one-off allocations)
+        trainer.iteration()  # warm-up (one-off allocations)
         timings = {"collect": 0.0, "update": 0.0}
         collect, update = trainer.collector.collect, trainer.learner.train_step
 
@@ -62,7 +62,7 @@ def test_policy_training_throughput(benchmark, algorithm, substrate):
             t0 = trainer.t_env
             start = time.perf_counter()
             for _ in range(MEASURED_ITERATIONS):
-                trainer._iteration()
+                trainer.iteration()
             return (trainer.t_env - t0) / (time.perf_counter() - start), trainer.t_env - t0
 
         train_sps, steps = benchmark.pedantic(measured, rounds=1, iterations=1)
