@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 
 class ConfigError(ValueError):
@@ -22,6 +22,7 @@ class ValueLearnerConfig:
     """Everything a PyMARL-style value learner needs. Episode counts are in episodes, steps in env
     steps (joint transitions summed over parallel environments)."""
 
+    PROFILES: ClassVar[tuple[str, ...]] = ("pymarl", "pymarl2")
     profile: str = "pymarl"
     # Agent network (shared parameters): obs ++ last action ++ agent id -> FC -> GRU -> FC.
     hidden_dim: int = 64
@@ -84,8 +85,9 @@ def build_config(cls: type, overrides: Mapping[str, Any] | None = None, scenario
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {where} for {cls.__name__}; valid keys: {', '.join(valid)}")
     profile = overrides.get("profile", valid["profile"].default if "profile" in valid else "pymarl")
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown profile {profile!r} in {where}; valid profiles: {', '.join(PROFILES)}")
+    allowed = getattr(cls, "PROFILES", tuple(PROFILES))  # the profiles that make sense for this learner kind
+    if profile not in allowed:
+        raise ConfigError(f"unknown profile {profile!r} in {where}; valid profiles: {', '.join(allowed)}")
     values: dict[str, Any] = dict(PROFILES[profile])
     if scenario is not None:
         values.update(SCENARIO_OVERRIDES.get((profile, scenario), {}))

@@ -11,10 +11,12 @@ larger budgets; set ``lr``/``critic_lr`` in a manifest to follow it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 
 @dataclass
 class PolicyLearnerConfig:
+    PROFILES: ClassVar[tuple[str, ...]] = ("mappo",)
     profile: str = "mappo"
     # Interaction: each iteration collects rollout_length steps from each of num_envs copies.
     num_envs: int = 8

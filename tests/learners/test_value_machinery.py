@@ -193,3 +193,10 @@ def test_build_config_profiles_and_errors():
         build_config(ValueLearnerConfig, {"batch_size": "big"})
     with pytest.raises(ConfigError, match="valid profiles: pymarl, pymarl2"):
         build_config(ValueLearnerConfig, {"profile": "fast"})
+    # Each learner kind accepts only its own profiles: a value learner has no MAPPO profile.
+    with pytest.raises(ConfigError, match="valid profiles: pymarl, pymarl2"):
+        build_config(ValueLearnerConfig, {"profile": "mappo"})
+    from marl.policy_config import PolicyLearnerConfig
+
+    with pytest.raises(ConfigError, match="valid profiles: mappo$"):
+        build_config(PolicyLearnerConfig, {"profile": "pymarl2"})

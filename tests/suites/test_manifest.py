@@ -43,7 +43,7 @@ BAD_MANIFESTS = [
     (("algorithms", 0, "overrides"), {"learning_rate": 0.1}, ["algorithms[0].overrides", "unknown key(s) ['learning_rate']",
                                                               "valid keys: profile"]),
     (("algorithms", 0, "overrides"), {"batch_size": "big"}, ["algorithms[0].overrides", "'batch_size' must be int"]),
-    (("overrides",), {"profile": "pymarl3"}, ["unknown profile 'pymarl3'", "valid profiles: mappo, pymarl, pymarl2"]),
+    (("overrides",), {"profile": "pymarl3"}, ["unknown profile 'pymarl3'", "valid profiles: pymarl, pymarl2"]),
     (("seeds",), [], ["seeds: must be a non-empty list"]),
     (("seeds",), [0, 0], ["seeds must be distinct"]),
     (("seeds",), [0, -1], ["seeds[1]: must be a non-negative integer"]),
