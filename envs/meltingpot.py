@@ -77,7 +77,11 @@ _MAX_SEED = 2**31 - 1
 class MeltingPotOptions:
     """Options of the Melting Pot family (``make_env(..., **options)``)."""
 
-    envs_per_worker: int = 1  # copies stepped sequentially by one worker process
+    # Copies stepped sequentially by one worker process. 0 = auto: the copies are spread over at most
+    # as many workers as this process may use CPU cores. Stepping is synchronous (the learner waits),
+    # so more processes than cores only add context switches: 8 copies of a 2-player substrate on 2
+    # busy cores stepped at 1.8k env steps/s as 8 workers, 3.3k as 2 and 3.8k as 1.
+    envs_per_worker: int = 0
     start_method: str = "forkserver"  # 'forkserver' or 'spawn' (never 'fork': the parent has torch)
     all_extra_obs: bool = False  # True: every per-player observation key, not only the permitted ones
     # Substrates only: end episodes after this many steps (truncated) instead of the substrate's own
@@ -406,7 +410,7 @@ class _WorkerPool:
         if options.start_method not in ("forkserver", "spawn"):
             raise EnvError(f"start_method must be 'forkserver' or 'spawn', got {options.start_method!r}")
         if options.envs_per_worker < 1:
-            raise EnvError(f"envs_per_worker must be >= 1, got {options.envs_per_worker}")
+            raise EnvError(f"envs_per_worker must be >= 1 (or 0 for auto), got {options.envs_per_worker}")
         self.timeout = options.worker_timeout_s
         self.fields = _buffer_fields(layout, num_envs)
         self.shm = shared_memory.SharedMemory(create=True, size=_buffer_size(self.fields))
@@ -481,11 +485,19 @@ class _WorkerPool:
         self.shm.unlink()
 
 
+def auto_envs_per_worker(num_envs: int) -> int:
+    """Copies per worker so that there are at most as many workers as usable CPU cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return math.ceil(num_envs / max(1, cores))
+
+
 class MeltingPotEnv(BatchedEnv):
     """B copies of a Melting Pot substrate or scenario, stepped in parallel worker processes."""
 
     def __init__(self, scenario: str, num_envs: int, seed: int, device: torch.device, options: MeltingPotOptions):
         self.device = torch.device(device)
+        if options.envs_per_worker == 0:
+            options = dataclasses.replace(options, envs_per_worker=auto_envs_per_worker(num_envs))
         self._layout = _layout(scenario, options.all_extra_obs, options.max_episode_frames)
         L = self._layout
         self.spec = EnvSpec(

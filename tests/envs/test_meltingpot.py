@@ -318,3 +318,13 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
     while time.time() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.2)
     assert not any(_alive(p) for p in pids)
+
+
+def test_auto_envs_per_worker_uses_at_most_one_worker_per_core(monkeypatch):
+    from envs import meltingpot as mp_env
+
+    monkeypatch.setattr(mp_env.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert [mp_env.auto_envs_per_worker(b) for b in (1, 2, 3, 8)] == [1, 1, 2, 4]
+    monkeypatch.setattr(mp_env.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert mp_env.auto_envs_per_worker(8) == 1
+    assert mp_env.MeltingPotOptions().envs_per_worker == 0  # auto by default
