@@ -155,8 +155,9 @@ class _Acting:
                 self.hidden[key].view(self.B, self.N, -1)[idx] = 0.0
 
     def act(self, record_key: int | None = LEARNER) -> dict[str, torch.Tensor]:
-        """One joint action for every copy. Returns actions [B, N] and, for ``record_key``'s rows,
-        its log-probs [B, N] and its hidden state before the step [B, N, H]."""
+        """One joint action for every copy. Returns actions [B, N], the flattened extra observations
+        [B, N, E] and, for ``record_key``'s rows, its log-probs [B, N] and its hidden state before
+        the step [B, N, H]."""
         out = self.out
         self.pre.clear()
         extra = flatten_extra(out.obs_extra, 2, self.env.spec).reshape(self.B * self.N, -1) if out.obs_extra else \
@@ -192,14 +193,14 @@ class _Acting:
                 h[rows] = h_out
             if key == record_key:
                 logp = torch.log_softmax(logits, -1).gather(-1, a.unsqueeze(-1)).squeeze(-1)
-                full_logp = torch.zeros(self.B * self.N, device=self.device)
-                full_h = torch.zeros(self.B * self.N, h_in.shape[-1], device=self.device)
                 if rows is None:
                     full_logp, full_h = logp, h_in
                 else:
+                    full_logp = torch.zeros(self.B * self.N, device=self.device)
+                    full_h = torch.zeros(self.B * self.N, h_in.shape[-1], device=self.device)
                     full_logp[rows], full_h[rows] = logp, h_in
                 rec = {"logp": full_logp.view(self.B, self.N), "h": full_h.view(self.B, self.N, -1)}
-        return {"actions": actions.view(self.B, self.N), **rec}
+        return {"actions": actions.view(self.B, self.N), "extra": extra.view(self.B, self.N, -1), **rec}
 
     def step(self, actions: torch.Tensor) -> tuple[StepOutput, Episodes | None]:
         out = self.env.step(actions)
@@ -265,8 +266,7 @@ class RolloutCollector:
             if episodes is not None:
                 finished.append(episodes)
             buf["obs"].append(obs_p)
-            buf["extra"].append(flatten_extra(out.obs_extra, 2, self.env.spec) if out.obs_extra else
-                                torch.zeros(B, N, 0, device=self.device))
+            buf["extra"].append(rec["extra"])
             buf["state"].append(state_c)
             buf["avail"].append(out.avail_actions)
             buf["actions"].append(rec["actions"])
