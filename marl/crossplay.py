@@ -53,6 +53,19 @@ def default_n_focal(n_agents: int) -> int:
     return max(1, n_agents // 2)
 
 
+def focal_return_summary(focal_per_capita: torch.Tensor) -> dict[str, Any]:
+    """Mean, std, standard error and the per-episode values of the focal per-capita return [k]."""
+    n = int(focal_per_capita.shape[0])
+    std = float(focal_per_capita.std(unbiased=True)) if n > 1 else 0.0
+    return {
+        "focal_per_capita_return": float(focal_per_capita.mean()),
+        "focal_per_capita_return_std": std,
+        "focal_per_capita_return_sem": std / math.sqrt(n) if n > 1 else 0.0,
+        "episodes": n,
+        "episode_focal_returns": [round(float(x), 4) for x in focal_per_capita],
+    }
+
+
 def _describe(p: LoadedPolicy) -> dict[str, Any]:
     return {"path": p.path, "algorithm": p.algorithm, **{k: p.info[k] for k in ("seed", "env_steps", "run_id")
                                                           if k in p.info}}
@@ -74,21 +87,14 @@ def evaluate_crossplay(focal_path: str | Path, member_paths: Sequence[str | Path
         eps = play_episodes(env, players, math.ceil(episodes / num_envs), seed, greedy, device)
     finally:
         env.close()
-    focal_pc = eps.per_capita(LEARNER)
     background = (eps.returns * (eps.policy != LEARNER)).sum(-1) / (eps.policy != LEARNER).sum(-1)
-    n = eps.count
-    std = float(focal_pc.std(unbiased=True)) if n > 1 else 0.0
     return {
-        "focal_per_capita_return": float(focal_pc.mean()),
-        "focal_per_capita_return_std": std,
-        "focal_per_capita_return_sem": std / math.sqrt(n) if n > 1 else 0.0,
+        **focal_return_summary(eps.per_capita(LEARNER)),
         "background_per_capita_return": float(background.mean()),
-        "episodes": n,
         "n_focal": n_focal,
         "n_agents": env.spec.n_agents,
         "actions": "greedy" if greedy else "sampled",
         "population_kind": POPULATION_KIND_SUITE,
         "focal": _describe(focal),
         "population": [_describe(m) for m in members],
-        "episode_focal_returns": [round(float(x), 4) for x in focal_pc],
     }

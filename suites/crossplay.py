@@ -197,6 +197,7 @@ def evaluate_on_bot_scenario(focal_path: Path, scenario: str, env_options: Mappi
     the scenario's agents are exactly its focal players, so their mean return is the focal per-capita
     return."""
     import envs
+    from marl.crossplay import focal_return_summary
     from marl.policy_runner import play_episodes
     from marl.population import load_policy
 
@@ -210,18 +211,11 @@ def evaluate_on_bot_scenario(focal_path: Path, scenario: str, env_options: Mappi
         n_agents = env.spec.n_agents
     finally:
         env.close()
-    per_capita = eps.returns.mean(-1)
-    n = eps.count
-    std = float(per_capita.std(unbiased=True)) if n > 1 else 0.0
     return {
-        "focal_per_capita_return": float(per_capita.mean()),
-        "focal_per_capita_return_std": std,
-        "focal_per_capita_return_sem": std / math.sqrt(n) if n > 1 else 0.0,
-        "episodes": n,
+        **focal_return_summary(eps.returns.mean(-1)),  # every agent of a scenario is a focal player
         "n_focal": n_agents,
         "actions": "greedy" if greedy else "sampled",
         "population_kind": POPULATION_KIND_BOTS,
-        "episode_focal_returns": [round(float(x), 4) for x in per_capita],
     }
 
 
