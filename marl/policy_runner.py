@@ -32,6 +32,19 @@ class Players(Protocol):
         """The actor of player ``key`` (``act(ActInput, h) -> (logits, h)``, ``initial_hidden(rows)``)."""
 
 
+class SelfPlayPlayers:
+    """One actor in every slot (self-play evaluation; a Melting Pot scenario's focal players)."""
+
+    def __init__(self, actor: nn.Module):
+        self.actor = actor
+
+    def assign(self, n_envs: int, n_agents: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.full((n_envs, n_agents), LEARNER, dtype=torch.long)
+
+    def module(self, key: int) -> nn.Module:
+        return self.actor
+
+
 def sample_actions(logits: torch.Tensor, greedy: bool, generator: torch.Generator) -> torch.Tensor:
     if greedy:
         return logits.argmax(-1)

@@ -26,22 +26,9 @@ from typing import Any, Mapping
 import torch
 
 import envs
-from marl.policy_runner import LEARNER, Episodes, RolloutCollector, play_episodes
+from marl.policy_runner import LEARNER, Episodes, RolloutCollector, SelfPlayPlayers, play_episodes
 from marl.population import POLICY_FILE, save_policy
 from marl.trainer import Budget, ProgressFn, Trainer
-
-
-class SelfPlayPlayers:
-    """Evaluation players: one actor in every slot."""
-
-    def __init__(self, actor: torch.nn.Module):
-        self.actor = actor
-
-    def assign(self, n_envs: int, n_agents: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.full((n_envs, n_agents), LEARNER, dtype=torch.long)
-
-    def module(self, key: int) -> torch.nn.Module:
-        return self.actor
 
 
 def greedy_eval(cfg: Any, spec: envs.EnvSpec) -> bool:

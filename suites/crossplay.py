@@ -174,23 +174,6 @@ def execute_crossplay_phase(items: list[PlanItem], store: SuiteStore, backend: B
 # Worker side ------------------------------------------------------------------------------------
 
 
-class _AllFocal:
-    """Players of a Melting Pot scenario: its agents are the focal slots, all held by one policy."""
-
-    def __init__(self, actor: Any):
-        self.actor = actor
-
-    def assign(self, n_envs: int, n_agents: int, generator: Any) -> Any:
-        import torch
-
-        from marl.policy_runner import LEARNER
-
-        return torch.full((n_envs, n_agents), LEARNER, dtype=torch.long)
-
-    def module(self, key: int) -> Any:
-        return self.actor
-
-
 def evaluate_on_bot_scenario(focal_path: Path, scenario: str, env_options: Mapping[str, Any], episodes: int,
                              seed: int, num_envs: int, greedy: bool, device: str) -> dict[str, Any]:
     """The focal policy in every focal slot of a Melting Pot scenario (DeepMind's bots in the others):
@@ -198,7 +181,7 @@ def evaluate_on_bot_scenario(focal_path: Path, scenario: str, env_options: Mappi
     return."""
     import envs
     from marl.crossplay import focal_return_summary
-    from marl.policy_runner import play_episodes
+    from marl.policy_runner import SelfPlayPlayers, play_episodes
     from marl.population import load_policy
 
     # max_episode_frames shortens substrates only; a scenario keeps Melting Pot's episode rules.
@@ -207,7 +190,8 @@ def evaluate_on_bot_scenario(focal_path: Path, scenario: str, env_options: Mappi
     env = envs.make_env("meltingpot", scenario, num_envs=num_envs, seed=seed, device=device, **options)
     try:
         focal = load_policy(focal_path, device, expect=env.spec)
-        eps = play_episodes(env, _AllFocal(focal.actor), math.ceil(episodes / num_envs), seed, greedy, device)
+        # A scenario's agents are exactly its focal players: the focal policy holds every one.
+        eps = play_episodes(env, SelfPlayPlayers(focal.actor), math.ceil(episodes / num_envs), seed, greedy, device)
         n_agents = env.spec.n_agents
     finally:
         env.close()
