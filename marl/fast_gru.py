@@ -6,6 +6,11 @@ the input projections of all time steps are one matmul (outside, under autograd)
 runs in a plain loop without building a graph, and the backward pass is one loop with a single
 matmul per step plus one large matmul for the recurrent weight gradient.
 
+Batches of episodes are *packed*: rows are sorted longest first, so at step t the rows still inside
+their episode are a prefix 0..k_t-1 (``active[t] = k_t``, non-increasing). The recurrence stores only
+those rows, step after step ([sum_t k_t, ...] instead of [T, R, ...]): nothing is computed, stored,
+zero-filled or scattered for the padding, which is often half of a batch of short episodes.
+
 The parameters are those of ``nn.GRU`` (same layout and equations), so state dicts stay standard:
 
     r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)
@@ -20,36 +25,30 @@ import torch
 import torch.nn.functional as F
 
 
-class _GRURecurrence(torch.autograd.Function):
-    """gi [T,R,3H] (input projections incl. b_ih), h0 [R,H], w_hh [3H,H], b_hh [3H], and
-    active[t] = number of leading rows still inside their sequence at step t (non-increasing;
-    rows must be sorted by length, longest first) -> hs [T,R,H], zero where a row is inactive.
-    Skipping finished rows is what makes padded batches of short episodes cheap."""
+class _PackedGRURecurrence(torch.autograd.Function):
+    """gi [P,3H] (packed input projections incl. b_ih), h0 [R,H], w_hh [3H,H], b_hh [3H], active
+    (k_t per step, non-increasing, sum = P) -> hs [P,H], the packed hidden states."""
 
     @staticmethod
     def forward(ctx, gi, h0, w_hh, b_hh, active):
-        T, R, H3 = gi.shape
+        P, H3 = gi.shape
         H = H3 // 3
-        # Every intermediate is written in place into [T, R, ...] storage (out=), so the loop
-        # allocates and copies nothing; only the inactive tails are zeroed.
-        hs = gi.new_empty(T, R, H)
-        gh_all = gi.new_empty(T, R, H3)  # W_hh h + b_hh
-        rz_all = gi.new_empty(T, R, 2 * H)
-        n_all = gi.new_empty(T, R, H)
-        gi_t = gi
+        # Every intermediate is written in place into packed storage (out=): the loop allocates
+        # and copies nothing.
+        hs = gi.new_empty(P, H)
+        gh_all = gi.new_empty(P, H3)  # W_hh h + b_hh
+        rz_all = gi.new_empty(P, 2 * H)
+        n_all = gi.new_empty(P, H)
         w_hh_t = w_hh.t()
         h = h0
-        for t in range(T):
-            k = active[t]
-            if k < R:
-                hs[t, k:] = 0.0
-            if k == 0:
-                continue
-            gh = torch.addmm(b_hh, h[:k], w_hh_t, out=gh_all[t, :k])
-            rz = torch.sigmoid(torch.add(gi_t[t, :k, : 2 * H], gh[:, : 2 * H], out=rz_all[t, :k]), out=rz_all[t, :k])
-            n = torch.tanh(torch.addcmul(gi_t[t, :k, 2 * H:], rz[:, :H], gh[:, 2 * H:], out=n_all[t, :k]),
-                           out=n_all[t, :k])
-            h = torch.lerp(n, h[:k], rz[:, H:], out=hs[t, :k])  # n + z * (h - n)
+        a = 0
+        for k in active:
+            b = a + k
+            gh = torch.addmm(b_hh, h[:k], w_hh_t, out=gh_all[a:b])
+            rz = torch.sigmoid(torch.add(gi[a:b, : 2 * H], gh[:, : 2 * H], out=rz_all[a:b]), out=rz_all[a:b])
+            n = torch.tanh(torch.addcmul(gi[a:b, 2 * H:], rz[:, :H], gh[:, 2 * H:], out=n_all[a:b]), out=n_all[a:b])
+            h = torch.lerp(n, h[:k], rz[:, H:], out=hs[a:b])  # n + z * (h - n)
+            a = b
         ctx.active = active
         ctx.save_for_backward(h0, w_hh, hs, gh_all, rz_all, n_all)
         return hs
@@ -58,31 +57,62 @@ class _GRURecurrence(torch.autograd.Function):
     def backward(ctx, grad_hs):
         h0, w_hh, hs, gh_all, rz_all, n_all = ctx.saved_tensors
         active = ctx.active
-        T, R, H = hs.shape
-        h_prev_all = torch.cat([h0.unsqueeze(0), hs[:-1]], dim=0)
-        d_gates = grad_hs.new_empty(T, R, 3 * H)  # d(pre-activations): r, z, n (input part)
-        d_gh = grad_hs.new_empty(T, R, 3 * H)  # d(W_hh h + b_hh)
+        P, H = hs.shape
+        starts = [0]
+        for k in active[:-1]:
+            starts.append(starts[-1] + k)
+        # h_{t-1} of every packed row: the first k_t rows of the previous step (h0 at t = 0).
+        h_prev = torch.cat([h0[:active[0]]] + [hs[starts[t - 1]: starts[t - 1] + active[t]]
+                                               for t in range(1, len(active))])
+        d_gh = grad_hs.new_empty(P, 3 * H)  # d(W_hh h + b_hh); its r, z parts equal the gates'
+        d_an = grad_hs.new_empty(P, H)  # d(pre-activation of n)
         dh_next = torch.zeros_like(h0)  # rows inactive at t+1 get no gradient from there
-        for t in range(T - 1, -1, -1):
-            k = active[t]
-            if k < R:
-                d_gates[t, k:] = 0.0
-                d_gh[t, k:] = 0.0
-            if k == 0:
-                continue
-            r, z = rz_all[t, :k, :H], rz_all[t, :k, H:]
-            n, hn, h_prev = n_all[t, :k], gh_all[t, :k, 2 * H:], h_prev_all[t, :k]
-            dh = grad_hs[t, :k] + dh_next[:k]
-            da_n = torch.mul(dh * (1 - z), 1 - n * n, out=d_gates[t, :k, 2 * H:])
-            torch.mul(da_n * hn, r * (1 - r), out=d_gates[t, :k, :H])
-            torch.mul(dh * (h_prev - n), z * (1 - z), out=d_gates[t, :k, H:2 * H])
-            d_gh[t, :k, :2 * H] = d_gates[t, :k, :2 * H]
-            torch.mul(da_n, r, out=d_gh[t, :k, 2 * H:])
-            dh_next[:k] = torch.addmm(dh * z, d_gh[t, :k], w_hh)
-        flat_gh = d_gh.reshape(T * R, 3 * H)
-        grad_w_hh = flat_gh.t() @ h_prev_all.reshape(T * R, H)
-        grad_b_hh = flat_gh.sum(0)
+        for t in range(len(active) - 1, -1, -1):
+            k, a = active[t], starts[t]
+            b = a + k
+            r, z = rz_all[a:b, :H], rz_all[a:b, H:]
+            n, hn = n_all[a:b], gh_all[a:b, 2 * H:]
+            dh = grad_hs[a:b] + dh_next[:k]
+            da_n = torch.mul(dh * (1 - z), 1 - n * n, out=d_an[a:b])
+            torch.mul(da_n * hn, r * (1 - r), out=d_gh[a:b, :H])
+            torch.mul(dh * (h_prev[a:b] - n), z * (1 - z), out=d_gh[a:b, H:2 * H])
+            torch.mul(da_n, r, out=d_gh[a:b, 2 * H:])
+            dh_next[:k] = torch.addmm(dh * z, d_gh[a:b], w_hh)
+        d_gates = torch.cat([d_gh[:, :2 * H], d_an], dim=1)
+        grad_w_hh = d_gh.t() @ h_prev
+        grad_b_hh = d_gh.sum(0)
         return d_gates, dh_next, grad_w_hh, grad_b_hh, None
+
+
+def check_active(active: list[int] | None, T: int, R: int) -> list[int]:
+    """Validated per-step active row counts (default: all R rows at each of T steps), with the
+    trailing steps where no row is active dropped."""
+    active = [R] * T if active is None else [min(int(k), R) for k in active]
+    if len(active) != T:
+        raise ValueError(f"active has {len(active)} entries for {T} time steps")
+    if any(b > a for a, b in zip(active, active[1:])):
+        raise ValueError("active row counts must be non-increasing (sort rows by length, longest first)")
+    while active and active[-1] == 0:
+        active.pop()
+    return active
+
+
+def packed_index(active: list[int], R: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Flat positions t * R + r (r < active[t]) of the packed rows in a time-major [T, R] layout."""
+    counts = torch.tensor(active, dtype=torch.long, device=device)
+    steps = torch.arange(len(active), device=device).repeat_interleave(counts)
+    starts = (torch.cumsum(counts, 0) - counts).repeat_interleave(counts)
+    return steps * R + (torch.arange(steps.shape[0], device=device) - starts)
+
+
+def gru_packed(gi: torch.Tensor, h0: torch.Tensor, gru: torch.nn.GRU, active: list[int]) -> torch.Tensor:
+    """The recurrence over packed input projections gi [P,3H] (W_ih x + b_ih, step after step,
+    k_t = active[t] rows each; from ``check_active``) -> packed hidden states [P,H]."""
+    if sum(active) != gi.shape[0]:
+        raise ValueError(f"{gi.shape[0]} packed rows for active counts summing to {sum(active)}")
+    if not active:  # no row inside its sequence
+        return gi.new_zeros(0, gru.hidden_size)
+    return _PackedGRURecurrence.apply(gi, h0, gru.weight_hh_l0, gru.bias_hh_l0, active)
 
 
 def gru_sequence(x: torch.Tensor, h0: torch.Tensor, gru: torch.nn.GRU,
@@ -96,9 +126,12 @@ def gru_sequence(x: torch.Tensor, h0: torch.Tensor, gru: torch.nn.GRU,
 
 def gru_recurrence(gi: torch.Tensor, h0: torch.Tensor, gru: torch.nn.GRU,
                    active: list[int] | None = None) -> torch.Tensor:
-    """The recurrent part alone, from precomputed input projections gi [T,R,3H] (W_ih x + b_ih)."""
+    """The recurrent part alone, from time-major input projections gi [T,R,3H] (W_ih x + b_ih);
+    returns [T,R,H], zeros at inactive positions."""
     T, R = gi.shape[:2]
-    active = [R] * T if active is None else [min(int(k), R) for k in active]
-    if any(b > a for a, b in zip(active, active[1:])):
-        raise ValueError("active row counts must be non-increasing (sort rows by length, longest first)")
-    return _GRURecurrence.apply(gi, h0, gru.weight_hh_l0, gru.bias_hh_l0, active)
+    active = check_active(active, T, R)
+    if sum(active) == T * R:  # nothing to skip: the time-major layout is already packed
+        return gru_packed(gi.reshape(T * R, -1), h0, gru, active).view(T, R, -1)
+    index = packed_index(active, R, gi.device)
+    hs = gru_packed(gi.reshape(T * R, -1).index_select(0, index), h0, gru, active)
+    return hs.new_zeros(T * R, hs.shape[1]).index_copy(0, index, hs).view(T, R, -1)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from marl.fast_gru import gru_recurrence, gru_sequence
+from marl.fast_gru import check_active, gru_packed, gru_sequence, packed_index
 
 
 class AgentOutput(NamedTuple):
@@ -22,7 +22,7 @@ class RecurrentAgent(nn.Module):
 
     A single-layer ``nn.GRU`` is the same function as PyMARL's ``GRUCell`` (same gates and
     parameters). Acting runs it one step at a time; training runs whole episodes through
-    ``marl.fast_gru.gru_sequence`` (hand-written BPTT that skips rows whose episode has ended).
+    ``marl.fast_gru`` (hand-written BPTT over packed rows: finished episodes cost nothing).
     Tensors are time-major, [T, R, ...] with R = rows (episodes x agents), so that each time
     step is one contiguous block.
     """
@@ -47,20 +47,20 @@ class RecurrentAgent(nn.Module):
                 h0 = embedding.new_zeros(embedding.shape[1], self.hidden_dim) if h0 is None else h0
                 hidden = gru_sequence(embedding, h0, self.rnn)
             return AgentOutput(self.fc2(hidden), hidden, embedding)
-        # Training on padded episodes: the feed-forward layers see only positions inside an
-        # episode (a prefix of every time step, rows being sorted), often a fraction of T x R.
+        # Training on padded episodes: every layer sees only the positions inside an episode (a
+        # prefix of the rows at each time step, rows being sorted), often half of T x R.
         T, R = inputs.shape[:2]
-        valid = torch.arange(R, device=inputs.device) < torch.tensor(active, device=inputs.device).unsqueeze(1)
-        emb_valid = F.relu(self.fc1(inputs[valid]))
-        gi = emb_valid.new_zeros(T, R, 3 * self.hidden_dim)
-        gi[valid] = F.linear(emb_valid, self.rnn.weight_ih_l0, self.rnn.bias_ih_l0)
-        h0 = emb_valid.new_zeros(R, self.hidden_dim) if h0 is None else h0
-        hidden = gru_recurrence(gi, h0, self.rnn, active)
-        q = hidden.new_zeros(T, R, self.fc2.out_features)
-        q[valid] = self.fc2(hidden[valid])
-        embedding = emb_valid.new_zeros(T, R, self.hidden_dim)
-        embedding[valid] = emb_valid
-        return AgentOutput(q, hidden, embedding)
+        active = check_active(active, T, R)
+        index = packed_index(active, R, inputs.device)
+        embedding = F.relu(self.fc1(inputs.reshape(T * R, -1).index_select(0, index)))
+        h0 = embedding.new_zeros(R, self.hidden_dim) if h0 is None else h0
+        hidden = gru_packed(F.linear(embedding, self.rnn.weight_ih_l0, self.rnn.bias_ih_l0), h0, self.rnn, active)
+        q = self.fc2(hidden)
+
+        def padded(x: torch.Tensor) -> torch.Tensor:  # packed [P, D] -> [T, R, D], zeros elsewhere
+            return x.new_zeros(T * R, x.shape[1]).index_copy(0, index, x).view(T, R, -1)
+
+        return AgentOutput(padded(q), padded(hidden), padded(embedding))
 
 
 class QMixer(nn.Module):

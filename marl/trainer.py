@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 import envs
+from marl.allocator import retain_freed_memory
 from marl.registry import get_algorithm
 from marl.run_io import atomic_torch_save, atomic_write_csv, atomic_write_json
 
@@ -61,6 +62,7 @@ class Trainer(ABC):
                  overrides: Mapping[str, Any] | None = None, env_options: Mapping[str, Any] | None = None,
                  run_dir: str | Path | None = None, device: str = "cpu", progress: ProgressFn | None = None,
                  provenance_extra: Mapping[str, Any] | None = None):
+        retain_freed_memory()  # updates reuse freed pages instead of page-faulting (marl/allocator.py)
         self.provenance_extra = dict(provenance_extra or {})
         self.algo = get_algorithm(algorithm)
         self.cfg = self.algo.make_config(overrides, scenario=scenario)

@@ -1,5 +1,6 @@
 """The hand-written GRU recurrence equals nn.GRU in values and gradients, with and without packing."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -78,3 +79,20 @@ def test_agent_with_packed_rows_equals_the_dense_agent_on_valid_positions():
         assert (p[~mask] == 0).all()
     for a, b in zip(dense_grads, packed_grads):
         assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_packed_index_lists_the_rows_inside_their_sequence_step_by_step():
+    from marl.fast_gru import check_active, packed_index
+
+    assert packed_index([3, 2, 2, 1], R=3).tolist() == [0, 1, 2, 3, 4, 6, 7, 9]
+    assert check_active([2, 1, 0, 0], T=4, R=2) == [2, 1]  # trailing empty steps dropped
+    assert check_active(None, T=2, R=3) == [3, 3]
+    with pytest.raises(ValueError, match="time steps"):
+        check_active([2, 1], T=3, R=2)
+
+
+def test_sequences_with_no_active_row_give_zeros_and_no_gradient_error():
+    gru = nn.GRU(2, 3)
+    x = torch.randn(4, 2, 2, requires_grad=True)
+    out = gru_sequence(x, torch.zeros(2, 3), gru, active=[0, 0, 0, 0])
+    assert out.shape == (4, 2, 3) and (out == 0).all()
