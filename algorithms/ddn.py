@@ -41,17 +41,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from marl.config import ValueLearnerConfig
+from marl.controller import AgentController
 from marl.networks import AgentOutput, RecurrentAgent, agent_input_dim
 from marl.value_learner import QLearner, active_rows, mix_where, observed, previous_actions, td_stats
 
 KIND = "value"
 
 DISTILL_LOSSES = ("B", "Q", "F")
+ACTING = ("student", "teacher")
 
 
 @dataclass
 class Config(ValueLearnerConfig):
     mixer: str = "qmix"  # the teacher's mixer (seed: QMIX mixing network)
+    # Which network collects the training data (choice; the seed does not say). "student": the
+    # decentralised student acts, so the teacher's Q-learning is off-policy on another network's
+    # data. "teacher": the teacher acts on the personalized global state (as PTDE's first stage), so
+    # its TD targets follow its own greedy policy. Test episodes always use the student.
+    acting: str = "student"
     # Personalization Fusion Block
     personalize: bool = True  # False: the teacher reads the raw global state (seed Table 3 ablation)
     fusion_dim: int = 64  # d: width of the personalized state Ŝ (choice)
@@ -145,6 +152,8 @@ class Learner(QLearner):
         bad = sorted(set(cfg.distill_losses) - set(DISTILL_LOSSES))
         if bad:
             raise ValueError(f"unknown distill_losses {bad}; valid: {', '.join(DISTILL_LOSSES)}")
+        if cfg.acting not in ACTING:
+            raise ValueError(f"unknown acting {cfg.acting!r}; valid: {', '.join(ACTING)}")
         if not 0.0 <= cfg.idm_mask_prob <= 1.0:
             raise ValueError(f"idm_mask_prob must be in [0, 1], got {cfg.idm_mask_prob}")
         local_dim = agent_input_dim(self.obs_dim, self.n_agents, self.n_actions, cfg.obs_last_action, cfg.obs_agent_id)
@@ -168,6 +177,11 @@ class Learner(QLearner):
 
     def acting_agent(self) -> RecurrentAgent:
         return self.student
+
+    def make_behaviour_controller(self) -> AgentController:
+        if self.cfg.acting == "teacher":
+            return TeacherController(self)
+        return self.controller
 
     def update_targets(self) -> None:
         super().update_targets()
@@ -253,3 +267,20 @@ class Learner(QLearner):
         stats.update(td_stats(td_loss.detach(), td.detach(), q_tot.detach(), y, mask))
         stats["loss"] = float(loss.detach())
         return loss, stats
+
+
+class TeacherController(AgentController):
+    """The teacher acting (``acting: teacher``): each agent's input is its personalized global
+    state (online fusion block) with its local inputs, exactly as in training."""
+
+    def __init__(self, learner: Learner):
+        super().__init__(learner.agent, learner.n_agents, learner.n_actions, learner.cfg.obs_last_action,
+                         learner.cfg.obs_agent_id)
+        self.learner = learner
+
+    def step_inputs(self, obs: torch.Tensor, last_actions: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
+        if state is None:
+            raise ValueError("the DDN teacher acts on the global state: pass state=")
+        local = self.inputs(obs, last_actions).unsqueeze(0)  # [1, B, N, L]
+        valid = torch.ones(local.shape[:2], dtype=torch.bool, device=local.device)
+        return self.learner.teacher_inputs(self.learner.fusion, local, state.flatten(1).unsqueeze(0), valid)[0]

@@ -55,13 +55,18 @@ class AgentController:
     def init_hidden(self, num_envs: int, device: torch.device) -> torch.Tensor:
         return torch.zeros(num_envs * self.n_agents, self.agent.hidden_dim, device=device)
 
+    def step_inputs(self, obs: torch.Tensor, last_actions: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
+        """The agent's inputs for one step, [B, N, D]. Decentralised: the global state is unused."""
+        return self.inputs(obs, last_actions)
+
     @torch.no_grad()
     def act(self, obs: torch.Tensor, avail: torch.Tensor, last_actions: torch.Tensor, hidden: torch.Tensor,
-            epsilon: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """obs [B,N,O], avail [B,N,A], last_actions [B,N] (-1 at episode start), hidden [B*N,H]
-        -> (actions [B,N], new hidden [B*N,H])."""
+            epsilon: float, generator: torch.Generator,
+            state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """obs [B,N,O], avail [B,N,A], last_actions [B,N] (-1 at episode start), hidden [B*N,H],
+        state [B,S] (read only by centralised controllers) -> (actions [B,N], new hidden [B*N,H])."""
         B = obs.shape[0]
-        x = self.inputs(obs, last_actions).reshape(1, B * self.n_agents, -1)  # time-major, T = 1
+        x = self.step_inputs(obs, last_actions, state).reshape(1, B * self.n_agents, -1)  # time-major, T = 1
         out = self.agent(x, hidden)
         q = out.q.view(B, self.n_agents, -1)
         return epsilon_greedy(q, avail, epsilon, generator), out.hidden[-1]

@@ -87,7 +87,7 @@ class EpisodeRunner:
         """One joint step of all copies; returns the episodes that ended in it, if any."""
         out, stage, rows, t = self.out, self.stage, self.rows, self.t
         actions, self.hidden = self.controller.act(out.obs, out.avail_actions, self.last_actions, self.hidden,
-                                                   epsilon, self.generator)
+                                                   epsilon, self.generator, state=out.state)
         stage["actions"][rows, t] = actions
         nxt = self.env.step(actions)
         reward = team_reward(nxt, self.shared)

@@ -38,7 +38,7 @@ class ValueTrainer(Trainer):
     """Collect episodes with epsilon-greedy acting -> replay -> one update per ``num_envs`` episodes."""
 
     def setup(self) -> None:
-        self.runner = EpisodeRunner(self.env, self.learner.controller, self.generator, self.device)
+        self.runner = EpisodeRunner(self.env, self.learner.behaviour_controller, self.generator, self.device)
         self.buffer = EpisodeReplayBuffer(self.runner.layout, self.cfg.buffer_size, self.device)
         self.epsilon = LinearSchedule(self.cfg.epsilon_start, self.cfg.epsilon_finish, self.cfg.epsilon_anneal_time)
         self.pending_episodes = 0

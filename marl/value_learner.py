@@ -118,8 +118,11 @@ class QLearner:
         self.target_mixer = copy.deepcopy(self.mixer)
         self.params = [p for m in self.trained_modules() for p in m.parameters()]
         self.optimizer = make_optimizer(cfg, self.params)
+        # `controller` is the policy that is evaluated (and deployed); `behaviour_controller` the one
+        # that collects training data (the same, except for DDN with a teacher acting).
         self.controller = AgentController(self.acting_agent(), self.n_agents, self.n_actions,
                                           cfg.obs_last_action, cfg.obs_agent_id)
+        self.behaviour_controller = self.make_behaviour_controller()
         self.last_target_update_episode = 0
         self.updates = 0
 
@@ -134,6 +137,10 @@ class QLearner:
     def acting_agent(self) -> RecurrentAgent:
         """The network that acts (and is evaluated): the agent here, DDN's student there."""
         return self.agent
+
+    def make_behaviour_controller(self) -> AgentController:
+        """The controller that collects experience (default: the evaluated one)."""
+        return self.controller
 
     def update_targets(self) -> None:
         self.target_agent.load_state_dict(self.agent.state_dict())

@@ -8,7 +8,14 @@ For each (algorithm, scenario, parallel envs) this measures, in one run:
 * ``raw_env_steps_per_s``: the same environment stepped with uniformly random available actions
   (chosen in torch, as the learner does) for the same number of steps; and their ratio;
 * ``updates_per_s``: learner updates per second on batches sampled from that replay;
-* ``peak_rss_mb``: the process's peak resident memory so far (ru_maxrss; cumulative over the session).
+* ``peak_rss_mb``: the process's peak resident memory so far (ru_maxrss; cumulative over the session);
+* a roofline: ``update_gflop`` (floating-point work of one update, counted by torch's
+  FlopCounterMode: forward, backward and target networks), ``matmul_gflops`` (this core's speed on
+  a matmul of the agent's shape, measured in the same run), ``update_efficiency`` (the fraction of
+  that speed the update reaches) and ``compute_floor_env_steps_per_s``: the end-to-end speed if the
+  update ran at ``matmul_gflops`` and acting cost nothing beyond the raw environment. It bounds what
+  any implementation of the same algorithm (pymarl2's 128-episode batch per 8 new episodes,
+  synchronous collection) can reach on this core.
 
 Run with ``make bench`` (JSON under results/benchmarks/) or
 ``.venv/bin/python -m pytest tests/benchmarks/test_bench_learners.py --benchmark-only``.
@@ -21,6 +28,7 @@ import time
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from marl.train import Budget, ValueTrainer
 
@@ -46,6 +54,25 @@ def _raw_env_steps_per_s(env, steps: int) -> float:
     return n * env.spec.num_envs / (time.perf_counter() - start)
 
 
+def _matmul_gflops(hidden: int = 64) -> float:
+    """Single-thread speed of the update's dominant product: packed agent rows times a GRU's
+    input/recurrent weights ([8192, H] @ [H, 3H])."""
+    a, b = torch.randn(8192, hidden), torch.randn(hidden, 3 * hidden)
+    for _ in range(5):
+        a @ b
+    n = 50
+    start = time.perf_counter()
+    for _ in range(n):
+        a @ b
+    return 2 * 8192 * hidden * 3 * hidden * n / (time.perf_counter() - start) / 1e9
+
+
+def _update_gflop(trainer, batch) -> float:
+    with FlopCounterMode(display=False) as counter:
+        trainer.learner.train_step(batch, trainer.episode)
+    return counter.get_total_flops() / 1e9
+
+
 @pytest.mark.parametrize("algorithm", ["qmix", "ddn"])
 @pytest.mark.parametrize("family,scenario,num_envs", CASES)
 def test_training_throughput(benchmark, algorithm, family, scenario, num_envs):
@@ -64,9 +91,9 @@ def test_training_throughput(benchmark, algorithm, family, scenario, num_envs):
             for _ in range(MEASURED_ROUNDS):
                 trainer.iteration()
             elapsed = time.perf_counter() - start
-            return (trainer.t_env - t0) / elapsed, trainer.learner.updates - updates0
+            return (trainer.t_env - t0) / elapsed, trainer.t_env - t0, trainer.learner.updates - updates0
 
-        train_sps, n_updates = benchmark.pedantic(measured, rounds=1, iterations=1)
+        train_sps, steps, n_updates = benchmark.pedantic(measured, rounds=1, iterations=1)
         steps_measured = MEASURED_ROUNDS * num_envs * trainer.env.spec.episode_limit // 4
         raw_sps = _raw_env_steps_per_s(trainer.env, steps_measured)
 
@@ -75,6 +102,12 @@ def test_training_throughput(benchmark, algorithm, family, scenario, num_envs):
             trainer.learner.train_step(trainer.buffer.sample(trainer.cfg.batch_size, trainer.generator),
                                        trainer.episode)
         updates_per_s = 5 / (time.perf_counter() - start)
+
+        update_gflop = sum(_update_gflop(trainer, trainer.buffer.sample(trainer.cfg.batch_size, trainer.generator))
+                           for _ in range(3)) / 3
+        peak_gflops = _matmul_gflops(trainer.cfg.hidden_dim)
+        steps_per_update = steps / n_updates
+        floor_sps = steps_per_update / (update_gflop / peak_gflops + steps_per_update / raw_sps)
         benchmark.extra_info.update({
             "algorithm": algorithm, "family": family, "scenario": scenario, "num_envs": num_envs,
             "profile": "pymarl2", "batch_size": trainer.cfg.batch_size, "torch_threads": THREADS,
@@ -84,8 +117,15 @@ def test_training_throughput(benchmark, algorithm, family, scenario, num_envs):
             "updates_per_s": round(updates_per_s, 2),
             "updates_in_measurement": n_updates,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "env_steps_per_update": round(steps_per_update, 1),
+            "update_gflop": round(update_gflop, 3),
+            "matmul_gflops": round(peak_gflops, 1),
+            "update_efficiency": round(update_gflop * updates_per_s / peak_gflops, 3),
+            "compute_floor_env_steps_per_s": round(floor_sps, 1),
         })
         print(f"\n{algorithm} {family}/{scenario} x{num_envs}: train {train_sps:.0f} env steps/s, "
-              f"raw {raw_sps:.0f} (ratio {train_sps / raw_sps:.3f}), {updates_per_s:.2f} updates/s")
+              f"raw {raw_sps:.0f} (ratio {train_sps / raw_sps:.3f}), {updates_per_s:.2f} updates/s, "
+              f"update {update_gflop:.2f} GFLOP at {update_gflop * updates_per_s:.1f} of {peak_gflops:.0f} GFLOP/s, "
+              f"compute floor {floor_sps:.0f} env steps/s")
     finally:
         trainer.close()

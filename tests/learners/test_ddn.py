@@ -63,6 +63,8 @@ def test_bad_ablation_values_are_rejected(spec):
         make_learner(spec, distill_losses=["B", "X"])
     with pytest.raises(ValueError, match="idm_mask_prob"):
         make_learner(spec, idm_mask_prob=1.5)
+    with pytest.raises(ValueError, match="acting.*student, teacher"):
+        make_learner(spec, acting="critic")
 
 
 def test_fusion_equals_explicit_matrix_product():
@@ -192,6 +194,41 @@ def test_raw_state_ablation_builds_and_acts_with_the_student(spec):
     assert learner.controller.agent is learner.student
     loss, _ = learner.compute_loss(random_batch(spec))
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("personalize", [True, False])
+def test_acting_teacher_uses_the_training_path_inputs_and_the_student_is_still_evaluated(spec, personalize):
+    """With ``acting: teacher`` the behaviour policy is the teacher on the personalized state: its
+    one-step Q-values equal the training computation's at t = 0; evaluation keeps the student."""
+    from algorithms.ddn import TeacherController
+    from marl.value_learner import active_rows, observed, previous_actions
+
+    learner = make_learner(spec, acting="teacher", personalize=personalize)
+    assert isinstance(learner.behaviour_controller, TeacherController)
+    assert learner.controller.agent is learner.student and learner.behaviour_controller.agent is learner.agent
+    default = make_learner(spec)
+    assert default.behaviour_controller is default.controller  # by default the student acts
+
+    batch = random_batch(spec, C=2, T=3)
+    C, T1, N = batch["obs"].shape[:3]
+    local = learner.controller.inputs(batch["obs"].reshape(C, T1, N, -1).transpose(0, 1),
+                                      previous_actions(batch["actions"]).transpose(0, 1))
+    state_tm = batch["state"].reshape(C, T1, -1).transpose(0, 1)
+    inputs = learner.teacher_inputs(learner.fusion, local, state_tm, observed(batch["filled"]).t())
+    expected = learner.run_agent(learner.agent, inputs, active_rows(batch["filled"], N)).q[:, 0]  # [C, N, A]
+
+    controller = learner.behaviour_controller
+    with torch.no_grad():
+        step_inputs = controller.step_inputs(batch["obs"][:, 0], torch.full((C, N), -1), batch["state"][:, 0])
+        q = learner.agent(step_inputs.reshape(1, C * N, -1), torch.zeros(C * N, learner.agent.hidden_dim)).q
+    assert torch.allclose(q.view(C, N, -1), expected, atol=1e-5)
+    actions, hidden = controller.act(batch["obs"][:, 0], batch["avail_actions"][:, 0], torch.full((C, N), -1),
+                                     controller.init_hidden(C, torch.device("cpu")), 0.0, torch.Generator(),
+                                     state=batch["state"][:, 0])
+    assert torch.equal(actions, expected.argmax(-1)) and hidden.shape == (C * N, learner.agent.hidden_dim)
+    with pytest.raises(ValueError, match="global state"):
+        controller.act(batch["obs"][:, 0], batch["avail_actions"][:, 0], torch.full((C, N), -1),
+                       controller.init_hidden(C, torch.device("cpu")), 0.0, torch.Generator())
 
 
 # Learning ------------------------------------------------------------------------------------
