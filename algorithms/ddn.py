@@ -190,7 +190,7 @@ class Learner(QLearner):
 
     def run_agent(self, agent: RecurrentAgent, inputs: torch.Tensor, active: list[int] | None) -> AgentOutput:
         """``agent`` over whole episodes: time-major inputs [T+1, C, N, D] -> outputs [C, T+1, N, *]
-        (views of the agent's time-major storage, as ``QLearner.agent_sequence`` returns)."""
+        (views of the agent's time-major storage, as ``QLearner.agent_q`` returns)."""
         T1, C, N = inputs.shape[:3]
         out = agent(inputs.reshape(T1, C * N, -1), active=active)
         return AgentOutput(*(x.view(T1, C, N, -1).transpose(0, 1) for x in out))

@@ -124,7 +124,7 @@ class Learner(QLearner):
 
     def central_values(self, agent: RecurrentAgent, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Central agent outputs [C, T+1, N, A, E]."""
-        q = self.agent_sequence(agent, batch).q
+        q = self.agent_q(agent, batch)
         return q.view(*q.shape[:-1], self.n_actions, self.cfg.central_action_embed)
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -133,7 +133,7 @@ class Learner(QLearner):
         actions, avail, state = batch["actions"], batch["avail_actions"], batch["state"]
         E = cfg.central_action_embed
 
-        q = self.agent_sequence(self.agent, batch).q  # [C, T+1, N, A]
+        q = self.agent_q(self.agent, batch)  # [C, T+1, N, A]
         chosen = q[:, :-1].gather(-1, actions.unsqueeze(-1)).squeeze(-1)
         central = self.central_values(self.central_agent, batch)
         central_chosen = central[:, :-1].gather(3, actions[..., None, None].expand(-1, -1, -1, 1, E)).squeeze(3)

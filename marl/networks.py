@@ -13,8 +13,8 @@ from marl.fast_gru import check_active, gru_packed, gru_sequence, packed_index
 
 class AgentOutput(NamedTuple):
     q: torch.Tensor  # [T, R, A] Q-value per action
-    hidden: torch.Tensor  # [T, R, H] GRU hidden state after each step
-    embedding: torch.Tensor  # [T, R, H] first-layer features (input to the GRU)
+    hidden: torch.Tensor | None  # [T, R, H] GRU hidden state after each step
+    embedding: torch.Tensor | None  # [T, R, H] first-layer features (input to the GRU)
 
 
 class RecurrentAgent(nn.Module):
@@ -35,10 +35,12 @@ class RecurrentAgent(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, n_actions)
 
     def forward(self, inputs: torch.Tensor, h0: torch.Tensor | None = None,
-                active: list[int] | None = None) -> AgentOutput:
+                active: list[int] | None = None, features: bool = True) -> AgentOutput:
         """inputs [T, R, input_dim]; h0 [R, H] or None (zeros); ``active[t]`` = number of leading
         rows still inside their episode at step t (rows sorted by length, longest first), or None.
-        Outputs at inactive positions are zeros (mask them)."""
+        Outputs at inactive positions are zeros (mask them). With ``active`` and ``features=False``
+        only q is returned (hidden and embedding None): the TD loss needs nothing else, and
+        scattering the packed features back into [T, R, H] is not free."""
         if active is None:
             embedding = F.relu(self.fc1(inputs))
             if inputs.shape[0] == 1:  # acting: one step
@@ -60,6 +62,8 @@ class RecurrentAgent(nn.Module):
         def padded(x: torch.Tensor) -> torch.Tensor:  # packed [P, D] -> [T, R, D], zeros elsewhere
             return x.new_zeros(T * R, x.shape[1]).index_copy(0, index, x).view(T, R, -1)
 
+        if not features:
+            return AgentOutput(padded(q), None, None)
         return AgentOutput(padded(q), padded(hidden), padded(embedding))
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from envs.base import EnvSpec
 from marl.config import ValueLearnerConfig
 from marl.controller import AgentController, masked_q
-from marl.networks import AgentOutput, QMixer, RecurrentAgent, VDNMixer, agent_input_dim
+from marl.networks import QMixer, RecurrentAgent, VDNMixer, agent_input_dim
 
 
 def td_lambda_targets(reward: torch.Tensor, terminated: torch.Tensor, mask: torch.Tensor,
@@ -148,22 +148,16 @@ class QLearner:
 
     # Shared computations ----------------------------------------------------------------------
 
-    def agent_sequence(self, agent: RecurrentAgent, batch: dict[str, torch.Tensor],
-                       obs: torch.Tensor | None = None) -> AgentOutput:
-        """Run ``agent`` over whole episodes. Returns q [C, T+1, N, A], hidden and embedding
-        [C, T+1, N, H] (views of time-major storage). ``obs`` replaces the batch's observations
-        (DDN feeds its teacher personalized states)."""
-        obs = batch["obs"] if obs is None else obs
+    def agent_q(self, agent: RecurrentAgent, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Run ``agent`` over whole episodes: Q-values [C, T+1, N, A] (a view of time-major
+        storage; zeros after an episode's end)."""
+        obs = batch["obs"]
         C, T1, N = obs.shape[:3]
         # Build the inputs directly in time-major order: the concatenation is the only copy.
         inputs = self.controller.inputs(obs.reshape(C, T1, N, -1).transpose(0, 1),
                                         previous_actions(batch["actions"]).transpose(0, 1))
-        out = agent(inputs.reshape(T1, C * N, -1), active=active_rows(batch["filled"], N))
-
-        def batch_major(x: torch.Tensor) -> torch.Tensor:
-            return x.view(T1, C, N, -1).transpose(0, 1)
-
-        return AgentOutput(batch_major(out.q), batch_major(out.hidden), batch_major(out.embedding))
+        out = agent(inputs.reshape(T1, C * N, -1), active=active_rows(batch["filled"], N), features=False)
+        return out.q.view(T1, C, N, -1).transpose(0, 1)
 
     def greedy_target_values(self, q_online: torch.Tensor, q_target: torch.Tensor,
                              avail: torch.Tensor) -> torch.Tensor:
@@ -180,10 +174,10 @@ class QLearner:
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         mask = batch["filled"].float()
-        q = self.agent_sequence(self.agent, batch).q
+        q = self.agent_q(self.agent, batch)
         chosen = q[:, :-1].gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1)
         with torch.no_grad():
-            q_target = self.agent_sequence(self.target_agent, batch).q
+            q_target = self.agent_q(self.target_agent, batch)
             target_tot = mix_where(self.target_mixer, self.greedy_target_values(q, q_target, batch["avail_actions"]),
                                    batch["state"], observed(batch["filled"]))
             y = self.targets(batch, target_tot)

@@ -91,23 +91,34 @@ def test_masked_mse_hand_values():
     assert float(masked_mse(student, teacher, mask)) == pytest.approx((1 + 4) / 2)
 
 
+def dense_outputs(learner, agent, batch, obs):
+    """The agent over whole padded episodes on the dense path (no packing): an independent
+    reference for the learner's packed computation. Returns q, hidden, embedding [C, T+1, N, *]."""
+    C, T1, N = obs.shape[:3]
+    last = torch.cat([torch.full_like(batch["actions"][:, :1], -1), batch["actions"]], 1)
+    inputs = learner.controller.inputs(obs.reshape(C, T1, N, -1), last)  # [C, T+1, N, D]
+    out = agent(inputs.transpose(0, 1).reshape(T1, C * N, -1))
+    return [x.view(T1, C, N, -1).transpose(0, 1) for x in out]
+
+
 def test_distillation_losses_match_hand_computation(spec):
     learner = make_learner(spec, idm=False)
     batch = random_batch(spec)
     _, stats = learner.compute_loss(batch)
     C, T1, N = batch["obs"].shape[:3]
     with torch.no_grad():
-        student = learner.agent_sequence(learner.student, batch)
+        student = dict(zip(("q", "hidden", "embedding"), dense_outputs(learner, learner.student, batch, batch["obs"])))
         local = learner.controller.inputs(batch["obs"].reshape(C, T1, N, -1).transpose(0, 1),
                                           torch.cat([torch.full_like(batch["actions"][:, :1], -1), batch["actions"]], 1)
                                           .transpose(0, 1))
         # Explicit fusion: Ŝ = S W + B with materialized W.
         W, B = learner.fusion.matrices(local.transpose(0, 1))
         fused = torch.einsum("cts,ctnsd->ctnd", batch["state"], W) + B
-        teacher = learner.agent_sequence(learner.agent, batch, obs=torch.cat([fused, batch["obs"]], -1))
+        teacher = dict(zip(("q", "hidden", "embedding"),
+                           dense_outputs(learner, learner.agent, batch, torch.cat([fused, batch["obs"]], -1))))
     m = batch["filled"].float()
     for name, field in (("B", "embedding"), ("Q", "q"), ("F", "hidden")):
-        s, t = getattr(student, field)[:, :-1], getattr(teacher, field)[:, :-1]
+        s, t = student[field][:, :-1], teacher[field][:, :-1]
         expected = (((s - t) ** 2).mean(-1) * m.unsqueeze(-1)).sum() / (m.sum() * N)
         assert stats[f"distill_{name}"] == pytest.approx(float(expected), rel=1e-4)
 

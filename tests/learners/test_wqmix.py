@@ -73,14 +73,14 @@ def make_learner(name: str, **overrides):
 def expected_quantities(learner, batch):
     """Hand computation of y, Q_tot, Q* and the greedy actions from the learner's networks."""
     with torch.no_grad():
-        q = learner.agent_sequence(learner.agent, batch).q  # [C, 2, N, A]
+        q = learner.agent_q(learner.agent, batch)  # [C, 2, N, A]
         greedy = q.argmax(-1)
-        qc_t = learner.agent_sequence(learner.target_central_agent, batch).q
+        qc_t = learner.agent_q(learner.target_central_agent, batch)
         star_t = learner.target_central_mixer(qc_t.gather(-1, greedy.unsqueeze(-1)).squeeze(-1), batch["state"])
         y = batch["reward"][:, 0] + learner.cfg.gamma * star_t[:, 1]
         chosen = q[:, 0].gather(-1, batch["actions"][:, 0].unsqueeze(-1)).squeeze(-1)
         q_tot = learner.mixer(chosen, batch["state"][:, 0])
-        qc = learner.agent_sequence(learner.central_agent, batch).q
+        qc = learner.agent_q(learner.central_agent, batch)
         q_star = learner.central_mixer(qc[:, 0].gather(-1, batch["actions"][:, 0].unsqueeze(-1)).squeeze(-1),
                                        batch["state"][:, 0])
     return y, q_tot, q_star, greedy, star_t
