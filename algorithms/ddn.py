@@ -54,11 +54,10 @@ ACTING = ("student", "teacher")
 @dataclass
 class Config(ValueLearnerConfig):
     mixer: str = "qmix"  # the teacher's mixer (seed: QMIX mixing network)
-    # Which network collects the training data (choice; the seed does not say). "student": the
-    # decentralised student acts, so the teacher's Q-learning is off-policy on another network's
-    # data. "teacher": the teacher acts on the personalized global state (as PTDE's first stage), so
-    # its TD targets follow its own greedy policy. Test episodes always use the student.
-    acting: str = "student"
+    # "student": the decentralised student collects the data, so the teacher's Q-learning is
+    # off-policy on another network's behaviour. "teacher": the teacher acts on the personalized
+    # global state (as PTDE's first stage). Test episodes always use the student.
+    acting: str = "student"  # which network collects training data (choice; the seed does not say)
     # Personalization Fusion Block
     personalize: bool = True  # False: the teacher reads the raw global state (seed Table 3 ablation)
     fusion_dim: int = 64  # d: width of the personalized state Ŝ (choice)
