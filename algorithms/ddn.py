@@ -49,6 +49,7 @@ KIND = "value"
 
 DISTILL_LOSSES = ("B", "Q", "F")
 ACTING = ("student", "teacher")
+Q_LOSSES = ("mse", "kl")
 
 
 @dataclass
@@ -68,6 +69,11 @@ class Config(ValueLearnerConfig):
     distill_weight_b: float = 1.0  # L_B feature alignment (choice: MSE, weight 1)
     distill_weight_q: float = 1.0  # L_Q Q-value alignment
     distill_weight_f: float = 1.0  # L_F GRU hidden alignment
+    # L_Q as a regression ("mse") or as matching the teacher's Boltzmann policy over available
+    # actions ("kl": KL(softmax(Q_T / tau) || softmax(Q_S / tau))), which weighs the action
+    # ranking that greedy execution depends on rather than absolute values.
+    distill_q_loss: str = "mse"  # form of L_Q (choice: MSE)
+    distill_temperature: float = 0.1  # tau of the "kl" form (choice)
     # Internal Distillation Module (random network distillation on the global state)
     idm: bool = True  # False: no intrinsic reward (seed Table 5 ablation)
     idm_mask_prob: float = 0.75  # mu: probability a sample enters the predictor loss (seed: 0.75 best)
@@ -141,6 +147,18 @@ def masked_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor)
     return (sq * mask.unsqueeze(-1)).sum() / (mask.sum() * sq.shape[-1])
 
 
+def masked_policy_kl(student_q: torch.Tensor, teacher_q: torch.Tensor, avail: torch.Tensor, mask: torch.Tensor,
+                     temperature: float) -> torch.Tensor:
+    """KL(softmax(Q_T / tau) || softmax(Q_S / tau)) over available actions (avail [C, T, N, A]),
+    averaged over real steps (mask [C, T]) and agents; the teacher side is detached."""
+    def log_policy(q: torch.Tensor) -> torch.Tensor:
+        return (q / temperature).masked_fill(~avail, -1e9).log_softmax(-1)
+
+    log_t, log_s = log_policy(teacher_q.detach()), log_policy(student_q)
+    kl = (log_t.exp() * (log_t - log_s)).sum(-1)  # [C, T, N]; unavailable actions weigh 0
+    return (kl * mask.unsqueeze(-1)).sum() / (mask.sum() * kl.shape[-1])
+
+
 class Learner(QLearner):
     """Teacher (fusion + ``self.agent`` + ``self.mixer``), student (``self.student``) and IDM."""
 
@@ -151,6 +169,10 @@ class Learner(QLearner):
         bad = sorted(set(cfg.distill_losses) - set(DISTILL_LOSSES))
         if bad:
             raise ValueError(f"unknown distill_losses {bad}; valid: {', '.join(DISTILL_LOSSES)}")
+        if cfg.distill_q_loss not in Q_LOSSES:
+            raise ValueError(f"unknown distill_q_loss {cfg.distill_q_loss!r}; valid: {', '.join(Q_LOSSES)}")
+        if cfg.distill_temperature <= 0:
+            raise ValueError(f"distill_temperature must be > 0, got {cfg.distill_temperature}")
         if cfg.acting not in ACTING:
             raise ValueError(f"unknown acting {cfg.acting!r}; valid: {', '.join(ACTING)}")
         if not 0.0 <= cfg.idm_mask_prob <= 1.0:
@@ -258,7 +280,11 @@ class Learner(QLearner):
         distill = torch.zeros((), device=self.device)
         for name in cfg.distill_losses:
             s, t, w = pairs[name]
-            term = masked_mse(s[:, :-1], t[:, :-1], mask)
+            if name == "Q" and cfg.distill_q_loss == "kl":
+                term = masked_policy_kl(s[:, :-1], t[:, :-1], batch["avail_actions"][:, :-1], mask,
+                                        cfg.distill_temperature)
+            else:
+                term = masked_mse(s[:, :-1], t[:, :-1], mask)
             distill = distill + w * term
             stats[f"distill_{name}"] = float(term.detach())
 

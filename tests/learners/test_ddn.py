@@ -15,6 +15,7 @@ from algorithms.ddn import (
     idm_sample_mask,
     intrinsic_reward,
     masked_mse,
+    masked_policy_kl,
 )
 from envs import make_env
 from marl.registry import get_algorithm
@@ -99,6 +100,48 @@ def dense_outputs(learner, agent, batch, obs):
     inputs = learner.controller.inputs(obs.reshape(C, T1, N, -1), last)  # [C, T+1, N, D]
     out = agent(inputs.transpose(0, 1).reshape(T1, C * N, -1))
     return [x.view(T1, C, N, -1).transpose(0, 1) for x in out]
+
+
+def test_policy_kl_hand_values_and_unavailable_actions():
+    import math
+
+    def kl_two_actions(gap: float) -> float:  # KL(softmax(gap, 0) || uniform)
+        p = math.exp(gap) / (math.exp(gap) + 1)
+        return p * math.log(p / 0.5) + (1 - p) * math.log((1 - p) / 0.5)
+
+    # Teacher Q (1, 0, 5), student Q (0, 0, -3); the third action is unavailable, so it is ignored.
+    teacher, student = torch.tensor([[[[1.0, 0.0, 5.0]]]]), torch.tensor([[[[0.0, 0.0, -3.0]]]])
+    avail = torch.tensor([[[[True, True, False]]]])
+    one = torch.ones(1, 1)
+    assert float(masked_policy_kl(student, teacher, avail, one, 1.0)) == pytest.approx(kl_two_actions(1.0), rel=1e-6)
+    assert float(masked_policy_kl(student, teacher, avail, one, 0.5)) == pytest.approx(kl_two_actions(2.0), rel=1e-6)
+    # A shift of all Q-values leaves the policy, hence the loss, unchanged.
+    assert float(masked_policy_kl(teacher + 2.0, teacher, avail, one, 1.0)) == pytest.approx(0.0, abs=1e-6)
+    # A padded second step (mask 0) does not count.
+    two_t, two_s = torch.cat([teacher, teacher * 7], 1), torch.cat([student, student - 4], 1)
+    assert float(masked_policy_kl(two_s, two_t, avail.expand(1, 2, 1, 3), torch.tensor([[1.0, 0.0]]), 1.0)) == \
+        pytest.approx(kl_two_actions(1.0), rel=1e-6)
+
+
+def test_kl_form_of_the_q_distillation_is_used_and_trains_the_student_only(spec):
+    learner = make_learner(spec, idm=False, distill_losses=["Q"], distill_q_loss="kl", distill_temperature=0.2)
+    batch = random_batch(spec)
+    loss, stats = learner.compute_loss(batch)
+    C, T1, N = batch["obs"].shape[:3]
+    with torch.no_grad():
+        q_s = dense_outputs(learner, learner.student, batch, batch["obs"])[0]
+        local = learner.controller.inputs(batch["obs"].reshape(C, T1, N, -1).transpose(0, 1),
+                                          torch.cat([torch.full_like(batch["actions"][:, :1], -1), batch["actions"]], 1)
+                                          .transpose(0, 1))
+        W, B = learner.fusion.matrices(local.transpose(0, 1))
+        fused = torch.einsum("cts,ctnsd->ctnd", batch["state"], W) + B
+        q_t = dense_outputs(learner, learner.agent, batch, torch.cat([fused, batch["obs"]], -1))[0]
+    expected = masked_policy_kl(q_s[:, :-1], q_t[:, :-1], batch["avail_actions"][:, :-1], batch["filled"].float(), 0.2)
+    assert stats["distill_Q"] == pytest.approx(float(expected), rel=1e-4)
+    with pytest.raises(ValueError, match="distill_q_loss.*mse, kl"):
+        make_learner(spec, distill_q_loss="huber")
+    with pytest.raises(ValueError, match="distill_temperature"):
+        make_learner(spec, distill_q_loss="kl", distill_temperature=0.0)
 
 
 def test_distillation_losses_match_hand_computation(spec):
