@@ -19,6 +19,7 @@ from algorithms.ddn import (
 )
 from envs import make_env
 from marl.registry import get_algorithm
+from marl.value_learner import previous_actions
 from marl.train import Budget, train_run
 
 
@@ -96,10 +97,22 @@ def dense_outputs(learner, agent, batch, obs):
     """The agent over whole padded episodes on the dense path (no packing): an independent
     reference for the learner's packed computation. Returns q, hidden, embedding [C, T+1, N, *]."""
     C, T1, N = obs.shape[:3]
-    last = torch.cat([torch.full_like(batch["actions"][:, :1], -1), batch["actions"]], 1)
-    inputs = learner.controller.inputs(obs.reshape(C, T1, N, -1), last)  # [C, T+1, N, D]
+    inputs = learner.controller.inputs(obs.reshape(C, T1, N, -1), previous_actions(batch["actions"]))
     out = agent(inputs.transpose(0, 1).reshape(T1, C * N, -1))
-    return [x.view(T1, C, N, -1).transpose(0, 1) for x in out]
+    return dict(zip(("q", "hidden", "embedding"), (x.view(T1, C, N, -1).transpose(0, 1) for x in out)))
+
+
+@torch.no_grad()
+def dense_student_and_teacher(learner, batch):
+    """Student and teacher outputs computed independently of the learner's training path: dense
+    agents, and the fusion Ŝ = S W + B with W materialized."""
+    C, T1, N = batch["obs"].shape[:3]
+    student = dense_outputs(learner, learner.student, batch, batch["obs"])
+    local = learner.controller.inputs(batch["obs"].reshape(C, T1, N, -1), previous_actions(batch["actions"]))
+    W, B = learner.fusion.matrices(local)
+    fused = torch.einsum("cts,ctnsd->ctnd", batch["state"], W) + B
+    teacher = dense_outputs(learner, learner.agent, batch, torch.cat([fused, batch["obs"]], -1))
+    return student, teacher
 
 
 def test_policy_kl_hand_values_and_unavailable_actions():
@@ -123,20 +136,12 @@ def test_policy_kl_hand_values_and_unavailable_actions():
         pytest.approx(kl_two_actions(1.0), rel=1e-6)
 
 
-def test_kl_form_of_the_q_distillation_is_used_and_trains_the_student_only(spec):
+def test_kl_form_of_the_q_distillation_is_the_learners_l_q(spec):
     learner = make_learner(spec, idm=False, distill_losses=["Q"], distill_q_loss="kl", distill_temperature=0.2)
     batch = random_batch(spec)
     loss, stats = learner.compute_loss(batch)
-    C, T1, N = batch["obs"].shape[:3]
-    with torch.no_grad():
-        q_s = dense_outputs(learner, learner.student, batch, batch["obs"])[0]
-        local = learner.controller.inputs(batch["obs"].reshape(C, T1, N, -1).transpose(0, 1),
-                                          torch.cat([torch.full_like(batch["actions"][:, :1], -1), batch["actions"]], 1)
-                                          .transpose(0, 1))
-        W, B = learner.fusion.matrices(local.transpose(0, 1))
-        fused = torch.einsum("cts,ctnsd->ctnd", batch["state"], W) + B
-        q_t = dense_outputs(learner, learner.agent, batch, torch.cat([fused, batch["obs"]], -1))[0]
-    expected = masked_policy_kl(q_s[:, :-1], q_t[:, :-1], batch["avail_actions"][:, :-1], batch["filled"].float(), 0.2)
+    student, teacher = dense_student_and_teacher(learner, batch)
+    expected = masked_policy_kl(student["q"][:, :-1], teacher["q"][:, :-1], batch["avail_actions"][:, :-1], batch["filled"].float(), 0.2)
     assert stats["distill_Q"] == pytest.approx(float(expected), rel=1e-4)
     with pytest.raises(ValueError, match="distill_q_loss.*mse, kl"):
         make_learner(spec, distill_q_loss="huber")
@@ -148,17 +153,8 @@ def test_distillation_losses_match_hand_computation(spec):
     learner = make_learner(spec, idm=False)
     batch = random_batch(spec)
     _, stats = learner.compute_loss(batch)
-    C, T1, N = batch["obs"].shape[:3]
-    with torch.no_grad():
-        student = dict(zip(("q", "hidden", "embedding"), dense_outputs(learner, learner.student, batch, batch["obs"])))
-        local = learner.controller.inputs(batch["obs"].reshape(C, T1, N, -1).transpose(0, 1),
-                                          torch.cat([torch.full_like(batch["actions"][:, :1], -1), batch["actions"]], 1)
-                                          .transpose(0, 1))
-        # Explicit fusion: Ŝ = S W + B with materialized W.
-        W, B = learner.fusion.matrices(local.transpose(0, 1))
-        fused = torch.einsum("cts,ctnsd->ctnd", batch["state"], W) + B
-        teacher = dict(zip(("q", "hidden", "embedding"),
-                           dense_outputs(learner, learner.agent, batch, torch.cat([fused, batch["obs"]], -1))))
+    N = batch["obs"].shape[2]
+    student, teacher = dense_student_and_teacher(learner, batch)
     m = batch["filled"].float()
     for name, field in (("B", "embedding"), ("Q", "q"), ("F", "hidden")):
         s, t = student[field][:, :-1], teacher[field][:, :-1]
@@ -255,7 +251,7 @@ def test_acting_teacher_uses_the_training_path_inputs_and_the_student_is_still_e
     """With ``acting: teacher`` the behaviour policy is the teacher on the personalized state: its
     one-step Q-values equal the training computation's at t = 0; evaluation keeps the student."""
     from algorithms.ddn import TeacherController
-    from marl.value_learner import active_rows, observed, previous_actions
+    from marl.value_learner import active_rows, observed
 
     learner = make_learner(spec, acting="teacher", personalize=personalize)
     assert isinstance(learner.behaviour_controller, TeacherController)
