@@ -79,7 +79,9 @@ class Backend(ABC):
 class LineStreamJob:
     """Turns a worker's output lines (``python -m suites.worker``) into events: prefixed JSON lines
     are events, other lines are log output kept for error messages. ``finish(code)`` reports the
-    ``end`` event if the worker died before sending its own."""
+    ``end`` event if the worker died before sending its own: ``interrupted`` when the backend's own
+    stop request ended it (a worker still starting up has no SIGTERM handler yet, so the signal ends
+    the process; its run resumes like any stopped run), ``failed`` otherwise."""
 
     TAIL = 30
 
@@ -106,7 +108,10 @@ class LineStreamJob:
                 self.tail.append(line)
                 self.events.put({"event": "log", "run": self.run_id, "line": line})
 
-    def finish(self, description: str) -> None:
+    def finish(self, description: str, stopped: bool = False) -> None:
+        if not self.ended and stopped:
+            self.ended = True
+            self.events.put({"event": "end", "run": self.run_id, "state": "interrupted", "error": None})
         if not self.ended:
             self.ended = True
             tail = "\n".join(self.tail)

@@ -29,6 +29,7 @@ class LocalBackend(Backend):
         self.workers = workers or max(1, os.cpu_count() or 1)
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.procs: dict[str, subprocess.Popen] = {}
+        self.stop_requested = False
 
     def slots(self) -> int:
         return self.workers
@@ -51,13 +52,14 @@ class LocalBackend(Backend):
         stream.consume(proc.stdout)
         code = proc.wait()
         how = f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-        stream.finish(how)
+        stream.finish(how, stopped=self.stop_requested and code == -signal.SIGTERM)
         self.events.put({"event": "_reaped", "run": run_id})
 
     def poll(self, timeout: float) -> list[dict[str, Any]]:
         return drain(self.events, timeout, self.procs)
 
     def request_stop(self) -> None:
+        self.stop_requested = True
         for proc in list(self.procs.values()):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -181,3 +181,25 @@ def test_a_corrupt_run_dir_is_reported_and_left_untouched(tmp_path, reference):
     assert (victim / SPEC).read_text() == '{"id": "' + runs[0].id + '", "suite": "ti'
     assert sorted(p.name for p in victim.iterdir()) == [SPEC]
     assert "1 corrupt" in result.stdout and "1 done" in result.stdout
+
+
+def test_a_stop_request_reaching_a_worker_still_starting_up_interrupts_its_run(tmp_path):
+    """Ctrl-C can arrive while a local worker is still importing, before it handles SIGTERM: the
+    signal then ends the process. That is the stop the driver asked for, so the run is reported
+    interrupted (it resumes on the next invocation), never failed."""
+    from suites.backends import Job
+    from suites.backends.local_backend import LocalBackend
+    from suites.store import SuiteStore
+
+    suite = load_suite(str(write_manifest(tmp_path / "tiny.yaml", TINY)))
+    store = SuiteStore(tmp_path / "out", suite.name)
+    spec = suite.runs[0]
+    backend = LocalBackend(workers=1)
+    backend.submit(Job(spec, store.prepare(spec), 1, "cpu", 1.0, 0.0), provenance={})
+    backend.request_stop()  # at once: the worker has not reached its SIGTERM handler
+    ends, deadline = [], time.monotonic() + 120
+    while not ends and time.monotonic() < deadline:
+        ends = [e for e in backend.poll(timeout=0.5) if e.get("event") == "end"]
+    backend.close()
+    assert [(e["run"], e["state"], e["error"]) for e in ends] == [(spec.id, "interrupted", None)]
+    assert store.inspect(spec).kind in ("pending", "interrupted")  # the next invocation runs it
