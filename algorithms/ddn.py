@@ -41,15 +41,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from marl.config import ValueLearnerConfig
-from marl.controller import AgentController
+from marl.controller import AgentController, epsilon_greedy, masked_q
 from marl.networks import AgentOutput, RecurrentAgent, agent_input_dim
-from marl.value_learner import QLearner, active_rows, mix_where, observed, previous_actions, td_stats
+from marl.value_learner import (QLearner, active_rows, mix_where, observed, previous_actions, td_lambda_targets,
+                                td_stats)
 
 KIND = "value"
 
 DISTILL_LOSSES = ("B", "Q", "F")
-ACTING = ("student", "teacher")
-Q_LOSSES = ("mse", "kl")
+ACTING = ("student", "teacher", "mixed")
+Q_LOSSES = ("mse", "centred_mse", "kl")
+DISTILL_MASKS = ("all", "live")
+DISTILL_FROM = ("online", "target")
+GRAD_CLIPS = ("joint", "per_group")
 
 
 @dataclass
@@ -58,7 +62,10 @@ class Config(ValueLearnerConfig):
     # "student": the decentralised student collects the data, so the teacher's Q-learning is
     # off-policy on another network's behaviour. "teacher": the teacher acts on the personalized
     # global state (as PTDE's first stage). Test episodes always use the student.
+    # "mixed": per episode (each environment copy), the teacher acts with probability
+    # ``acting_teacher_prob``, the student otherwise, for the whole episode (DAgger-like).
     acting: str = "student"  # which network collects training data (choice; the seed does not say)
+    acting_teacher_prob: float = 0.5  # share of teacher-acted episodes under acting "mixed" (choice)
     # Personalization Fusion Block
     personalize: bool = True  # False: the teacher reads the raw global state (seed Table 3 ablation)
     fusion_dim: int = 64  # d: width of the personalized state Ŝ (choice)
@@ -73,7 +80,23 @@ class Config(ValueLearnerConfig):
     # actions ("kl": KL(softmax(Q_T / tau) || softmax(Q_S / tau))), which weighs the action
     # ranking that greedy execution depends on rather than absolute values.
     distill_q_loss: str = "mse"  # form of L_Q (choice: MSE)
+    # "centred_mse": MSE between action-centred Q-values (each minus its mean over the available
+    # actions), over available actions only: the action gaps greedy acting needs, not the level.
     distill_temperature: float = 0.1  # tau of the "kl" form (choice)
+    # "all": every agent-step of the batch and every action is a distillation target (the seed's
+    # plain losses). "live": only live agents (more than one available action; SMAC's dead units
+    # have only no-op) and, for L_Q, only available actions, whose teacher values are trained.
+    distill_mask: str = "all"  # which entries the distillation losses average over (choice)
+    # "online": the student matches the teacher being trained; "target": the target teacher
+    # (hard-copied every target_update_interval episodes), a slower-moving target as in PTDE.
+    distill_from: str = "online"  # which teacher the student is distilled from (choice)
+    # Weight of an optional TD term on the student's own Q: its chosen Q-values mixed by the
+    # teacher's mixer (mixer weights frozen for this term) regressed on the teacher's target y.
+    student_td_weight: float = 0.0  # 0 = the student learns by distillation only (choice)
+    # "joint": one norm clip over teacher, mixer, student and IDM (PyMARL); "per_group": each
+    # network group clipped by its own norm, so a spike in one does not scale the others' steps.
+    grad_clip: str = "joint"  # gradient-norm clipping scope (choice)
+    log_teacher_eval: bool = True  # also test the teacher greedily (on the state) at each evaluation
     # Internal Distillation Module (random network distillation on the global state)
     idm: bool = True  # False: no intrinsic reward (seed Table 5 ablation)
     idm_mask_prob: float = 0.75  # mu: probability a sample enters the predictor loss (seed: 0.75 best)
@@ -140,11 +163,40 @@ def idm_sample_mask(mask: torch.Tensor, prob: float, generator: torch.Generator 
     return mask & (draws < prob)
 
 
-def masked_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference over real steps (mask [C, T]), agents and features; the teacher side
-    is detached so distillation never changes the teacher."""
+def live_agents(avail: torch.Tensor) -> torch.Tensor:
+    """[..., N, A] available actions -> [..., N] bool: the agent can do more than one thing (a dead
+    SMAC/SMAX unit has only the no-op; a frozen Predator-Prey agent only stay)."""
+    return avail.sum(-1) > 1
+
+
+def weighted_mse(student: torch.Tensor, teacher: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean over features of the squared difference, averaged with ``weight`` [C, T, N] over
+    agent-steps (weight = real-step mask x live agents); the teacher side is detached."""
     sq = (student - teacher.detach()).pow(2).mean(-1)  # [C, T, N]
-    return (sq * mask.unsqueeze(-1)).sum() / (mask.sum() * sq.shape[-1])
+    return (sq * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def q_distill_mse(student_q: torch.Tensor, teacher_q: torch.Tensor, avail: torch.Tensor | None,
+                  weight: torch.Tensor, centred: bool = False) -> torch.Tensor:
+    """L_Q as a regression. ``avail`` [C, T, N, A] restricts the mean over actions to available
+    ones (None: all actions); ``centred`` subtracts each Q-vector's mean over those actions first,
+    so only the action gaps are matched. Averaged over agent-steps with ``weight`` [C, T, N]."""
+    teacher_q = teacher_q.detach()
+    on = torch.ones_like(student_q) if avail is None else avail.to(student_q.dtype)
+    count = on.sum(-1, keepdim=True).clamp(min=1.0)
+    if centred:
+        student_q = student_q - (student_q * on).sum(-1, keepdim=True) / count
+        teacher_q = teacher_q - (teacher_q * on).sum(-1, keepdim=True) / count
+    sq = ((student_q - teacher_q).pow(2) * on).sum(-1) / count.squeeze(-1)  # [C, T, N]
+    return (sq * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def discounted_returns(reward: torch.Tensor, terminated: torch.Tensor, filled: torch.Tensor,
+                       bootstrap: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Realised discounted return from every real step to the episode's end, G_t = r_t +
+    gamma (1 - term_t) G_{t+1}; an episode cut by the time limit is closed with ``bootstrap``
+    [C, T+1] at its final observation (TD(1)). reward, terminated, filled [C, T]."""
+    return td_lambda_targets(reward, terminated, filled, bootstrap, gamma, 1.0)
 
 
 def masked_policy_kl(student_q: torch.Tensor, teacher_q: torch.Tensor, avail: torch.Tensor, mask: torch.Tensor,
@@ -156,7 +208,28 @@ def masked_policy_kl(student_q: torch.Tensor, teacher_q: torch.Tensor, avail: to
 
     log_t, log_s = log_policy(teacher_q.detach()), log_policy(student_q)
     kl = (log_t.exp() * (log_t - log_s)).sum(-1)  # [C, T, N]; unavailable actions weigh 0
-    return (kl * mask.unsqueeze(-1)).sum() / (mask.sum() * kl.shape[-1])
+    weight = mask.unsqueeze(-1) if mask.dim() == kl.dim() - 1 else mask  # [C, T] or [C, T, N]
+    return (kl * weight).sum() / (weight.expand_as(kl).sum()).clamp(min=1.0)
+
+
+class TeacherStudentStats:
+    """Instruments of the teacher-student pair, computed without gradient on a replay batch."""
+
+    @staticmethod
+    @torch.no_grad()
+    def greedy_agreement(student_q: torch.Tensor, teacher_q: torch.Tensor, avail: torch.Tensor,
+                         mask: torch.Tensor) -> float:
+        """Fraction of live agents' real steps where the student's and the teacher's greedy
+        available actions coincide. q, avail [C, T, N, A]; mask [C, T]."""
+        same = masked_q(student_q, avail).argmax(-1) == masked_q(teacher_q, avail).argmax(-1)
+        weight = mask.unsqueeze(-1) * live_agents(avail)
+        return float((same * weight).sum() / weight.sum().clamp(min=1.0))
+
+    @staticmethod
+    @torch.no_grad()
+    def rms(x: torch.Tensor, where: torch.Tensor) -> float:
+        """Root mean square of x [C, T(+1), N, D] over the positions ``where`` [C, T(+1)] holds."""
+        return float(x[where].pow(2).mean().sqrt()) if bool(where.any()) else float("nan")
 
 
 class Learner(QLearner):
@@ -173,8 +246,14 @@ class Learner(QLearner):
             raise ValueError(f"unknown distill_q_loss {cfg.distill_q_loss!r}; valid: {', '.join(Q_LOSSES)}")
         if cfg.distill_temperature <= 0:
             raise ValueError(f"distill_temperature must be > 0, got {cfg.distill_temperature}")
-        if cfg.acting not in ACTING:
-            raise ValueError(f"unknown acting {cfg.acting!r}; valid: {', '.join(ACTING)}")
+        for name, valid in (("acting", ACTING), ("distill_mask", DISTILL_MASKS), ("distill_from", DISTILL_FROM),
+                            ("grad_clip", GRAD_CLIPS)):
+            if getattr(cfg, name) not in valid:
+                raise ValueError(f"unknown {name} {getattr(cfg, name)!r}; valid: {', '.join(valid)}")
+        if not 0.0 <= cfg.acting_teacher_prob <= 1.0:
+            raise ValueError(f"acting_teacher_prob must be in [0, 1], got {cfg.acting_teacher_prob}")
+        if cfg.student_td_weight < 0:
+            raise ValueError(f"student_td_weight must be >= 0, got {cfg.student_td_weight}")
         if not 0.0 <= cfg.idm_mask_prob <= 1.0:
             raise ValueError(f"idm_mask_prob must be in [0, 1], got {cfg.idm_mask_prob}")
         local_dim = agent_input_dim(self.obs_dim, self.n_agents, self.n_actions, cfg.obs_last_action, cfg.obs_agent_id)
@@ -202,7 +281,37 @@ class Learner(QLearner):
     def make_behaviour_controller(self) -> AgentController:
         if self.cfg.acting == "teacher":
             return TeacherController(self)
+        if self.cfg.acting == "mixed":
+            return MixedController(self)
         return self.controller
+
+    def diagnostic_controllers(self) -> dict[str, AgentController]:
+        return {"teacher": TeacherController(self)} if self.cfg.log_teacher_eval else {}
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The trained parameters by network: teacher (agent and fusion block), mixer, student, IDM."""
+        teacher = [*self.agent.parameters(), *(self.fusion.parameters() if self.fusion is not None else [])]
+        groups = {"teacher": teacher, "mixer": list(self.mixer.parameters()), "student": list(self.student.parameters())}
+        if self.rnd is not None:
+            groups["idm"] = [p for p in self.rnd.parameters() if p.requires_grad]
+        return groups
+
+    def clip_gradients(self) -> dict[str, float]:
+        """Per-group gradient norms (before clipping) are logged; ``grad_clip`` chooses one joint
+        clip (``grad_norm`` over everything, as PyMARL) or one clip per group."""
+        clip = self.cfg.grad_norm_clip
+        norms = {name: torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+                 for name, params in self.param_groups().items()}
+        total = torch.stack(list(norms.values())).norm()
+        if self.cfg.grad_clip == "per_group":
+            for name, params in self.param_groups().items():
+                torch.nn.utils.clip_grads_with_norm_(params, clip, norms[name])
+            fired = float(sum(float(n) > clip for n in norms.values()))
+        else:
+            torch.nn.utils.clip_grads_with_norm_(self.params, clip, total)
+            fired = float(float(total) > clip)
+        return {"grad_norm": float(total), "grad_clip_fired": fired,
+                **{f"grad_norm_{name}": float(n) for name, n in norms.items()}}
 
     def update_targets(self) -> None:
         super().update_targets()
@@ -259,14 +368,15 @@ class Learner(QLearner):
             stats.update(idm_loss=float(idm_loss.detach()), intrinsic_reward_mean=float(r_i.sum() / mask.sum()))
 
         # Teacher TD loss on r + r_I.
-        teacher = self.run_agent(self.agent, self.teacher_inputs(self.fusion, local, state_tm, valid), active)
+        teacher_in = self.teacher_inputs(self.fusion, local, state_tm, valid)
+        teacher = self.run_agent(self.agent, teacher_in, active)
         chosen = teacher.q[:, :-1].gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1)
         with torch.no_grad():
-            q_target = self.run_agent(self.target_agent, self.teacher_inputs(self.target_fusion, local, state_tm, valid),
-                                      active).q
+            target_teacher = self.run_agent(self.target_agent,
+                                            self.teacher_inputs(self.target_fusion, local, state_tm, valid), active)
             target_tot = mix_where(self.target_mixer,
-                                   self.greedy_target_values(teacher.q, q_target, batch["avail_actions"]), state,
-                                   valid.t())
+                                   self.greedy_target_values(teacher.q, target_teacher.q, batch["avail_actions"]),
+                                   state, valid.t())
             y = self.targets({**batch, "reward": reward}, target_tot)
         q_tot = mix_where(self.mixer, chosen, state[:, :-1], filled)
         td = (q_tot - y) * mask
@@ -274,24 +384,79 @@ class Learner(QLearner):
 
         # External distillation into the student (teacher outputs detached).
         student = self.run_agent(self.student, local, active)
-        pairs = {"B": (student.embedding, teacher.embedding, cfg.distill_weight_b),
-                 "Q": (student.q, teacher.q, cfg.distill_weight_q),
-                 "F": (student.hidden, teacher.hidden, cfg.distill_weight_f)}
-        distill = torch.zeros((), device=self.device)
-        for name in cfg.distill_losses:
-            s, t, w = pairs[name]
-            if name == "Q" and cfg.distill_q_loss == "kl":
-                term = masked_policy_kl(s[:, :-1], t[:, :-1], batch["avail_actions"][:, :-1], mask,
-                                        cfg.distill_temperature)
-            else:
-                term = masked_mse(s[:, :-1], t[:, :-1], mask)
-            distill = distill + w * term
-            stats[f"distill_{name}"] = float(term.detach())
+        source = target_teacher if cfg.distill_from == "target" else teacher
+        distill, distill_stats = self.distillation(student, source, batch["avail_actions"][:, :-1], mask)
+        stats.update(distill_stats)
 
-        loss = td_loss + distill + idm_loss
+        # Optional RL signal of the student's own: its chosen Q-values through the (frozen) mixer.
+        student_td_loss = torch.zeros((), device=self.device)
+        if cfg.student_td_weight > 0:
+            chosen_s = student.q[:, :-1].gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1)
+            frozen = {name: p.detach() for name, p in self.mixer.named_parameters()}
+            mixer = lambda q, st: torch.func.functional_call(self.mixer, frozen, (q, st))  # noqa: E731
+            student_td_loss = student_td(mix_where(mixer, chosen_s, state[:, :-1], filled), y, mask)
+            stats["student_td_loss"] = float(student_td_loss.detach())
+
+        loss = td_loss + distill + idm_loss + cfg.student_td_weight * student_td_loss
         stats.update(td_stats(td_loss.detach(), td.detach(), q_tot.detach(), y, mask))
+        stats.update(self.instruments(batch, student, teacher, teacher_in, q_tot.detach(), target_tot, reward, valid))
         stats["loss"] = float(loss.detach())
         return loss, stats
+
+    def distillation(self, student: AgentOutput, teacher: AgentOutput, avail: torch.Tensor,
+                     mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Weighted sum of the chosen distillation losses over real steps [C, T] (outputs [C, T+1, ...],
+        avail [C, T, N, A]); ``distill_mask`` "live" keeps live agents and available actions only."""
+        cfg = self.cfg
+        live = cfg.distill_mask == "live"
+        weight = mask.unsqueeze(-1) * (live_agents(avail) if live else torch.ones_like(avail[..., 0]))
+        total = torch.zeros((), device=self.device)
+        stats: dict[str, float] = {}
+        for name in cfg.distill_losses:
+            if name == "B":
+                term, w = weighted_mse(student.embedding[:, :-1], teacher.embedding[:, :-1], weight), cfg.distill_weight_b
+            elif name == "F":
+                term, w = weighted_mse(student.hidden[:, :-1], teacher.hidden[:, :-1], weight), cfg.distill_weight_f
+            elif cfg.distill_q_loss == "kl":
+                term = masked_policy_kl(student.q[:, :-1], teacher.q[:, :-1], avail, weight, cfg.distill_temperature)
+                w = cfg.distill_weight_q
+            else:
+                centred = cfg.distill_q_loss == "centred_mse"
+                term = q_distill_mse(student.q[:, :-1], teacher.q[:, :-1], avail if (live or centred) else None,
+                                     weight, centred)
+                w = cfg.distill_weight_q
+            total = total + w * term
+            stats[f"distill_{name}"] = float(term.detach())
+        return total, stats
+
+    @torch.no_grad()
+    def instruments(self, batch: dict[str, torch.Tensor], student: AgentOutput, teacher: AgentOutput,
+                    teacher_in: torch.Tensor, q_tot: torch.Tensor, target_tot: torch.Tensor,
+                    reward: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
+        """What the teacher-student pair is doing, logged per update: greedy agreement on live
+        agents' available actions, the teacher's overestimation (Q_tot of the taken actions minus
+        the realised discounted return of r + r_I, truncated episodes closed by the target Q_tot),
+        and the scale of the personalized state and of both networks' embeddings."""
+        filled = batch["filled"]
+        mask = filled.float()
+        n = mask.sum()
+        realised = discounted_returns(reward, batch["terminated"], filled, target_tot, self.cfg.gamma)
+        fused_dim = self.cfg.fusion_dim if self.fusion is not None else self.state_dim
+        vt = valid.t()
+        return {
+            "greedy_agreement": TeacherStudentStats.greedy_agreement(
+                student.q[:, :-1], teacher.q[:, :-1], batch["avail_actions"][:, :-1], mask),
+            "realised_return_mean": float((realised * mask).sum() / n),
+            "teacher_overestimation": float(((q_tot - realised) * mask).sum() / n),
+            "fused_state_rms": TeacherStudentStats.rms(teacher_in.transpose(0, 1)[..., :fused_dim], vt),
+            "teacher_embedding_rms": TeacherStudentStats.rms(teacher.embedding, vt),
+            "student_embedding_rms": TeacherStudentStats.rms(student.embedding, vt),
+        }
+
+
+def student_td(student_tot: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared TD error of the student's mixed Q [C, T] against the teacher's targets y."""
+    return ((student_tot - y) * mask).pow(2).sum() / mask.sum()
 
 
 class TeacherController(AgentController):
@@ -309,3 +474,35 @@ class TeacherController(AgentController):
         local = self.inputs(obs, last_actions).unsqueeze(0)  # [1, B, N, L]
         valid = torch.ones(local.shape[:2], dtype=torch.bool, device=local.device)
         return self.learner.teacher_inputs(self.learner.fusion, local, state.flatten(1).unsqueeze(0), valid)[0]
+
+
+class MixedController(AgentController):
+    """``acting: mixed``: at each episode start (every agent's last action is -1) an environment
+    copy draws who acts in it for the whole episode: the teacher with probability
+    ``acting_teacher_prob``, else the student. Both networks have the same hidden size, so one
+    hidden tensor carries whichever acts in each copy; one epsilon-greedy draw over the chosen Q."""
+
+    def __init__(self, learner: Learner):
+        super().__init__(learner.student, learner.n_agents, learner.n_actions, learner.cfg.obs_last_action,
+                         learner.cfg.obs_agent_id)
+        self.teacher = TeacherController(learner)
+        self.prob = learner.cfg.acting_teacher_prob
+        self.teacher_rows: torch.Tensor | None = None  # [B] bool: the teacher acts in this copy
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, avail: torch.Tensor, last_actions: torch.Tensor, hidden: torch.Tensor,
+            epsilon: float, generator: torch.Generator,
+            state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        B, N = obs.shape[:2]
+        starts = (last_actions < 0).all(-1)
+        if self.teacher_rows is None or self.teacher_rows.shape[0] != B:
+            self.teacher_rows = torch.zeros(B, dtype=torch.bool, device=obs.device)
+        if bool(starts.any()):
+            draw = torch.rand(B, generator=generator, device=obs.device) < self.prob
+            self.teacher_rows = torch.where(starts, draw, self.teacher_rows)
+        q_s, h_s = self.q_step(obs, last_actions, hidden, state)
+        q_t, h_t = self.teacher.q_step(obs, last_actions, hidden, state)
+        rows = self.teacher_rows.view(B, 1, 1)
+        q = torch.where(rows, q_t, q_s)
+        new_hidden = torch.where(rows.view(B, 1, 1), h_t.view(B, N, -1), h_s.view(B, N, -1)).view(B * N, -1)
+        return epsilon_greedy(q, avail, epsilon, generator), new_hidden

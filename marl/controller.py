@@ -65,8 +65,14 @@ class AgentController:
             state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """obs [B,N,O], avail [B,N,A], last_actions [B,N] (-1 at episode start), hidden [B*N,H],
         state [B,S] (read only by centralised controllers) -> (actions [B,N], new hidden [B*N,H])."""
+        q, hidden = self.q_step(obs, last_actions, hidden, state)
+        return epsilon_greedy(q, avail, epsilon, generator), hidden
+
+    @torch.no_grad()
+    def q_step(self, obs: torch.Tensor, last_actions: torch.Tensor, hidden: torch.Tensor,
+               state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of the agent: (Q-values [B, N, A], new hidden [B*N, H])."""
         B = obs.shape[0]
         x = self.step_inputs(obs, last_actions, state).reshape(1, B * self.n_agents, -1)  # time-major, T = 1
         out = self.agent(x, hidden)
-        q = out.q.view(B, self.n_agents, -1)
-        return epsilon_greedy(q, avail, epsilon, generator), out.hidden[-1]
+        return out.q.view(B, self.n_agents, -1), out.hidden[-1]

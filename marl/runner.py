@@ -166,7 +166,8 @@ def evaluate_greedy(env: BatchedEnv, controller: AgentController, seed: int,
     won = torch.zeros(B, dtype=torch.bool, device=device)
     generator = torch.Generator(device=device)
     while bool(active.any()):
-        actions, hidden = controller.act(out.obs, out.avail_actions, last_actions, hidden, 0.0, generator)
+        actions, hidden = controller.act(out.obs, out.avail_actions, last_actions, hidden, 0.0, generator,
+                                         state=out.state)
         out = env.step(actions)
         returns += team_reward(out, spec.shared_reward) * active
         lengths += active.float()

@@ -192,13 +192,23 @@ class QLearner:
         loss, stats = self.compute_loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_norm_clip))
+        stats.update(self.clip_gradients())
         self.optimizer.step()
         self.updates += 1
         if (episode - self.last_target_update_episode) / self.cfg.target_update_interval >= 1.0:
             self.update_targets()
             self.last_target_update_episode = episode
         return stats
+
+    def clip_gradients(self) -> dict[str, float]:
+        """Clip the gradient of every trained parameter by one global norm (PyMARL); returns the
+        norm before clipping (``grad_norm``) and any statistics a subclass adds."""
+        return {"grad_norm": float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_norm_clip))}
+
+    def diagnostic_controllers(self) -> dict[str, AgentController]:
+        """Other policies evaluated greedily beside ``controller`` at each test (same episodes and
+        seeds), logged as ``<name>_test_*`` (DDN: its teacher). None by default."""
+        return {}
 
     # Checkpointing ----------------------------------------------------------------------------
 

@@ -14,8 +14,8 @@ from algorithms.ddn import (
     RandomNetworkDistillation,
     idm_sample_mask,
     intrinsic_reward,
-    masked_mse,
     masked_policy_kl,
+    weighted_mse,
 )
 from envs import make_env
 from marl.registry import get_algorithm
@@ -65,7 +65,7 @@ def test_bad_ablation_values_are_rejected(spec):
         make_learner(spec, distill_losses=["B", "X"])
     with pytest.raises(ValueError, match="idm_mask_prob"):
         make_learner(spec, idm_mask_prob=1.5)
-    with pytest.raises(ValueError, match="acting.*student, teacher"):
+    with pytest.raises(ValueError, match="acting.*student, teacher, mixed"):
         make_learner(spec, acting="critic")
 
 
@@ -86,11 +86,11 @@ def test_fusion_equals_explicit_matrix_product():
     assert not torch.allclose(W[0, 0, 0], W[0, 0, 1])
 
 
-def test_masked_mse_hand_values():
+def test_weighted_mse_hand_values():
     student = torch.tensor([[[[1.0, 2.0]], [[0.0, 0.0]]]])  # [C=1, T=2, N=1, F=2]
     teacher = torch.tensor([[[[0.0, 0.0]], [[5.0, 5.0]]]])
-    mask = torch.tensor([[1.0, 0.0]])  # second step is padding
-    assert float(masked_mse(student, teacher, mask)) == pytest.approx((1 + 4) / 2)
+    weight = torch.tensor([[[1.0], [0.0]]])  # second step is padding
+    assert float(weighted_mse(student, teacher, weight)) == pytest.approx((1 + 4) / 2)
 
 
 def dense_outputs(learner, agent, batch, obs):
@@ -143,7 +143,7 @@ def test_kl_form_of_the_q_distillation_is_the_learners_l_q(spec):
     student, teacher = dense_student_and_teacher(learner, batch)
     expected = masked_policy_kl(student["q"][:, :-1], teacher["q"][:, :-1], batch["avail_actions"][:, :-1], batch["filled"].float(), 0.2)
     assert stats["distill_Q"] == pytest.approx(float(expected), rel=1e-4)
-    with pytest.raises(ValueError, match="distill_q_loss.*mse, kl"):
+    with pytest.raises(ValueError, match="distill_q_loss.*mse, centred_mse, kl"):
         make_learner(spec, distill_q_loss="huber")
     with pytest.raises(ValueError, match="distill_temperature"):
         make_learner(spec, distill_q_loss="kl", distill_temperature=0.0)

@@ -13,7 +13,7 @@ from suites.manifest import ManifestError, RunSpec, content_id, list_suites, loa
 from suites.orchestrator import UsageError, filter_runs
 from tests.suites.conftest import TINY, write_manifest
 
-SHIPPED = ("smoke", "quick", "ddn_smac", "ddn_smax", "ddn_smax_curves", "ddn_stability", "ddn_ablations", "ddn_predator_prey",
+SHIPPED = ("smoke", "quick", "ddn_smac", "ddn_smax", "ddn_smax_curves", "ddn_stability", "ddn_tuning", "ddn_ablations", "ddn_predator_prey",
            "bidist_meltingpot", "bidist_quick", "bidist_stag_hunt")
 
 
