@@ -294,3 +294,242 @@ def test_ddn_student_learns_small_stag_hunt():
                                 "optimizer": "adam", "lr": 1e-3})
     assert rows[-1]["test_return_mean"] >= 1.5  # greedy student: >15x random
     assert rows[-1]["train_return_mean"] >= 1.0  # epsilon-greedy training episodes: >10x random
+
+
+# Options of the teacher-student pair and their instruments (issue: DDN that holds its win rate) --
+
+def test_live_agents_and_q_regression_forms_hand_values():
+    from algorithms.ddn import live_agents, q_distill_mse
+
+    avail = torch.tensor([[[[True, True, False], [True, False, False]]]])  # [1, 1, N=2, A=3]; agent 1 dead
+    assert live_agents(avail).tolist() == [[[True, False]]]
+    student = torch.tensor([[[[1.0, 3.0, 9.0], [0.0, 0.0, 0.0]]]])
+    teacher = torch.tensor([[[[0.0, 0.0, 0.0], [2.0, 4.0, 6.0]]]])
+    every = torch.ones(1, 1, 2)
+    # All actions, all agents: agent 0 (1 + 9 + 81) / 3, agent 1 (4 + 16 + 36) / 3.
+    assert float(q_distill_mse(student, teacher, None, every)) == pytest.approx(((91 / 3) + (56 / 3)) / 2)
+    # Available actions only: agent 0 (1 + 9) / 2, agent 1 (4) / 1; live agents only: agent 0.
+    assert float(q_distill_mse(student, teacher, avail, every)) == pytest.approx((5 + 4) / 2)
+    live = live_agents(avail).float()
+    assert float(q_distill_mse(student, teacher, avail, live)) == pytest.approx(5.0)
+    # Centred: agent 0 student (1, 3) -> (-1, 1), teacher (0, 0): 1; agent 1 has one action: 0.
+    assert float(q_distill_mse(student, teacher, avail, every, centred=True)) == pytest.approx(0.5)
+    # Centring makes the loss blind to a per-agent shift of the values and to unavailable actions.
+    shifted = teacher + torch.tensor([5.0, -3.0]).view(1, 1, 2, 1)
+    shifted[..., 2] = 100.0
+    assert float(q_distill_mse(teacher, shifted, avail, every, centred=True)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_greedy_agreement_and_realised_returns_hand_values():
+    from algorithms.ddn import TeacherStudentStats, discounted_returns
+
+    avail = torch.tensor([[[[True, True, True], [True, False, False]],
+                           [[True, True, False], [True, True, True]]]])  # [1, T=2, N=2, A=3]
+    student = torch.tensor([[[[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]], [[5.0, 0.0, 9.0], [1.0, 0.0, 0.0]]]])
+    teacher = torch.tensor([[[[0.0, 2.0, 0.0], [0.0, 0.0, 0.0]], [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]]])
+    # Live agent-steps: (t0, a0) agree; (t1, a0) student 0 (9 is unavailable) vs teacher 1; (t1, a1) agree.
+    mask = torch.ones(1, 2)
+    assert TeacherStudentStats.greedy_agreement(student, teacher, avail, mask) == pytest.approx(2 / 3)
+    assert TeacherStudentStats.greedy_agreement(student, teacher, avail, torch.tensor([[1.0, 0.0]])) == 1.0
+
+    reward = torch.tensor([[1.0, 2.0, 0.0], [1.0, 1.0, 1.0]])
+    filled = torch.tensor([[True, True, False], [True, True, True]])
+    terminated = torch.tensor([[False, True, False], [False, False, False]])  # row 1 cut by the time limit
+    bootstrap = torch.tensor([[0.0, 0.0, 7.0, 0.0], [0.0, 0.0, 0.0, 10.0]])
+    g = discounted_returns(reward, terminated, filled, bootstrap, gamma=0.5)
+    assert g[0, :2].tolist() == pytest.approx([1 + 0.5 * 2, 2])  # terminal: no bootstrap
+    assert g[1].tolist() == pytest.approx([1 + 0.5 + 0.25 + 0.125 * 10, 1 + 0.5 + 0.25 * 10, 1 + 0.5 * 10])
+
+
+def dense_teacher(learner, batch, agent, fusion):
+    """The teacher network ``agent`` with fusion block ``fusion`` on the dense path (W materialized)."""
+    C, T1, N = batch["obs"].shape[:3]
+    local = learner.controller.inputs(batch["obs"].reshape(C, T1, N, -1), previous_actions(batch["actions"]))
+    W, B = fusion.matrices(local)
+    fused = torch.einsum("cts,ctnsd->ctnd", batch["state"], W) + B
+    return dense_outputs(learner, agent, batch, torch.cat([fused, batch["obs"]], -1))
+
+
+def with_dead_agent(spec, batch):
+    """Agent 1 has only the first action available at every step (a dead unit)."""
+    avail = batch["avail_actions"].clone()
+    avail[:, :, 1] = False
+    avail[:, :, 1, 0] = True
+    return {**batch, "avail_actions": avail}
+
+
+@pytest.mark.parametrize("distill_from", ["online", "target"])
+def test_live_masked_distillation_from_either_teacher_matches_hand_computation(spec, distill_from):
+    learner = make_learner(spec, idm=False, distill_mask="live", distill_from=distill_from)
+    with torch.no_grad():  # make online and target teachers differ
+        for p in learner.agent.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    batch = with_dead_agent(spec, random_batch(spec))
+    _, stats = learner.compute_loss(batch)
+    with torch.no_grad():
+        student = dense_outputs(learner, learner.student, batch, batch["obs"])
+        if distill_from == "target":
+            teacher = dense_teacher(learner, batch, learner.target_agent, learner.target_fusion)
+        else:
+            teacher = dense_teacher(learner, batch, learner.agent, learner.fusion)
+    m = batch["filled"].float()  # agent 0 is live, agent 1 dead: only agent 0 counts
+    avail0 = batch["avail_actions"][:, :-1, 0].float()
+    for name, key in (("B", "embedding"), ("F", "hidden"), ("Q", "q")):
+        s, t = student[key][:, :-1, 0], teacher[key][:, :-1, 0]
+        per_step = ((s - t) ** 2 * avail0).sum(-1) / avail0.sum(-1) if key == "q" else ((s - t) ** 2).mean(-1)
+        assert stats[f"distill_{name}"] == pytest.approx(float((per_step * m).sum() / m.sum()), rel=1e-4)
+
+
+def test_centred_q_distillation_is_the_learners_l_q(spec):
+    from algorithms.ddn import q_distill_mse
+
+    learner = make_learner(spec, idm=False, distill_losses=["Q"], distill_q_loss="centred_mse")
+    batch = with_dead_agent(spec, random_batch(spec))
+    _, stats = learner.compute_loss(batch)
+    student, teacher = dense_student_and_teacher(learner, batch)
+    weight = batch["filled"].float().unsqueeze(-1).expand(-1, -1, spec.n_agents)
+    expected = q_distill_mse(student["q"][:, :-1], teacher["q"][:, :-1], batch["avail_actions"][:, :-1], weight, True)
+    assert stats["distill_Q"] == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_student_td_term_trains_only_the_student_on_the_teachers_target(spec):
+    from algorithms.ddn import student_td
+    from marl.value_learner import mix_where
+
+    batch = random_batch(spec)
+    base = make_learner(spec, idm=False, distill_losses=[])
+    with_td = copy.deepcopy(base)
+    with_td.cfg = dataclasses.replace(base.cfg, student_td_weight=0.5)
+    loss0, stats0 = base.compute_loss(batch)
+    loss1, stats1 = with_td.compute_loss(batch)
+    # The term is the student's chosen Q mixed by the teacher's mixer against the teacher's y.
+    with torch.no_grad():
+        student = dense_outputs(base, base.student, batch, batch["obs"])
+        chosen = student["q"][:, :-1].gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1)
+        mixed = mix_where(base.mixer, chosen, batch["state"][:, :-1], batch["filled"])
+        # y as the learner computes it: TD(lambda) of r on the target teacher (td_lambda = 0 here).
+        expected_y = base.targets(batch, _target_tot(base, batch))
+        expected = student_td(mixed, expected_y, batch["filled"].float())
+    assert stats1["student_td_loss"] == pytest.approx(float(expected), rel=1e-4)
+    assert float((loss1 - loss0).detach()) == pytest.approx(0.5 * float(expected), rel=1e-4)
+    loss0.backward()
+    loss1.backward()
+    for a, b in ((base.agent, with_td.agent), (base.mixer, with_td.mixer)):  # teacher and mixer untouched
+        for ga, gb in zip(grads(a), grads(b)):
+            assert ga is not None and torch.allclose(ga, gb, atol=1e-6)
+    assert all(g is None or g.abs().sum() == 0 for g in grads(base.student))
+    assert all(g is not None and g.abs().sum() > 0 for g in grads(with_td.student))
+
+
+@torch.no_grad()
+def _target_tot(learner, batch):
+    from marl.value_learner import mix_where, observed
+
+    online = dense_teacher(learner, batch, learner.agent, learner.fusion)["q"]
+    target = dense_teacher(learner, batch, learner.target_agent, learner.target_fusion)["q"]
+    values = learner.greedy_target_values(online, target, batch["avail_actions"])
+    return mix_where(learner.target_mixer, values, batch["state"], observed(batch["filled"]))
+
+
+@pytest.mark.parametrize("scope", ["joint", "per_group"])
+def test_gradient_clip_scope_and_logged_group_norms(spec, scope):
+    learner = make_learner(spec, grad_clip=scope, grad_norm_clip=1e-3)
+    loss, _ = learner.compute_loss(random_batch(spec))
+    learner.optimizer.zero_grad()
+    loss.backward()
+    groups = learner.param_groups()
+    before = {name: float(torch.cat([p.grad.flatten() for p in ps if p.grad is not None]).norm())
+              for name, ps in groups.items()}
+    stats = learner.clip_gradients()
+    after = {name: float(torch.cat([p.grad.flatten() for p in ps if p.grad is not None]).norm())
+             for name, ps in groups.items()}
+    assert set(groups) == {"teacher", "mixer", "student", "idm"}
+    for name in groups:
+        assert stats[f"grad_norm_{name}"] == pytest.approx(before[name], rel=1e-5)
+    assert stats["grad_norm"] == pytest.approx(sum(v ** 2 for v in before.values()) ** 0.5, rel=1e-5)
+    if scope == "joint":  # one coefficient: the groups keep their proportions, the total hits the clip
+        assert stats["grad_clip_fired"] == 1.0
+        assert sum(v ** 2 for v in after.values()) ** 0.5 == pytest.approx(1e-3, rel=1e-3)
+        ratio = {name: after[name] / before[name] for name in groups}
+        assert max(ratio.values()) == pytest.approx(min(ratio.values()), rel=1e-4)
+    else:  # each group at the clip by itself
+        assert stats["grad_clip_fired"] == 4.0
+        assert all(v == pytest.approx(1e-3, rel=1e-3) for v in after.values())
+
+
+def test_default_clip_equals_pytorchs_global_clip(spec):
+    batch = random_batch(spec)
+    ours = make_learner(spec, grad_norm_clip=1e-3, idm_mask_prob=1.0)  # no random IDM mask: equal losses
+    ref = copy.deepcopy(ours)
+    for learner in (ours, ref):
+        learner.compute_loss(batch)[0].backward()
+    ours.clip_gradients()
+    torch.nn.utils.clip_grad_norm_(ref.params, 1e-3)
+    for a, b in zip(ours.params, ref.params):
+        assert (a.grad is None) == (b.grad is None)
+        if a.grad is not None:
+            assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-9)
+
+
+def test_mixed_acting_draws_the_acting_network_once_per_episode(spec):
+    from algorithms.ddn import MixedController, TeacherController
+
+    for prob, expect in ((1.0, "teacher"), (0.0, "student")):
+        learner = make_learner(spec, acting="mixed", acting_teacher_prob=prob)
+        mixed = learner.behaviour_controller
+        assert isinstance(mixed, MixedController)
+        batch = random_batch(spec, C=4, T=3)
+        obs, state, avail = batch["obs"][:, 0], batch["state"][:, 0], batch["avail_actions"][:, 0]
+        C, N = obs.shape[:2]
+        start, h0 = torch.full((C, N), -1), mixed.init_hidden(C, torch.device("cpu"))
+        reference = TeacherController(learner) if expect == "teacher" else learner.controller
+        q_ref, h_ref = reference.q_step(obs, start, h0, state)
+        actions, hidden = mixed.act(obs, avail, start, h0, 0.0, torch.Generator(), state=state)
+        assert torch.equal(actions, q_ref.argmax(-1)) and torch.allclose(hidden, h_ref)
+
+    # p = 0.5: the draw happens at an episode start and holds until the next start of that copy.
+    learner = make_learner(spec, acting="mixed", acting_teacher_prob=0.5)
+    mixed, g = learner.behaviour_controller, torch.Generator().manual_seed(0)
+    B, N, A = 512, spec.n_agents, spec.n_actions
+    obs = torch.rand(B, N, *spec.obs_shape)
+    state, avail = torch.rand(B, *spec.state_shape), torch.ones(B, N, A, dtype=torch.bool)
+    hidden = mixed.init_hidden(B, torch.device("cpu"))
+    mixed.act(obs, avail, torch.full((B, N), -1), hidden, 0.0, g, state=state)
+    first = mixed.teacher_rows.clone()
+    assert 0.4 < float(first.float().mean()) < 0.6
+    mid_episode = torch.zeros(B, N, dtype=torch.long)
+    mid_episode[:256] = -1  # only the first half of the copies starts a new episode
+    mixed.act(obs, avail, mid_episode, hidden, 0.0, g, state=state)
+    assert torch.equal(mixed.teacher_rows[256:], first[256:])
+    assert not torch.equal(mixed.teacher_rows[:256], first[:256])
+    with pytest.raises(ValueError, match="acting_teacher_prob"):
+        make_learner(spec, acting="mixed", acting_teacher_prob=1.5)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"distill_mask": "live", "distill_q_loss": "centred_mse"}])
+def test_bad_option_values_are_rejected(spec, overrides):
+    for key, bad in (("distill_mask", "dead"), ("distill_from", "slow"), ("grad_clip", "none")):
+        with pytest.raises(ValueError, match=key):
+            make_learner(spec, **{**overrides, key: bad})
+    with pytest.raises(ValueError, match="student_td_weight"):
+        make_learner(spec, **overrides, student_td_weight=-1.0)
+
+
+def test_teacher_is_tested_beside_the_student_without_changing_the_run():
+    """The teacher's greedy test columns appear in every metric row, and logging them changes
+    nothing else: the student's curve is the same with the teacher test off."""
+    budget = Budget(env_steps=1_200, eval_interval=600, eval_episodes=4)
+    common = {"num_envs": 4, "batch_size": 4}
+    on = train_run("ddn", "predator_prey", "stag_hunt_small", seed=3, budget=budget, overrides=common)
+    off = train_run("ddn", "predator_prey", "stag_hunt_small", seed=3, budget=budget,
+                    overrides={**common, "log_teacher_eval": False})
+    assert all("teacher_test_return_mean" in row for row in on)
+    assert not any("teacher_test_return_mean" in row for row in off)
+    for a, b in zip(on, off):
+        assert a["test_return_mean"] == b["test_return_mean"] and a["loss"] == pytest.approx(b["loss"], nan_ok=True)
+    last = on[-1]
+    for key in ("greedy_agreement", "teacher_overestimation", "realised_return_mean", "grad_norm_teacher",
+                "grad_norm_student", "grad_norm_mixer", "grad_norm_idm", "grad_clip_fired", "fused_state_rms",
+                "teacher_embedding_rms", "student_embedding_rms"):
+        assert key in last and last[key] == last[key], key  # present and not NaN
+    assert 0.0 <= last["greedy_agreement"] <= 1.0
