@@ -26,6 +26,7 @@ from reports.claims import evaluate_claims, fmt_score, fmt_steps
 from reports.collect import FINAL_EVALS, SuiteData, collect
 from reports.marl_eval import write_marl_eval
 from reports.paper import PaperNumbers, load_paper_numbers
+from reports.ddn_diagnostics import ddn_diagnostics
 from reports.provenance import method_choices, provenance_table
 from reports.stats import REPS
 from reports.tables import (FAMILY_NAMES, HELDOUT_GROUP, Table, build_crossplay_table, build_table, crossplay_groups,
@@ -134,6 +135,15 @@ def _figures(data: SuiteData, tables: list[Table], fig_dir: Path, reps: int) -> 
     return out
 
 
+def _ddn_diagnostics(data: SuiteData, fig_dir: Path, reps: int) -> list[dict[str, Any]]:
+    out = []
+    for d in ddn_diagnostics(data, reps=reps):
+        atomic_write_bytes(fig_dir / f"{_slug('ddn-pair', d.family, d.scenario, d.label)}.png", d.png)
+        out.append({"figure": Figure(d.caption, base64.b64encode(d.png).decode()), "label": d.label,
+                    "scenario": d.scenario, "family": d.family, "n": d.n_seeds, "summary": d.summary})
+    return out
+
+
 def _budget_text(data: SuiteData) -> str:
     budgets = sorted({int(b) for b in data.runs["env_steps_budget"].dropna()})
     return ", ".join(f"{fmt_steps(b)} env steps" for b in budgets) if budgets else "n/a"
@@ -190,6 +200,7 @@ def render_html(data: SuiteData, numbers: PaperNumbers, out_dir: Path, reps: int
         "verdicts": evaluate_claims(data, numbers, reps),
         "ddn_tables": ddn_tables,
         "figures": _figures(ddn_data, ddn_tables, fig_dir, reps),
+        "ddn_diagnostics": _ddn_diagnostics(ddn_data, fig_dir, reps),
         "bidist": _bidist(bidist_data, fig_dir, reps),
         "bidist_reason": BIDIST_NOT_RUN,
         "missing": list(missing.itertuples()),
