@@ -29,6 +29,20 @@ def git_info(root: Path = REPO_ROOT) -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
+def cpu_model() -> str | None:
+    """The processor's model name (/proc/cpuinfo on Linux, else platform's guess): whether two runs
+    can agree to the last digit depends on it (float reduction order of the BLAS kernels)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or None
+
+
 def package_versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {}
     for name in PACKAGES:

@@ -26,7 +26,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from suites.provenance import image_provenance
+from suites.provenance import cpu_model, image_provenance
 from suites.store import SPEC, STATUS, read_json_file, write_status, now
 
 EVENT_PREFIX = "@@suite-event "
@@ -122,7 +122,8 @@ def execute(run_dir: str | Path, sink: EventSink, backend: str, provenance_extra
 
         try:
             _train(spec, run_dir, progress, threads, device,
-                   {**(provenance_extra or {}), "backend": backend, "host": socket.gethostname()})
+                   {**(provenance_extra or {}), "backend": backend, "host": socket.gethostname(),
+                    "cpu": cpu_model()})
         except StopRequested:
             write_status(run_dir, state="pending", attempts=attempts, finished_at=None)
             sink.emit({"event": "end", "run": run_id, "state": "interrupted", "error": None})

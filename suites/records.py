@@ -1,0 +1,132 @@
+"""Compact run records shipped with the repository: ``records/<kind>/<suite>/`` in the run-store layout.
+
+A record is what a finished run leaves that is worth sharing (docs/run-store.md): spec.json,
+status.json, provenance.json, metrics.csv and, where present, crossplay.json, plus the suite's
+manifest.yaml; never checkpoints or replay. The report reads a record folder like any suite
+directory, so ``python reproduce.py --suite NAME --out records/reference --report-only`` renders it.
+
+``records/index.yaml`` lists each exported suite: its kind (``reference``: the papers' headline
+comparisons at their budgets, seeds 0-4; ``tuning``: runs on seeds 100+ that chose a default), the
+commits and machines its runs came from, the dates, and each run's final score.
+
+    python -m suites.records export /path/to/out/ddn_tuning --kind tuning
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from marl.run_io import atomic_write_text
+from reports.collect import FINAL_EVALS, metric_for
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RECORDS = REPO_ROOT / "records"
+KINDS = ("reference", "tuning")
+COMPACT = ("spec.json", "status.json", "provenance.json", "metrics.csv", "crossplay.json")
+
+
+def _read_json(path: Path) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def final_score(metrics: Path, family: str) -> float | None:
+    """Mean of the last FINAL_EVALS evaluations of the family's metric (docs/evaluation.md)."""
+    column = metric_for(family).column
+    with open(metrics, newline="") as f:
+        values = [float(row[column]) for row in csv.DictReader(f) if row.get(column) not in (None, "")]
+    return round(sum(values[-FINAL_EVALS:]) / len(values[-FINAL_EVALS:]), 4) if values else None
+
+
+def finished_runs(suite_dir: Path) -> list[Path]:
+    """Run directories of ``suite_dir`` whose status is done and that have metrics."""
+    out = []
+    for run_dir in sorted((suite_dir / "runs").glob("*")):
+        status = run_dir / "status.json"
+        if status.is_file() and (run_dir / "metrics.csv").is_file() and _read_json(status).get("state") == "done":
+            out.append(run_dir)
+    return out
+
+
+def run_entry(run_dir: Path) -> dict[str, Any]:
+    spec, status = _read_json(run_dir / "spec.json"), _read_json(run_dir / "status.json")
+    prov = _read_json(run_dir / "provenance.json") if (run_dir / "provenance.json").is_file() else {}
+    return {"id": spec["id"], "label": spec.get("label"), "algorithm": spec["algorithm"],
+            "scenario": f"{spec['family']}/{spec['scenario']}", "seed": spec["seed"],
+            "env_steps": spec["budget"]["env_steps"], "final_score": final_score(run_dir / "metrics.csv", spec["family"]),
+            "commit": (prov.get("git") or {}).get("commit"), "cpu": prov.get("cpu"),
+            "finished_at": status.get("finished_at")}
+
+
+def export(suite_dir: Path, kind: str, records: Path = RECORDS) -> list[str]:
+    """Copy the compact record of every finished run of ``suite_dir`` into
+    ``records/<kind>/<suite>/`` (existing records of the same runs are replaced; others kept) and
+    rewrite the index. Returns the exported run ids."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; valid: {', '.join(KINDS)}")
+    suite_dir = Path(suite_dir)
+    dest = records / kind / suite_dir.name
+    exported = []
+    for run_dir in finished_runs(suite_dir):
+        target = dest / "runs" / run_dir.name
+        target.mkdir(parents=True, exist_ok=True)
+        for name in COMPACT:
+            if (run_dir / name).is_file():
+                shutil.copyfile(run_dir / name, target / name)
+        exported.append(run_dir.name)
+    if exported and (suite_dir / "manifest.yaml").is_file():
+        shutil.copyfile(suite_dir / "manifest.yaml", dest / "manifest.yaml")
+    write_index(records)
+    return exported
+
+
+def write_index(records: Path = RECORDS) -> dict[str, Any]:
+    """records/index.yaml from the records on disk: per suite its kind, commits, CPUs, dates, runs."""
+    suites = []
+    for kind in KINDS:
+        for suite_dir in sorted(p for p in (records / kind).glob("*") if p.is_dir()):
+            runs = [run_entry(d) for d in sorted((suite_dir / "runs").glob("*")) if (d / "spec.json").is_file()]
+            dates = sorted(r["finished_at"] for r in runs if r["finished_at"])
+            suites.append({"suite": suite_dir.name, "kind": kind, "path": str(suite_dir.relative_to(records)),
+                           "commits": sorted({r["commit"] for r in runs if r["commit"]}),
+                           "cpus": sorted({r["cpu"] for r in runs if r["cpu"]}),
+                           "first_finished": dates[0] if dates else None, "last_finished": dates[-1] if dates else None,
+                           "runs": [{k: v for k, v in r.items() if k not in ("commit", "cpu")} for r in runs]})
+    index = {"format": 1, "suites": suites}
+    records.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(records / "index.yaml", "# Written by `python -m suites.records`; do not edit by hand.\n"
+                      + yaml.safe_dump(index, sort_keys=False, width=120))
+    return index
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m suites.records", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("export", help="copy a suite's finished runs' compact records into records/")
+    ex.add_argument("suite_dir", type=Path, help="a suite directory of a run store, e.g. results/ddn_smax")
+    ex.add_argument("--kind", choices=KINDS, required=True)
+    ex.add_argument("--records", type=Path, default=RECORDS, help="records folder (default: the repository's)")
+    sub.add_parser("index", help="rewrite records/index.yaml from the records on disk")
+    args = parser.parse_args(argv)
+    if args.command == "index":
+        write_index()
+        return 0
+    if not (args.suite_dir / "runs").is_dir():
+        print(f"records: {args.suite_dir} is not a suite directory (no runs/ inside)", file=sys.stderr)
+        return 2
+    ids = export(args.suite_dir, args.kind, args.records)
+    print(f"records: exported {len(ids)} finished run(s) of {args.suite_dir.name} to "
+          f"{args.records / args.kind / args.suite_dir.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

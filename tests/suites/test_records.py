@@ -1,0 +1,71 @@
+"""Compact run records: only the shareable files of finished runs are exported, the index says where
+they came from, and a record folder renders as a report; the repository's own records load."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from reports.collect import collect
+from suites.records import RECORDS, export, main, write_index
+from tests.reports.synthetic import FakeRun, write_suite
+
+
+@pytest.fixture
+def suite(tmp_path):
+    runs = [FakeRun("smax", "3m", "ddn", 0, final=0.5), FakeRun("smax", "3m", "qmix", 0, final=0.75),
+            FakeRun("smax", "3m", "qmix", 1, final=None, state="running")]
+    root = write_suite(tmp_path / "store", "mysuite", runs, manifest="name: mysuite\n")
+    for d in (root / "runs").iterdir():
+        (d / "checkpoint.pt").write_bytes(b"x" * 100)
+        if (d / "provenance.json").is_file():  # as the worker writes it: git commit and CPU model
+            prov = json.loads((d / "provenance.json").read_text())
+            (d / "provenance.json").write_text(json.dumps({**prov, "git": {"commit": "abc1234", "dirty": False},
+                                                           "cpu": "Some CPU"}))
+    return root
+
+
+def test_export_copies_finished_runs_compact_files_and_indexes_them(suite, tmp_path):
+    records = tmp_path / "records"
+    ids = export(suite, "tuning", records)
+    assert len(ids) == 2  # the running run is not exported
+    dest = records / "tuning" / "mysuite"
+    assert (dest / "manifest.yaml").read_text() == "name: mysuite\n"
+    for run_id in ids:
+        files = {p.name for p in (dest / "runs" / run_id).iterdir()}
+        assert files == {"spec.json", "status.json", "provenance.json", "metrics.csv"}  # no checkpoint
+    index = yaml.safe_load((records / "index.yaml").read_text())
+    (entry,) = index["suites"]
+    assert entry["suite"] == "mysuite" and entry["kind"] == "tuning" and entry["commits"] == ["abc1234"]
+    assert entry["cpus"] == ["Some CPU"]
+    scores = sorted(r["final_score"] for r in entry["runs"])
+    assert scores == pytest.approx([0.5, 0.75])
+    # A record folder is a suite directory: the report's collector reads it.
+    data = collect(dest)
+    assert sorted(data.runs["final_score"]) == pytest.approx([0.5, 0.75])
+
+
+def test_export_refuses_what_is_not_a_suite(tmp_path, capsys):
+    assert main(["export", str(tmp_path), "--kind", "tuning", "--records", str(tmp_path / "r")]) == 2
+    assert "not a suite directory" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="reference, tuning"):
+        export(tmp_path, "final", tmp_path / "r")
+
+
+def test_the_repositorys_records_load_and_match_their_index(tmp_path):
+    """Every committed record folder loads without problems, and index.yaml is what the records on
+    disk say (rewritten to a temporary copy and compared)."""
+    if not (RECORDS / "index.yaml").is_file():
+        pytest.skip("no records committed yet")
+    committed = yaml.safe_load((RECORDS / "index.yaml").read_text())
+    for entry in committed["suites"]:
+        data = collect(RECORDS / entry["path"])
+        assert not data.problems, data.problems
+        assert len(data.run_dirs) == len(entry["runs"])
+    import shutil
+
+    copy = tmp_path / "records"
+    shutil.copytree(RECORDS, copy)
+    assert write_index(copy) == committed
