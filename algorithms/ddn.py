@@ -34,45 +34,50 @@ without gradient).
 from __future__ import annotations
 
 import copy
+import typing
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from marl.config import ValueLearnerConfig
+from marl.config import ConfigError, Mixer, ValueLearnerConfig
 from marl.controller import AgentController
 from marl.networks import AgentOutput, RecurrentAgent, agent_input_dim
 from marl.value_learner import QLearner, active_rows, mix_where, observed, previous_actions, td_stats
 
 KIND = "value"
 
-DISTILL_LOSSES = ("B", "Q", "F")
-ACTING = ("student", "teacher")
-Q_LOSSES = ("mse", "kl")
+DistillLoss = Literal["B", "Q", "F"]
+Acting = Literal["student", "teacher"]
+QLoss = Literal["mse", "kl"]
+DISTILL_LOSSES = typing.get_args(DistillLoss)
+ACTING = typing.get_args(Acting)
+Q_LOSSES = typing.get_args(QLoss)
 
 
 @dataclass
 class Config(ValueLearnerConfig):
-    mixer: str = "qmix"  # the teacher's mixer (seed: QMIX mixing network)
+    mixer: Mixer = "qmix"  # the teacher's mixer (seed: QMIX mixing network)
     # "student": the decentralised student collects the data, so the teacher's Q-learning is
     # off-policy on another network's behaviour. "teacher": the teacher acts on the personalized
     # global state (as PTDE's first stage). Test episodes always use the student.
-    acting: str = "student"  # which network collects training data (choice; the seed does not say)
+    acting: Acting = "student"  # which network collects training data (choice; the seed does not say)
     # Personalization Fusion Block
     personalize: bool = True  # False: the teacher reads the raw global state (seed Table 3 ablation)
     fusion_dim: int = 64  # d: width of the personalized state Ŝ (choice)
     fusion_hyper_hidden: int = 8  # e: hidden code of the W/B hypernetwork (choice; cost O(S d e) per step)
     teacher_local_obs: bool = True  # teacher input = Ŝ ++ own observation (choice), plus last action/id
     # External distillation (teacher -> student)
-    distill_losses: list[str] = field(default_factory=lambda: ["B", "Q", "F"])  # subset of B, Q, F
+    distill_losses: list[DistillLoss] = field(default_factory=lambda: ["B", "Q", "F"])  # subset of B, Q, F
     distill_weight_b: float = 1.0  # L_B feature alignment (choice: MSE, weight 1)
     distill_weight_q: float = 1.0  # L_Q Q-value alignment
     distill_weight_f: float = 1.0  # L_F GRU hidden alignment
     # L_Q as a regression ("mse") or as matching the teacher's Boltzmann policy over available
     # actions ("kl": KL(softmax(Q_T / tau) || softmax(Q_S / tau))), which weighs the action
     # ranking that greedy execution depends on rather than absolute values.
-    distill_q_loss: str = "mse"  # form of L_Q (choice: MSE)
+    distill_q_loss: QLoss = "mse"  # form of L_Q (choice: MSE)
     distill_temperature: float = 0.1  # tau of the "kl" form (choice)
     # Internal Distillation Module (random network distillation on the global state)
     idm: bool = True  # False: no intrinsic reward (seed Table 5 ablation)
@@ -80,6 +85,20 @@ class Config(ValueLearnerConfig):
     idm_scale: float = 0.1  # r_I = idm_scale * MSE(pred(s'), target(s')) (choice)
     idm_hidden: int = 64  # width of the target and predictor MLPs (choice)
     idm_embed: int = 64  # output size of the target and predictor (choice)
+
+    def validate(self) -> None:
+        """Rules beyond the field types (build_config calls this, so a manifest is checked up front)."""
+        bad = sorted(set(self.distill_losses) - set(DISTILL_LOSSES))
+        if bad:
+            raise ConfigError(f"unknown distill_losses {bad}; valid: {', '.join(DISTILL_LOSSES)}")
+        if self.distill_q_loss not in Q_LOSSES:
+            raise ConfigError(f"unknown distill_q_loss {self.distill_q_loss!r}; valid: {', '.join(Q_LOSSES)}")
+        if self.distill_temperature <= 0:
+            raise ConfigError(f"distill_temperature must be > 0, got {self.distill_temperature}")
+        if self.acting not in ACTING:
+            raise ConfigError(f"unknown acting {self.acting!r}; valid: {', '.join(ACTING)}")
+        if not 0.0 <= self.idm_mask_prob <= 1.0:
+            raise ConfigError(f"idm_mask_prob must be in [0, 1], got {self.idm_mask_prob}")
 
 
 def configs() -> dict[str, type]:
@@ -166,17 +185,7 @@ class Learner(QLearner):
 
     def build_extra_networks(self) -> None:
         cfg = self.cfg
-        bad = sorted(set(cfg.distill_losses) - set(DISTILL_LOSSES))
-        if bad:
-            raise ValueError(f"unknown distill_losses {bad}; valid: {', '.join(DISTILL_LOSSES)}")
-        if cfg.distill_q_loss not in Q_LOSSES:
-            raise ValueError(f"unknown distill_q_loss {cfg.distill_q_loss!r}; valid: {', '.join(Q_LOSSES)}")
-        if cfg.distill_temperature <= 0:
-            raise ValueError(f"distill_temperature must be > 0, got {cfg.distill_temperature}")
-        if cfg.acting not in ACTING:
-            raise ValueError(f"unknown acting {cfg.acting!r}; valid: {', '.join(ACTING)}")
-        if not 0.0 <= cfg.idm_mask_prob <= 1.0:
-            raise ValueError(f"idm_mask_prob must be in [0, 1], got {cfg.idm_mask_prob}")
+        cfg.validate()  # again, for configs built by hand rather than by build_config
         local_dim = agent_input_dim(self.obs_dim, self.n_agents, self.n_actions, cfg.obs_last_action, cfg.obs_agent_id)
         # The base class built a local-input agent: that is the student. The teacher replaces it
         # as self.agent so the base class's target-network handling covers the teacher.

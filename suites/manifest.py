@@ -32,7 +32,7 @@ from typing import Any, Mapping
 import yaml
 
 import envs
-from envs.base import EnvError, parse_options
+from envs.base import EnvError
 from marl.config import ConfigError
 from marl.registry import get_algorithm, list_algorithms
 
@@ -51,14 +51,6 @@ DEFAULT_IMAGE = "marl-repro-suite:latest"
 # Trainers by algorithm kind (marl/registry.py ``Algorithm.kind``): marl/train.py, marl/policy_train.py.
 TRAINER_KINDS = ("value", "policy")
 POLICY_KIND = "policy"
-
-# Env option dataclasses per family, to validate options without building an environment.
-_OPTION_CLASSES = {
-    "predator_prey": "PredatorPreyOptions",
-    "smax": "SMAXOptions",
-    "meltingpot": "MeltingPotOptions",
-    "matrix_game": "MatrixGameOptions",
-}
 
 
 class ManifestError(ValueError):
@@ -392,10 +384,10 @@ class _Validator:
         return entries
 
     def env_options(self, family: str, scenario: str, options: dict, where: str) -> dict[str, Any]:
-        module = envs.family_module(family)
-        cls = module.options_class(scenario) if family == "smac" else getattr(module, _OPTION_CLASSES[family])
         try:
-            parsed = parse_options(cls, options, f"{family} scenario {scenario!r}")
+            # The family's own rules (types, choices, and e.g. whether the agents fit on the grid),
+            # checked without building the environment.
+            parsed = envs.scenario_options(family, scenario, options)
         except EnvError as exc:
             self.fail(where, str(exc))
             return options
