@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -47,6 +48,7 @@ SCENARIO_KEYS = ("family", "scenario", "options", "overrides", "budget")
 ALGORITHM_KEYS = ("name", "label", "group", "overrides", "scenarios")
 RESOURCE_KEYS = ("cpus", "gpus")
 DEFAULT_IMAGE = "marl-repro-suite:latest"
+SUITE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 # Trainers by algorithm kind (marl/registry.py ``Algorithm.kind``): marl/train.py, marl/policy_train.py.
 TRAINER_KINDS = ("value", "policy")
@@ -224,7 +226,13 @@ def load_suite(name_or_path: str, check_availability: bool = True) -> Suite:
     ``check_availability=False`` skips the probes for missing backends on this machine (for the
     docker backend, where the image - not this machine - must provide them)."""
     path = resolve_manifest(name_or_path)
-    text = path.read_text()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(path, [("", f"not a YAML text file (byte {exc.start} is not UTF-8 text); "
+                                        "a manifest is a .yaml text file like suites/smoke.yaml")]) from None
+    except OSError as exc:
+        raise ManifestError(path, [("", f"cannot be read: {exc.strerror or exc}")]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -281,6 +289,10 @@ class _Validator:
         if not self.keys(data, "", TOP_KEYS, required=("name", "paper", "budget", "seeds", "scenarios", "algorithms")):
             raise ManifestError(self.path, self.problems)
         name = self.string(data, "name", "name") or "?"
+        if name != "?" and not SUITE_NAME.fullmatch(name):
+            # The name is the suite's directory under --out: no separators, nothing hidden.
+            self.fail("name", f"must be letters, digits, '_', '-' or '.' (not starting with '.' or '-'): it names "
+                              f"the suite's directory under --out; got {name!r}")
         paper = self.string(data, "paper", "paper")
         if paper is not None and paper not in PAPERS:
             self.fail("paper", f"unknown paper {paper!r}; valid choices: {', '.join(PAPERS)}")
