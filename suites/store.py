@@ -200,6 +200,9 @@ class SuiteStore:
         atomic_write_json(run_dir / SPEC, spec.to_json())
         if not (run_dir / STATUS).exists():
             write_status(run_dir, state="pending", attempts=0)
+        elif read_json_file(run_dir / STATUS).get("retryable") is not None:
+            # A new attempt: an earlier attempt's "not retryable" verdict must not stick to it.
+            write_status(run_dir, retryable=None)
         return run_dir
 
     def existing_run_ids(self) -> Iterator[str]:
