@@ -64,6 +64,7 @@ import numpy as np
 import torch
 
 from envs.base import BackendUnavailableError, BatchedEnv, EnvError, EnvSpec, StepOutput, parse_options
+from envs.quiet import quiet_import
 
 FAMILY = "meltingpot"
 # ASSETS_VERSION in dm-meltingpot 2.4.1's setup.py; used when the install record is missing.
@@ -102,8 +103,12 @@ class MeltingPotOptions:
 
 
 def _meltingpot() -> ModuleType:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's import banner is noise here
-    import meltingpot  # noqa: F401  (imports bot, scenario, substrate)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's later INFO logs are noise here
+    if "meltingpot" not in sys.modules:
+        # TensorFlow's native import banner (absl, "Could not find cuda drivers") bypasses the variable.
+        with quiet_import():
+            import meltingpot  # noqa: F401  (imports bot, scenario, substrate)
+    import meltingpot
 
     return meltingpot
 
@@ -301,7 +306,7 @@ class _Copy:
     def build(self, seed: int) -> None:
         if self.env is not None:
             self.env.close()
-        import meltingpot
+        meltingpot = _meltingpot()  # in a worker process: imported here, quietly
 
         # The substrate (and the scenario's bot sampling) draw from Python's global `random`.
         random.seed(seed)

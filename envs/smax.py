@@ -33,7 +33,6 @@ takes precedence), which brings a make() down to about 2 s of tracing.
 from __future__ import annotations
 
 import os
-import sys
 
 # Must be set before JAX initialises its CPU backend (at the first computation).
 _XLA_CPU_FLAG = "--xla_cpu_multi_thread_eigen"
@@ -58,13 +57,15 @@ if not jax.config.jax_compilation_cache_dir:
     if _cache_dir != "off":
         jax.config.update("jax_compilation_cache_dir", _cache_dir)
 
-# Importing jaxmarl imports its Brax wrapper, which silences stdout/stderr and then "restores" them to
-# sys.__stdout__/__stderr__, discarding any redirection in place (pytest's capture, a logger's stream).
-_streams = (sys.stdout, sys.stderr)
-from jaxmarl.environments.smax import HeuristicEnemySMAX  # noqa: E402
-from jaxmarl.environments.smax.smax_env import MAP_NAME_TO_SCENARIO  # noqa: E402
+from envs.quiet import quiet_import  # noqa: E402
 
-sys.stdout, sys.stderr = _streams
+# Importing jaxmarl prints "Importing submoduled environments..." and imports its Brax wrapper, which
+# silences stdout/stderr and then "restores" them to sys.__stdout__/__stderr__, discarding any
+# redirection in place (pytest's capture, a logger's stream). quiet_import drops the print and puts
+# the streams back.
+with quiet_import():
+    from jaxmarl.environments.smax import HeuristicEnemySMAX  # noqa: E402
+    from jaxmarl.environments.smax.smax_env import MAP_NAME_TO_SCENARIO  # noqa: E402
 
 from envs.base import (  # noqa: E402
     BatchedEnv,
