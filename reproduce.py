@@ -104,6 +104,15 @@ def main(argv: list[str] | None = None) -> int:
                 problems.append("--seeds is empty")
     if problems:
         return _fail("; ".join(problems))
+    if args.backend == "ray" and args.address and not (args.dry_run or args.list or args.report_only):
+        # Like any flag, before the manifest's validation (which imports JAX, TensorFlow: many seconds):
+        # an address where nothing listens would otherwise keep ray.init retrying for minutes.
+        from suites.backends.ray_backend import probe_address
+
+        try:
+            probe_address(args.address)
+        except BackendError as exc:
+            return _fail(str(exc))
 
     if args.list:
         from suites.listing import print_listing
@@ -118,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ManifestError, UsageError) as exc:
         return _fail(str(exc))
     store = SuiteStore(args.out, suite.name)
+    # Before any work: an --out that cannot hold the run store is refused now, not after the backend
+    # started (a dry run only reads, so only a path that cannot be a directory is an error there).
+    problem = store.unusable(write=not args.dry_run)
+    if problem:
+        return _fail(problem)
     items = plan(specs, store)
 
     if args.dry_run:
@@ -157,16 +171,19 @@ def main(argv: list[str] | None = None) -> int:
         backend.check()
     except BackendError as exc:
         return _fail(str(exc))
+    # The backend starts before anything is written: a cluster that cannot be reached leaves no trace.
+    try:
+        backend.start()
+    except BackendError as exc:
+        backend.close()
+        return _fail(str(exc))
     try:
         store.acquire(command=" ".join(shlex.quote(a) for a in sys.argv))
     except StoreLockedError as exc:
+        backend.close()
         return _fail(str(exc))
     try:
         store.write_manifest(suite)
-        try:
-            backend.start()
-        except BackendError as exc:
-            return _fail(str(exc))
         try:
             summary = execute(items, store, backend, suite, provenance_extra(args.backend), retries=args.retries,
                               threads=args.threads)

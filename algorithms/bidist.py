@@ -68,6 +68,14 @@ class Config(PolicyLearnerConfig):
     distill_burn_in: int = 10
     init_from_learner: bool = True  # phi starts as a copy of theta (*choice*)
 
+    def validate(self) -> None:
+        """Rules beyond the field types (build_config calls this, so a manifest is checked up front)."""
+        if not (self.forward or self.reverse):
+            raise ConfigError("bidist: at least one of 'forward' and 'reverse' must be true "
+                              "(with neither, phi is never trained); for MAPPO use the 'mappo' algorithm")
+        if not 0.0 <= self.fictitious_prob <= 1.0:
+            raise ConfigError(f"bidist: fictitious_prob must be in [0, 1], got {self.fictitious_prob}")
+
 
 def bernoulli_slots(n_envs: int, n_agents: int, p: float, min_learner: int, generator: torch.Generator) -> torch.Tensor:
     """Player keys [n_envs, n_agents]: DISTILLED with probability p per slot, else LEARNER; then, in
@@ -98,11 +106,7 @@ def reverse_objective(logits_phi: torch.Tensor, logits_theta: torch.Tensor, boun
 
 class Learner(PolicyLearner):
     def __init__(self, cfg: Config, spec: EnvSpec, device: torch.device | str = "cpu"):
-        if not (cfg.forward or cfg.reverse):
-            raise ConfigError("bidist: at least one of 'forward' and 'reverse' must be true "
-                              "(with neither, phi is never trained); for MAPPO use the 'mappo' algorithm")
-        if not 0.0 <= cfg.fictitious_prob <= 1.0:
-            raise ConfigError(f"bidist: fictitious_prob must be in [0, 1], got {cfg.fictitious_prob}")
+        cfg.validate()  # again, for configs built by hand rather than by build_config
         super().__init__(cfg, spec, device)
         self.phi = copy.deepcopy(self.actor) if cfg.init_from_learner else build_actor(cfg, spec).to(self.device)
         self.forward_opt = torch.optim.Adam(self.phi.parameters(), lr=cfg.forward_lr, eps=cfg.adam_eps)

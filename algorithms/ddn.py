@@ -34,13 +34,15 @@ without gradient).
 from __future__ import annotations
 
 import copy
+import typing
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from marl.config import ValueLearnerConfig
+from marl.config import ConfigError, Mixer, ValueLearnerConfig
 from marl.controller import AgentController, epsilon_greedy, masked_q
 from marl.networks import AgentOutput, RecurrentAgent, agent_input_dim
 from marl.value_learner import (QLearner, active_rows, mix_where, observed, previous_actions, td_lambda_targets,
@@ -48,23 +50,26 @@ from marl.value_learner import (QLearner, active_rows, mix_where, observed, prev
 
 KIND = "value"
 
-DISTILL_LOSSES = ("B", "Q", "F")
-ACTING = ("student", "teacher", "mixed")
-Q_LOSSES = ("mse", "centred_mse", "kl")
-DISTILL_MASKS = ("all", "live")
-DISTILL_FROM = ("online", "target")
-GRAD_CLIPS = ("joint", "per_group")
+DistillLoss = Literal["B", "Q", "F"]
+Acting = Literal["student", "teacher", "mixed"]
+QLoss = Literal["mse", "centred_mse", "kl"]
+DistillMask = Literal["all", "live"]
+DistillFrom = Literal["online", "target"]
+GradClip = Literal["joint", "per_group"]
+DISTILL_LOSSES = typing.get_args(DistillLoss)
+ACTING = typing.get_args(Acting)
+Q_LOSSES = typing.get_args(QLoss)
 
 
 @dataclass
 class Config(ValueLearnerConfig):
-    mixer: str = "qmix"  # the teacher's mixer (seed: QMIX mixing network)
+    mixer: Mixer = "qmix"  # the teacher's mixer (seed: QMIX mixing network)
     # "student": the decentralised student collects the data, so the teacher's Q-learning is
     # off-policy on another network's behaviour. "teacher": the teacher acts on the personalized
     # global state (as PTDE's first stage). Test episodes always use the student.
     # "mixed": per episode (each environment copy), the teacher acts with probability
     # ``acting_teacher_prob``, the student otherwise, for the whole episode (DAgger-like).
-    acting: str = "student"  # which network collects training data (choice; the seed does not say)
+    acting: Acting = "student"  # which network collects training data (choice; the seed does not say)
     acting_teacher_prob: float = 0.5  # share of teacher-acted episodes under acting "mixed" (choice)
     # Personalization Fusion Block
     personalize: bool = True  # False: the teacher reads the raw global state (seed Table 3 ablation)
@@ -72,30 +77,30 @@ class Config(ValueLearnerConfig):
     fusion_hyper_hidden: int = 8  # e: hidden code of the W/B hypernetwork (choice; cost O(S d e) per step)
     teacher_local_obs: bool = True  # teacher input = Ŝ ++ own observation (choice), plus last action/id
     # External distillation (teacher -> student)
-    distill_losses: list[str] = field(default_factory=lambda: ["B", "Q", "F"])  # subset of B, Q, F
+    distill_losses: list[DistillLoss] = field(default_factory=lambda: ["B", "Q", "F"])  # subset of B, Q, F
     distill_weight_b: float = 1.0  # L_B feature alignment (choice: MSE, weight 1)
     distill_weight_q: float = 1.0  # L_Q Q-value alignment
     distill_weight_f: float = 1.0  # L_F GRU hidden alignment
     # L_Q as a regression ("mse") or as matching the teacher's Boltzmann policy over available
     # actions ("kl": KL(softmax(Q_T / tau) || softmax(Q_S / tau))), which weighs the action
     # ranking that greedy execution depends on rather than absolute values.
-    distill_q_loss: str = "mse"  # form of L_Q (choice: MSE)
+    distill_q_loss: QLoss = "mse"  # form of L_Q (choice: MSE)
     # "centred_mse": MSE between action-centred Q-values (each minus its mean over the available
     # actions), over available actions only: the action gaps greedy acting needs, not the level.
     distill_temperature: float = 0.1  # tau of the "kl" form (choice)
     # "all": every agent-step of the batch and every action is a distillation target (the seed's
     # plain losses). "live": only live agents (more than one available action; SMAC's dead units
     # have only no-op) and, for L_Q, only available actions, whose teacher values are trained.
-    distill_mask: str = "all"  # which entries the distillation losses average over (choice)
+    distill_mask: DistillMask = "all"  # which entries the distillation losses average over (choice)
     # "online": the student matches the teacher being trained; "target": the target teacher
     # (hard-copied every target_update_interval episodes), a slower-moving target as in PTDE.
-    distill_from: str = "online"  # which teacher the student is distilled from (choice)
+    distill_from: DistillFrom = "online"  # which teacher the student is distilled from (choice)
     # Weight of an optional TD term on the student's own Q: its chosen Q-values mixed by the
     # teacher's mixer (mixer weights frozen for this term) regressed on the teacher's target y.
     student_td_weight: float = 0.0  # 0 = the student learns by distillation only (choice)
     # "joint": one norm clip over teacher, mixer, student and IDM (PyMARL); "per_group": each
     # network group clipped by its own norm, so a spike in one does not scale the others' steps.
-    grad_clip: str = "joint"  # gradient-norm clipping scope (choice)
+    grad_clip: GradClip = "joint"  # gradient-norm clipping scope (choice)
     log_teacher_eval: bool = True  # also test the teacher greedily (on the state) at each evaluation
     # Internal Distillation Module (random network distillation on the global state)
     idm: bool = True  # False: no intrinsic reward (seed Table 5 ablation)
@@ -103,6 +108,24 @@ class Config(ValueLearnerConfig):
     idm_scale: float = 0.1  # r_I = idm_scale * MSE(pred(s'), target(s')) (choice)
     idm_hidden: int = 64  # width of the target and predictor MLPs (choice)
     idm_embed: int = 64  # output size of the target and predictor (choice)
+
+    def validate(self) -> None:
+        """Rules beyond the field types (build_config calls this, so a manifest is checked up front)."""
+        bad = sorted(set(self.distill_losses) - set(DISTILL_LOSSES))
+        if bad:
+            raise ConfigError(f"unknown distill_losses {bad}; valid: {', '.join(DISTILL_LOSSES)}")
+        if self.distill_q_loss not in Q_LOSSES:
+            raise ConfigError(f"unknown distill_q_loss {self.distill_q_loss!r}; valid: {', '.join(Q_LOSSES)}")
+        if self.distill_temperature <= 0:
+            raise ConfigError(f"distill_temperature must be > 0, got {self.distill_temperature}")
+        if self.acting not in ACTING:
+            raise ConfigError(f"unknown acting {self.acting!r}; valid: {', '.join(ACTING)}")
+        if not 0.0 <= self.acting_teacher_prob <= 1.0:
+            raise ConfigError(f"acting_teacher_prob must be in [0, 1], got {self.acting_teacher_prob}")
+        if self.student_td_weight < 0:
+            raise ConfigError(f"student_td_weight must be >= 0, got {self.student_td_weight}")
+        if not 0.0 <= self.idm_mask_prob <= 1.0:
+            raise ConfigError(f"idm_mask_prob must be in [0, 1], got {self.idm_mask_prob}")
 
 
 def configs() -> dict[str, type]:
@@ -239,23 +262,7 @@ class Learner(QLearner):
 
     def build_extra_networks(self) -> None:
         cfg = self.cfg
-        bad = sorted(set(cfg.distill_losses) - set(DISTILL_LOSSES))
-        if bad:
-            raise ValueError(f"unknown distill_losses {bad}; valid: {', '.join(DISTILL_LOSSES)}")
-        if cfg.distill_q_loss not in Q_LOSSES:
-            raise ValueError(f"unknown distill_q_loss {cfg.distill_q_loss!r}; valid: {', '.join(Q_LOSSES)}")
-        if cfg.distill_temperature <= 0:
-            raise ValueError(f"distill_temperature must be > 0, got {cfg.distill_temperature}")
-        for name, valid in (("acting", ACTING), ("distill_mask", DISTILL_MASKS), ("distill_from", DISTILL_FROM),
-                            ("grad_clip", GRAD_CLIPS)):
-            if getattr(cfg, name) not in valid:
-                raise ValueError(f"unknown {name} {getattr(cfg, name)!r}; valid: {', '.join(valid)}")
-        if not 0.0 <= cfg.acting_teacher_prob <= 1.0:
-            raise ValueError(f"acting_teacher_prob must be in [0, 1], got {cfg.acting_teacher_prob}")
-        if cfg.student_td_weight < 0:
-            raise ValueError(f"student_td_weight must be >= 0, got {cfg.student_td_weight}")
-        if not 0.0 <= cfg.idm_mask_prob <= 1.0:
-            raise ValueError(f"idm_mask_prob must be in [0, 1], got {cfg.idm_mask_prob}")
+        cfg.validate()  # again, for configs built by hand rather than by build_config
         local_dim = agent_input_dim(self.obs_dim, self.n_agents, self.n_actions, cfg.obs_last_action, cfg.obs_agent_id)
         # The base class built a local-input agent: that is the student. The teacher replaces it
         # as self.agent so the base class's target-network handling covers the teacher.

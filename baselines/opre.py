@@ -60,6 +60,13 @@ class Config(PolicyLearnerConfig):
     # learns only through the KL (OPRE reduces to a K-head mixture policy).
     act_with_privileged: bool = True
 
+    def validate(self) -> None:
+        """Rules beyond the field types (build_config calls this, so a manifest is checked up front)."""
+        if self.n_options < 1:
+            raise ConfigError(f"opre: n_options must be >= 1, got {self.n_options}")
+        if self.kl_coef < 0:
+            raise ConfigError(f"opre: kl_coef must be >= 0, got {self.kl_coef}")
+
 
 def mixture_logits(option_logits: torch.Tensor, weight_logits: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
     """log sum_z w_z pi_z(a): option_logits [..., K, A] (masked), weight_logits [..., K], avail [..., A]
@@ -159,10 +166,7 @@ class Learner(PolicyLearner):
     actor_builder = staticmethod(build_actor)
 
     def __init__(self, cfg: Config, spec: EnvSpec, device: torch.device | str = "cpu"):
-        if cfg.n_options < 1:
-            raise ConfigError(f"opre: n_options must be >= 1, got {cfg.n_options}")
-        if cfg.kl_coef < 0:
-            raise ConfigError(f"opre: kl_coef must be >= 0, got {cfg.kl_coef}")
+        cfg.validate()  # again, for configs built by hand rather than by build_config
         super().__init__(cfg, spec, device)
         self.acting: nn.Module = PrivilegedActing(self.actor) if cfg.act_with_privileged else self.actor
 

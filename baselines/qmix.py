@@ -6,7 +6,7 @@ Everything QMIX needs is shared machinery: the recurrent agent, the hypernetwork
 
 from dataclasses import dataclass
 
-from marl.config import ValueLearnerConfig
+from marl.config import Mixer, ValueLearnerConfig
 from marl.value_learner import QLearner
 
 KIND = "value"
@@ -14,7 +14,7 @@ KIND = "value"
 
 @dataclass
 class Config(ValueLearnerConfig):
-    mixer: str = "qmix"
+    mixer: Mixer = "qmix"
 
 
 Learner = QLearner

@@ -73,6 +73,15 @@ class Config(PolicyLearnerConfig):
     feature_match_coef: float = 0.002  # beta, the paper's and its code's fm_coeff
     mc_samples: int = 10  # M, the paper's Monte Carlo draws at test time
 
+    def validate(self) -> None:
+        """Rules beyond the field types (build_config calls this, so a manifest is checked up front)."""
+        if not 0.0 <= self.clean_prob <= 1.0:
+            raise ConfigError(f"randnet: clean_prob must be in [0, 1], got {self.clean_prob}")
+        if self.mc_samples < 1:
+            raise ConfigError(f"randnet: mc_samples must be >= 1, got {self.mc_samples}")
+        if self.feature_match_coef < 0:
+            raise ConfigError(f"randnet: feature_match_coef must be >= 0, got {self.feature_match_coef}")
+
 
 def draw_random_conv(channels: int, generator: torch.Generator | None = None, samples: int | None = None,
                      device: torch.device | str | None = None) -> torch.Tensor:
@@ -245,12 +254,7 @@ class Learner(PolicyLearner):
     actor_builder = staticmethod(_build_training_actor)
 
     def __init__(self, cfg: Config, spec: EnvSpec, device: torch.device | str = "cpu"):
-        if not 0.0 <= cfg.clean_prob <= 1.0:
-            raise ConfigError(f"randnet: clean_prob must be in [0, 1], got {cfg.clean_prob}")
-        if cfg.mc_samples < 1:
-            raise ConfigError(f"randnet: mc_samples must be >= 1, got {cfg.mc_samples}")
-        if cfg.feature_match_coef < 0:
-            raise ConfigError(f"randnet: feature_match_coef must be >= 0, got {cfg.feature_match_coef}")
+        cfg.validate()  # again, for configs built by hand rather than by build_config
         super().__init__(cfg, spec, device)
         # Test-time draws and the first iteration's draw come from the global RNG, seeded by the run.
         draws = draw_layer(spec, samples=cfg.mc_samples).to(self.device)

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from marl.config import ValueLearnerConfig
+from marl.config import Mixer, ValueLearnerConfig
 from marl.value_learner import QLearner
 
 KIND = "value"
@@ -10,7 +10,7 @@ KIND = "value"
 
 @dataclass
 class Config(ValueLearnerConfig):
-    mixer: str = "vdn"
+    mixer: Mixer = "vdn"
 
 
 Learner = QLearner

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
-from marl.config import ValueLearnerConfig
+from marl.config import ConfigError, Mixer, ValueLearnerConfig
 from marl.controller import masked_q
 from marl.networks import RecurrentAgent, agent_input_dim
 from marl.value_learner import QLearner, mix_where, observed
@@ -37,12 +38,12 @@ KIND = "value"
 
 @dataclass
 class WQMixConfig(ValueLearnerConfig):
-    mixer: str = "qmix"  # the restricted (monotonic) Q_tot; "vdn" gives the WQMIX-VDN variant
+    mixer: Mixer = "qmix"  # the restricted (monotonic) Q_tot; "vdn" gives the WQMIX-VDN variant
     w: float = 0.1  # alpha in the paper: weight of transitions failing the condition
     hysteretic_qmix: bool = True  # True -> OW-QMIX, False -> CW-QMIX (reference name)
     # CW's "target above the best joint action's value" test: "central" = y > Q*_target(s, u_hat)
     # (paper, reference); "qtot" = y > Q_tot(s, u) (reference/methods.md wording).
-    cw_compare: str = "central"
+    cw_compare: Literal["central", "qtot"] = "central"
     central_loss: float = 1.0  # coefficient of the Q* TD loss (reference: always 1)
     qmix_loss: float = 1.0  # coefficient of the weighted Q_tot loss (reference: always 1)
     central_mixing_embed_dim: int = 256  # width of the feed-forward central mixer
@@ -105,7 +106,7 @@ class Learner(QLearner):
     def build_extra_networks(self) -> None:
         cfg, spec = self.cfg, self.spec
         if cfg.cw_compare not in ("central", "qtot"):
-            raise ValueError(f"cw_compare must be 'central' or 'qtot', got {cfg.cw_compare!r}")
+            raise ConfigError(f"cw_compare must be 'central' or 'qtot', got {cfg.cw_compare!r}")
         in_dim = agent_input_dim(self.obs_dim, self.n_agents, self.n_actions, cfg.obs_last_action, cfg.obs_agent_id)
         self.central_agent = RecurrentAgent(in_dim, self.n_actions * cfg.central_action_embed,
                                             cfg.central_rnn_hidden_dim).to(self.device)

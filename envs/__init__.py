@@ -6,6 +6,8 @@ Each family module provides:
 * ``list_scenarios() -> list[str]``
 * ``unavailable_reason(scenario) -> str | None`` - why the scenario cannot run on this machine
   (missing StarCraft II, missing Melting Pot bot assets), or None when it can;
+* ``scenario_options(scenario, options) -> options dataclass`` - the options checked by the family's
+  own rules without building an environment (manifest validation uses it; so does ``make``);
 * ``make(scenario, num_envs, seed, device, **options) -> BatchedEnv``.
 """
 
@@ -45,6 +47,7 @@ __all__ = [
     "family_module",
     "list_scenarios",
     "make_env",
+    "scenario_options",
     "unavailable_reason",
 ]
 
@@ -71,6 +74,12 @@ def _check_scenario(family: str, scenario: str) -> ModuleType:
 def unavailable_reason(family: str, scenario: str) -> str | None:
     """None when the scenario can run on this machine, else what is missing and how to get it."""
     return _check_scenario(family, scenario).unavailable_reason(scenario)
+
+
+def scenario_options(family: str, scenario: str, options: dict[str, Any]) -> Any:
+    """The scenario's resolved options (an options dataclass), checked by the family's own rules
+    without building the environment; raises EnvError saying what is wrong."""
+    return _check_scenario(family, scenario).scenario_options(scenario, options)
 
 
 def make_env(

@@ -27,13 +27,13 @@ sequence of actions yields the same episodes.
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import torch
+
+from marl.typed import parse_fields
 
 
 class EnvError(ValueError):
@@ -157,32 +157,7 @@ class BatchedEnv(ABC):
 
 
 def parse_options(options_cls: type, options: Mapping[str, Any], where: str) -> Any:
-    """Build an options dataclass from user keys; unknown keys or wrong types are errors that list
-    the valid keys and their types."""
-    fields = {f.name: f for f in dataclasses.fields(options_cls)}
-    hints = typing.get_type_hints(options_cls)
-    unknown = sorted(set(options) - set(fields))
-    if unknown:
-        valid = ", ".join(f"{n} ({_type_name(hints[n])})" for n in fields)
-        raise EnvError(f"unknown option(s) {unknown} for {where}; valid options: {valid}")
-    values = {}
-    for name, value in options.items():
-        expected = hints[name]
-        if not _type_ok(value, expected):
-            raise EnvError(f"option {name!r} for {where} must be {_type_name(expected)}, got {value!r}")
-        values[name] = float(value) if expected is float else value
-    return options_cls(**values)
-
-
-def _type_ok(value: Any, expected: Any) -> bool:
-    if expected is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if expected is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(expected, type):
-        return isinstance(value, expected)
-    return True  # complex annotations (unions, generics) are checked by the dataclass itself
-
-
-def _type_name(t: Any) -> str:
-    return t if isinstance(t, str) else getattr(t, "__name__", str(t))
+    """Build an options dataclass from user keys: unknown keys, wrong types and values outside a
+    ``Literal`` choice are EnvErrors that list the valid options or choices (the same coercion as
+    learner configs, marl/typed.py); the dataclass's ``__post_init__`` then checks its own rules."""
+    return options_cls(**parse_fields(options_cls, options, where, EnvError, noun="option"))

@@ -42,6 +42,11 @@ class MatrixGameOptions:
     # Length of the constant observation/state vector (the reference uses 5).
     obs_dim: int = 5
 
+    def __post_init__(self) -> None:  # refused where the options are made (manifest validation too)
+        if self.obs_dim < 1:
+            raise EnvError(f"{FAMILY}: obs_dim must be >= 1, got {self.obs_dim}")
+        _payoff_tensor(self.payoff)
+
 
 SCENARIOS: dict[str, dict[str, Any]] = {"wqmix_payoff": {}}
 
@@ -54,11 +59,16 @@ def unavailable_reason(scenario: str) -> str | None:
     return None  # pure torch
 
 
-def make(scenario: str, num_envs: int = 1, seed: int = 0, device: str | torch.device = "cpu",
-         **options: Any) -> "MatrixGameEnv":
+def scenario_options(scenario: str, options: dict[str, Any]) -> MatrixGameOptions:
+    """The scenario's options with the user's on top, checked (no environment is built)."""
     if scenario not in SCENARIOS:
         raise UnknownChoiceError(f"{FAMILY} scenario", scenario, list(SCENARIOS))
-    opts = parse_options(MatrixGameOptions, {**SCENARIOS[scenario], **options}, f"{FAMILY} scenario {scenario!r}")
+    return parse_options(MatrixGameOptions, {**SCENARIOS[scenario], **options}, f"{FAMILY} scenario {scenario!r}")
+
+
+def make(scenario: str, num_envs: int = 1, seed: int = 0, device: str | torch.device = "cpu",
+         **options: Any) -> "MatrixGameEnv":
+    opts = scenario_options(scenario, options)
     return MatrixGameEnv(scenario, opts, num_envs=num_envs, seed=seed, device=torch.device(device))
 
 
@@ -76,8 +86,6 @@ class MatrixGameEnv(BatchedEnv):
     """B copies of the one-step two-agent matrix game."""
 
     def __init__(self, scenario: str, options: MatrixGameOptions, num_envs: int, seed: int, device: torch.device):
-        if options.obs_dim < 1:
-            raise EnvError(f"{FAMILY}: obs_dim must be >= 1, got {options.obs_dim}")
         self.device = torch.device(device)
         self.payoff = _payoff_tensor(options.payoff).to(self.device)
         A = self.payoff.shape[0]

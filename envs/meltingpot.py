@@ -58,12 +58,13 @@ from dataclasses import dataclass
 from multiprocessing import shared_memory
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from envs.base import BackendUnavailableError, BatchedEnv, EnvError, EnvSpec, StepOutput, parse_options
+from envs.quiet import quiet_import
 
 FAMILY = "meltingpot"
 # ASSETS_VERSION in dm-meltingpot 2.4.1's setup.py; used when the install record is missing.
@@ -82,20 +83,32 @@ class MeltingPotOptions:
     # so more processes than cores only add context switches: 8 copies of a 2-player substrate on 2
     # busy cores stepped at 1.8k env steps/s as 8 workers, 3.3k as 2 and 3.8k as 1.
     envs_per_worker: int = 0
-    start_method: str = "forkserver"  # 'forkserver' or 'spawn' (never 'fork': the parent has torch)
+    start_method: Literal["forkserver", "spawn"] = "forkserver"  # never 'fork': the parent has torch
     all_extra_obs: bool = False  # True: every per-player observation key, not only the permitted ones
     # Substrates only: end episodes after this many steps (truncated) instead of the substrate's own
     # cap; 0 keeps the substrate's. For short debugging runs and tests.
     max_episode_frames: int = 0
     worker_timeout_s: float = 600.0  # how long to wait for a worker's answer before giving up
 
+    def __post_init__(self) -> None:  # refused where the options are made (manifest validation too)
+        if self.envs_per_worker < 0:
+            raise EnvError(f"envs_per_worker must be >= 1 (or 0 for auto), got {self.envs_per_worker}")
+        if self.max_episode_frames < 0:
+            raise EnvError(f"max_episode_frames must be >= 0, got {self.max_episode_frames}")
+        if self.worker_timeout_s <= 0:
+            raise EnvError(f"worker_timeout_s must be > 0, got {self.worker_timeout_s}")
+
 
 # Library access (lazy: importing meltingpot imports TensorFlow, ~4 s) ---------------------------
 
 
 def _meltingpot() -> ModuleType:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's import banner is noise here
-    import meltingpot  # noqa: F401  (imports bot, scenario, substrate)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's later INFO logs are noise here
+    if "meltingpot" not in sys.modules:
+        # TensorFlow's native import banner (absl, "Could not find cuda drivers") bypasses the variable.
+        with quiet_import():
+            import meltingpot  # noqa: F401  (imports bot, scenario, substrate)
+    import meltingpot
 
     return meltingpot
 
@@ -293,7 +306,7 @@ class _Copy:
     def build(self, seed: int) -> None:
         if self.env is not None:
             self.env.close()
-        import meltingpot
+        meltingpot = _meltingpot()  # in a worker process: imported here, quietly
 
         # The substrate (and the scenario's bot sampling) draw from Python's global `random`.
         random.seed(seed)
@@ -607,8 +620,16 @@ class MeltingPotEnv(BatchedEnv):
         }
 
 
-def make(scenario: str, num_envs: int, seed: int, device: torch.device, **options: Any) -> MeltingPotEnv:
+def scenario_options(scenario: str, options: dict[str, Any]) -> MeltingPotOptions:
+    """The user's options, checked (no substrate is built, no worker started)."""
     opts = parse_options(MeltingPotOptions, options, f"meltingpot scenario {scenario!r}")
+    if opts.max_episode_frames and scenario in _scenarios():
+        raise EnvError("max_episode_frames applies to substrates only; scenarios keep Melting Pot's episode rules")
+    return opts
+
+
+def make(scenario: str, num_envs: int, seed: int, device: torch.device, **options: Any) -> MeltingPotEnv:
+    opts = scenario_options(scenario, options)
     reason = unavailable_reason(scenario)
     if reason is not None:  # make_env checks too; this covers direct calls
         raise BackendUnavailableError(reason)

@@ -89,6 +89,9 @@ class PredatorPreyOptions:
     time_reward: float = 0.0  # reward_time, added every step
     episode_limit: int = 200
 
+    def __post_init__(self) -> None:
+        _validate(self)  # options that cannot work are refused where they are made (manifest validation too)
+
 
 SCENARIOS: dict[str, dict[str, Any]] = {
     # The standard "difficulty-enhanced" predator-prey of WQMIX/DDN.
@@ -106,10 +109,16 @@ def unavailable_reason(scenario: str) -> str | None:
     return None  # pure torch: runs anywhere
 
 
-def make(scenario: str, num_envs: int = 1, seed: int = 0, device: str | torch.device = "cpu", **options: Any) -> "PredatorPreyEnv":
+def scenario_options(scenario: str, options: dict[str, Any]) -> PredatorPreyOptions:
+    """The scenario's options with the user's on top, checked by the task's own rules (cheap: no
+    environment is built). Raises EnvError saying what is wrong."""
     if scenario not in SCENARIOS:
         raise UnknownChoiceError(f"{FAMILY} scenario", scenario, list(SCENARIOS))
-    opts = parse_options(PredatorPreyOptions, {**SCENARIOS[scenario], **options}, f"{FAMILY} scenario {scenario!r}")
+    return parse_options(PredatorPreyOptions, {**SCENARIOS[scenario], **options}, f"{FAMILY} scenario {scenario!r}")
+
+
+def make(scenario: str, num_envs: int = 1, seed: int = 0, device: str | torch.device = "cpu", **options: Any) -> "PredatorPreyEnv":
+    opts = scenario_options(scenario, options)
     return PredatorPreyEnv(scenario, opts, num_envs=num_envs, seed=seed, device=torch.device(device))
 
 
@@ -122,7 +131,9 @@ def _validate(o: PredatorPreyOptions) -> None:
     if o.n_stags < 0 or o.n_hares < 0 or o.n_stags + o.n_hares < 1:
         problems.append("n_stags and n_hares must be >= 0 with at least one prey")
     if o.n_agents + o.n_stags + o.n_hares > o.grid_height * o.grid_width:
-        problems.append("agents and prey do not fit on the grid")
+        problems.append(f"agents and prey do not fit on the grid: {o.n_agents} agents + {o.n_stags + o.n_hares} prey "
+                        f"need {o.n_agents + o.n_stags + o.n_hares} cells, a {o.grid_height}x{o.grid_width} grid has "
+                        f"{o.grid_height * o.grid_width} (enlarge grid_height/grid_width or use fewer agents/prey)")
     if o.agent_view_radius < 0:
         problems.append("agent_view_radius must be >= 0")
     for name in ("capture_agents_needed", "hare_capture_agents_needed"):
@@ -131,7 +142,7 @@ def _validate(o: PredatorPreyOptions) -> None:
     if o.episode_limit < 1:
         problems.append("episode_limit must be >= 1")
     if problems:
-        raise EnvError(f"bad {FAMILY} options {dataclasses.asdict(o)}: " + "; ".join(problems))
+        raise EnvError(f"bad {FAMILY} options: " + "; ".join(problems) + f" (all options: {dataclasses.asdict(o)})")
 
 
 class PredatorPreyEnv(BatchedEnv):
@@ -143,8 +154,7 @@ class PredatorPreyEnv(BatchedEnv):
     """
 
     def __init__(self, scenario: str, options: PredatorPreyOptions, num_envs: int, seed: int, device: torch.device):
-        _validate(options)
-        o = self.options = options
+        o = self.options = options  # valid: PredatorPreyOptions checks itself
         self.device = dev = torch.device(device)
         self.B, self.N, self.M = num_envs, o.n_agents, o.n_stags + o.n_hares
         self.H, self.W = o.grid_height, o.grid_width

@@ -61,6 +61,7 @@ import sys
 import threading
 import time
 import traceback
+import typing
 import weakref
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -114,7 +115,8 @@ CAPABILITY_MAP_FILE = "32x32_flat"  # the SC2 map all 10gen_<race> maps are play
 CAPABILITY_MAP_SIZE = 32
 
 # pysc2's difficulty codes as smacv2 takes them ("7" = VeryHard, the SMAC standard)
-DIFFICULTIES: tuple[str, ...] = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "A")
+Difficulty = typing.Literal["1", "2", "3", "4", "5", "6", "7", "8", "9", "A"]
+DIFFICULTIES: tuple[str, ...] = typing.get_args(Difficulty)
 KNOWN_SC2_BUILDS = {75689: "4.10.0", 75800: "4.10.1"}  # from pysc2's run_configs/lib.py
 
 SMACV2_INSTALL = "pip install git+https://github.com/oxwhirl/smacv2.git"
@@ -144,7 +146,7 @@ _STOP_GRACE_S = 5.0  # between SIGTERM and SIGKILL of a game process
 class SmacOptions:
     """``smacv2.env.StarCraft2Env`` arguments; defaults are smacv2's (= pymarl's sc2.yaml)."""
 
-    difficulty: str = "7"  # built-in AI level, one of DIFFICULTIES
+    difficulty: Difficulty = "7"  # built-in AI level, one of DIFFICULTIES
     step_mul: int = 8  # game steps per agent step
     move_amount: float = 2.0  # how far a move action goes
     game_version: str = ""  # SC2 version to launch, e.g. "4.10"; "" = newest installed build

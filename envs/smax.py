@@ -33,7 +33,6 @@ takes precedence), which brings a make() down to about 2 s of tracing.
 from __future__ import annotations
 
 import os
-import sys
 
 # Must be set before JAX initialises its CPU backend (at the first computation).
 _XLA_CPU_FLAG = "--xla_cpu_multi_thread_eigen"
@@ -41,10 +40,11 @@ if _XLA_CPU_FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_XLA_CPU_FLAG}=false".strip()
 
 import dataclasses  # noqa: E402
+import typing  # noqa: E402
 import warnings  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from importlib.metadata import version  # noqa: E402
-from typing import Any, Callable, NamedTuple  # noqa: E402
+from typing import Any, Callable, Literal, NamedTuple  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -57,13 +57,15 @@ if not jax.config.jax_compilation_cache_dir:
     if _cache_dir != "off":
         jax.config.update("jax_compilation_cache_dir", _cache_dir)
 
-# Importing jaxmarl imports its Brax wrapper, which silences stdout/stderr and then "restores" them to
-# sys.__stdout__/__stderr__, discarding any redirection in place (pytest's capture, a logger's stream).
-_streams = (sys.stdout, sys.stderr)
-from jaxmarl.environments.smax import HeuristicEnemySMAX  # noqa: E402
-from jaxmarl.environments.smax.smax_env import MAP_NAME_TO_SCENARIO  # noqa: E402
+from envs.quiet import quiet_import  # noqa: E402
 
-sys.stdout, sys.stderr = _streams
+# Importing jaxmarl prints "Importing submoduled environments..." and imports its Brax wrapper, which
+# silences stdout/stderr and then "restores" them to sys.__stdout__/__stderr__, discarding any
+# redirection in place (pytest's capture, a logger's stream). quiet_import drops the print and puts
+# the streams back.
+with quiet_import():
+    from jaxmarl.environments.smax import HeuristicEnemySMAX  # noqa: E402
+    from jaxmarl.environments.smax.smax_env import MAP_NAME_TO_SCENARIO  # noqa: E402
 
 from envs.base import (  # noqa: E402
     BatchedEnv,
@@ -76,21 +78,23 @@ from envs.base import (  # noqa: E402
 
 FAMILY = "smax"
 BACKEND = "SMAX (jaxmarl) - an embedded stand-in for SMAC, not StarCraft II"
-ATTACK_MODES = ("closest", "random")
-OBSERVATION_TYPES = ("unit_list", "conic")
+AttackMode = Literal["closest", "random"]
+ObservationType = Literal["unit_list", "conic"]
+ATTACK_MODES = typing.get_args(AttackMode)
+OBSERVATION_TYPES = typing.get_args(ObservationType)
 
 
 @dataclass(frozen=True)
 class SMAXOptions:
     """Scenario options; the defaults are SMAX's and HeuristicEnemySMAX's own."""
 
-    attack_mode: str = "closest"  # heuristic enemy's choice of target: "closest" or "random"
+    attack_mode: AttackMode = "closest"  # heuristic enemy's choice of target: "closest" or "random"
     enemy_shoots: bool = True  # False: the enemy only moves (an easy sanity-check task)
     max_steps: int = 100  # SMAX's time limit: episodes are truncated after max_steps + 1 steps
     won_battle_bonus: float = 1.0  # reward added on the step that wins the battle
     walls_cause_death: bool = True  # units touching the map edge die
     see_enemy_actions: bool = True  # enemies' last actions are part of the observations
-    observation_type: str = "unit_list"  # "unit_list" (SMAC-like) or "conic" (sectors around the unit)
+    observation_type: ObservationType = "unit_list"  # "unit_list" (SMAC-like) or "conic" (sectors around the unit)
     world_steps_per_env_step: int = 8  # physics sub-steps per agent decision
     # SMAX's world_state carries raw positions (0..32), cooldowns in seconds and unit-type indices;
     # SMAC's state is normalised, and QMIX-style hypernetwork mixers blow up on the raw scale
@@ -117,10 +121,15 @@ def unavailable_reason(scenario: str) -> str | None:
     return None  # SMAX is pure JAX: every registered map runs wherever jaxmarl is installed
 
 
-def make(scenario: str, num_envs: int, seed: int, device: torch.device, **options: Any) -> "SMAXEnv":
+def scenario_options(scenario: str, options: dict[str, Any]) -> SMAXOptions:
+    """The user's options, checked (no environment is built, nothing is compiled)."""
     if scenario not in MAP_NAME_TO_SCENARIO:
         raise UnknownChoiceError("smax scenario", scenario, list_scenarios())
-    opts = parse_options(SMAXOptions, options, f"smax scenario {scenario!r}")
+    return parse_options(SMAXOptions, options, f"smax scenario {scenario!r}")
+
+
+def make(scenario: str, num_envs: int, seed: int, device: torch.device, **options: Any) -> "SMAXEnv":
+    opts = scenario_options(scenario, options)
     return SMAXEnv(scenario, num_envs, seed, torch.device(device), opts)
 
 

@@ -10,31 +10,40 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, Literal, Mapping
+
+from marl.typed import choices, parse_fields
 
 
 class ConfigError(ValueError):
     """Unknown key, wrong type or bad value in a learner configuration; the message lists valid keys."""
 
 
+Mixer = Literal["qmix", "vdn"]
+Optimizer = Literal["rmsprop", "adam"]
+
+
 @dataclass
 class ValueLearnerConfig:
     """Everything a PyMARL-style value learner needs. Episode counts are in episodes, steps in env
-    steps (joint transitions summed over parallel environments)."""
+    steps (joint transitions summed over parallel environments).
 
-    PROFILES: ClassVar[tuple[str, ...]] = ("pymarl", "pymarl2")
-    profile: str = "pymarl"
+    Choice fields are ``Literal`` types: ``build_config`` refuses any other value, listing the
+    valid ones. A subclass may define ``validate()`` for rules across fields or ranges (raising
+    ConfigError); ``build_config`` calls it, so a manifest breaking them is refused at validation."""
+
+    profile: Literal["pymarl", "pymarl2"] = "pymarl"
     # Agent network (shared parameters): obs ++ last action ++ agent id -> FC -> GRU -> FC.
     hidden_dim: int = 64
     obs_last_action: bool = True
     obs_agent_id: bool = True
     # Mixer
-    mixer: str = "qmix"  # "qmix" | "vdn"
+    mixer: Mixer = "qmix"
     mixing_embed_dim: int = 32
     hypernet_embed: int = 64
     hypernet_layers: int = 2
     # Optimisation
-    optimizer: str = "rmsprop"  # "rmsprop" | "adam"
+    optimizer: Optimizer = "rmsprop"
     lr: float = 5e-4
     optim_alpha: float = 0.99  # RMSprop smoothing
     optim_eps: float = 1e-5
@@ -77,38 +86,25 @@ SCENARIO_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
 def build_config(cls: type, overrides: Mapping[str, Any] | None = None, scenario: str | None = None,
                  where: str = "algorithm config") -> Any:
     """Create ``cls`` from its profile (``overrides['profile']`` or the class default), the
-    profile's per-scenario advice, then the user's overrides, validating every key and type."""
+    profile's per-scenario advice, then the user's overrides, validating every key, type and choice
+    (marl/typed.py) and then the config's own ``validate()`` rules."""
     overrides = dict(overrides or {})
     valid = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
-    unknown = sorted(set(overrides) - set(valid))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in {where} for {cls.__name__}; valid keys: {', '.join(valid)}")
     profile = overrides.get("profile", valid["profile"].default if "profile" in valid else "pymarl")
-    allowed = getattr(cls, "PROFILES", tuple(PROFILES))  # the profiles that make sense for this learner kind
+    # The profiles that make sense for this learner kind: its ``profile`` field's Literal.
+    allowed = choices(hints["profile"]) if "profile" in hints else tuple(PROFILES)
     if profile not in allowed:
         raise ConfigError(f"unknown profile {profile!r} in {where}; valid profiles: {', '.join(allowed)}")
     values: dict[str, Any] = dict(PROFILES[profile])
     if scenario is not None:
         values.update(SCENARIO_OVERRIDES.get((profile, scenario), {}))
     values = {k: v for k, v in values.items() if k in valid}
-    for key, value in overrides.items():
-        values[key] = _coerce(value, hints[key], key, where)
-    return cls(**values)
-
-
-def _coerce(value: Any, expected: Any, key: str, where: str) -> Any:
-    origin = typing.get_origin(expected)
-    if expected is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if expected in (int, str, bool):
-        if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
-            return value
-    elif origin in (list, tuple) and isinstance(value, (list, tuple)):
-        return list(value) if origin is list else tuple(value)
-    elif expected is Any:
-        return value
-    raise ConfigError(f"{where}: {key!r} must be {getattr(expected, '__name__', expected)}, got {value!r}")
+    values.update(parse_fields(cls, overrides, where, ConfigError))
+    cfg = cls(**values)
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    return cfg
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -11,13 +11,13 @@ larger budgets; set ``lr``/``critic_lr`` in a manifest to follow it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Literal
 
 
 @dataclass
 class PolicyLearnerConfig:
-    PROFILES: ClassVar[tuple[str, ...]] = ("mappo",)
-    profile: str = "mappo"
+    # Choice fields are Literal types, checked by marl/config.py build_config (as the value learners').
+    profile: Literal["mappo"] = "mappo"
     # Interaction: each iteration collects rollout_length steps from each of num_envs copies.
     num_envs: int = 8
     rollout_length: int = 200  # MAPPO's episode_length (steps per copy between updates)
@@ -57,5 +57,5 @@ class PolicyLearnerConfig:
     gae_lambda: float = 0.95
     # Evaluation: "auto" = greedy on SMAC-like tasks (MAPPO's deterministic eval), sampled actions
     # elsewhere (Melting Pot policies are evaluated as stochastic policies); or "greedy" / "sample".
-    eval_actions: str = "auto"
+    eval_actions: Literal["auto", "greedy", "sample"] = "auto"
     eval_num_envs: int = 4  # parallel test copies (Melting Pot copies are processes)

@@ -26,6 +26,7 @@ from typing import Any, Mapping
 import torch
 
 import envs
+from marl.config import ConfigError
 from marl.policy_runner import LEARNER, Episodes, RolloutCollector, SelfPlayPlayers, play_episodes
 from marl.population import POLICY_FILE, save_policy
 from marl.trainer import Budget, ProgressFn, Trainer
@@ -35,7 +36,7 @@ def greedy_eval(cfg: Any, spec: envs.EnvSpec) -> bool:
     if cfg.eval_actions == "auto":
         return bool(spec.has_won)
     if cfg.eval_actions not in ("greedy", "sample"):
-        raise ValueError(f"eval_actions must be 'auto', 'greedy' or 'sample', got {cfg.eval_actions!r}")
+        raise ConfigError(f"eval_actions must be 'auto', 'greedy' or 'sample', got {cfg.eval_actions!r}")
     return cfg.eval_actions == "greedy"
 
 

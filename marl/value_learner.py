@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from envs.base import EnvSpec
-from marl.config import ValueLearnerConfig
+from marl.config import ConfigError, ValueLearnerConfig
 from marl.controller import AgentController, masked_q
 from marl.networks import QMixer, RecurrentAgent, VDNMixer, agent_input_dim
 
@@ -60,7 +60,7 @@ def make_mixer(cfg: ValueLearnerConfig, spec: EnvSpec) -> nn.Module:
         return QMixer(spec.n_agents, state_dim, cfg.mixing_embed_dim, cfg.hypernet_embed, cfg.hypernet_layers)
     if cfg.mixer == "vdn":
         return VDNMixer()
-    raise ValueError(f"unknown mixer {cfg.mixer!r}; valid: qmix, vdn")
+    raise ConfigError(f"unknown mixer {cfg.mixer!r}; valid: qmix, vdn")
 
 
 def make_optimizer(cfg: ValueLearnerConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -68,7 +68,7 @@ def make_optimizer(cfg: ValueLearnerConfig, params: list[nn.Parameter]) -> torch
         return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.optim_alpha, eps=cfg.optim_eps)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: rmsprop, adam")
+    raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; valid: rmsprop, adam")
 
 
 def mix_where(mixer: nn.Module, agent_values: torch.Tensor, states: torch.Tensor, where: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -32,7 +33,7 @@ from typing import Any, Mapping
 import yaml
 
 import envs
-from envs.base import EnvError, parse_options
+from envs.base import EnvError
 from marl.config import ConfigError
 from marl.registry import get_algorithm, list_algorithms
 
@@ -47,18 +48,11 @@ SCENARIO_KEYS = ("family", "scenario", "options", "overrides", "budget")
 ALGORITHM_KEYS = ("name", "label", "group", "overrides", "scenarios")
 RESOURCE_KEYS = ("cpus", "gpus")
 DEFAULT_IMAGE = "marl-repro-suite:latest"
+SUITE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 # Trainers by algorithm kind (marl/registry.py ``Algorithm.kind``): marl/train.py, marl/policy_train.py.
 TRAINER_KINDS = ("value", "policy")
 POLICY_KIND = "policy"
-
-# Env option dataclasses per family, to validate options without building an environment.
-_OPTION_CLASSES = {
-    "predator_prey": "PredatorPreyOptions",
-    "smax": "SMAXOptions",
-    "meltingpot": "MeltingPotOptions",
-    "matrix_game": "MatrixGameOptions",
-}
 
 
 class ManifestError(ValueError):
@@ -232,7 +226,13 @@ def load_suite(name_or_path: str, check_availability: bool = True) -> Suite:
     ``check_availability=False`` skips the probes for missing backends on this machine (for the
     docker backend, where the image - not this machine - must provide them)."""
     path = resolve_manifest(name_or_path)
-    text = path.read_text()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(path, [("", f"not a YAML text file (byte {exc.start} is not UTF-8 text); "
+                                        "a manifest is a .yaml text file like suites/smoke.yaml")]) from None
+    except OSError as exc:
+        raise ManifestError(path, [("", f"cannot be read: {exc.strerror or exc}")]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -289,6 +289,10 @@ class _Validator:
         if not self.keys(data, "", TOP_KEYS, required=("name", "paper", "budget", "seeds", "scenarios", "algorithms")):
             raise ManifestError(self.path, self.problems)
         name = self.string(data, "name", "name") or "?"
+        if name != "?" and not SUITE_NAME.fullmatch(name):
+            # The name is the suite's directory under --out: no separators, nothing hidden.
+            self.fail("name", f"must be letters, digits, '_', '-' or '.' (not starting with '.' or '-'): it names "
+                              f"the suite's directory under --out; got {name!r}")
         paper = self.string(data, "paper", "paper")
         if paper is not None and paper not in PAPERS:
             self.fail("paper", f"unknown paper {paper!r}; valid choices: {', '.join(PAPERS)}")
@@ -392,10 +396,10 @@ class _Validator:
         return entries
 
     def env_options(self, family: str, scenario: str, options: dict, where: str) -> dict[str, Any]:
-        module = envs.family_module(family)
-        cls = module.options_class(scenario) if family == "smac" else getattr(module, _OPTION_CLASSES[family])
         try:
-            parsed = parse_options(cls, options, f"{family} scenario {scenario!r}")
+            # The family's own rules (types, choices, and e.g. whether the agents fit on the grid),
+            # checked without building the environment.
+            parsed = envs.scenario_options(family, scenario, options)
         except EnvError as exc:
             self.fail(where, str(exc))
             return options

@@ -2,7 +2,9 @@
 
 Reliability rules (DESIGN.md):
 * finished runs are skipped; interrupted runs resume from their checkpoint (the trainer does it);
-* a failed run is retried up to ``retries`` more times in this invocation and never stops the others;
+* a failed run is retried up to ``retries`` more times in this invocation and never stops the others,
+  unless its failure cannot change on a second try (status.json ``retryable: false``: a bad config or
+  environment option, suites/worker.py), which is reported at once;
 * corrupt run dirs are reported and left untouched; so is everything already finished;
 * first Ctrl-C (or SIGTERM): no new runs, running ones stop at their next safe point; second: kill.
 """
@@ -221,7 +223,8 @@ def execute(items: list[PlanItem], store: SuiteStore, backend: Backend, suite: S
         [it.spec for it in todo], backend, suite, provenance, retries, threads, progress,
         prepare=store.prepare,
         on_failed=lambda spec, error: _record_failure(store.run_dir(spec.id), error),
-        attempts=lambda spec: _attempts(store.run_dir(spec.id)))
+        attempts=lambda spec: _attempts(store.run_dir(spec.id)),
+        retryable=lambda spec: _retryable(store.run_dir(spec.id)))
     progress.close()
     summary.outcomes.extend(final[it.spec.id] for it in todo if it.spec.id in final)
     summary.interrupted = stopping and any(o.state in ("interrupted", "pending") for o in summary.outcomes)
@@ -232,9 +235,10 @@ def execute(items: list[PlanItem], store: SuiteStore, backend: Backend, suite: S
 def run_jobs(specs: list[RunSpec], backend: Backend, suite: Suite, provenance: dict[str, Any], retries: int,
              threads: int | None, progress: Progress, prepare: Callable[[RunSpec], Path],
              on_failed: Callable[[RunSpec, str | None], None], attempts: Callable[[RunSpec], int],
-             task: str = "train", requests: dict[str, dict[str, Any]] | None = None) -> tuple[dict[str, Outcome], bool]:
-    """Submit one ``task`` job per spec (at most ``backend.slots()`` at once), retry failures, stop on
-    Ctrl-C. Returns (an outcome per spec, whether it was stopped)."""
+             task: str = "train", requests: dict[str, dict[str, Any]] | None = None,
+             retryable: Callable[[RunSpec], bool] = lambda spec: True) -> tuple[dict[str, Outcome], bool]:
+    """Submit one ``task`` job per spec (at most ``backend.slots()`` at once), retry failures that
+    ``retryable`` allows, stop on Ctrl-C. Returns (an outcome per spec, whether it was stopped)."""
     queue = collections.deque(specs)
     tries: dict[str, int] = collections.Counter()
     active: dict[str, RunSpec] = {}
@@ -272,7 +276,10 @@ def run_jobs(specs: list[RunSpec], backend: Backend, suite: Suite, provenance: d
                 state, error = event["state"], event.get("error")
                 if state == "failed":
                     on_failed(spec, error)
-                    if tries[spec.id] <= retries and not stopping:
+                    if not retryable(spec):
+                        progress.line(f"not retried: {spec.id} {spec.describe()} fails the same way on every try "
+                                      "(fix the manifest or the code, then rerun)")
+                    elif tries[spec.id] <= retries and not stopping:
                         progress.line(f"retry  {spec.id} {spec.describe()} (attempt {tries[spec.id] + 1} of {retries + 1})")
                         queue.append(spec)
                         continue
@@ -292,6 +299,14 @@ def _record_failure(run_dir: Path, error: str | None) -> None:
         status = {}
     if status.get("state") != "failed":
         write_status(run_dir, state="failed", error=error, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+
+def _retryable(run_dir: Path) -> bool:
+    """False when the worker recorded a failure no retry can fix (suites/worker.py DETERMINISTIC)."""
+    try:
+        return read_json_file(run_dir / STATUS).get("retryable") is not False
+    except (OSError, ValueError):
+        return True
 
 
 def _attempts(run_dir: Path) -> int:

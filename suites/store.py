@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import socket
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,31 @@ class SuiteStore:
     def run_dir(self, run_id: str) -> Path:
         return self.runs / run_id
 
+    def unusable(self, write: bool = True) -> str | None:
+        """Why this store cannot be used, or None; creates nothing. A path on the way to the suite's
+        runs that exists but is not a directory is always a problem; with ``write``, so is a
+        directory that cannot be written (tried, not guessed from permission bits: root ignores them)."""
+        chain = [self.runs, self.root, self.out, *self.out.parents]
+        deepest = next(p for p in chain if os.path.lexists(p))
+        if not deepest.is_dir():
+            if deepest == self.out:
+                return f"--out {self.out} exists and is not a directory; choose another --out (or move it away)"
+            return (f"{deepest} exists and is not a directory, so the suite directory {self.root} cannot be "
+                    "created there; choose another --out (or move it away)")
+        if not write:
+            return None
+        # Every directory this run writes in: the suite's, or the nearest one that exists (it is created
+        # there), and the runs directory when it exists.
+        targets = [deepest if deepest != self.runs else self.root] + ([self.runs] if self.runs.is_dir() else [])
+        for directory in targets:
+            try:
+                with tempfile.TemporaryFile(dir=directory):  # unnamed where the OS allows; removed at once
+                    pass
+            except OSError as exc:
+                return (f"cannot write in {directory} ({exc.strerror or exc}), so the run store under --out "
+                        f"{self.out} cannot be created or updated; choose a writable --out")
+        return None
+
     # Lock -----------------------------------------------------------------------------------
 
     def acquire(self, command: str = "") -> None:
@@ -174,6 +200,9 @@ class SuiteStore:
         atomic_write_json(run_dir / SPEC, spec.to_json())
         if not (run_dir / STATUS).exists():
             write_status(run_dir, state="pending", attempts=0)
+        elif read_json_file(run_dir / STATUS).get("retryable") is not None:
+            # A new attempt: an earlier attempt's "not retryable" verdict must not stick to it.
+            write_status(run_dir, retryable=None)
         return run_dir
 
     def existing_run_ids(self) -> Iterator[str]:

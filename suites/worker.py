@@ -7,6 +7,10 @@ an :class:`EventSink`. A stop request (SIGTERM to ``python -m suites.worker``, t
 flag, the parent process dying) raises from the trainer's progress callback, so the run stops at the
 next safe point with its last checkpoint intact and status back to pending.
 
+A failure is recorded in status.json with ``retryable``: false for errors that fail the same way on
+every try (a bad learner config or environment option, a missing backend: :data:`DETERMINISTIC`),
+which the orchestrator then reports at once instead of retrying.
+
 ``python -m suites.worker RUN_DIR`` prints its events as JSON lines prefixed with ``EVENT_PREFIX``
 on stdout (anything else printed there is ordinary log output); its exit code is 0 done,
 1 failed, 3 interrupted.
@@ -26,6 +30,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from envs.base import BackendUnavailableError, EnvError
+from marl.config import ConfigError
 from suites.provenance import cpu_model, image_provenance
 from suites.store import SPEC, STATUS, read_json_file, write_status, now
 
@@ -34,6 +40,12 @@ EXIT_DONE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 3
 RUN_LOCK = ".run.lock"
 RUN_LOCK_WAIT_S = 120.0  # an orphaned worker of a killed driver stops at its next safe point
 SUMMARY_KEYS = ("test_win_rate", "test_return_mean", "train_return_mean", "epsilon")
+# Errors a second attempt cannot fix (the same spec, the same machine): not retried.
+DETERMINISTIC: tuple[type[BaseException], ...] = (ConfigError, EnvError, BackendUnavailableError)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return not isinstance(exc, DETERMINISTIC)
 
 
 class StopRequested(Exception):
@@ -108,8 +120,8 @@ def execute(run_dir: str | Path, sink: EventSink, backend: str, provenance_extra
             return "interrupted", None
         previous = read_json_file(run_dir / STATUS) if (run_dir / STATUS).exists() else {}
         attempts = int(previous.get("attempts", 0))
-        write_status(run_dir, state="running", attempts=attempts + 1, error=None, started_at=now(), finished_at=None,
-                     backend=backend, host=socket.gethostname())
+        write_status(run_dir, state="running", attempts=attempts + 1, error=None, retryable=None, started_at=now(),
+                     finished_at=None, backend=backend, host=socket.gethostname())
         sink.emit({"event": "start", "run": run_id, "attempt": attempts + 1, "pid": os.getpid()})
         throttle = _Throttle()
 
@@ -131,8 +143,9 @@ def execute(run_dir: str | Path, sink: EventSink, backend: str, provenance_extra
         except BaseException as exc:  # recorded, then reported; the orchestrator decides on retries
             error = f"{type(exc).__name__}: {exc}"
             tb = traceback.format_exc(limit=-4)
-            write_status(run_dir, state="failed", error=error, traceback=tb, finished_at=now())
-            sink.emit({"event": "end", "run": run_id, "state": "failed", "error": error})
+            retryable = is_retryable(exc)
+            write_status(run_dir, state="failed", error=error, traceback=tb, retryable=retryable, finished_at=now())
+            sink.emit({"event": "end", "run": run_id, "state": "failed", "error": error, "retryable": retryable})
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             return "failed", error

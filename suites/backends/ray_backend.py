@@ -13,6 +13,8 @@ stop flag at their safe points.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from typing import Any
 
@@ -24,6 +26,10 @@ from suites.worker import EventSink, execute
 # (Ray itself already leaves out .git and .venv.)
 WORKING_DIR_EXCLUDES = ["results", "runs", "out", ".benchmarks", ".pytest_cache", "**/__pycache__",
                         "*.pt", "*.pyc"]
+# ray.init keeps retrying an address where nothing listens (GCS warnings for minutes), so check()
+# first tries a plain TCP connection to it, this long at most.
+PROBE_TIMEOUT_S = 5.0
+RAY_CLIENT_PORT = 10001  # ray://host without a port
 
 
 class _Hub:
@@ -75,6 +81,27 @@ def run_task(run_dir: str, hub: Any, provenance: dict[str, Any], threads: int, d
     return execute(run_dir, HubSink(hub), "ray", provenance, threads, device, task, request)
 
 
+def probe_address(address: str, origin: str = "--address", timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Raise BackendError unless something accepts TCP connections at a Ray address
+    (``host:port`` of the GCS, or ``ray://host[:port]`` of a Ray client server)."""
+    hostport = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port_text = hostport.rpartition(":")
+    if not sep:
+        host, port_text = hostport, str(RAY_CLIENT_PORT) if address.startswith("ray://") else ""
+    host = host.strip("[]")  # [::1]:6379
+    if not host or not port_text.isdigit():
+        raise BackendError(f"{origin} {address!r} is not a Ray address; use HOST:PORT of the head node (e.g. "
+                           "127.0.0.1:6379), ray://HOST:10001, or auto")
+    try:
+        with socket.create_connection((host, int(port_text)), timeout=timeout):
+            pass
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
+        raise BackendError(f"no Ray cluster at {address} ({origin}): connecting to {host}:{port_text} failed ({why}). "
+                           "Start one there (ray start --head), fix the address, or leave out --address to start a "
+                           "local cluster") from None
+
+
 class RayBackend(Backend):
     name = "ray"
 
@@ -89,6 +116,10 @@ class RayBackend(Backend):
             import ray  # noqa: F401
         except ImportError as exc:
             raise BackendError(f"the ray backend needs the 'ray' package ({exc}); use --backend local") from None
+        # ray.init(address=None) connects to $RAY_ADDRESS when it is set: probe that one too.
+        address, origin = (self.address, "--address") if self.address else (os.environ.get("RAY_ADDRESS"), "RAY_ADDRESS")
+        if address and address not in ("auto", "local"):  # "auto" is found by Ray itself, from its own files
+            probe_address(address, origin)
 
     def start(self) -> None:
         import ray

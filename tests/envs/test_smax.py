@@ -345,12 +345,12 @@ def test_unknown_scenario_lists_maps():
         (
             {"difficulty": 7},
             EnvError,
-            r"unknown option\(s\) \['difficulty'\].*valid options: attack_mode \(str\).*max_steps \(int\)",
+            r"unknown option\(s\) \['difficulty'\].*valid options: attack_mode \(closest\|random\).*max_steps \(int\)",
         ),
-        ({"max_steps": "10"}, EnvError, "'max_steps' .* must be int"),
+        ({"max_steps": "10"}, EnvError, "'max_steps' must be int, got '10'"),
         ({"max_steps": 0}, EnvError, "'max_steps' must be >= 1"),
-        ({"attack_mode": "weakest"}, UnknownChoiceError, "valid choices: closest, random"),
-        ({"observation_type": "pixels"}, UnknownChoiceError, "valid choices: unit_list, conic"),
+        ({"attack_mode": "weakest"}, EnvError, "'attack_mode' must be one of closest, random, got 'weakest'"),
+        ({"observation_type": "pixels"}, EnvError, "'observation_type' must be one of unit_list, conic, got 'pixels'"),
     ],
 )
 def test_bad_options(options, error, match):

@@ -4,6 +4,8 @@ interruption (SIGINT, SIGKILL of the process tree) and resume, failing runs, cor
 from __future__ import annotations
 
 import copy
+import dataclasses
+import io
 import json
 import random
 import signal
@@ -146,25 +148,56 @@ def test_sigkill_of_the_process_tree_loses_nothing_finished(tmp_path, reference)
 
 def test_a_failing_run_is_retried_recorded_and_does_not_stop_the_others(tmp_path):
     data = copy.deepcopy(TINY)
-    data["seeds"] = [0]
+    data["seeds"] = [0, 1]
     data["budget"] = {**data["budget"], "env_steps": 500}
-    # Valid types, impossible layout: the environment refuses it when the run builds it.
-    data["scenarios"].append({"family": "predator_prey", "scenario": "stag_hunt",
-                              "options": {"grid_height": 2, "grid_width": 2}})
     manifest = write_manifest(tmp_path / "failing.yaml", data)
+    # Seed 1 resumes from a checkpoint that cannot be read: an error that is not known to be
+    # deterministic (unlike a bad config), so it is retried like a crash.
+    victim = next(r for r in load_suite(str(manifest)).runs if r.seed == 1)
+    run_dir = tmp_path / "out" / "tiny" / "runs" / victim.id
+    run_dir.mkdir(parents=True)
+    (run_dir / SPEC).write_text(json.dumps(victim.to_json()))
+    (run_dir / CHECKPOINT).write_bytes(b"not a checkpoint")
     result = run_reproduce("--suite", str(manifest), "--out", str(tmp_path / "out"), "--workers", "2",
                            "--retries", "1", "--no-report")
     assert result.returncode == 1, result.stdout + result.stderr
     statuses = _statuses(tmp_path / "out" / "tiny")
-    by_scenario = {json.loads((tmp_path / "out" / "tiny" / "runs" / k / SPEC).read_text())["scenario"]: v
-                   for k, v in statuses.items()}
-    assert by_scenario["stag_hunt_small"]["state"] == "done"
-    failed = by_scenario["stag_hunt"]
-    assert failed["state"] == "failed" and failed["attempts"] == 2
-    assert "agents and prey do not fit on the grid" in failed["error"]
+    assert statuses[victim.id]["state"] == "failed" and statuses[victim.id]["attempts"] == 2
+    assert statuses[victim.id]["retryable"] is True and "UnpicklingError" in statuses[victim.id]["error"]
+    assert [s["state"] for k, s in statuses.items() if k != victim.id] == ["done"]
     assert "retry " in result.stderr and "(attempt 2 of 2)" in result.stderr
     assert "FAILED" in result.stdout and "(2 attempt(s)): " in result.stdout
     assert "1 done, 1 failed" in result.stdout
+
+
+def test_a_run_failing_on_a_bad_config_is_reported_at_once_not_retried(tmp_path):
+    """Validation refuses bad configs, but one that still reaches a worker (a spec written by other
+    code) fails the same way every time: recorded as not retryable and reported after one attempt.
+    The retry budget still applies to the next run, so the decision is per failure."""
+    from suites.backends.local_backend import LocalBackend
+    from suites.orchestrator import execute, plan
+    from suites.store import SuiteStore
+
+    suite = load_suite(str(write_manifest(tmp_path / "tiny.yaml", {**TINY, "seeds": [0, 1]})))
+    store = SuiteStore(tmp_path / "out", suite.name)
+    bad = dataclasses.replace(suite.runs[0], overrides={"mixer": "qmx"})  # past validation, as if by hand
+    unreadable = suite.runs[1]
+    store.prepare(unreadable)
+    (store.run_dir(unreadable.id) / CHECKPOINT).write_bytes(b"not a checkpoint")
+    progress = io.StringIO()
+    summary = execute(plan([bad, unreadable], store), store, LocalBackend(workers=2), suite, {}, retries=2,
+                      stream=progress)
+    outcomes = {o.spec.id: o for o in summary.outcomes}
+    assert outcomes[bad.id].state == "failed" and outcomes[bad.id].attempts == 1
+    assert "ConfigError" in outcomes[bad.id].error and "'mixer' must be one of qmix, vdn" in outcomes[bad.id].error
+    status = json.loads((store.run_dir(bad.id) / STATUS).read_text())
+    assert status["retryable"] is False and status["attempts"] == 1
+    assert f"not retried: {bad.id}" in progress.getvalue()
+    assert outcomes[unreadable.id].state == "failed" and outcomes[unreadable.id].attempts == 3  # 1 + 2 retries
+    assert f"retry  {unreadable.id}" in progress.getvalue() and f"not retried: {unreadable.id}" not in progress.getvalue()
+    # The next attempt of a run starts without the earlier verdict.
+    store.prepare(bad)
+    assert json.loads((store.run_dir(bad.id) / STATUS).read_text())["retryable"] is None
 
 
 def test_a_corrupt_run_dir_is_reported_and_left_untouched(tmp_path, reference):
