@@ -136,7 +136,10 @@ def _metric_targets(data: SuiteData, claim: Claim, paper: Paper) -> list[tuple[s
     """The (family, scenario) pairs a metrics claim is judged on: each listed scenario where one of
     its arms finished (SMAC preferred to the stand-in), or every scenario of its group with such runs."""
     def finished(family: str, scenario: str, label: str) -> bool:
-        return len(cell_runs(data, claim.group, family, scenario, label)[1]) > 0
+        """Finished runs of the claim's own group (a reference borrowed from another group, e.g. the
+        main table's ddn in an ablation, is no run of the claim on its own)."""
+        _, done, borrowed_from = cell_runs(data, claim.group, family, scenario, label)
+        return len(done) > 0 and borrowed_from is None
 
     if claim.scenarios:
         out = []
@@ -267,6 +270,7 @@ class Row:
 
 
 def _test_name(claim: Claim, n_rivals: int) -> str:
+    """The test, e.g. "one-sided exact permutation test of P(ddn > rival) > 1/2 (...), Holm-adjusted over 3 rivals"."""
     x = "rival" if claim.kind == "lags" else claim.label
     y = claim.label if claim.kind == "lags" else "rival"
     holm_part = f", Holm-adjusted over {n_rivals} rivals" if n_rivals > 1 else ""
@@ -280,7 +284,7 @@ def _phrase_row(ev: Evidence, claim: Claim, missing: list[str], result: TestResu
         ours = (f"our median {fmt_score(result.median, is_rate)} [{fmt_score(result.lo, is_rate)}, "
                 f"{fmt_score(result.hi, is_rate)}] (n = {result.n})")
         paper = f"paper {fmt_score(claim.value, is_rate, 2)}"
-        effect = f"ours - paper {fmt_diff(result.median - claim.value, is_rate)}" if result.n else ""
+        effect = f"ours minus paper: {fmt_diff(result.median - claim.value, is_rate)}" if result.n else ""
         if missing:
             return Row(ev, INCONCLUSIVE, missing, "; ".join(missing),
                        f"So far, not a verdict: {ours} vs {paper} (tolerance ± {tol}).", effect, result)
@@ -295,17 +299,22 @@ def _phrase_row(ev: Evidence, claim: Claim, missing: list[str], result: TestResu
                    f"{'contains' if holds else 'excludes'} the paper's number.", effect, result)
 
     comps = result.comparisons
-    tests = "; ".join(f"{c.x} > {c.y}: p = {fmt_p(c.test.p)}" + (f" (Holm {fmt_p(c.p_holm)})" if len(comps) > 1 else "")
-                      + ("" if c.test.exact or not np.isfinite(c.test.p) else ", Monte Carlo")
-                      + (" (no test: a side has one seed)" if not np.isfinite(c.test.p) else "")
-                      + f", n = {c.test.n_x} vs {c.test.n_y}" for c in comps)
-    effect = "; ".join(f"P({c.x} > {c.y}) = {c.poi.p:.2f}, median difference {_diff_ci(c.diff, is_rate)}"
-                       for c in comps)
+    tested = [c for c in comps if np.isfinite(c.test.p)]
+    untested = [c.y if claim.kind != "lags" else c.x for c in comps if not np.isfinite(c.test.p)]
+    tests = "; ".join(f"{c.x} > {c.y}: p = {fmt_p(c.test.p)}" + (f" (Holm {fmt_p(c.p_holm)})" if len(tested) > 1 else "")
+                      + ("" if c.test.exact else ", Monte Carlo") + f", n = {c.test.n_x} vs {c.test.n_y}"
+                      for c in tested)
+    if untested:
+        tests += ("; " if tests else "") + f"no test vs {', '.join(untested)} (a side has a single seed; a test needs 2)"
+    effect = "; ".join(f"P({c.x} > {c.y}) = {c.poi.p:.2f}, median difference " + (
+        _diff_ci(c.diff, is_rate) if max(c.poi.n_x, c.poi.n_y) > 1 else
+        f"{fmt_diff(c.diff.value, is_rate)} (one seed each: no interval)") for c in comps)
     if missing:
-        shown = f"So far, not a verdict ({_test_name(claim, len(comps))}): {tests}." if comps else "So far: no pair to compare."
+        shown = (f"So far, not a verdict ({_test_name(claim, len(tested))}): {tests}." if tested else
+                 f"So far, not a verdict: {tests}." if comps else "So far: no pair to compare.")
         return Row(ev, INCONCLUSIVE, missing, "; ".join(missing), shown, effect, result)
     failed = [c for c in comps if not c.p_holm <= claim.bar.alpha]
-    text = f"{_test_name(claim, len(comps))}: {tests}."
+    text = f"{_test_name(claim, len(tested))}: {tests}."
     if not failed:
         worst = max(c.p_holm for c in comps)
         return Row(ev, REPRODUCED, [], f"p = {fmt_p(worst)}" + (" after Holm, every rival" if len(comps) > 1 else ""),
@@ -363,7 +372,8 @@ class Verdict:
             return ""
         arms = ", ".join(self.claim.arms)
         where = f" on {', '.join(self.claim.scenarios)}" if self.claim.scenarios else ""
-        return f"{arms}: ≥ {bar.min_seeds} seeds each, ≥ {fmt_steps(bar.min_budget)} env steps per run{where}"
+        each = " each" if len(self.claim.arms) > 1 else ""
+        return f"{arms}: ≥ {bar.min_seeds} seeds{each}, ≥ {fmt_steps(bar.min_budget)} env steps per run{where}"
 
     @property
     def bar_met(self) -> list[str]:
@@ -393,16 +403,27 @@ def phrase(claim: Claim, paper: Paper, rows: list[Row], unjudged: list[str]) -> 
     def tagged(row: Row, text: str) -> str:
         return f"{row.evidence.scenario}: {text}" if many else text
 
-    missing = [tagged(r, m) for r in rows for m in r.missing]
+    lacking: dict[str, list[str]] = {}  # what is missing -> the rows that lack it
+    for r in rows:
+        for m in r.missing:
+            lacking.setdefault(m, []).append(r.evidence.scenario)
+    missing = [m if len(where) == len(rows) else f"{m} on {', '.join(where)}" for m, where in lacking.items()]
     if unjudged:
-        missing.append(f"not run on {', '.join(unjudged)}")
+        named = len(claim.scenarios)
+        missing.append(f"not run on {len(unjudged)} of {named} scenarios: {', '.join(unjudged)}" if named > 1
+                       else f"not run on {', '.join(unjudged)}")
     refuted = [r for r in rows if r.outcome == NOT_REPRODUCED]
     if refuted:
         outcome, qualifier = NOT_REPRODUCED, "; ".join(tagged(r, r.qualifier) for r in refuted)
     elif missing:
         outcome, qualifier = INCONCLUSIVE, "; ".join(missing)
+    elif not many:
+        outcome, qualifier = REPRODUCED, rows[0].qualifier
     else:
-        outcome, qualifier = REPRODUCED, "; ".join(tagged(r, r.qualifier) for r in rows)
+        what = "rows of the cross-play table" if claim.source == "crossplay" else "scenarios"
+        worst = max((c.p_holm for r in rows for c in r.result.comparisons), default=float("nan"))
+        outcome, qualifier = REPRODUCED, (f"{rows[0].qualifier}, on all {len(rows)} {what}" if claim.kind == "value"
+                                          else f"p ≤ {fmt_p(worst)} after Holm, every rival, on all {len(rows)} {what}")
     reason = " ".join(r.text for r in rows)
     if outcome == INCONCLUSIVE:
         reason += f" To decide it: {claim.how_to_run}"

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 
 from marl.run_io import atomic_write_bytes, atomic_write_text
 from reports import figures
-from reports.claims import Verdict, evaluate_claims, fmt_p, fmt_score, fmt_steps
+from reports.claims import OUTCOMES, Verdict, evaluate_claims, fmt_p, fmt_score, fmt_steps
 from reports.collect import FINAL_EVALS, SuiteData, collect
 from reports.marl_eval import write_marl_eval
 from reports.paper import PaperNumbers, load_paper_numbers
@@ -162,8 +163,15 @@ def _eval_text(data: SuiteData) -> str:
     return "; ".join(f"{e} greedy episodes every {fmt_steps(i)} env steps (and at the start and end)" for i, e in pairs)
 
 
+def _breakable(text: Any) -> markupsafe.Markup:
+    """Escaped text that may wrap after underscores (scenario names are long single words)."""
+    return markupsafe.Markup(str(markupsafe.escape(text)).replace("_", "_<wbr>"))
+
+
 def render_html(data: SuiteData, numbers: PaperNumbers, out_dir: Path, reps: int = REPS,
                 marl_eval_name: str = "marl_eval.json", verdicts: list[Verdict] | None = None) -> str:
+    if verdicts is None:
+        verdicts = evaluate_claims(data, numbers, reps)
     ddn_data, bidist_data = _subset(data, bidist=False), _subset(data, bidist=True)
     ddn_tables = _tables(ddn_data, numbers, reps)
     fig_dir = out_dir / "figures"
@@ -175,6 +183,7 @@ def render_html(data: SuiteData, numbers: PaperNumbers, out_dir: Path, reps: int
     env.filters["score"] = lambda v, is_rate, digits=1: fmt_score(v, bool(is_rate), digits)
     env.filters["steps"] = lambda v: fmt_steps(int(v)) if v is not None and v == v else "n/a"
     env.filters["pvalue"] = fmt_p
+    env.filters["breakable"] = _breakable
     manifest_path = data.suite_dir / "manifest.yaml"
     context: dict[str, Any] = {
         "title": f"Reproduction report: {data.name}",
@@ -189,7 +198,10 @@ def render_html(data: SuiteData, numbers: PaperNumbers, out_dir: Path, reps: int
         "budget_text": _budget_text(data),
         "paper_budget_text": _paper_budget_text(data, numbers),
         "seeds_text": ", ".join(str(s) for s in seeds) if seeds else "none",
-        "verdicts": verdicts if verdicts is not None else evaluate_claims(data, numbers, reps),
+        "verdicts": verdicts,
+        "outcome_counts": [(o, sum(v.verdict == o for v in verdicts)) for o in OUTCOMES],
+        "bars": [(numbers.papers[k].key.upper() if k == "ddn" else "BiDist" if k == "bidist" else k, b)
+                 for k, b in numbers.bars.items()],
         "ddn_tables": ddn_tables,
         "figures": _figures(ddn_data, ddn_tables, fig_dir, reps),
         "bidist": _bidist(bidist_data, fig_dir, reps),
