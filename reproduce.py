@@ -7,6 +7,7 @@ Thin CLI over suites/ (manifests, run store, orchestrator, backends) and reports
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -66,6 +67,21 @@ def build_parser() -> argparse.ArgumentParser:
 def _fail(message: str, code: int = 2) -> int:
     print(f"reproduce.py: error: {message}", file=sys.stderr)
     return code
+
+
+def _print_verdicts(report_path) -> None:
+    """The claims' outcomes in the report's own words (its verdicts.json), when the full report was
+    rendered (not the minimal fallback table)."""
+    if report_path is None or report_path.name != "report.html":
+        return
+    try:
+        from reports.claims import summary_lines
+
+        records = json.loads((report_path.parent / "verdicts.json").read_text())
+    except (ImportError, OSError, ValueError):
+        return
+    for line in summary_lines(records):
+        print(line)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         if not store.runs.is_dir():
             return _fail(f"no runs of suite {suite.name!r} under {store.root}; run it first (without --report-only)")
         path = render_report(store.root, say=eprint)
+        _print_verdicts(path)
         print(f"report: {path}")
         return 0
 
@@ -204,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = summary.interrupted or (crossplay is not None and crossplay.interrupted)
     if not args.no_report and not interrupted:
         path = render_report(store.root, say=eprint)
+        _print_verdicts(path)
         print(f"report: {path}")
     codes = [summary.exit_code] + ([crossplay.exit_code] if crossplay is not None else [])
     code = 130 if 130 in codes else max(codes)

@@ -13,16 +13,18 @@ import argparse
 import base64
 import dataclasses
 import datetime as dt
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 
 from marl.run_io import atomic_write_bytes, atomic_write_text
 from reports import figures
-from reports.claims import evaluate_claims, fmt_score, fmt_steps
+from reports.claims import OUTCOMES, Verdict, evaluate_claims, fmt_p, fmt_score, fmt_steps
 from reports.collect import FINAL_EVALS, SuiteData, collect
 from reports.marl_eval import write_marl_eval
 from reports.paper import PaperNumbers, load_paper_numbers
@@ -171,8 +173,15 @@ def _eval_text(data: SuiteData) -> str:
     return "; ".join(f"{e} greedy episodes every {fmt_steps(i)} env steps (and at the start and end)" for i, e in pairs)
 
 
+def _breakable(text: Any) -> markupsafe.Markup:
+    """Escaped text that may wrap after underscores (scenario names are long single words)."""
+    return markupsafe.Markup(str(markupsafe.escape(text)).replace("_", "_<wbr>"))
+
+
 def render_html(data: SuiteData, numbers: PaperNumbers, out_dir: Path, reps: int = REPS,
-                marl_eval_name: str = "marl_eval.json") -> str:
+                marl_eval_name: str = "marl_eval.json", verdicts: list[Verdict] | None = None) -> str:
+    if verdicts is None:
+        verdicts = evaluate_claims(data, numbers, reps)
     ddn_data, bidist_data = _subset(data, bidist=False), _subset(data, bidist=True)
     ddn_tables = _tables(ddn_data, numbers, reps)
     fig_dir = out_dir / "figures"
@@ -183,6 +192,8 @@ def render_html(data: SuiteData, numbers: PaperNumbers, out_dir: Path, reps: int
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined)
     env.filters["score"] = lambda v, is_rate, digits=1: fmt_score(v, bool(is_rate), digits)
     env.filters["steps"] = lambda v: fmt_steps(int(v)) if v is not None and v == v else "n/a"
+    env.filters["pvalue"] = fmt_p
+    env.filters["breakable"] = _breakable
     manifest_path = data.suite_dir / "manifest.yaml"
     context: dict[str, Any] = {
         "title": f"Reproduction report: {data.name}",
@@ -197,7 +208,10 @@ def render_html(data: SuiteData, numbers: PaperNumbers, out_dir: Path, reps: int
         "budget_text": _budget_text(data),
         "paper_budget_text": _paper_budget_text(data, numbers),
         "seeds_text": ", ".join(str(s) for s in seeds) if seeds else "none",
-        "verdicts": evaluate_claims(data, numbers, reps),
+        "verdicts": verdicts,
+        "outcome_counts": [(o, sum(v.verdict == o for v in verdicts)) for o in OUTCOMES],
+        "bars": [(numbers.papers[k].key.upper() if k == "ddn" else "BiDist" if k == "bidist" else k, b)
+                 for k, b in numbers.bars.items()],
         "ddn_tables": ddn_tables,
         "figures": _figures(ddn_data, ddn_tables, fig_dir, reps),
         "ddn_diagnostics": _ddn_diagnostics(ddn_data, fig_dir, reps),
@@ -219,21 +233,24 @@ def render_html(data: SuiteData, numbers: PaperNumbers, out_dir: Path, reps: int
 
 
 def render_report(suite_dir: str | Path, reps: int = REPS) -> dict[str, Path]:
-    """Render ``<suite_dir>/report/{report.html, report.pdf, marl_eval.json, figures/*.png}``."""
+    """Render ``<suite_dir>/report/{report.html, report.pdf, marl_eval.json, verdicts.json, figures/*.png}``."""
     suite_dir = Path(suite_dir)
     if not suite_dir.is_dir():
         raise FileNotFoundError(f"suite directory {suite_dir} does not exist")
     out_dir = suite_dir / "report"
     data = collect(suite_dir)
     numbers = load_paper_numbers()
-    html = render_html(data, numbers, out_dir, reps)
+    verdicts = evaluate_claims(data, numbers, reps)
+    html = render_html(data, numbers, out_dir, reps, verdicts=verdicts)
     html_path, pdf_path = out_dir / "report.html", out_dir / "report.pdf"
     atomic_write_text(html_path, html)
+    verdicts_path = out_dir / "verdicts.json"
+    atomic_write_text(verdicts_path, json.dumps([v.record() for v in verdicts], indent=1) + "\n")
     import weasyprint  # imported late: slow to import, only needed here
 
     atomic_write_bytes(pdf_path, weasyprint.HTML(string=html, base_url=str(out_dir)).write_pdf())
     marl_eval_path = write_marl_eval(data, out_dir / "marl_eval.json")
-    return {"html": html_path, "pdf": pdf_path, "marl_eval": marl_eval_path}
+    return {"html": html_path, "pdf": pdf_path, "marl_eval": marl_eval_path, "verdicts": verdicts_path}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,7 +17,7 @@ import pandas as pd
 
 from reports.collect import FOCAL_RETURN, SuiteData, metric_for, run_metric
 from reports.paper import PaperNumbers
-from reports.stats import Aggregate, Improvement, aggregate, probability_of_improvement
+from reports.stats import Aggregate, Improvement, OneSidedTest, aggregate, one_sided_test, probability_of_improvement
 
 REFERENCE = "ddn"
 FAMILY_ORDER = ["smac", "smax", "predator_prey", "matrix_game", "meltingpot"]
@@ -78,7 +78,8 @@ class Cell:
     n_done: int
     paper: float | None = None
     note: str | None = None  # e.g. where borrowed runs came from
-    budget: int | None = None  # env steps of the runs used
+    budget: int | None = None  # env steps of the runs used (the largest, when they differ)
+    budgets: list[int] = field(default_factory=list)  # every env-step budget among the runs used
 
 
 @dataclass
@@ -101,6 +102,7 @@ class Comparison:
     x: str
     y: str
     poi: Improvement
+    test: OneSidedTest  # one-sided exact permutation test of P(x > y) > 1/2 (no multiplicity correction)
 
 
 @dataclass
@@ -155,7 +157,7 @@ def build_table(data: SuiteData, group: str, numbers: PaperNumbers, reps: int) -
                 label=label, agg=aggregate(done["final_score"], reps=reps), values=done["final_score"].tolist(),
                 seeds=done["seed"].tolist(), n_runs=len(own) if len(own) else len(done), n_done=len(done),
                 paper=numbers.cell(group, family, scenario, label), note=note,
-                budget=budgets[-1] if budgets else None)
+                budget=budgets[-1] if budgets else None, budgets=budgets)
         rows.append(row)
     columns = [c for c in columns if any(c in r.cells for r in rows)]
     return Table(layout, columns, rows, _comparisons(layout, columns, rows, reps))
@@ -176,7 +178,8 @@ def _comparisons(layout: Layout, columns: list[str], rows: list[Row], reps: int)
             if cx is None or cy is None or not cx.n_done or not cy.n_done:
                 continue
             out.append(Comparison(row.family, row.scenario, x, y,
-                                  probability_of_improvement(cx.values, cy.values, reps=reps)))
+                                  probability_of_improvement(cx.values, cy.values, reps=reps),
+                                  one_sided_test(cx.values, cy.values)))
     return out
 
 
@@ -259,7 +262,7 @@ def build_crossplay_table(data: SuiteData, group: str, reps: int) -> Table:
             budgets = sorted(set(got["env_steps_budget"].dropna().astype(int)))
             row.cells[label] = Cell(label=label, agg=aggregate(got["value"], reps=reps), values=got["value"].tolist(),
                                     seeds=got["seed"].tolist(), n_runs=len(own), n_done=len(got),
-                                    budget=budgets[-1] if budgets else None)
+                                    budget=budgets[-1] if budgets else None, budgets=budgets)
         rows.append(row)
     columns = [c for c in columns if any(c in r.cells for r in rows)]
     comparisons = []
@@ -271,5 +274,6 @@ def build_crossplay_table(data: SuiteData, group: str, reps: int) -> Table:
                 if label == BIDIST_REFERENCE or x is None or y is None or not x.n_done or not y.n_done:
                     continue
                 comparisons.append(Comparison(row.family, row.scenario, BIDIST_REFERENCE, label,
-                                              probability_of_improvement(x.values, y.values, reps=reps)))
+                                              probability_of_improvement(x.values, y.values, reps=reps),
+                                              one_sided_test(x.values, y.values)))
     return Table(layout, columns, rows, comparisons)

@@ -36,12 +36,13 @@ class FakeRun:
     bots: dict[str, float] = field(default_factory=dict)
     crossplay_error: str | None = None  # write a failed crossplay.json with this error
     bots_unavailable: list[str] = field(default_factory=list)  # Melting Pot scenarios whose bots are missing
+    env_steps: int = BUDGET["env_steps"]  # the run's budget (its evaluations stay on BUDGET's grid)
 
     def spec(self, suite: str) -> dict[str, Any]:
         content = {"suite": suite, "paper": self.paper, "family": self.family, "scenario": self.scenario,
                    "env_options": {}, "algorithm": self.algorithm or self.label.split("_mu_")[0].split("_raw")[0]
                    .split("_distill")[0].split("_no_idm")[0], "label": self.label, "group": self.group,
-                   "overrides": {}, "seed": self.seed, "budget": BUDGET}
+                   "overrides": {}, "seed": self.seed, "budget": {**BUDGET, "env_steps": self.env_steps}}
         content["id"] = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
         return content
 

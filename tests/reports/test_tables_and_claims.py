@@ -9,7 +9,7 @@ import pytest
 from rliable import metrics as rly_metrics
 
 from reports import stats
-from reports.claims import NOT_REPRODUCED, NOT_RUN, REPRODUCED, evaluate_claims
+from reports.claims import INCONCLUSIVE, NOT_REPRODUCED, NOT_RUN, REPRODUCED, evaluate_claims
 from reports.collect import collect, final_score
 from reports.marl_eval import to_marl_eval
 from reports.paper import load_paper_numbers
@@ -58,6 +58,39 @@ def test_probability_of_improvement_matches_rliable_and_hand_count():
     assert (separated.p, separated.lo, separated.hi) == (1.0, 1.0, 1.0)
     lone = stats.probability_of_improvement([5.0], [1, 6, 3], reps=REPS)  # one side with a single seed
     assert lone.p == pytest.approx(2 / 3) and lone.lo <= lone.p <= lone.hi
+
+
+def test_one_sided_exact_test_matches_the_counts_of_splits():
+    # a complete separation: 1 split in C(n + m, n) is as extreme
+    for n, p in ((2, 1 / 6), (3, 1 / 20), (5, 1 / 252)):
+        test = stats.one_sided_test(np.arange(n) + 10.0, np.arange(n) + 0.0)
+        assert test.p == pytest.approx(p) and test.exact and (test.n_x, test.n_y) == (n, n)
+    reversed_ = stats.one_sided_test([0.0, 1.0, 2.0, 3.0, 4.0], [10.0, 11.0, 12.0, 13.0, 14.0])
+    assert reversed_.p == pytest.approx(1.0)
+    assert stats.one_sided_test([0.0] * 5, [0.0] * 5).p == pytest.approx(1.0)  # all tied: no evidence
+    # a tie across the samples counts half, as in P(X > Y): 5 of 252 splits reach P >= 24.5 / 25
+    tied = stats.one_sided_test([0.9, 0.92, 0.95, 0.97, 0.99], [0.5, 0.6, 0.62, 0.7, 0.95])
+    assert tied.p == pytest.approx(5 / 252)
+    assert np.isnan(stats.one_sided_test([1.0], [0.0, 0.5]).p)  # one seed: no test
+    big = stats.one_sided_test(np.arange(10) + 20.0, np.arange(10) + 0.0)  # C(20, 10) splits: Monte Carlo
+    assert not big.exact and big.p < 1e-3
+
+
+def test_holm_step_down_by_hand():
+    # sorted 0.01, 0.03, 0.04 -> 3 * 0.01, max(0.03, 2 * 0.03), max(0.06, 1 * 0.04)
+    assert stats.holm([0.04, 0.01, 0.03]).tolist() == pytest.approx([0.06, 0.03, 0.06])
+    assert stats.holm([0.5, 0.9]).tolist() == pytest.approx([1.0, 1.0])  # capped at 1
+    assert stats.holm([1 / 252] * 3).tolist() == pytest.approx([3 / 252] * 3)
+    out = stats.holm([0.02, np.nan])
+    assert out[0] == pytest.approx(0.02) and np.isnan(out[1])  # a missing test does not count
+
+
+def test_median_difference_with_its_interval():
+    d = stats.median_difference([0.9, 0.95, 0.97, 0.92, 0.99], [0.5, 0.6, 0.55, 0.7, 0.65], reps=REPS)
+    assert d.value == pytest.approx(0.95 - 0.6) and d.lo <= d.value <= d.hi
+    assert 0.2 < d.lo and d.hi < 0.5  # every resample keeps the separation
+    same = stats.median_difference([0.0, 0.0], [0.0, 0.0], reps=REPS)
+    assert (same.value, same.lo, same.hi) == (0.0, 0.0, 0.0)
 
 
 # Collection and tables ------------------------------------------------------------------------
@@ -141,37 +174,49 @@ def test_learning_curves_align_evaluations_on_the_interval_grid(suites):
 
 # Verdicts ---------------------------------------------------------------------------------------
 
-def test_verdicts_on_the_full_suite(suites, numbers):
+def test_verdicts_on_the_full_suite_are_inconclusive_below_the_bar(suites, numbers):
+    # 3 seeds per arm at 40k env steps: short of DDN's bar (5 seeds, 2M) on every claim with runs
     verdicts = {v.claim.id: v for v in evaluate_claims(collect(suites["full"]), numbers, REPS)}
     assert set(verdicts) == {c.id for c in numbers.claims}
+    for claim in ("ddn_3s_vs_5z", "ddn_beats_baselines_3s_vs_5z", "personalization_3s_vs_5z",
+                  "multilevel_distillation", "idm_3s_vs_5z"):
+        v = verdicts[claim]
+        assert v.verdict == INCONCLUSIVE and v.missing == ["budget 40k of 2M env steps", "3 of 5 seeds"], claim
+        assert v.headline == "inconclusive (budget 40k of 2M env steps; 3 of 5 seeds)"
     value = verdicts["ddn_3s_vs_5z"]
-    assert value.verdict == REPRODUCED and value.on_stand_in and value.budgets == [40_000]
-    assert value.paper_budget == 2_000_000 and "97.01%" in value.reason
-    assert verdicts["ddn_beats_baselines_3s_vs_5z"].verdict == REPRODUCED
-    assert verdicts["personalization_3s_vs_5z"].verdict == REPRODUCED
-    assert verdicts["multilevel_distillation"].verdict == REPRODUCED
-    # ddn [0.9, 0.95, 0.97] vs no-IDM [0.93, 0.95, 0.99]: P = 3.5 / 9, not an improvement
-    idm = verdicts["idm_3s_vs_5z"]
-    assert idm.verdict == NOT_REPRODUCED and "= 0.39" in idm.reason
-    assert verdicts["mu_075_best"].verdict == REPRODUCED  # 0.95 (default ddn) beats 0.9
+    assert value.on_stand_in and value.budgets == [40_000] and value.paper_budget == 2_000_000
+    # what the runs show so far, as a non-verdict, and where the claim would be decided
+    assert "So far, not a verdict: our median 95.0% [" in value.reason and "vs paper 97.01%" in value.reason
+    assert set(value.claim.decided_by) == {"ddn_smac", "ddn_smax"} and "ddn_smax suite" in value.reason
+    assert value.bar_met == ["3s_vs_5z, not met: seeds ddn 3; runs of 40k env steps"]
+    # 3 vs 3 with a complete separation: p = 1/20 per rival, 3/20 after Holm over the three rivals
+    assert "ddn > qmix: p = 0.050 (Holm 0.150), n = 3 vs 3" in verdicts["ddn_beats_baselines_3s_vs_5z"].reason
+    # ddn [0.9, 0.95, 0.97] vs no-IDM [0.93, 0.95, 0.99]: P = 3.5 / 9
+    assert "P(ddn > ddn_no_idm) = 0.39" in verdicts["idm_3s_vs_5z"].reason
+    mu = verdicts["mu_075_best"]  # the sweep has no mu = 0.25 run: one arm missing
+    assert mu.verdict == INCONCLUSIVE and "not run: ddn_mu_0.25" in mu.missing
     for claim in ("ddn_mmm2", "baselines_fail_mmm2", "personalization_mmm2", "idm_mmm2", "ddn_lags_2s_vs_1sc"):
         assert verdicts[claim].verdict == NOT_RUN
         assert "needs StarCraft II" in verdicts[claim].reason and "Docker image" in verdicts[claim].reason
     bidist = verdicts["bidist_generalises"]
-    assert bidist.verdict == NOT_RUN and "no bidist" in bidist.reason and "bidist_quick" in bidist.reason
+    assert bidist.verdict == NOT_RUN and "no bidist" in bidist.reason and "bidist_meltingpot" in bidist.reason
+    assert not {REPRODUCED, NOT_REPRODUCED} & {v.verdict for v in verdicts.values()}
 
 
 def test_value_claim_fails_outside_the_tolerance(tmp_path, numbers):
-    suite = write_suite(tmp_path, "weak", [FakeRun("smax", "3s_vs_5z", "ddn", s, f) for s, f in enumerate([0.5, 0.6, 0.7])])
-    verdicts = {v.claim.id: v for v in evaluate_claims(collect(suite), numbers, REPS)}
-    assert verdicts["ddn_3s_vs_5z"].verdict == NOT_REPRODUCED
-    # only ddn was run: the comparison with the baselines is not run, and says so
-    assert verdicts["ddn_beats_baselines_3s_vs_5z"].verdict == NOT_RUN
+    runs = [FakeRun("smax", "3s_vs_5z", "ddn", s, f, env_steps=2_000_000) for s, f in enumerate([0.5, 0.55, 0.6, 0.65, 0.7])]
+    verdicts = {v.claim.id: v for v in evaluate_claims(collect(write_suite(tmp_path, "weak", runs)), numbers, REPS)}
+    value = verdicts["ddn_3s_vs_5z"]
+    assert value.verdict == NOT_REPRODUCED
+    assert value.headline == "not reproduced (our interval, widened by the tolerance, lies below the paper's number)"
+    # only ddn was run: the comparison with the baselines has runs but not its rivals
+    better = verdicts["ddn_beats_baselines_3s_vs_5z"]
+    assert better.verdict == INCONCLUSIVE and better.missing == ["not run: qmix, ow_wqmix, cw_wqmix"]
 
 
 def test_smac_runs_take_precedence_over_the_stand_in(tmp_path, numbers):
-    runs = [FakeRun("smac", "3s_vs_5z", "ddn", s, f) for s, f in enumerate([0.96, 0.97, 0.98])]
-    runs += [FakeRun("smax", "3s_vs_5z", "ddn", s, f) for s, f in enumerate([0.1, 0.2, 0.3])]
+    runs = [FakeRun("smac", "3s_vs_5z", "ddn", s, f, env_steps=2_000_000) for s, f in enumerate([0.95, 0.96, 0.97, 0.98, 0.99])]
+    runs += [FakeRun("smax", "3s_vs_5z", "ddn", s, f, env_steps=2_000_000) for s, f in enumerate([0.1, 0.2, 0.3, 0.4, 0.5])]
     verdict = next(v for v in evaluate_claims(collect(write_suite(tmp_path, "both", runs)), numbers, REPS)
                    if v.claim.id == "ddn_3s_vs_5z")
     assert verdict.verdict == REPRODUCED and not verdict.on_stand_in and verdict.measured_on == ["SMAC (StarCraft II)"]
