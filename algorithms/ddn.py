@@ -307,11 +307,12 @@ class Learner(QLearner):
         """Per-group gradient norms (before clipping) are logged; ``grad_clip`` chooses one joint
         clip (``grad_norm`` over everything, as PyMARL) or one clip per group."""
         clip = self.cfg.grad_norm_clip
+        groups = self.param_groups()
         norms = {name: torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-                 for name, params in self.param_groups().items()}
+                 for name, params in groups.items()}
         total = torch.stack(list(norms.values())).norm()
         if self.cfg.grad_clip == "per_group":
-            for name, params in self.param_groups().items():
+            for name, params in groups.items():
                 torch.nn.utils.clip_grads_with_norm_(params, clip, norms[name])
             fired = float(sum(float(n) > clip for n in norms.values()))
         else:
