@@ -4,6 +4,7 @@ they came from, and a record folder renders as a report; the repository's own re
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 import yaml
@@ -69,3 +70,16 @@ def test_the_repositorys_records_load_and_match_their_index(tmp_path):
     copy = tmp_path / "records"
     shutil.copytree(RECORDS, copy)
     assert write_index(copy) == committed
+
+
+def test_no_record_file_is_ignored_by_git(suite, tmp_path):
+    """An exported record must be committable: none of its files, placed under the repository's
+    records/, may match a .gitignore rule (a `runs/` rule once hid every run of a committed record,
+    so a fresh clone had the index and no runs)."""
+    export(suite, "tuning", tmp_path / "records")
+    files = [p.relative_to(tmp_path / "records") for p in (tmp_path / "records").rglob("*") if p.is_file()]
+    assert any(f.name == "metrics.csv" for f in files)
+    as_committed = [str(RECORDS / f) for f in files]
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *as_committed], cwd=RECORDS.parent,
+                             capture_output=True, text=True).stdout.split()
+    assert not ignored, f"record files ignored by .gitignore: {ignored}"
