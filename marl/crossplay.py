@@ -98,3 +98,227 @@ def evaluate_crossplay(focal_path: str | Path, member_paths: Sequence[str | Path
         "focal": _describe(focal),
         "population": [_describe(m) for m in members],
     }
+
+
+# Co-player kinds on a common partner schedule ----------------------------------------------------
+#
+# The populations a focal policy is evaluated against (suites/manifest.py COPLAYER_KINDS,
+# docs/evaluation.md): ``round_robin`` (the final policies of the suite's other algorithms' runs; a
+# focal run skips the entries of its own algorithm), ``heldout`` (held-out runs at several fractions
+# of their training), ``random`` (a uniform-random policy, the floor) and ``self_play`` (the focal
+# policy in every seat, the reference of the generalisation gap). Every focal run of a suite meets
+# the same schedule: which co-player, which focal seats and which environment seeds each episode
+# gets depend on the schedule's seed (the suite and scenario), the member lists (the suite's runs)
+# and the episode index only, never on the focal run (common random numbers).
+
+COPLAYER_KINDS = ("round_robin", "heldout", "random", "self_play")
+UNSEEN_KINDS = ("round_robin", "heldout", "random")  # the kinds the cross-play score averages
+KIND_NAMES = {
+    "round_robin": "round robin: the final policies of the suite's other algorithms (never the focal run's own)",
+    "heldout": "held-out runs (other seeds, never met in training) at several points of their training",
+    "random": "uniform-random policy (the floor)",
+    "self_play": "self-play: the focal policy in every seat (not cross-play; the generalisation gap's reference)",
+}
+SCORE_KIND = "coplayer_score"
+SCORE_NAME = "mean over co-player kinds (round robin, held-out checkpoints, uniform random)"
+
+
+class UniformRandomActor(nn.Module):
+    """Uniform over the available actions, whichever the acting mode: its logits are Gumbel noise
+    (-inf where unavailable), so the argmax of greedy acting is a uniform draw and sampling from the
+    softmax is, by symmetry, uniform too. Its own generator (re-seeded per batch) keeps it reproducible."""
+
+    hidden_dim = 1
+
+    def __init__(self, n_actions: int, seed: int = 0):
+        super().__init__()
+        self.n_actions = n_actions
+        self.generator = torch.Generator()
+        self.generator.manual_seed(seed)
+
+    def reseed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
+    def initial_hidden(self, rows: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        return torch.zeros(rows, 1, device=device)
+
+    def act(self, inp: Any, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        avail = inp.avail.bool()
+        u = torch.rand(avail.shape, generator=self.generator).clamp_(1e-12, 1 - 1e-12).to(avail.device)
+        logits = -torch.log(-torch.log(u))
+        return logits.masked_fill(~avail, float("-inf")), h
+
+
+def seat_arrangements(n_agents: int, n_focal: int) -> list[tuple[int, ...]]:
+    """The focal seats of each arrangement: ``n_focal`` consecutive seats rotated through every seat
+    (2 players, 1 focal: seat 0, then seat 1), so the focal policy alternates seats."""
+    if not 1 <= n_focal < n_agents:
+        raise ValueError(f"n_focal must be in [1, {n_agents - 1}] for {n_agents} players, got {n_focal}")
+    out = [tuple(sorted((r + j) % n_agents for j in range(n_focal))) for r in range(n_agents)]
+    return list(dict.fromkeys(out))
+
+
+def partner_schedule(members: Mapping[str, Sequence[Any]], n_agents: int, n_focal: int, episodes: int,
+                     num_envs: int, seed: int) -> list[dict[str, Any]]:
+    """The episodes of a cross-play evaluation, in order. For each kind (COPLAYER_KINDS order) with
+    members, every (member, seat arrangement) pair in turn, repeated in whole cycles until the kind
+    has at least ``episodes`` episodes (self-play: one arrangement, every seat the focal policy).
+    Episode ``index`` plays in copy ``index % num_envs`` of batch ``index // num_envs``, whose
+    environments are reset with ``batch_seed``: a pure function of its arguments."""
+    from marl.train import derive_seed
+
+    entries: list[dict[str, Any]] = []
+    for kind in COPLAYER_KINDS:
+        if kind not in members:
+            continue
+        if kind == "self_play":
+            pairs = [(None, tuple(range(n_agents)))]
+        else:
+            pairs = [(m, seats) for m in range(len(members[kind])) for seats in seat_arrangements(n_agents, n_focal)]
+        if not pairs:
+            continue
+        for _ in range(math.ceil(max(1, episodes) / len(pairs))):
+            for member, seats in pairs:
+                entries.append({"kind": kind, "member": member, "focal_seats": list(seats)})
+    for i, entry in enumerate(entries):
+        entry.update(index=i, batch=i // num_envs, copy=i % num_envs,
+                     batch_seed=derive_seed(seed, 7, i // num_envs))
+    return entries
+
+
+class _BatchPlayers:
+    """Players of one batch of scheduled episodes: the given assignment at the batch's start; copies
+    whose first episode ended play on (the focal policy everywhere) but are not recorded."""
+
+    def __init__(self, assignment: torch.Tensor, modules: dict[int, nn.Module]):
+        self.assignment, self.modules, self.started = assignment, modules, False
+
+    def assign(self, n_envs: int, n_agents: int, generator: torch.Generator) -> torch.Tensor:
+        if not self.started:
+            self.started = True
+            return self.assignment.clone()
+        return torch.full((n_envs, n_agents), LEARNER, dtype=torch.long)
+
+    def module(self, key: int) -> nn.Module:
+        return self.modules[key]
+
+
+@torch.no_grad()
+def _play_batch(env: Any, players: _BatchPlayers, seed: int, greedy: bool, device: str) -> torch.Tensor:
+    """The first episode of every copy: returns [B, N]."""
+    from marl.policy_runner import _Acting
+
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    acting = _Acting(env, players, generator, greedy, torch.device(device))
+    acting.begin(env.reset(seed=seed))
+    B, N = env.spec.num_envs, env.spec.n_agents
+    returns = torch.full((B, N), float("nan"))
+    done = torch.zeros(B, dtype=torch.bool)
+    while not bool(done.all()):
+        rec = acting.act(record_key=None)
+        out, episodes = acting.step(rec["actions"])
+        if episodes is not None:
+            for j, b in enumerate(out.done.nonzero().squeeze(-1).tolist()):
+                if not done[b]:
+                    returns[b], done[b] = episodes.returns[j].cpu(), True
+    return returns
+
+
+def evaluate_schedule(focal_path: str | Path, members: Mapping[str, Sequence[Mapping[str, Any]]], family: str,
+                      scenario: str, env_options: Mapping[str, Any] | None = None, episodes: int = 16,
+                      seed: int = 0, num_envs: int = 2, n_focal: int | None = None, greedy: bool = False,
+                      exclude_algorithm: str | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Play the partner schedule of ``members`` ({kind: [member]}; a member has ``path`` (None: not
+    available) and ``algorithm``; ``random`` and ``self_play`` members need neither) with the focal
+    policy. Entries whose member is of ``exclude_algorithm`` (round robin) or not available are
+    skipped, never replaced, so every played episode is the same for every focal run. Returns per
+    kind the focal per-capita return, its per-member breakdown and the schedule indices played."""
+    env = envs.make_env(family, scenario, num_envs=num_envs, seed=seed, device=device, **dict(env_options or {}))
+    try:
+        spec = env.spec
+        n_focal = default_n_focal(spec.n_agents) if n_focal is None else n_focal
+        schedule = partner_schedule(members, spec.n_agents, n_focal, episodes, num_envs, seed)
+        focal = load_policy(focal_path, device, expect=spec)
+        random_actor = UniformRandomActor(spec.n_actions)
+        loaded: dict[tuple[str, int], nn.Module | None] = {}
+        skip: dict[int, str] = {}
+        for e in schedule:
+            if e["kind"] in ("self_play",):
+                continue
+            if e["kind"] == "random":
+                loaded[(e["kind"], e["member"])] = random_actor
+                continue
+            m = members[e["kind"]][e["member"]]
+            if exclude_algorithm is not None and e["kind"] == "round_robin" and m.get("algorithm") == exclude_algorithm:
+                skip[e["index"]] = "own algorithm"
+                continue
+            key = (e["kind"], e["member"])
+            if key not in loaded:
+                loaded[key] = load_policy(m["path"], device, expect=spec).actor if m.get("path") else None
+            if loaded[key] is None:
+                skip[e["index"]] = "not available"
+        results: dict[int, torch.Tensor] = {}
+        for batch in sorted({e["batch"] for e in schedule}):
+            rows = [e for e in schedule if e["batch"] == batch]
+            if all(e["index"] in skip for e in rows):
+                continue  # nothing to play; later batches keep their own seeds
+            assignment = torch.full((num_envs, spec.n_agents), LEARNER, dtype=torch.long)
+            modules: dict[int, nn.Module] = {LEARNER: focal.actor}
+            keys: dict[int, int] = {}
+            for e in rows:
+                if e["index"] in skip or e["kind"] == "self_play":
+                    continue
+                module = loaded[(e["kind"], e["member"])]
+                key = keys.setdefault(id(module), len(keys) + 1)
+                modules[key] = module
+                others = [s for s in range(spec.n_agents) if s not in e["focal_seats"]]
+                assignment[e["copy"], others] = key
+            random_actor.reseed(rows[0]["batch_seed"])
+            returns = _play_batch(env, _BatchPlayers(assignment, modules), rows[0]["batch_seed"], greedy, device)
+            for e in rows:
+                if e["index"] not in skip:
+                    results[e["index"]] = returns[e["copy"]]
+    finally:
+        env.close()
+    by_kind: dict[str, dict[str, Any]] = {}
+    for kind in COPLAYER_KINDS:
+        entries = [e for e in schedule if e["kind"] == kind]
+        if kind not in members:
+            continue
+        played = [e for e in entries if e["index"] in results]
+        focal_returns = torch.tensor([float(results[e["index"]][e["focal_seats"]].mean()) for e in played])
+        record: dict[str, Any] = {
+            "kind": kind, "population_kind": KIND_NAMES[kind], "state": "done" if played else "empty",
+            "scheduled": len(entries), "skipped_own_algorithm": sum(skip.get(e["index"]) == "own algorithm" for e in entries),
+            "skipped_unavailable": sum(skip.get(e["index"]) == "not available" for e in entries),
+            "episode_index": [e["index"] for e in played],
+            **(focal_return_summary(focal_returns) if played else {"episodes": 0, "focal_per_capita_return": None}),
+        }
+        if kind != "self_play":
+            background = [float(results[e["index"]][[s for s in range(spec.n_agents) if s not in e["focal_seats"]]].mean())
+                          for e in played]
+            record["background_per_capita_return"] = sum(background) / len(background) if background else None
+            per_member = []
+            for i, m in enumerate(members[kind]):
+                mine = [e for e in played if e["member"] == i]
+                desc = {k: m[k] for k in ("run_id", "algorithm", "label", "seed", "fraction", "name") if k in m}
+                vals = [float(results[e["index"]][e["focal_seats"]].mean()) for e in mine]
+                per_member.append({**desc, "episodes": len(vals),
+                                   "focal_per_capita_return": sum(vals) / len(vals) if vals else None})
+            record["population"] = [m for m in per_member if m["episodes"]]
+            record["members_not_played"] = [m for m in per_member if not m["episodes"]]
+        by_kind[kind] = record
+    return {"kinds": by_kind, "n_focal": n_focal, "n_agents": spec.n_agents, "num_envs": num_envs, "schedule_seed": seed,
+            "schedule_length": len(schedule), "actions": "greedy" if greedy else "sampled"}
+
+
+def coplayer_score(by_kind: Mapping[str, Mapping[str, Any]]) -> tuple[float | None, float | None]:
+    """(the cross-play score: the mean over the unseen kinds evaluated, the generalisation gap:
+    self-play's return minus that score); None where an ingredient is missing."""
+    values = [float(by_kind[k]["focal_per_capita_return"]) for k in UNSEEN_KINDS
+              if k in by_kind and by_kind[k].get("focal_per_capita_return") is not None]
+    score = sum(values) / len(values) if values else None
+    sp = by_kind.get("self_play", {}).get("focal_per_capita_return")
+    gap = float(sp) - score if score is not None and sp is not None else None
+    return score, gap

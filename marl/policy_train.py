@@ -14,7 +14,10 @@ Contracts (DESIGN.md; the shared loop is marl/trainer.py):
   the training copies are re-seeded and start new episodes, in interrupted and uninterrupted runs
   alike, so a resumed run on a deterministic environment equals the uninterrupted one;
 * at the end, ``policy.pt``: the test-time actor as a policy artifact (marl/population.py), the
-  member a held-out population is made of.
+  member a held-out population is made of; with ``snapshots`` (fractions of the budget, held-out
+  runs), also ``policy_at_<fraction>.pt`` after the first update that reaches that fraction of the
+  env-step budget (co-players of diverse skill, as in Fictitious Co-Play). A resumed run re-saves a
+  snapshot only when it resumed from before it, so it equals the uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 import envs
 from marl.config import ConfigError
 from marl.policy_runner import LEARNER, Episodes, RolloutCollector, SelfPlayPlayers, play_episodes
-from marl.population import POLICY_FILE, save_policy
+from marl.population import POLICY_FILE, policy_file, save_policy
 from marl.trainer import Budget, ProgressFn, Trainer
 
 
@@ -62,9 +65,11 @@ class PolicyTrainer(Trainer):
     def iteration(self) -> None:
         self.learner.before_rollout(self.generator)
         rollout, episodes = self.collector.collect(self.cfg.rollout_length)
+        before = self.t_env
         self.t_env += rollout.env_steps
         self.episode += episodes.count
         stats = self.learner.train_step(rollout, episodes, self.generator)
+        self.save_snapshots(before)
         if episodes.count:
             per_capita = episodes.per_capita(LEARNER)
             self.add_stat("train_return_mean", per_capita[~per_capita.isnan()].tolist())
@@ -97,21 +102,34 @@ class PolicyTrainer(Trainer):
             metrics["test_win_rate"] = float(episodes.won.float().mean())
         return metrics
 
+    def save_snapshots(self, before: int) -> None:
+        """Save the policy at every snapshot fraction whose env-step mark this update crossed."""
+        if self.run_dir is None:
+            return
+        for fraction in getattr(self, "snapshots", ()):
+            mark = fraction * self.budget.env_steps
+            if fraction < 1.0 and before < mark <= self.t_env:
+                self.save_policy(self.run_dir / policy_file(fraction), fraction=fraction)
+
     def finish(self) -> None:
         assert self.run_dir is not None
-        self.save_policy(self.run_dir / POLICY_FILE)
+        self.save_policy(self.run_dir / POLICY_FILE, fraction=1.0)
 
-    def save_policy(self, path: str | Path) -> None:
+    def save_policy(self, path: str | Path, fraction: float = 1.0) -> None:
         save_policy(path, self.algo.name, self.cfg, self.env.spec, self.learner.eval_module(),
-                    {"seed": self.seed, "env_steps": self.t_env, **{k: v for k, v in self.provenance_extra.items()
-                                                                     if isinstance(v, (str, int, float))}})
+                    {"seed": self.seed, "env_steps": self.t_env, "fraction": fraction,
+                     **{k: v for k, v in self.provenance_extra.items() if isinstance(v, (str, int, float))}})
 
 
 def train_run(algorithm: str, family: str, scenario: str, seed: int, budget: Budget,
               overrides: Mapping[str, Any] | None = None, env_options: Mapping[str, Any] | None = None,
               run_dir: str | Path | None = None, device: str = "cpu", progress: ProgressFn | None = None,
-              provenance_extra: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+              provenance_extra: Mapping[str, Any] | None = None,
+              snapshots: tuple[float, ...] = ()) -> list[dict[str, Any]]:
     """Train one on-policy run to its budget (resuming from ``run_dir``'s checkpoint) and return its
-    metric rows; same contract as marl.train.train_run, plus ``policy.pt`` at the end."""
-    return PolicyTrainer(algorithm, family, scenario, seed, budget, overrides, env_options, run_dir, device,
-                         progress, provenance_extra).run()
+    metric rows; same contract as marl.train.train_run, plus ``policy.pt`` at the end and the policy
+    at each fraction of ``snapshots`` of the budget (``policy_at_<fraction>.pt``)."""
+    trainer = PolicyTrainer(algorithm, family, scenario, seed, budget, overrides, env_options, run_dir, device,
+                            progress, provenance_extra)
+    trainer.snapshots = tuple(float(f) for f in snapshots)
+    return trainer.run()

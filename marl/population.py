@@ -25,6 +25,15 @@ from marl.run_io import atomic_torch_save
 
 ARTIFACT_FORMAT = 1
 POLICY_FILE = "policy.pt"
+
+
+def policy_file(fraction: float) -> str:
+    """The artifact of a run's policy at ``fraction`` of its training: ``policy.pt`` for the final one
+    (1.0), ``policy_at_0.1.pt`` for the one saved once 10% of the env-step budget was reached."""
+    fraction = float(fraction)
+    if not 0 < fraction <= 1:
+        raise ValueError(f"a policy checkpoint is at a fraction of training in (0, 1], got {fraction!r}")
+    return POLICY_FILE if fraction == 1.0 else f"policy_at_{fraction:g}.pt"
 _SPEC_KEYS = ("family", "scenario", "n_agents", "n_actions", "obs_shape", "state_shape", "extra_obs_shapes",
               "shared_reward", "has_won")
 

@@ -8,8 +8,9 @@
   table and as the reference column of the ablations);
 * ``evals``: one row per evaluation of every run directory (identifying columns + metrics.csv),
 * ``crossplay``: one row per cross-play evaluation of a focal policy run (its ``crossplay.json``,
-  written by suites/crossplay.py): the focal per-capita return against a held-out population or on
-  a Melting Pot scenario with DeepMind's bots, and which population that was,
+  written by suites/crossplay.py): the focal per-capita return per co-player kind (``kind``: round
+  robin, held-out checkpoints, uniform random, self-play; ``coplayer_score``: the mean over the
+  unseen kinds), or on a Melting Pot scenario with DeepMind's bots, and which population that was,
 
 plus each run's provenance and the problems met on the way (a corrupt run directory is reported,
 never fatal: a partial or damaged suite still renders).
@@ -118,6 +119,10 @@ def final_score(values: pd.Series | np.ndarray, last: int = FINAL_EVALS) -> floa
     return float(np.mean(values[-last:])) if len(values) else float("nan")
 
 
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
+
+
 def _crossplay_rows(record: dict[str, Any], row: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per evaluation of a crossplay.json (held-out population or bot scenario): done, failed
     or unavailable here (``eval_state``; only done ones have a value)."""
@@ -132,7 +137,7 @@ def _crossplay_rows(record: dict[str, Any], row: dict[str, Any]) -> list[dict[st
                     "kind": ev.get("kind"), "eval_scenario": ev.get("scenario", row["scenario"]),
                     "eval_state": ev.get("state"), "reason": ev.get("reason") or ev.get("error"),
                     "population_kind": ev.get("population_kind"),
-                    "value": float(ev.get("focal_per_capita_return", float("nan"))),
+                    "value": _number(ev.get("focal_per_capita_return")),
                     "episodes": ev.get("episodes"), "n_focal": ev.get("n_focal"),
                     "members": json.dumps([{k: m.get(k) for k in ("algorithm", "label", "seed", "run_id") if k in m}
                                            for m in members]),

@@ -31,8 +31,8 @@ from reports.paper import PaperNumbers, load_paper_numbers
 from reports.ddn_diagnostics import ddn_diagnostics
 from reports.provenance import method_choices, provenance_table
 from reports.stats import REPS
-from reports.tables import (FAMILY_NAMES, HELDOUT_GROUP, Table, build_crossplay_table, build_table, crossplay_groups,
-                            groups_in_order, learning_curve)
+from reports.tables import (FAMILY_NAMES, HELDOUT_GROUP, KIND_TITLES, Table, build_coplayer_table,
+                            build_crossplay_table, build_table, crossplay_groups, groups_in_order, learning_curve)
 
 TEMPLATES = Path(__file__).with_name("templates")
 BIDIST_NOT_RUN = ("this suite has no BiDist runs. Run python reproduce.py --suite bidist_quick (a few minutes: "
@@ -72,6 +72,7 @@ def _bidist(data: SuiteData, fig_dir: Path, reps: int) -> dict[str, Any]:
     the focal runs still without a cross-play result."""
     tables = [build_crossplay_table(data, group, reps) for group in crossplay_groups(data)]
     tables = [t for t in tables if t.rows]
+    coplayer_tables = [t for t in (build_coplayer_table(data, group, reps) for group in crossplay_groups(data)) if t.rows]
     focal = data.runs[(data.runs["group"] != HELDOUT_GROUP)]
     figures_out: list[Figure] = []
     for family, scenario in sorted(set(zip(focal["family"], focal["scenario"]))):
@@ -108,7 +109,7 @@ def _bidist(data: SuiteData, fig_dir: Path, reps: int) -> dict[str, Any]:
                      "its scenario finished: rerun reproduce.py)"
         pending.append(Pending(r.run_id, r.family, r.scenario, r.label, r.seed, reason))
     kinds = list(dict.fromkeys(done["population_kind"].dropna()))
-    return {"tables": tables, "figures": figures_out, "heldout": list(held.itertuples()), "pending": pending,
+    return {"tables": tables, "coplayer_tables": coplayer_tables, "kind_titles": KIND_TITLES, "figures": figures_out, "heldout": list(held.itertuples()), "pending": pending,
             "kinds": kinds, "has_runs": not focal.empty, "not_here": not_here}
 
 

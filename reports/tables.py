@@ -210,6 +210,13 @@ def learning_curve(data: SuiteData, family: str, scenario: str, label: str, grou
 
 HELDOUT_GROUP = "heldout"  # suites/manifest.py: the held-out runs' group, never a focal column
 BIDIST_REFERENCE = "bidist"
+# crossplay.json evaluation kinds (suites/crossplay.py, marl/crossplay.py): one per co-player kind (the
+# co-player table's columns), the score over the unseen kinds, and the legacy single-population kind.
+COPLAYER_KINDS = ("round_robin", "heldout", "random", "self_play")
+SCORE_KIND = "coplayer_score"
+LEGACY_HELDOUT = "heldout_population"
+KIND_TITLES = {"round_robin": "round robin (other algorithms)", "heldout": "held-out checkpoints",
+               "random": "uniform random", "self_play": "self-play", "score": "score", "gap": "gap"}
 CROSSPLAY_LAYOUT = Layout(
     "main", "Cross-play: focal per-capita return per evaluation and algorithm",
     "Each focal policy (rows: where it was evaluated) plays with co-players it never met in training: the "
@@ -241,18 +248,18 @@ def build_crossplay_table(data: SuiteData, group: str, reps: int) -> Table:
         BIDIST_REFERENCE)
     focal = data.runs[(data.runs["group"] == group) & (data.runs["metric"] == FOCAL_RETURN.column)]
     played = data.crossplay[(data.crossplay["group"] == group) & (data.crossplay["state"] == "done")
-                            & (data.crossplay["eval_state"] == "done")]
+                            & (data.crossplay["eval_state"] == "done") & ~data.crossplay["kind"].isin(COPLAYER_KINDS)]
     found = list(dict.fromkeys(focal["label"]))
     columns = [c for c in layout.columns if c in found] + sorted(c for c in found if c not in layout.columns)
     keys = sorted(set(zip(played["family"], played["scenario"], played["eval_scenario"], played["kind"],
                           played["population_kind"].fillna("?"))),
-                  key=lambda k: (family_key(k[0]), k[1], k[3] != "heldout_population", k[2]))
+                  key=lambda k: (family_key(k[0]), k[1], k[3] not in (SCORE_KIND, LEGACY_HELDOUT), k[2]))
     rows: list[Row] = []
     for family, trained_on, where, kind, population in keys:
         at = played[(played["family"] == family) & (played["scenario"] == trained_on) & (played["eval_scenario"] == where)
                      & (played["kind"] == kind)]
         row = Row(family, where, FOCAL_RETURN.column, FOCAL_RETURN.name, False, population=population,
-                  members=heldout_members(data, family, trained_on) if kind == "heldout_population" else [],
+                  members=heldout_members(data, family, trained_on) if kind in (SCORE_KIND, LEGACY_HELDOUT) else [],
                   trained_on=trained_on if where != trained_on else None)
         for label in columns:
             own = focal[(focal["family"] == family) & (focal["scenario"] == trained_on) & (focal["label"] == label)]
@@ -277,3 +284,63 @@ def build_crossplay_table(data: SuiteData, group: str, reps: int) -> Table:
                                               probability_of_improvement(x.values, y.values, reps=reps),
                                               one_sided_test(x.values, y.values)))
     return Table(layout, columns, rows, comparisons)
+
+
+@dataclass
+class CoplayerRow:
+    family: str
+    scenario: str
+    label: str
+    cells: dict[str, Cell]  # by column: a co-player kind, "score" or "gap"
+    n_runs: int  # focal runs of the label on the scenario, whatever their state
+
+
+@dataclass
+class CoplayerTable:
+    group: str
+    columns: list[str]  # co-player kinds present (COPLAYER_KINDS order), then "score" and "gap"
+    rows: list[CoplayerRow]
+    population_kinds: dict[str, str]  # column -> what the co-players were
+
+
+def build_coplayer_table(data: SuiteData, group: str, reps: int) -> CoplayerTable:
+    """BiDist's generalisation per co-player kind: rows (scenario, focal label), a column per
+    co-player kind (round robin, held-out checkpoints, uniform random, self-play), the score (mean
+    over the unseen kinds) and the gap (self-play minus score, per seed); cells aggregate over seeds
+    the focal per-capita return of each seed's crossplay.json."""
+    cp = data.crossplay[(data.crossplay["group"] == group) & (data.crossplay["state"] == "done")
+                        & (data.crossplay["eval_state"] == "done")]
+    per_kind = cp[cp["kind"].isin(COPLAYER_KINDS)]
+    score = cp[cp["kind"] == SCORE_KIND]
+    kinds = [k for k in COPLAYER_KINDS if k in set(per_kind["kind"])]
+    columns = kinds + (["score"] if len(score) else []) + (["gap"] if len(score) and "self_play" in kinds else [])
+    focal = data.runs[(data.runs["group"] == group) & (data.runs["metric"] == FOCAL_RETURN.column)]
+    order = {c: i for i, c in enumerate(CROSSPLAY_LAYOUT.columns)}
+    rows: list[CoplayerRow] = []
+    keys = sorted(set(zip(per_kind["family"], per_kind["scenario"], per_kind["label"])),
+                  key=lambda k: (family_key(k[0]), k[1], order.get(k[2], len(order)), k[2]))
+    for family, scenario, label in keys:
+        own = focal[(focal["family"] == family) & (focal["scenario"] == scenario) & (focal["label"] == label)]
+        mine = cp[(cp["family"] == family) & (cp["scenario"] == scenario) & (cp["label"] == label)]
+        values: dict[str, pd.Series] = {}
+        for kind in kinds:
+            got = mine[mine["kind"] == kind].drop_duplicates("run_id").set_index("seed")["value"]
+            values[kind] = got
+        if "score" in columns:
+            values["score"] = mine[mine["kind"] == SCORE_KIND].drop_duplicates("run_id").set_index("seed")["value"]
+        if "gap" in columns:
+            values["gap"] = (values["self_play"] - values["score"]).dropna()
+        cells = {}
+        for column, series in values.items():
+            series = series.dropna().sort_index()
+            cells[column] = Cell(label=column, agg=aggregate(series, reps=reps), values=series.tolist(),
+                                 seeds=series.index.tolist(), n_runs=len(own.drop_duplicates("run_id")),
+                                 n_done=len(series))
+        rows.append(CoplayerRow(family, scenario, label, cells, len(own.drop_duplicates("run_id"))))
+    names = {k: str(per_kind[per_kind["kind"] == k]["population_kind"].dropna().iloc[0]) for k in kinds
+             if per_kind[per_kind["kind"] == k]["population_kind"].notna().any()}
+    if "score" in columns:
+        names["score"] = "mean of the unseen kinds' returns (round robin, held-out checkpoints, uniform random)"
+    if "gap" in columns:
+        names["gap"] = "self-play return minus the score, per seed: what the policy loses with partners it never met"
+    return CoplayerTable(group, columns, rows, names)

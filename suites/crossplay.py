@@ -41,11 +41,12 @@ from suites.store import SPEC, SuiteStore, now, read_json_file
 from suites.worker import EventSink, StopRequested, _lock_run_dir
 
 CROSSPLAY = "crossplay.json"
-FORMAT = 1
-HELDOUT, BOTS = "heldout_population", "meltingpot_scenario"
+FORMAT = 2  # 2: co-player kinds on a common partner schedule (1: one population drawn i.i.d. per episode)
+HELDOUT, BOTS, COPLAYERS = "heldout_population", "meltingpot_scenario", "coplayers"
 POPULATION_KIND_BOTS = "DeepMind's Melting Pot scenario bots (background population of the asset bundle)"
 # Request fields that define the evaluation (their hash decides whether crossplay.json is up to date).
-HASHED = ("format", "focal", "population", "episodes", "n_focal", "seed", "bot_scenarios")
+HASHED = ("format", "focal", "focal_algorithm", "coplayers", "members", "population", "episodes", "n_focal", "num_envs",
+          "seed", "bot_scenarios")
 
 
 # Driver side ------------------------------------------------------------------------------------
@@ -74,10 +75,50 @@ def is_focal_policy_run(spec: RunSpec) -> bool:
     return not spec.is_heldout and not spec.unavailable and algorithm_kind(spec.algorithm)[0] == "policy"
 
 
-def build_request(spec: RunSpec, suite: Suite, store: SuiteStore) -> tuple[dict[str, Any], int]:
-    """The request for one focal run and how many held-out runs its scenario has in the suite."""
+def schedule_seed(suite: Suite, family: str, scenario: str) -> int:
+    """The partner schedule's seed: the suite and the scenario, never the focal run (common random
+    numbers: every method meets the same co-players in the same seats on the same env seeds)."""
     from marl.train import derive_seed
 
+    return derive_seed(int(content_id({"suite": suite.name, "family": family, "scenario": scenario}), 16), 0xC0FFEE)
+
+
+def coplayer_members(spec: RunSpec, suite: Suite, store: SuiteStore) -> dict[str, list[dict[str, Any]]]:
+    """The members of each co-player kind the manifest asks for, the same lists for every focal run
+    of the scenario (the schedule is built from them): round robin, every focal policy run of the
+    scenario (those of the focal run's own algorithm are listed, and skipped when it plays, with
+    ``available`` None); held-out, every held-out run at every checkpoint fraction."""
+    from marl.population import policy_file
+
+    assert suite.heldout is not None
+    same = [r for r in suite.runs if (r.family, r.scenario) == (spec.family, spec.scenario)]
+    order = lambda r: (r.algorithm, r.label, r.seed, r.id)  # noqa: E731
+
+    def finished(r: RunSpec, file: str) -> bool:
+        return store.inspect(r).kind == "done" and (store.run_dir(r.id) / file).is_file()
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    for kind in suite.heldout.coplayers:
+        if kind == "round_robin":
+            runs = sorted({r.id: r for r in same if is_focal_policy_run(r)}.values(), key=order)
+            out[kind] = [{"run_id": r.id, "algorithm": r.algorithm, "label": r.label, "seed": r.seed, "fraction": 1.0,
+                          "file": POLICY_FILE,
+                          "available": None if r.algorithm == spec.algorithm else finished(r, POLICY_FILE)}
+                         for r in runs]
+        elif kind == "heldout":
+            runs = sorted((r for r in same if r.is_heldout), key=order)
+            out[kind] = [{"run_id": r.id, "algorithm": r.algorithm, "label": r.label, "seed": r.seed, "fraction": f,
+                          "file": policy_file(f), "available": finished(r, policy_file(f))}
+                         for r in runs for f in suite.heldout.checkpoints]
+        elif kind == "random":
+            out[kind] = [{"name": "uniform_random", "available": True}]
+        else:  # self_play
+            out[kind] = [{"name": "self", "available": True}]
+    return out
+
+
+def build_request(spec: RunSpec, suite: Suite, store: SuiteStore) -> tuple[dict[str, Any], int]:
+    """The request for one focal run and how many held-out runs its scenario has in the suite."""
     assert suite.heldout is not None
     members = [r for r in suite.runs if r.is_heldout and (r.family, r.scenario) == (spec.family, spec.scenario)]
     done = [m for m in members if store.inspect(m).kind == "done" and (store.run_dir(m.id) / POLICY_FILE).is_file()]
@@ -85,12 +126,17 @@ def build_request(spec: RunSpec, suite: Suite, store: SuiteStore) -> tuple[dict[
     request = {
         "format": FORMAT,
         "focal": spec.id,
+        "focal_algorithm": spec.algorithm,
+        "coplayers": list(suite.heldout.coplayers),
+        "members": coplayer_members(spec, suite, store),
+        # The held-out runs whose final policy exists (what the report lists as the population).
         "population": [{"run_id": m.id, "algorithm": m.algorithm, "label": m.label, "seed": m.seed}
                        for m in sorted(done, key=lambda m: (m.algorithm, m.label, m.seed, m.id))],
         "population_expected": len(members),
         "episodes": suite.heldout.episodes or int(spec.budget["eval_episodes"]),
         "n_focal": suite.heldout.n_focal,
-        "seed": derive_seed(int(spec.id, 16), 0xC0FFEE),
+        "num_envs": suite.heldout.num_envs,
+        "seed": schedule_seed(suite, spec.family, spec.scenario),
         "bot_scenarios": [b.name for b in bots if not b.unavailable],
         # Why the others are not evaluated (the gist: the full text, with what to do, is in --dry-run).
         "bot_scenarios_unavailable": {b.name: b.unavailable.split(": ")[0] for b in bots if b.unavailable},
@@ -108,7 +154,7 @@ def plan_crossplay(items: list[PlanItem], suite: Suite, store: SuiteStore) -> Cr
         if not is_focal_policy_run(spec) or store.inspect(spec).kind != "done":
             continue
         request, expected = build_request(spec, suite, store)
-        if not request["population"] and not request["bot_scenarios"]:
+        if "heldout" in request["coplayers"] and not request["population"] and not request["bot_scenarios"]:
             why = (f"none of the {expected} held-out run(s) of {spec.family}/{spec.scenario} has finished "
                    f"(run them: --only group=heldout)" if expected else
                    f"the suite has no held-out run on {spec.family}/{spec.scenario}")
@@ -142,8 +188,7 @@ def execute_crossplay_phase(items: list[PlanItem], store: SuiteStore, backend: B
         return summary
     requests = {spec.id: request for spec, request in plan.jobs}
     specs = [spec for spec, _ in plan.jobs]
-    totals = {spec.id: max(1, (1 if requests[spec.id]["population"] else 0) + len(requests[spec.id]["bot_scenarios"]))
-              for spec in specs}
+    totals = {spec.id: 1 + len(requests[spec.id]["bot_scenarios"]) for spec in specs}
     progress = Progress(specs, already_done=0, total_runs=len(specs), stream=stream, totals=totals, unit="eval",
                         what="cross-play")
     progress.line(describe_plan(plan))
@@ -251,48 +296,61 @@ def execute_crossplay(run_dir: Path, sink: EventSink, request: dict[str, Any], t
 
 def _evaluate(run_dir: Path, spec: Mapping[str, Any], sink: EventSink, request: Mapping[str, Any], threads: int,
               device: str) -> dict[str, Any]:
+    """Every co-player kind on the common partner schedule, then the Melting Pot scenarios with bots.
+    ``evaluations`` holds one entry per co-player kind, one for the score (the mean over the unseen
+    kinds, with the generalisation gap) and one per bot scenario."""
     import torch
 
-    from marl.crossplay import evaluate_crossplay
+    from marl.crossplay import KIND_NAMES, SCORE_KIND, SCORE_NAME, coplayer_score, evaluate_schedule
 
     torch.set_num_threads(max(1, threads))
     focal_path = run_dir / POLICY_FILE
     if not focal_path.is_file():
         raise FileNotFoundError(f"{focal_path} is missing: the run finished without its policy artifact")
-    greedy, num_envs = _acting(focal_path)
-    targets = ([(HELDOUT, spec["scenario"])] if request["population"] else []) + \
-              [(BOTS, name) for name in request["bot_scenarios"]]
+    greedy, _ = _acting(focal_path)
+    num_envs = int(request.get("num_envs") or 2)  # the request's, not the focal run's: the same for every method
+    targets = [(COPLAYERS, spec["scenario"])] + [(BOTS, name) for name in request["bot_scenarios"]]
     evaluations: list[dict[str, Any]] = []
+    by_kind: dict[str, Any] = {}
     for i, (kind, scenario) in enumerate(targets):
         if sink.should_stop():
             raise StopRequested
         seed = int(request["seed"]) + i
-        entry: dict[str, Any] = {"kind": kind, "scenario": scenario}
         try:
-            if kind == HELDOUT:
-                members = [run_dir.parent / m["run_id"] / POLICY_FILE for m in request["population"]]
-                result = evaluate_crossplay(focal_path, members, spec["family"], spec["scenario"], spec["env_options"],
-                                            episodes=int(request["episodes"]), seed=seed, num_envs=num_envs,
-                                            n_focal=request.get("n_focal"), greedy=greedy, device=device)
-                # Members by run id (not by path: a docker job sees the run store under another root).
-                for described, member in zip(result["population"], request["population"]):
-                    described.update(member)
-                    described.pop("path", None)
-                result["focal"].pop("path", None)
+            if kind == COPLAYERS:
+                members = {k: [{**m, "path": (str(run_dir.parent / m["run_id"] / m["file"])
+                                              if m.get("available") and "run_id" in m else None)}
+                               for m in ms] for k, ms in request["members"].items()}
+                result = evaluate_schedule(focal_path, members, spec["family"], spec["scenario"], spec["env_options"],
+                                           episodes=int(request["episodes"]), seed=seed, num_envs=num_envs,
+                                           n_focal=request.get("n_focal"), greedy=greedy,
+                                           exclude_algorithm=request.get("focal_algorithm"), device=device)
+                by_kind = result["kinds"]
+                common = {k: result[k] for k in ("n_focal", "n_agents", "num_envs", "schedule_seed",
+                                                 "schedule_length", "actions")}
+                for name, record in by_kind.items():
+                    evaluations.append({**record, "kind": name, "scenario": scenario, **common,
+                                        "state": "done" if record["state"] == "done" else "empty"})
+                score, gap = coplayer_score(by_kind)
+                evaluations.append({"kind": SCORE_KIND, "scenario": scenario, "state": "done" if score is not None
+                                    else "empty", "population_kind": SCORE_NAME, "focal_per_capita_return": score,
+                                    "generalisation_gap": gap, "population": list(request["population"]),
+                                    "episodes": sum(r.get("episodes", 0) for k, r in by_kind.items() if k != "self_play"),
+                                    **common})
             else:
                 result = evaluate_on_bot_scenario(focal_path, scenario, spec["env_options"], int(request["episodes"]),
                                                   seed, num_envs, greedy, device)
-            entry.update(state="done", **result)
+                evaluations.append({"kind": kind, "scenario": scenario, "state": "done", **result})
         except StopRequested:
             raise
         except Exception as exc:  # one failing evaluation does not lose the others
-            entry.update(state="failed", error=f"{type(exc).__name__}: {exc}")
-        evaluations.append(entry)
+            evaluations.append({"kind": kind, "scenario": scenario, "state": "failed", "error": f"{type(exc).__name__}: {exc}"})
         sink.emit({"event": "progress", "run": spec["id"], "t": i + 1, "total": len(targets), "row": None})
     for name, reason in (request.get("bot_scenarios_unavailable") or {}).items():
         evaluations.append({"kind": BOTS, "scenario": name, "state": "unavailable", "reason": reason})
     failed = [e for e in evaluations if e["state"] == "failed"]
-    headline = next((e for e in evaluations if e["kind"] == HELDOUT and e["state"] == "done"), None)
+    headline = next((e for e in evaluations if e["kind"] == SCORE_KIND and e["state"] == "done"), None)
+    _, gap = coplayer_score(by_kind)
     return {
         "format": FORMAT,
         "state": "failed" if failed else "done",
@@ -302,10 +360,15 @@ def _evaluate(run_dir: Path, spec: Mapping[str, Any], sink: EventSink, request: 
         "request_hash": request_hash(request),
         "population": list(request["population"]),
         "population_expected": request.get("population_expected"),
-        # The headline: the focal per-capita return against the suite's held-out population.
+        # The headline: the mean over the unseen co-player kinds (round robin, held-out, random).
         "focal_per_capita_return": headline["focal_per_capita_return"] if headline else None,
         "population_kind": headline["population_kind"] if headline else (
             POPULATION_KIND_BOTS if any(e["kind"] == BOTS and e["state"] == "done" for e in evaluations) else None),
+        # Per co-player kind: the focal per-capita return and its episodes (the report's columns).
+        "per_kind": {k: {"focal_per_capita_return": r.get("focal_per_capita_return"), "episodes": r.get("episodes", 0),
+                         "population_kind": KIND_NAMES[k]} for k, r in by_kind.items()},
+        "self_play_return": (by_kind.get("self_play") or {}).get("focal_per_capita_return"),
+        "generalisation_gap": gap,
         "evaluations": evaluations,
         "host": socket.gethostname(),
         "finished_at": now(),

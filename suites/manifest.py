@@ -41,7 +41,15 @@ SUITES_DIR = Path(__file__).resolve().parent
 PAPERS = ("ddn", "bidist")
 TOP_KEYS = ("name", "paper", "description", "budget", "seeds", "overrides", "resources", "image",
             "scenarios", "algorithms", "heldout")
-HELDOUT_KEYS = ("seeds", "algorithms", "budget", "episodes", "n_focal", "bot_scenarios")
+HELDOUT_KEYS = ("seeds", "algorithms", "budget", "episodes", "n_focal", "bot_scenarios", "coplayers", "checkpoints",
+                "num_envs")
+# Co-player kinds of the cross-play evaluation (suites/crossplay.py, docs/evaluation.md), each its own
+# column of the report: the other algorithms' final policies (round robin, never the focal run's own
+# algorithm), the held-out runs at several points of their training, a uniform-random policy (the
+# floor), and the focal policy in every seat (self-play: the generalisation gap's reference).
+COPLAYER_KINDS = ("round_robin", "heldout", "random", "self_play")
+DEFAULT_CHECKPOINTS = (0.1, 0.5, 1.0)  # fractions of training at which held-out runs save their policy
+DEFAULT_CROSSPLAY_ENVS = 2  # parallel copies of the cross-play evaluation (the same for every focal run)
 HELDOUT_GROUP = "heldout"  # the table group of held-out runs (never a focal row of a report)
 BUDGET_KEYS = ("env_steps", "eval_interval", "eval_episodes", "checkpoint_interval")
 SCENARIO_KEYS = ("family", "scenario", "options", "overrides", "budget")
@@ -120,9 +128,17 @@ class Heldout:
     seeds: tuple[int, ...]
     algorithms: tuple[AlgorithmEntry, ...]
     budget: dict[str, int]  # overrides of each scenario's budget for the held-out runs
-    episodes: int | None  # cross-play episodes per focal run (None: the run's eval_episodes)
+    episodes: int | None  # cross-play episodes per co-player kind, at least (None: the run's eval_episodes)
     n_focal: int | None  # focal slots per episode (None: half the players, marl/crossplay.py)
     bot_scenarios: tuple[BotScenario, ...]
+    coplayers: tuple[str, ...] = COPLAYER_KINDS  # co-player kinds evaluated, in COPLAYER_KINDS order
+    checkpoints: tuple[float, ...] = DEFAULT_CHECKPOINTS  # fractions of training (1.0: the final policy)
+    num_envs: int = DEFAULT_CROSSPLAY_ENVS  # parallel copies of every focal run's cross-play evaluation
+
+    @property
+    def snapshots(self) -> tuple[float, ...]:
+        """The fractions below 1 that held-out runs save as extra policy artifacts (1.0 is policy.pt)."""
+        return tuple(f for f in self.checkpoints if f < 1.0) if "heldout" in self.coplayers else ()
 
 
 @dataclass(frozen=True)
@@ -165,11 +181,17 @@ class RunSpec:
     budget: dict[str, int]
     memberships: tuple[tuple[str, str], ...] = ()
     unavailable: str | None = None  # not stored; recomputed on this machine
+    # Fractions of the budget at which the run saves its policy besides the final policy.pt (held-out
+    # runs: the co-players at several skill levels); hashed only when set, so other ids are unchanged.
+    snapshots: tuple[float, ...] = ()
 
     def content(self) -> dict[str, Any]:
-        return {"suite": self.suite, "paper": self.paper, "family": self.family, "scenario": self.scenario,
-                "env_options": self.env_options, "algorithm": self.algorithm, "overrides": self.overrides,
-                "seed": self.seed, "budget": self.budget}
+        content = {"suite": self.suite, "paper": self.paper, "family": self.family, "scenario": self.scenario,
+                   "env_options": self.env_options, "algorithm": self.algorithm, "overrides": self.overrides,
+                   "seed": self.seed, "budget": self.budget}
+        if self.snapshots:
+            content["snapshots"] = list(self.snapshots)
+        return content
 
     @property
     def id(self) -> str:
@@ -196,7 +218,10 @@ def content_id(content: Mapping[str, Any]) -> str:
 def spec_content_from_json(spec: Mapping[str, Any]) -> dict[str, Any]:
     """The hashed part of a stored spec.json (raises KeyError when a field is missing)."""
     keys = ("suite", "paper", "family", "scenario", "env_options", "algorithm", "overrides", "seed", "budget")
-    return {k: spec[k] for k in keys}
+    content = {k: spec[k] for k in keys}
+    if spec.get("snapshots"):
+        content["snapshots"] = spec["snapshots"]
+    return content
 
 
 # Loading ----------------------------------------------------------------------------------------
@@ -492,7 +517,53 @@ class _Validator:
         if value.get("n_focal") is not None:
             n_focal = self.positive_int(value["n_focal"], "heldout.n_focal")
         bots = self.bot_scenarios(value.get("bot_scenarios"), scenarios)
-        return Heldout(held_seeds, tuple(entries), overrides, episodes, n_focal, tuple(bots))
+        coplayers = self.coplayers(value.get("coplayers"))
+        checkpoints = self.checkpoints(value.get("checkpoints"))
+        num_envs = DEFAULT_CROSSPLAY_ENVS
+        if value.get("num_envs") is not None:
+            num_envs = self.positive_int(value["num_envs"], "heldout.num_envs") or DEFAULT_CROSSPLAY_ENVS
+        return Heldout(held_seeds, tuple(entries), overrides, episodes, n_focal, tuple(bots), coplayers, checkpoints,
+                       num_envs)
+
+    def coplayers(self, value: Any) -> tuple[str, ...]:
+        """A non-empty list of co-player kinds (default: all of them), kept in COPLAYER_KINDS order."""
+        where = "heldout.coplayers"
+        if value is None:
+            return COPLAYER_KINDS
+        if not isinstance(value, list) or not value:
+            self.fail(where, f"must be a non-empty list of co-player kinds ({', '.join(COPLAYER_KINDS)}), got {value!r}")
+            return COPLAYER_KINDS
+        for i, kind in enumerate(value):
+            if kind not in COPLAYER_KINDS:
+                self.fail(f"{where}[{i}]", f"unknown co-player kind {kind!r}; valid choices: {', '.join(COPLAYER_KINDS)}")
+        if len(set(map(str, value))) != len(value):
+            self.fail(where, f"co-player kinds must be distinct, got {value!r}")
+        if not any(k in value for k in ("round_robin", "heldout", "random")):
+            self.fail(where, "needs at least one co-player the focal policy never met (round_robin, heldout or random); "
+                             "self_play alone measures no generalisation")
+        return tuple(k for k in COPLAYER_KINDS if k in value)
+
+    def checkpoints(self, value: Any) -> tuple[float, ...]:
+        """Fractions of training in (0, 1], distinct; 1.0 (the final policy) is always among them."""
+        where = "heldout.checkpoints"
+        if value is None:
+            return DEFAULT_CHECKPOINTS
+        if not isinstance(value, list) or not value:
+            self.fail(where, f"must be a non-empty list of fractions of training in (0, 1], e.g. [0.1, 0.5, 1.0]; "
+                             f"got {value!r}")
+            return DEFAULT_CHECKPOINTS
+        out = []
+        for i, frac in enumerate(value):
+            if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac <= 1:
+                self.fail(f"{where}[{i}]", f"must be a fraction of training in (0, 1] (0.1 = at 10% of the held-out "
+                                           f"run's env steps), got {frac!r}")
+            else:
+                out.append(round(float(frac), 6))
+        if len(set(out)) != len(out):
+            self.fail(where, f"fractions must be distinct, got {value!r}")
+        if out and 1.0 not in out:
+            self.fail(where, f"must include 1.0 (the held-out runs' final policy), got {value!r}")
+        return tuple(sorted(set(out))) or DEFAULT_CHECKPOINTS
 
     def bot_scenarios(self, value: Any, scenarios: list[ScenarioEntry]) -> list[BotScenario]:
         """``all`` (every Melting Pot scenario of the suite's Melting Pot substrates) or a list of names."""
@@ -527,11 +598,13 @@ class _Validator:
         self._expand(suite, suite.algorithms, suite.seeds, {}, "algorithms", runs)
         if suite.heldout is not None:
             where = "heldout.algorithms" if suite.heldout.algorithms else "algorithms"
-            self._expand(suite, suite.heldout.algorithms, suite.heldout.seeds, suite.heldout.budget, where, runs)
+            self._expand(suite, suite.heldout.algorithms, suite.heldout.seeds, suite.heldout.budget, where, runs,
+                         suite.heldout.snapshots)
         return list(runs.values())
 
     def _expand(self, suite: Suite, algorithms: tuple[AlgorithmEntry, ...], seeds: tuple[int, ...],
-                budget_overrides: dict[str, int], where: str, runs: dict[str, RunSpec]) -> None:
+                budget_overrides: dict[str, int], where: str, runs: dict[str, RunSpec],
+                snapshots: tuple[float, ...] = ()) -> None:
         for a_index, algo in enumerate(algorithms):
             for scenario in suite.scenarios:
                 if algo.scenarios is not None and not {scenario.scenario, f"{scenario.family}/{scenario.scenario}"} & set(algo.scenarios):
@@ -545,7 +618,7 @@ class _Validator:
                                    scenario=scenario.scenario, env_options=scenario.options, algorithm=algo.name,
                                    label=algo.label, group=algo.group, overrides=overrides, seed=seed,
                                    budget=budget, memberships=((algo.group, algo.label),),
-                                   unavailable=algo.unavailable or scenario.unavailable)
+                                   unavailable=algo.unavailable or scenario.unavailable, snapshots=snapshots)
                     existing = runs.get(spec.id)
                     if existing is not None:  # the same training fills another table cell
                         spec = dataclasses.replace(existing, memberships=existing.memberships + spec.memberships)

@@ -173,9 +173,10 @@ def _train(spec: Mapping[str, Any], run_dir: Path, progress: Callable, threads: 
     else:
         raise NotImplementedError(f"algorithm {spec['algorithm']!r} is of kind {kind!r}, which has no trainer")
     # The run id travels into provenance.json and into policy.pt's info (held-out members name their run).
+    extra = {"snapshots": tuple(spec["snapshots"])} if spec.get("snapshots") and kind == "policy" else {}
     train_run(spec["algorithm"], spec["family"], spec["scenario"], int(spec["seed"]), Budget(**spec["budget"]),
               overrides=spec["overrides"], env_options=spec["env_options"], run_dir=run_dir, device=device,
-              progress=progress, provenance_extra={**provenance_extra, "run_id": spec["id"]})
+              progress=progress, provenance_extra={**provenance_extra, "run_id": spec["id"]}, **extra)
 
 
 # Command line (local subprocesses and Docker containers) ---------------------------------------

@@ -217,14 +217,25 @@ def test_crossplay_phase_writes_skips_and_reevaluates_when_the_population_change
     record = json.loads((store.run_dir(by_seed[0].id) / CROSSPLAY).read_text())
     assert record["state"] == "done" and record["focal_run"] == by_seed[0].id
     assert [m["run_id"] for m in record["population"]] == [by_seed[100].id] and record["population_expected"] == 2
-    (held,) = record["evaluations"]
-    assert held["kind"] == "heldout_population" and held["scenario"] == "3m" and held["state"] == "done"
-    assert held["population_kind"] == record["population_kind"]
-    assert held["population_kind"].startswith("suite-trained held-out population")
-    assert held["n_agents"] == 3 and held["n_focal"] == 1 and held["episodes"] >= 4 and held["actions"] == "greedy"
-    assert held["population"][0]["seed"] == 100 and "path" not in held["population"][0]
-    assert math.isfinite(record["focal_per_capita_return"])
-    assert record["focal_per_capita_return"] == pytest.approx(sum(held["episode_focal_returns"]) / held["episodes"], abs=1e-3)
+    # One entry per co-player kind (round robin: the suite has no other algorithm, so it is empty), the
+    # score (mean over the unseen kinds) and the per-kind breakdown at the top level.
+    evals = {e["kind"]: e for e in record["evaluations"]}
+    assert list(evals) == ["round_robin", "heldout", "random", "self_play", "coplayer_score"]
+    # 2 mappo runs x 3 seat arrangements (1 focal slot of 3), all of the focal run's own algorithm
+    assert evals["round_robin"]["state"] == "empty" and evals["round_robin"]["skipped_own_algorithm"] == 6
+    held = evals["heldout"]
+    assert held["state"] == "done" and held["scenario"] == "3m" and held["population_kind"].startswith("held-out runs")
+    assert held["n_agents"] == 3 and held["n_focal"] == 1 and held["actions"] == "greedy" and held["num_envs"] == 2
+    # seed 100 at 10%, 50%, 100% of its training; seed 101 not finished: its entries are skipped
+    assert [(m["seed"], m["fraction"]) for m in held["population"]] == [(100, 0.1), (100, 0.5), (100, 1.0)]
+    assert held["skipped_unavailable"] == held["scheduled"] - held["episodes"] > 0
+    assert held["episodes"] >= 4 and "path" not in held["population"][0]
+    assert {k for k, v in record["per_kind"].items() if v["episodes"]} == {"heldout", "random", "self_play"}
+    score = (evals["heldout"]["focal_per_capita_return"] + evals["random"]["focal_per_capita_return"]) / 2
+    assert evals["coplayer_score"]["focal_per_capita_return"] == pytest.approx(score)
+    assert record["focal_per_capita_return"] == pytest.approx(score) and math.isfinite(score)
+    assert record["generalisation_gap"] == pytest.approx(record["self_play_return"] - score)
+    assert held["focal_per_capita_return"] == pytest.approx(sum(held["episode_focal_returns"]) / held["episodes"], abs=1e-3)
     first = (store.run_dir(by_seed[0].id) / CROSSPLAY).read_bytes()
 
     # Rerun: up to date, nothing evaluated, nothing rewritten.
@@ -253,7 +264,7 @@ def test_crossplay_phase_writes_skips_and_reevaluates_when_the_population_change
 
     data = collect(store.root)
     table = build_crossplay_table(data, "main", reps=200)
-    assert table.columns == ["mappo"] and len(table.rows) == 1
+    assert table.columns == ["mappo"] and len(table.rows) == 1  # the score row; per kind: the co-player table
     cell = table.rows[0].cells["mappo"]
     assert (cell.n_done, cell.n_runs) == (1, 2) and cell.values == [pytest.approx(record["focal_per_capita_return"])]
     assert table.rows[0].members == ["mappo seed 100", "mappo seed 101"]
