@@ -37,6 +37,9 @@ class FakeRun:
     crossplay_error: str | None = None  # write a failed crossplay.json with this error
     bots_unavailable: list[str] = field(default_factory=list)  # Melting Pot scenarios whose bots are missing
     env_steps: int = BUDGET["env_steps"]  # the run's budget (its evaluations stay on BUDGET's grid)
+    # Co-player kinds (format 2): the focal per-capita return per kind (round_robin, heldout, random,
+    # self_play); the score (the headline) is the mean over the unseen kinds, as suites/crossplay.py writes.
+    kinds: dict[str, float] = field(default_factory=dict)
 
     def spec(self, suite: str) -> dict[str, Any]:
         content = {"suite": suite, "paper": self.paper, "family": self.family, "scenario": self.scenario,
@@ -96,10 +99,36 @@ def crossplay_record(run: FakeRun, members: list[dict[str, Any]]) -> dict[str, A
     for scenario in run.bots_unavailable:
         evaluations.append({"kind": "meltingpot_scenario", "scenario": scenario, "state": "unavailable",
                             "reason": f"Melting Pot scenario {scenario!r} needs the background bots' SavedModels"})
+    if run.kinds:
+        return coplayer_record(run, members, evaluations)
     return {"format": 1, "state": "failed" if run.crossplay_error else "done", "error": run.crossplay_error,
             "population": members, "population_expected": len(members),
             "focal_per_capita_return": run.crossplay, "population_kind": SUITE_POPULATION if run.crossplay is not None
             else None, "evaluations": [] if run.crossplay_error else evaluations}
+
+
+KIND_POPULATIONS = {"round_robin": "round robin: the other algorithms' final policies",
+                    "heldout": "held-out runs at several points of their training",
+                    "random": "uniform-random policy (the floor)", "self_play": "self-play: every seat the focal policy"}
+SCORE_POPULATION = "mean over co-player kinds (round robin, held-out checkpoints, uniform random)"
+
+
+def coplayer_record(run: FakeRun, members: list[dict[str, Any]], bots: list[dict[str, Any]]) -> dict[str, Any]:
+    """A format-2 crossplay.json: one evaluation per co-player kind, the score, then the bot scenarios."""
+    evaluations = [{"kind": kind, "scenario": run.scenario, "state": "done", "focal_per_capita_return": value,
+                    "population_kind": KIND_POPULATIONS[kind], "episodes": 4, "n_focal": 1,
+                    "population": members if kind == "heldout" else []} for kind, value in run.kinds.items()]
+    unseen = [v for k, v in run.kinds.items() if k != "self_play"]
+    score = sum(unseen) / len(unseen)
+    gap = run.kinds["self_play"] - score if "self_play" in run.kinds else None
+    evaluations.append({"kind": "coplayer_score", "scenario": run.scenario, "state": "done",
+                        "focal_per_capita_return": score, "generalisation_gap": gap,
+                        "population_kind": SCORE_POPULATION, "population": members, "episodes": 12, "n_focal": 1})
+    return {"format": 2, "state": "done", "error": None, "population": members, "population_expected": len(members),
+            "focal_per_capita_return": score, "population_kind": SCORE_POPULATION,
+            "per_kind": {k: {"focal_per_capita_return": v, "episodes": 4} for k, v in run.kinds.items()},
+            "self_play_return": run.kinds.get("self_play"), "generalisation_gap": gap,
+            "evaluations": evaluations + bots}
 
 
 def write_suite(root: Path, name: str, runs: list[FakeRun], manifest: str | None = None) -> Path:
@@ -114,7 +143,7 @@ def write_suite(root: Path, name: str, runs: list[FakeRun], manifest: str | None
         atomic_write_json(d / "status.json", {"state": run.state, "attempts": 1 if run.state != "pending" else 0,
                                               "error": run.error, "started_at": None, "finished_at": None,
                                               "backend": "local", "host": "test"})
-        if run.crossplay is not None or run.bots or run.crossplay_error or run.bots_unavailable:
+        if run.crossplay is not None or run.bots or run.crossplay_error or run.bots_unavailable or run.kinds:
             held = [r for r in runs if r.group == "heldout" and r.scenario == run.scenario]
             members = [{"run_id": r.spec(name)["id"], "algorithm": r.algorithm or r.label, "label": r.label,
                         "seed": r.seed} for r in held]

@@ -144,3 +144,74 @@ def test_bidist_section_of_the_html(suite):
     assert "self-play" in section
     # the value run's DDN table still renders beside it
     assert "3m" in html[:html.index('id="bidist"')]
+
+
+# Co-player kinds (format 2 crossplay.json): a column per kind, the score and the gap ------------------
+
+# Per label, per seed 0, 1, 2: (round robin, held-out checkpoints, uniform random, self-play).
+KINDS = {
+    "bidist": [(3.0, 4.0, 2.0, 5.0), (3.5, 4.5, 2.5, 6.0), (2.5, 3.5, 1.5, 4.0)],
+    "mappo": [(1.0, 2.0, 1.5, 6.0), (2.0, 3.0, 2.5, 7.0), (1.5, 2.5, 2.0, 8.0)],
+}
+KIND_COLUMNS = ["round_robin", "heldout", "random", "self_play"]
+
+
+@pytest.fixture(scope="module")
+def coplayer_suite(tmp_path_factory):
+    root = tmp_path_factory.mktemp("coplayers")
+    runs = [FakeRun("meltingpot", SUBSTRATE, label, seed, 2.0, paper="bidist", algorithm="mappo",
+                    kinds=dict(zip(KIND_COLUMNS, values)))
+            for label, per_seed in KINDS.items() for seed, values in enumerate(per_seed)]
+    runs += [FakeRun("meltingpot", SUBSTRATE, "mappo", 100, 1.0, group="heldout", paper="bidist", algorithm="mappo")]
+    runs += [FakeRun("meltingpot", SUBSTRATE, "mappo", 3, 2.0, paper="bidist", algorithm="mappo")]  # not evaluated
+    return write_suite(root, "coplay_synth", runs, manifest="name: coplay_synth\npaper: bidist\n")
+
+
+def test_crossplay_json_per_kind_breakdown_is_collected(coplayer_suite):
+    data = collect(coplayer_suite)
+    cp = data.crossplay
+    assert sorted(set(cp["kind"])) == sorted(KIND_COLUMNS + ["coplayer_score"])
+    bidist0 = cp[(cp["label"] == "bidist") & (cp["seed"] == 0)].set_index("kind")["value"]
+    assert bidist0.to_dict() == {"round_robin": 3.0, "heldout": 4.0, "random": 2.0, "self_play": 5.0,
+                                 "coplayer_score": pytest.approx(3.0)}
+    runs = data.runs.set_index(["label", "seed"])
+    assert runs.loc[("bidist", 0), "final_score"] == pytest.approx(3.0)  # the score: mean of the unseen kinds
+
+
+def test_coplayer_table_has_a_column_per_kind_the_score_and_the_gap(coplayer_suite):
+    from reports.tables import build_coplayer_table
+
+    table = build_coplayer_table(collect(coplayer_suite), "main", REPS)
+    assert table.columns == KIND_COLUMNS + ["score", "gap"]
+    assert [(r.scenario, r.label) for r in table.rows] == [(SUBSTRATE, "bidist"), (SUBSTRATE, "mappo")]
+    bidist, mappo = table.rows
+    for row, per_seed in ((bidist, KINDS["bidist"]), (mappo, KINDS["mappo"])):
+        for i, kind in enumerate(KIND_COLUMNS):
+            assert row.cells[kind].values == [v[i] for v in per_seed]
+        scores = [sum(v[:3]) / 3 for v in per_seed]
+        assert row.cells["score"].values == pytest.approx(scores)
+        assert row.cells["gap"].values == pytest.approx([v[3] - s for v, s in zip(per_seed, scores)])
+    # hand-computed medians: bidist score per seed 3.0, 3.5, 2.5 -> 3.0; gap 2.0, 2.5, 1.5 -> 2.0
+    assert bidist.cells["score"].agg.median == pytest.approx(3.0) and bidist.cells["gap"].agg.median == pytest.approx(2.0)
+    # mappo: scores 1.5, 2.5, 2.0 -> 2.0; gaps 4.5, 4.5, 6.0 -> 4.5 (in distribution with itself, not with others)
+    assert mappo.cells["score"].agg.median == pytest.approx(2.0) and mappo.cells["gap"].agg.median == pytest.approx(4.5)
+    assert (mappo.cells["heldout"].n_done, mappo.n_runs) == (3, 4)  # seed 3: not evaluated yet
+    assert set(table.population_kinds) == set(KIND_COLUMNS + ["score", "gap"])
+    # the verdict's cross-play table keeps one row: the score (the per-kind rows are this table's)
+    rows = build_crossplay_table(collect(coplayer_suite), "main", REPS).rows
+    assert len(rows) == 1 and rows[0].cells["bidist"].agg.median == pytest.approx(3.0)
+
+
+def test_coplayer_table_in_the_html(coplayer_suite):
+    html = render_html(collect(coplayer_suite), load_paper_numbers(), coplayer_suite / "report", REPS)
+    section = html[html.index('id="coplayers-main"'):html.index('id="missing"')]
+    table = section[section.index("<table"):section.index("</table>")]
+    header = table[:table.index("</tr>")]
+    for title in ("round robin (other algorithms)", "held-out checkpoints", "uniform random", "self-play", "score", "gap"):
+        assert f"<th>{title}</th>" in header
+    bidist_row = table[table.index("<td>bidist</td>"):table.index("<td>mappo</td>")]
+    # medians per column: 3.00, 4.00, 2.00, 5.00, score 3.00, gap 2.00
+    assert [c.split("</b>")[0] for c in bidist_row.split("<b>")[1:]] == ["3.00", "4.00", "2.00", "5.00", "3.00", "2.00"]
+    mappo_row = table[table.index("<td>mappo</td>"):]
+    assert "n=3 of 4" in mappo_row and "<b>4.50</b>" in mappo_row
+    assert "same partner schedule" in section

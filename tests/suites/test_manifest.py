@@ -215,13 +215,16 @@ def test_ddn_smax_is_labelled_as_the_stand_in():
 
 def test_bidist_suites_have_the_six_learners_and_a_heldout_population():
     algorithms = {"bidist", "mappo", "selfplay", "rpm", "opre", "randnet"}
-    for name, held in (("bidist_meltingpot", {"mappo", "selfplay"}), ("bidist_quick", {"mappo"})):
+    for name, seeds in (("bidist_meltingpot", {100, 101, 102}), ("bidist_quick", {100, 101})):
         suite = load_suite(name)
         focal = [r for r in suite.runs if not r.is_heldout]
         assert {r.algorithm for r in focal} == algorithms and {r.family for r in suite.runs} == {"meltingpot"}
         heldout = [r for r in suite.runs if r.is_heldout]
-        assert {r.algorithm for r in heldout} == held and {r.seed for r in heldout} == {100, 101}
+        assert {r.algorithm for r in heldout} == {"mappo"} and {r.seed for r in heldout} == seeds
         assert not {r.seed for r in heldout} & set(suite.seeds)
+        # issue 16's co-players: round robin, held-out MAPPO at 10/50/100% of training, random, self-play
+        assert suite.heldout.coplayers == ("round_robin", "heldout", "random", "self_play")
+        assert suite.heldout.checkpoints == (0.1, 0.5, 1.0) and {r.snapshots for r in heldout} == {(0.1, 0.5)}
         # unavailable only where a learner's module cannot be imported here, never "planned"
         assert all(r.unavailable is None or "cannot be imported here" in r.unavailable for r in suite.runs)
     assert load_suite("bidist_meltingpot").runs[0].budget["env_steps"] == 10_000_000
