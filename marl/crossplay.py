@@ -6,9 +6,11 @@ slots). Where DeepMind's bot scenarios are installed they are the background; wh
 (as on the development machines), the suite's own held-out population is: policies trained in
 separate runs (other seeds, other algorithms) that the focal learner never met in training.
 
-Per episode, ``n_focal`` slots chosen uniformly at random hold the focal policy and every other slot
-an independently, uniformly drawn population member, so every member meets the focal policy in
-every seat over many episodes.
+:func:`evaluate_schedule` (what the suite's cross-play phase runs) plays the co-player kinds of
+issue 16 (round robin, held-out checkpoints, uniform random, self-play) on a partner schedule that
+is the same for every focal run: see the section below. :func:`evaluate_crossplay` is the earlier
+protocol, kept for direct use: per episode, ``n_focal`` slots chosen uniformly at random hold the
+focal policy and every other slot an independently, uniformly drawn population member.
 """
 
 from __future__ import annotations

@@ -1,22 +1,28 @@
-"""Cross-play phase: every finished focal policy run against the held-out co-players of its scenario.
+"""Cross-play phase: every finished focal policy run against the co-players of its scenario.
 
 BiDist's metric is generalisation to co-players never met in training (methods.md, "Melting Pot
-evaluation"). After the training phase, for each finished focal run of a policy learner (not a
-held-out run) the driver builds a *request*:
+evaluation"; docs/evaluation.md). After the training phase, for each finished focal run of a policy
+learner (not a held-out run) the driver builds a *request*:
 
-* the held-out population: the finished runs of the manifest's ``heldout`` section on the same
-  scenario (other seeds, maybe other algorithms; never in any focal run's training), by run id;
+* the members of each co-player kind of the manifest's ``heldout.coplayers`` (suites/manifest.py):
+  ``round_robin``, every focal policy run of the scenario (those of the focal run's own algorithm
+  listed with ``available`` None and skipped); ``heldout``, every held-out run at every fraction of
+  ``heldout.checkpoints`` (``policy_at_<f>.pt``, ``policy.pt``); ``random``; ``self_play``. The
+  lists are the manifest's runs, finished or not, so they are the same for every focal run;
 * on Melting Pot, the listed Melting Pot scenarios of the run's substrate whose bots are installed
   where the jobs run (DeepMind's background bots are then the co-players);
-* episodes, focal slots per episode and an evaluation seed derived from the run id.
+* episodes per kind, focal slots, parallel copies, and the schedule seed, derived from the suite and
+  the scenario, never from the focal run: with the member lists it fixes the partner schedule
+  (marl/crossplay.py ``partner_schedule``), identical for every method (common random numbers).
 
 Each request runs as a ``crossplay`` job of the same backends as training (``python -m
 suites.worker RUN_DIR --task crossplay --request JSON``), so it runs wherever training does (in the
 Docker image, where the bots are). The job writes ``crossplay.json`` atomically into the focal run
-dir, with the request and its hash: a rerun skips runs whose crossplay.json is done for the same
-request, and re-evaluates when the population changed (a held-out run finished, the manifest
-changed). A failed evaluation is recorded in crossplay.json and retried on the next invocation;
-it never stops the other runs.
+dir, with the request and its hash, one evaluation per co-player kind, the score (mean over the
+unseen kinds) and the generalisation gap: a rerun skips runs whose crossplay.json is done for the
+same request, and re-evaluates when the population changed (a member finished, the manifest
+changed). A failed evaluation is recorded in crossplay.json and retried on the next invocation; it
+never stops the other runs.
 """
 
 from __future__ import annotations

@@ -16,8 +16,11 @@ runs carry an ``unavailable`` reason that ``--dry-run`` shows and a real run ref
 Held-out populations (BiDist's evaluation, methods.md "Melting Pot evaluation"): the optional
 ``heldout`` section adds training runs of policy learners with *other* seeds (group ``heldout``).
 They never take part in any focal run's training; after training, every focal policy run is
-evaluated in cross-play against the held-out runs of its scenario (suites/crossplay.py), and, on
-Melting Pot, on the listed Melting Pot scenarios, whose background is DeepMind's bots.
+evaluated in cross-play (suites/crossplay.py) against each co-player kind of ``coplayers``
+(COPLAYER_KINDS: round robin against the other algorithms' runs, the held-out runs at the
+``checkpoints`` fractions of their training, which they save as extra policy artifacts, a
+uniform-random policy, self-play) on one partner schedule for every method, and, on Melting Pot, on
+the listed Melting Pot scenarios, whose background is DeepMind's bots (docs/evaluation.md).
 """
 
 from __future__ import annotations
