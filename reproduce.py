@@ -29,7 +29,8 @@ examples:
 
 Rerunning a command resumes it: finished runs are skipped, interrupted ones resume from their last
 checkpoint. Suites with a 'heldout' section then evaluate every focal policy run in cross-play
-against the held-out runs of its scenario (crossplay.json in its run dir; skipped when up to date). Ctrl-C stops at the next safe point; a second Ctrl-C stops at once.
+against each co-player kind (round robin, held-out checkpoints, uniform random, self-play) on one
+partner schedule for every method (crossplay.json in its run dir; skipped when up to date). Ctrl-C stops at the next safe point; a second Ctrl-C stops at once.
 exit codes: 0 all runs done, 1 some run failed or a run dir is corrupt, 2 bad input or refused
 (manifest, flags, unavailable backends, output dir locked), 130 interrupted.
 """

@@ -73,6 +73,9 @@ BAD_HELDOUT = [
     ({"algorithms": ["mappo"]}, ["heldout.seeds: missing (required)"]),
     ({"seeds": [100], "bot_scenarios": "all"}, ["heldout.bot_scenarios", "need a Melting Pot substrate"]),
     ([100], ["heldout: must be a mapping"]),
+    ({"seeds": [100], "coplayers": ["round_robin", "bots"]},
+     ["heldout.coplayers[1]: unknown co-player kind 'bots'", "valid choices: round_robin, heldout, random, self_play"]),
+    ({"seeds": [100], "checkpoints": [0.1, 2.0]}, ["heldout.checkpoints[1]: must be a fraction of training in (0, 1]"]),
 ]
 
 
