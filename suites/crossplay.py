@@ -98,7 +98,9 @@ def coplayer_members(spec: RunSpec, suite: Suite, store: SuiteStore) -> dict[str
 
     assert suite.heldout is not None
     same = [r for r in suite.runs if (r.family, r.scenario) == (spec.family, spec.scenario)]
-    order = lambda r: (r.algorithm, r.label, r.seed, r.id)  # noqa: E731
+
+    def order(r: RunSpec) -> tuple[Any, ...]:
+        return (r.algorithm, r.label, r.seed, r.id)
 
     def finished(r: RunSpec, file: str) -> bool:
         return store.inspect(r).kind == "done" and (store.run_dir(r.id) / file).is_file()

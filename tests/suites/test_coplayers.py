@@ -164,7 +164,7 @@ def test_round_robin_excludes_the_focal_algorithm_and_every_method_plays_the_sam
         "random": [{"name": "uniform_random"}],
         "self_play": [{"name": "self"}],
     }
-    kw = dict(episodes=4, seed=11, num_envs=2)
+    kw = {"episodes": 4, "seed": 11, "num_envs": 2}
     as_mappo = evaluate_schedule(paths["mappo0"], members, *GAME, exclude_algorithm="mappo", **kw)
     as_selfplay = evaluate_schedule(paths["selfplay0"], members, *GAME, exclude_algorithm="selfplay", **kw)
     rr_m, rr_s = as_mappo["kinds"]["round_robin"], as_selfplay["kinds"]["round_robin"]
