@@ -233,3 +233,31 @@ def test_heldout_checkpoint_fractions_are_saved_and_loaded(tmp_path):
     assert policy_file(1.0) == POLICY_FILE
     with pytest.raises(ValueError):
         policy_file(0.0)
+
+
+def test_a_resumed_heldout_run_saves_the_same_checkpoints_as_an_uninterrupted_one(tmp_path):
+    from marl.policy_train import train_run
+    from marl.trainer import Budget
+
+    budget = Budget(env_steps=200, eval_interval=200, eval_episodes=2, checkpoint_interval=100)
+    small = {"num_envs": 2, "rollout_length": 10, "ppo_epochs": 1, "eval_num_envs": 2}
+    args = ("mappo", *GAME, 4, budget)
+    train_run(*args, overrides=small, run_dir=tmp_path / "a", snapshots=(0.1, 0.75))
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_the_checkpoint(t_env, total, row):
+        if t_env > 100:
+            raise Killed
+
+    with pytest.raises(Killed):  # killed at 120 env steps: 0.1 saved before, 0.75 (150) not yet
+        train_run(*args, overrides=small, run_dir=tmp_path / "b", snapshots=(0.1, 0.75),
+                  progress=kill_after_the_checkpoint)
+    assert (tmp_path / "b" / policy_file(0.1)).is_file() and not (tmp_path / "b" / policy_file(0.75)).exists()
+    train_run(*args, overrides=small, run_dir=tmp_path / "b", snapshots=(0.1, 0.75))  # resumes from 100
+    for fraction in (0.1, 0.75, 1.0):
+        a, b = (load_policy(tmp_path / d / policy_file(fraction)) for d in ("a", "b"))
+        assert a.info["env_steps"] == b.info["env_steps"]
+        for key, value in a.actor.state_dict().items():
+            assert torch.equal(value, b.actor.state_dict()[key]), (fraction, key)
