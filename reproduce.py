@@ -25,6 +25,8 @@ examples:
   python reproduce.py --suite ddn_smac --skip-unavailable            # run what this machine can
   python reproduce.py --suite quick --report-only  # re-render the report from finished runs
   python reproduce.py --list                       # suites, algorithms, scenarios, backends
+  python reproduce.py --algorithm qmix --scenario smax/3m --set lr=0.001 --env-steps 200000
+                                                   # one run, no manifest (store folder run_qmix_smax_3m)
   make reproduce ARGS="--suite smoke"
 
 Rerunning a command resumes it: finished runs are skipped, interrupted ones resume from their last
@@ -38,7 +40,7 @@ exit codes: 0 all runs done, 1 some run failed or a run dir is corrupt, 2 bad in
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reproduce.py", description=__doc__.strip().splitlines()[0],
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", default="quick", help="shipped suite name (see --list) or path to a manifest .yaml "
+    p.add_argument("--suite", default=None, help="shipped suite name (see --list) or path to a manifest .yaml "
                                                     "(default: quick)")
     p.add_argument("--backend", default="local", choices=("local", "ray", "docker"),
                    help="where runs execute (default: local)")
@@ -61,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="ray: address of an existing cluster (default: start a local one)")
     p.add_argument("--image", default=None, help="docker: image to run (default: the manifest's image)")
     p.add_argument("--no-report", action="store_true", help="do not render the report at the end")
+    one = p.add_argument_group("one run, without a manifest (instead of --suite)")
+    one.add_argument("--algorithm", default=None, help="train this algorithm (see --list) on --scenario")
+    one.add_argument("--scenario", default=None, metavar="FAMILY/NAME", help="e.g. smax/3m, predator_prey/stag_hunt")
+    one.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
+                     help="override a learner config field (lr=0.001) or, as env.KEY=VALUE, an environment "
+                          "option; repeatable; values are YAML")
+    for flag in ("env-steps", "eval-interval", "eval-episodes", "checkpoint-interval"):
+        one.add_argument(f"--{flag}", type=int, default=None,
+                         help=f"budget {flag.replace('-', '_')} (default: the family's paper suite's)")
     return p
 
 
@@ -91,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
 
     from suites.backends import BackendError, make_backend
-    from suites.manifest import ManifestError, load_suite
+    from suites.manifest import ManifestError, load_suite, load_suite_text
+    from suites.one_run import BUDGET_KEYS, OneRunError, one_run
     from suites.orchestrator import UsageError, eprint, execute, filter_runs, format_plan, plan, render_report
     from suites.provenance import provenance_extra
     from suites.store import StoreLockedError, SuiteStore
@@ -118,6 +130,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if not seeds:
                 problems.append("--seeds is empty")
+    one_run_flags = [f"--{k.replace('_', '-')}" for k in ("env_steps", "eval_interval", "eval_episodes",
+                                                          "checkpoint_interval") if getattr(args, k) is not None]
+    one_run_flags += ["--set"] if args.sets else []
+    if args.algorithm is None and args.scenario is None:
+        if one_run_flags:
+            problems.append(f"{', '.join(one_run_flags)} only apply to a one-run command (--algorithm and --scenario)")
+    elif args.algorithm is None or args.scenario is None:
+        problems.append("a one-run command needs both --algorithm and --scenario")
+    elif args.suite is not None:
+        problems.append("--suite and --algorithm/--scenario exclude each other: run a suite or one run")
+    elif args.only:
+        problems.append("--only filters a suite; a one-run command is already one algorithm on one scenario")
     if problems:
         return _fail("; ".join(problems))
     if args.backend == "ray" and args.address and not (args.dry_run or args.list or args.report_only):
@@ -138,9 +162,16 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         # With docker the image, not this machine, must provide StarCraft II / the Melting Pot assets.
-        suite = load_suite(args.suite, check_availability=args.backend != "docker")
+        available = args.backend != "docker"
+        if args.algorithm is not None:
+            run = one_run(args.algorithm, args.scenario, args.sets, seeds,
+                          {k: getattr(args, k) for k in BUDGET_KEYS})
+            origin = f"one run (--algorithm {args.algorithm} --scenario {args.scenario})"
+            suite, seeds = load_suite_text(origin, run.text, check_availability=available), None
+        else:
+            suite = load_suite(args.suite or "quick", check_availability=available)
         specs = filter_runs(suite, seeds, args.only)
-    except (ManifestError, UsageError) as exc:
+    except (ManifestError, UsageError, OneRunError) as exc:
         return _fail(str(exc))
     store = SuiteStore(args.out, suite.name)
     # Before any work: an --out that cannot hold the run store is refused now, not after the backend

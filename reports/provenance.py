@@ -10,9 +10,16 @@ import inspect
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from reports.collect import SuiteData
+
+# Which runs chose each reconstructed default: algorithm -> field -> {value, evidence, runs}.
+CHOICE_EVIDENCE = Path(__file__).with_name("choice_evidence.yaml")
 
 _FIELD_LINE = re.compile(r"^\s+(\w+)\s*:\s*[^=#]+?=\s*.*?#\s*(.+?)\s*$")
 _SKIP_PROVENANCE = {"config", "env_spec"}
@@ -24,10 +31,12 @@ class ConfigField:
     values: list[tuple[str, list[str]]]  # (value, labels using it), most used first
     default: str
     comment: str
+    evidence: dict[str, Any] | None = None  # from choice_evidence.yaml: what chose the default
+
 
     @property
     def is_choice(self) -> bool:
-        """A reconstruction the papers do not fix (reference/methods.md marks them *choice*)."""
+        """A reconstruction the papers do not fix (docs/methods.md marks them *choice*)."""
         return "choice" in self.comment.lower()
 
     @property
@@ -72,6 +81,29 @@ def _default(f: dataclasses.Field) -> Any:
     return None
 
 
+@lru_cache(maxsize=4)
+def choice_evidence(path: Path = CHOICE_EVIDENCE) -> dict[str, dict[str, dict[str, Any]]]:
+    """The evidence file, checked: every entry names the value it supports, says what chose it and
+    lists the run ids (records/ holds their compact records); an entry for a field the config class
+    does not have is an error, so renamed fields cannot leave stale evidence behind."""
+    if not path.is_file():
+        return {}
+    raw = yaml.safe_load(path.read_text()) or {}
+    for algorithm, fields in raw.items():
+        cls = _config_class(algorithm)
+        names = {f.name for f in dataclasses.fields(cls)} if cls else set()
+        for name, entry in fields.items():
+            where = f"{path.name}: {algorithm}.{name}"
+            if name not in names:
+                raise ValueError(f"{where}: no such config field of {algorithm!r}")
+            missing = {"value", "evidence", "runs"} - set(entry)
+            if missing:
+                raise ValueError(f"{where}: missing {', '.join(sorted(missing))}")
+            if not isinstance(entry["runs"], list):
+                raise ValueError(f"{where}: runs must be a list of run ids")
+    return raw
+
+
 def method_choices(data: SuiteData) -> dict[str, list[ConfigField]]:
     """Per algorithm (registry name): every config field, the values in force and which labels use
     each, the dataclass default and its comment."""
@@ -84,6 +116,7 @@ def method_choices(data: SuiteData) -> dict[str, list[ConfigField]]:
         cls = _config_class(str(algorithm))
         comments = field_comments(cls) if cls else {}
         defaults = {f.name: _show(_default(f)) for f in dataclasses.fields(cls)} if cls else {}
+        evidence = choice_evidence().get(str(algorithm), {})
         names = list(dict.fromkeys(k for _, cfg in configs for k in cfg))
         fields = []
         for name in names:
@@ -94,7 +127,8 @@ def method_choices(data: SuiteData) -> dict[str, list[ConfigField]]:
                     users[value].append(label)
             # Most used value first: the template names the labels of the other values only.
             values = sorted(users.items(), key=lambda kv: (-len(kv[1]), kv[0]))
-            fields.append(ConfigField(name, values, defaults.get(name, ""), comments.get(name, "")))
+            fields.append(ConfigField(name, values, defaults.get(name, ""), comments.get(name, ""),
+                                      evidence.get(name)))
         out[str(algorithm)] = fields
     return out
 
