@@ -7,6 +7,7 @@ Thin CLI over suites/ (manifests, run store, orchestrator, backends) and reports
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="ray: address of an existing cluster (default: start a local one)")
     p.add_argument("--image", default=None, help="docker: image to run (default: the manifest's image)")
     p.add_argument("--no-report", action="store_true", help="do not render the report at the end")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="keep TensorBoard event files (<run dir>/tb/) in step with each run's metrics.csv while "
+                        "the suite runs; view with tensorboard --logdir <out>/<suite>/runs")
     one = p.add_argument_group("one run, without a manifest (instead of --suite)")
     one.add_argument("--algorithm", default=None, help="train this algorithm (see --list) on --scenario")
     one.add_argument("--scenario", default=None, metavar="FAMILY/NAME", help="e.g. smax/3m, predator_prey/stag_hunt")
@@ -232,16 +236,24 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
     try:
         store.write_manifest(suite)
-        try:
-            summary = execute(items, store, backend, suite, provenance_extra(args.backend), retries=args.retries,
-                              threads=args.threads)
-            crossplay = None
-            if suite.heldout is not None and not summary.interrupted:
-                # After training: the focal policies against the held-out populations (suites/crossplay.py).
-                from suites.crossplay import execute_crossplay_phase
+        if args.tensorboard:
+            from suites.tensorboard import LiveSync
 
-                crossplay = execute_crossplay_phase(items, store, backend, suite, provenance_extra(args.backend),
-                                                    retries=args.retries, threads=args.threads)
+            eprint(f"tensorboard: event files in each run's tb/; view with: tensorboard --logdir {store.runs}")
+            live = LiveSync(store.root)
+        else:
+            live = contextlib.nullcontext()
+        try:
+            with live:
+                summary = execute(items, store, backend, suite, provenance_extra(args.backend), retries=args.retries,
+                                  threads=args.threads)
+                crossplay = None
+                if suite.heldout is not None and not summary.interrupted:
+                    # After training: the focal policies against the held-out populations (suites/crossplay.py).
+                    from suites.crossplay import execute_crossplay_phase
+
+                    crossplay = execute_crossplay_phase(items, store, backend, suite, provenance_extra(args.backend),
+                                                        retries=args.retries, threads=args.threads)
         finally:
             backend.close()
     finally:
