@@ -26,6 +26,7 @@ examples:
   python reproduce.py --suite ddn_smac --skip-unavailable            # run what this machine can
   python reproduce.py --suite quick --report-only  # re-render the report from finished runs
   python reproduce.py --list                       # suites, algorithms, scenarios, backends
+  python reproduce.py --list ddn                   # every config field of DDN, choices marked
   python reproduce.py --algorithm qmix --scenario smax/3m --set lr=0.001 --env-steps 200000
                                                    # one run, no manifest (store folder run_qmix_smax_3m)
   make reproduce ARGS="--suite smoke"
@@ -50,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: this machine's CPU count")
     p.add_argument("--out", default="results", help="output directory of the run store (default: results)")
     p.add_argument("--dry-run", action="store_true", help="validate and list the runs with their state; write nothing")
-    p.add_argument("--list", action="store_true", help="list suites, algorithms, scenarios and available backends")
+    p.add_argument("--list", nargs="?", const="", default=None, metavar="ALGORITHM",
+                   help="list suites, algorithms, scenarios and available backends; with ALGORITHM, every field "
+                        "of its config: type, default, meaning, reconstructed choices marked")
     p.add_argument("--report-only", action="store_true", help="only render the report from the runs on disk")
     p.add_argument("--seeds", default=None, help="comma-separated subset of the manifest's seeds, e.g. 0,1")
     p.add_argument("--only", action="append", default=[], metavar="TERM",
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         problems.append("--address only applies to --backend ray")
     if args.image is not None and args.backend != "docker":
         problems.append("--image only applies to --backend docker")
-    if sum([args.dry_run, args.list, args.report_only]) > 1:
+    if sum([args.dry_run, args.list is not None, args.report_only]) > 1:
         problems.append("--dry-run, --list and --report-only exclude each other")
     seeds = None
     if args.seeds is not None:
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         problems.append("--only filters a suite; a one-run command is already one algorithm on one scenario")
     if problems:
         return _fail("; ".join(problems))
-    if args.backend == "ray" and args.address and not (args.dry_run or args.list or args.report_only):
+    if args.backend == "ray" and args.address and not (args.dry_run or args.list is not None or args.report_only):
         # Like any flag, before the manifest's validation (which imports JAX, TensorFlow: many seconds):
         # an address where nothing listens would otherwise keep ray.init retrying for minutes.
         from suites.backends.ray_backend import probe_address
@@ -158,10 +161,16 @@ def main(argv: list[str] | None = None) -> int:
         except BackendError as exc:
             return _fail(str(exc))
 
-    if args.list:
-        from suites.listing import print_listing
+    if args.list is not None:
+        from suites.listing import print_algorithm_fields, print_listing
 
-        print_listing()
+        if args.list:
+            try:
+                print_algorithm_fields(args.list)
+            except ValueError as exc:
+                return _fail(str(exc))
+        else:
+            print_listing()
         return 0
 
     try:

@@ -6,9 +6,7 @@ Both are read from the runs' provenance.json, so they describe what actually ran
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -21,7 +19,6 @@ from reports.collect import SuiteData
 # Which runs chose each reconstructed default: algorithm -> field -> {value, evidence, runs}.
 CHOICE_EVIDENCE = Path(__file__).with_name("choice_evidence.yaml")
 
-_FIELD_LINE = re.compile(r"^\s+(\w+)\s*:\s*[^=#]+?=\s*.*?#\s*(.+?)\s*$")
 _SKIP_PROVENANCE = {"config", "env_spec"}
 
 
@@ -49,19 +46,10 @@ def _show(value: Any) -> str:
 
 
 def field_comments(cls: type) -> dict[str, str]:
-    """The end-of-line comment of every dataclass field, subclasses overriding their bases."""
-    out: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if not dataclasses.is_dataclass(klass):
-            continue
-        try:
-            source = inspect.getsource(klass)
-        except (OSError, TypeError):
-            continue
-        for line in source.splitlines():
-            if m := _FIELD_LINE.match(line):
-                out[m.group(1)] = m.group(2)
-    return out
+    """Each dataclass field's documentation (marl/field_docs.py: the comment on its line or above it)."""
+    from marl.field_docs import field_docs
+
+    return {name: doc.doc for name, doc in field_docs(cls).items()}
 
 
 def _config_class(algorithm: str) -> type | None:
