@@ -281,6 +281,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run from the checkout: packages beside this file (DESIGN.md conventions).
+    # Run from the checkout: packages beside this file (no install step needed).
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     sys.exit(main())
