@@ -12,7 +12,7 @@ import reports.render as render
 from reports.claims import INCONCLUSIVE, REPRODUCED
 from reports.collect import collect
 from reports.paper import load_paper_numbers
-from reports.reference import reference_results
+from reports.reference import reference_results, reproducibility
 from suites.records import export
 from tests.reports.conftest import REPS
 from tests.reports.synthetic import write_suite
@@ -69,3 +69,43 @@ def test_without_reference_records_each_claim_says_so(tmp_path, numbers, monkeyp
     quick = write_suite(tmp_path, "quick", manifest_runs("quick", 0.0))
     text = visible(render.render_html(collect(quick), numbers, quick / "report", REPS))
     assert text.count("no reference result committed yet for this claim") == len(numbers.claims)
+
+
+def test_reproducibility_check_finds_equal_prefixes_and_the_first_divergence(tmp_path, numbers, monkeypatch):
+    from tests.reports.synthetic import FakeRun
+
+    ref_runs = [FakeRun("smax", "3s_vs_5z", "qmix", s, final=0.2 * (s + 1), n_evals=10, env_steps=2_000_000)
+                for s in range(3)]
+    records = _reference_records(tmp_path, "ddn_smax_reference", ref_runs)
+    ref_dir = records / "reference" / "ddn_smax_reference" / "runs"
+    by_seed = {json.loads((d / "spec.json").read_text())["seed"]: d for d in ref_dir.iterdir()}
+    mine = [FakeRun("smax", "3s_vs_5z", "qmix", s, final=0.5, n_evals=4, env_steps=40_000) for s in (0, 1)]
+    mine.append(FakeRun("smax", "3m", "qmix", 0, final=0.5))  # no reference has this configuration
+    suite = write_suite(tmp_path, "quick", mine)
+    for d in (suite / "runs").iterdir():
+        spec = json.loads((d / "spec.json").read_text())
+        prov = json.loads((d / "provenance.json").read_text())
+        (d / "provenance.json").write_text(json.dumps({**prov, "cpu": "Test CPU"}))
+        if spec["scenario"] != "3s_vs_5z":
+            continue
+        lines = (by_seed[spec["seed"]] / "metrics.csv").read_text().splitlines()[:5]  # header + 4 evaluations
+        if spec["seed"] == 1:  # diverges at its third evaluation, still inside the seeds' range
+            header, rows = lines[0].split(","), [line.split(",") for line in lines[1:]]
+            col = header.index("test_win_rate")
+            rows[2][col] = str(float(rows[2][col]) + 0.01)
+            lines = [lines[0]] + [",".join(r) for r in rows]
+        (d / "metrics.csv").write_text("\n".join(lines) + "\n")
+    checks = {(c.scenario, c.seed): c for c in reproducibility(suite, records)}
+    same = checks[("3s_vs_5z", 0)]
+    assert same.compared == 4 and same.equal == 4 and same.first_divergence is None and same.same_platform
+    assert same.text.startswith("identical to reference run") and "at all 4 evaluations" in same.text
+    off = checks[("3s_vs_5z", 1)]
+    assert off.equal == 3 and off.diverged == 1 and off.first_divergence[0] == 20_037 and off.in_band == 1
+    assert "first divergence at 20,037 env steps" in off.text and "a change of code or of a dependency" in off.text
+    assert checks[("3m", 0)].text == "no reference run has this configuration"
+    # In the report, one row per run.
+    monkeypatch.setattr(render, "reproducibility", lambda d: reproducibility(d, records))
+    monkeypatch.setattr(render, "reference_results", lambda n, reps: reference_results(n, reps, records))
+    html = render.render_html(collect(suite), numbers, suite / "report", REPS)
+    assert html.count('data-repro="identical"') == 1 and html.count('data-repro="diverged"') == 1
+    assert html.count('data-repro="none"') == 1
