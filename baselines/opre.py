@@ -255,7 +255,6 @@ class Learner(PolicyLearner):
         """V-trace (or GAE) advantages and value targets for pi_p from mu's data; also records the
         proximal log-probs the surrogate's ratio is taken against and the truncated ratios rho."""
         cfg = self.cfg
-        self._old_logp = self.privileged_logp(r)
         dn = self.denormalize
         if cfg.off_policy_correction == "none":
             self._old_logp = r.logp  # the ratio pi_p_new / mu
@@ -263,6 +262,7 @@ class Learner(PolicyLearner):
             adv, returns = gae(r.rewards, dn(r.values), dn(r.last_values), r.terminated.unsqueeze(-1),
                                r.truncated.unsqueeze(-1), dn(r.final_values), cfg.gamma, cfg.gae_lambda)
         else:
+            self._old_logp = self.privileged_logp(r)
             ratio = (self._old_logp - r.logp).clamp(max=30.0).exp()
             self._rho = ratio.clamp(max=cfg.rho_bar)
             c = cfg.gae_lambda * ratio.clamp(max=cfg.c_bar)

@@ -216,6 +216,24 @@ def test_opre_recorded_behaviour_logp_is_q_mixture_and_the_ratio_is_against_p_mi
     assert stats["is_rho_mean"] == pytest.approx(masked_mean(rho, rows(chunked(r.learner_mask, L))).item(), rel=1e-5)
 
 
+def test_opre_without_correction_is_gae_with_the_ratio_against_mu():
+    learner = opre_learner(off_policy_correction="none", use_value_norm=False)
+    r = opre_rollout(learner)
+    adv, targets = learner.advantages(r)
+    want_adv, want_returns = gae(r.rewards, r.values, r.last_values, r.terminated.unsqueeze(-1),
+                                 r.truncated.unsqueeze(-1), r.final_values, 0.99, 0.95)
+    assert torch.allclose(adv, want_adv) and torch.allclose(targets, want_returns)
+    assert learner._old_logp is r.logp and torch.equal(learner._rho, torch.ones_like(r.logp))
+    # With V-trace and no value normalisation the targets are vtrace's with rho = min(1, pi_p / mu).
+    vt = opre_learner(use_value_norm=False)
+    vt.load_state_dict(learner.state_dict())
+    adv, targets = vt.advantages(r)
+    rho = (vt._old_logp - r.logp).exp().clamp(max=1.0)
+    want_t, want_a = vtrace(r.rewards, r.values, r.last_values, r.terminated.unsqueeze(-1), r.truncated.unsqueeze(-1),
+                            r.final_values, 0.99, rho, 0.95 * rho)
+    assert torch.allclose(targets, want_t, atol=1e-5) and torch.allclose(adv, want_a, atol=1e-5)
+
+
 def test_vtrace_by_hand_with_truncation_termination_and_tail():
     rewards = torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
     values = torch.tensor([[0.5, 0.5], [1.0, 1.0], [1.5, 1.5]])
