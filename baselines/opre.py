@@ -65,33 +65,33 @@ __all__ = ["KIND", "Config", "Learner", "build_actor", "build_critic", "OptionAc
 class Config(PolicyLearnerConfig):
     # K options. *Choice*: 8, marl-jax's OPRE configs for Melting Pot (num_options = 8; its network's
     # default is 16); the paper's value could not be read here.
-    n_options: int = 8
+    n_options: int = 8  # *choice*: marl-jax Melting Pot configs (paper value not read)
     # Weight of KL(p || q). *Choice*: 0.01, marl-jax's options_kl_cost (both its Melting Pot configs).
-    kl_coef: float = 0.01
+    kl_coef: float = 0.01  # weight of KL(p || q); *choice*: marl-jax options_kl_cost
     # Which side the KL trains: "both" (marl-jax: no stop-gradient, p is also pulled towards what the
     # agent can infer) or "q_only" (p fixed as the target; p then learns from the value alone).
-    kl_grad: Literal["both", "q_only"] = "both"
+    kl_grad: Literal["both", "q_only"] = "both"  # which side the KL trains; marl-jax: both
     # Correction for acting with mu = sum_z q pi_z while training pi_p = sum_z p pi_z. "vtrace":
     # V-trace targets and rho-weighted advantages (IMPALA; marl-jax uses V-trace) in PPO's surrogate
     # on pi_p_new / pi_p_old; "none": MAPPO's GAE on mu's data and PPO's ratio pi_p_new / mu (an
     # ablation: the clip then acts on the off-policy ratio).
-    off_policy_correction: Literal["vtrace", "none"] = "vtrace"
+    off_policy_correction: Literal["vtrace", "none"] = "vtrace"  # acting mu, training pi_p: IMPALA V-trace
     rho_bar: float = 1.0  # V-trace's truncation of rho (IMPALA / rlax default 1)
     c_bar: float = 1.0  # V-trace's truncation of the traces c (IMPALA / rlax default 1), times gae_lambda
     # The factorised value V = sum_z p V_z also trains p (marl-jax: the critic's weights are p, not
     # stopped). False: V = sum_z sg(p) V_z, p then learns from the KL (and option entropy) only.
-    value_trains_p: bool = True
+    value_trains_p: bool = True  # V = sum_z p V_z trains p (grounding); marl-jax
     # The policy gradient trains the options through sum_z sg(p) pi_z (marl-jax stops p's gradient
     # there); True lets the surrogate move p too.
-    pg_trains_p: bool = False
+    pg_trains_p: bool = False  # surrogate uses sg(p); marl-jax
     # Which policy's entropy gets MAPPO's bonus entropy_coef: "privileged_mixture" (pi_p, the policy
     # trained; marl-jax's entropy term), "per_option" (sum_z sg(p) H(pi_z)) or "acting_mixture" (mu).
-    policy_entropy: Literal["privileged_mixture", "per_option", "acting_mixture"] = "privileged_mixture"
+    policy_entropy: Literal["privileged_mixture", "per_option", "acting_mixture"] = "privileged_mixture"  # marl-jax
     # Option-distribution entropy: coef * (mean per-step entropy - entropy of the minibatch marginal).
     # *Choice*: 0.01, marl-jax's options_entropy_cost (Melting Pot v1 config; v2 0.04); 0 turns it off.
-    option_entropy_coef: float = 0.01
+    option_entropy_coef: float = 0.01  # H_step - H_marginal of p; *choice*: marl-jax (v1 config)
     # On which option distribution: "p" (marl-jax: the privileged one) or "q".
-    option_entropy_on: Literal["p", "q"] = "p"
+    option_entropy_on: Literal["p", "q"] = "p"  # marl-jax: the privileged distribution
 
     def validate(self) -> None:
         """Rules beyond the field types (build_config calls this, so a manifest is checked up front)."""
@@ -129,7 +129,8 @@ def option_losses(cfg: Config, p_logits: torch.Tensor, q_logits: torch.Tensor,
     kl = masked_mean(kl_categorical(p_logits.detach() if cfg.kl_grad == "q_only" else p_logits, q_logits), mask)
     step, marginal = option_entropy_terms(p_logits if cfg.option_entropy_on == "p" else q_logits, mask)
     return {"option_kl_loss": cfg.kl_coef * kl, "option_entropy_loss": cfg.option_entropy_coef * (step - marginal),
-            "option_kl": kl.detach(), "option_step_entropy": step.detach(), "option_marginal_entropy": marginal.detach()}
+            "option_kl": kl.detach(), "option_step_entropy": step.detach(),
+            "option_marginal_entropy": marginal.detach()}
 
 
 class OptionActor(nn.Module):

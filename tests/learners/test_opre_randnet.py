@@ -316,8 +316,10 @@ def test_opre_policy_entropy_is_that_of_the_privileged_mixture_by_hand():
     pi, q, p = hand_options()
     p_mix = 0.5 * pi[1] + (0.5 / 7) * pi[0] + 6 * (0.5 / 7) * torch.full((A,), 0.25)
     h = lambda x: -(x * x.log()).sum().item()  # noqa: E731
-    expected = {"privileged_mixture": h(p_mix), "per_option": 0.5 * h(pi[1]) + (0.5 / 7) * h(pi[0]) + 6 * (0.5 / 7) * h(torch.full((A,), 0.25)),
-                "acting_mixture": h(0.5 * pi[0] + (0.5 / 7) * pi[1] + 6 * (0.5 / 7) * torch.full((A,), 0.25))}
+    uniform, rest = torch.full((A,), 0.25), 0.5 / 7
+    expected = {"privileged_mixture": h(p_mix),
+                "per_option": 0.5 * h(pi[1]) + rest * h(pi[0]) + 6 * rest * h(uniform),
+                "acting_mixture": h(0.5 * pi[0] + rest * pi[1] + 6 * rest * uniform)}
     assert opre.Config().policy_entropy == "privileged_mixture"
     for choice, value in expected.items():
         learner = opre_learner(ppo_epochs=1, policy_entropy=choice)
@@ -341,7 +343,8 @@ def test_opre_kl_gradients_reach_q_and_p_not_the_options():
         inp, h0, starts = learner.chunk_input(r, torch.arange(4))
         out = learner.actor.sequence(inp, h0, starts)
         c = learner.critic.sequence_heads(chunked(r.state, L), chunked(r.critic_h, L)[0], chunked(r.starts, L))
-        terms = opre.option_losses(learner.cfg, rows(c["p_logits"]), out["q_logits"], torch.ones(L, 8, dtype=torch.bool))
+        every = torch.ones(L, 8, dtype=torch.bool)
+        terms = opre.option_losses(learner.cfg, rows(c["p_logits"]), out["q_logits"], every)
         terms["option_kl_loss"].backward()
         assert learner.actor.meta_head.weight.grad.abs().sum() > 0
         assert learner.actor.option_head.weight.grad is None
