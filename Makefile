@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: setup setup-system reproduce test bench lock clean-venv docker-smoke
+.PHONY: setup setup-system reproduce test lint bench lock clean-venv docker-smoke
 
 setup:
 	@bash scripts/setup_venv.sh
@@ -21,6 +21,10 @@ reproduce: setup
 ## Run the test suite (benchmarks excluded; see `make bench`).
 test: setup setup-system
 	@$(PY) -m pytest tests --ignore=tests/benchmarks $(ARGS)
+
+## Lint (ruff, configured in pyproject.toml).
+lint: setup
+	@$(VENV)/bin/ruff check .
 
 ## Throughput/memory benchmarks, saved as JSON under results/benchmarks/.
 bench: setup

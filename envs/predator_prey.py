@@ -299,7 +299,9 @@ class PredatorPreyEnv(BatchedEnv):
     def get_positions(self) -> dict[str, torch.Tensor]:
         """Copies of the episode state (for tests and rendering): ``agents`` [B, N, 2] and ``prey``
         [B, M, 2] as (row, col), ``agents_active`` [B, N], ``prey_alive`` [B, M], ``steps`` [B]."""
-        to_pos = lambda cell: torch.stack([cell.div(self.W, rounding_mode="floor"), cell % self.W], -1)
+        def to_pos(cell: torch.Tensor) -> torch.Tensor:
+            return torch.stack([cell.div(self.W, rounding_mode="floor"), cell % self.W], -1)
+
         return {
             "agents": to_pos(self._agent_cell),
             "prey": to_pos(self._prey_cell),

@@ -160,7 +160,7 @@ def reproducibility(suite_dir: Path, records: Path = RECORDS) -> list[ReproCheck
     by_config = {_same_configuration(spec): (suite, spec, prov, m) for suite, spec, prov, m in refs}
     # The seed band: reference runs that differ only by seed.
     bands: dict[str, list] = {}
-    for suite, spec, prov, m in refs:
+    for _, spec, _, m in refs:
         bands.setdefault(_same_configuration({**spec, "seed": None}), []).append(m)
     checks = []
     runs = Path(suite_dir) / "runs"

@@ -13,7 +13,6 @@ from algorithms.bidist import DISTILLED, Config, Learner, bernoulli_slots, burn_
 from envs.base import EnvSpec
 from marl.config import ConfigError, build_config
 from marl.policy_runner import LEARNER, Episodes, Rollout
-from marl.ppo import kl_categorical
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -4,7 +4,6 @@ expansion into content-hashed RunSpecs, filters, and the shipped suites."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 
