@@ -200,3 +200,67 @@ def test_build_config_profiles_and_errors():
 
     with pytest.raises(ConfigError, match="valid profiles: mappo$"):
         build_config(PolicyLearnerConfig, {"profile": "pymarl2"})
+
+
+def _played_episodes(n_envs: int = 3, episodes: int = 6):
+    import envs
+    from marl.controller import AgentController
+    from marl.networks import agent_input_dim
+    from marl.runner import EpisodeRunner
+    env = envs.make_env("predator_prey", "stag_hunt_small", num_envs=n_envs, seed=3, episode_limit=9)
+    torch.manual_seed(0)
+    spec = env.spec
+    agent = RecurrentAgent(agent_input_dim(spec.obs_shape[0], spec.n_agents, spec.n_actions), spec.n_actions, 8)
+    runner = EpisodeRunner(env, AgentController(agent, spec.n_agents, spec.n_actions), torch.Generator().manual_seed(1))
+    runner.start(seed=3)
+    return runner.layout, runner.collect(min_episodes=episodes, epsilon=lambda t: 1.0, t_env=0)
+
+
+def test_replay_stores_compact_dtypes_and_samples_todays_values():
+    layout, got = _played_episodes()
+    assert layout.obs_storage_dtype == torch.uint8 and layout.state_storage_dtype == torch.uint8
+    buf = EpisodeReplayBuffer(layout, capacity=got.count)
+    buf.insert(got.data, got.lengths)
+    stored = {k: v.dtype for k, v in buf.data.items()}
+    assert stored == {"obs": torch.uint8, "state": torch.uint8, "avail_actions": torch.bool, "actions": torch.int8,
+                      "reward": torch.float32, "terminated": torch.bool, "filled": torch.bool}
+    batch = buf.sample(got.count, torch.Generator().manual_seed(0))
+    # The sampled batch is the uncompacted one, dtype for dtype and value for value.
+    order = torch.argsort(got.lengths, descending=True, stable=True)
+    sampled_lengths = batch["filled"].sum(1)
+    assert torch.equal(sampled_lengths, got.lengths[order].sort(descending=True).values)
+    for name, v in batch.items():
+        assert v.dtype == got.data[name].dtype, name
+    # Match every sampled episode to a played one (same length, same content).
+    T = batch["filled"].shape[1]
+    remaining = list(range(got.count))
+    for i in range(got.count):
+        match = [j for j in remaining
+                 if all(torch.equal(batch[k][i], got.data[k][j, : batch[k].shape[1]]) for k in batch)]
+        assert match, f"sampled episode {i} is not one that was inserted"
+        remaining.remove(match[0])
+    assert T == int(got.lengths.max())
+
+
+def test_replay_refuses_values_its_compact_dtype_cannot_hold():
+    layout, got = _played_episodes(episodes=1)
+    buf = EpisodeReplayBuffer(layout, capacity=4)
+    data = {k: v.clone() for k, v in got.data.items()}
+    data["obs"][0, 0, 0, 0] = 0.5
+    with pytest.raises(ValueError, match="'obs'.*uint8"):
+        buf.insert(data, got.lengths)
+    # Float observations of other environments are stored as they are (no compact dtype declared).
+    plain = EpisodeReplayBuffer(_layout(), capacity=2)
+    assert plain.data["obs"].dtype == torch.float32 and plain.data["actions"].dtype == torch.int8
+    plain.insert(*_episodes(_layout(), [2], tag=0.25))
+    assert plain.sample(1, torch.Generator().manual_seed(0))["obs"][0, 0, 0, 0].item() == 0.25
+
+
+def test_predator_prey_paper_replay_fits_in_one_gigabyte():
+    import envs
+    spec = envs.make_env("predator_prey", "stag_hunt", num_envs=1, seed=0).spec
+    layout = EpisodeLayout.from_spec(spec)
+    nbytes = lambda data: sum(v.numel() * v.element_size() for v in data.values())  # noqa: E731
+    compact = nbytes(layout.allocate(ValueLearnerConfig().buffer_size, torch.device("meta"), compact=True))
+    full = nbytes(layout.allocate(ValueLearnerConfig().buffer_size, torch.device("meta")))
+    assert full > 3.5e9 and compact < 1.0e9, (full, compact)
