@@ -264,3 +264,39 @@ def test_predator_prey_paper_replay_fits_in_one_gigabyte():
     compact = nbytes(layout.allocate(ValueLearnerConfig().buffer_size, torch.device("meta"), compact=True))
     full = nbytes(layout.allocate(ValueLearnerConfig().buffer_size, torch.device("meta")))
     assert full > 3.5e9 and compact < 1.0e9, (full, compact)
+
+
+def test_online_and_target_agents_share_one_packed_input_construction():
+    """QLearner.agent_q_pair (one packing for online and target agent) equals two agent_q calls,
+    values and gradients, and an unsorted batch (padded path) gives the same loss."""
+    import envs
+    from marl.value_learner import QLearner
+    spec = envs.make_env("predator_prey", "stag_hunt_small", num_envs=1).spec
+    torch.manual_seed(0)
+    learner = QLearner(build_config(ValueLearnerConfig, {"hidden_dim": 16}), spec)
+    with torch.no_grad():
+        for p in learner.target_agent.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    g = torch.Generator().manual_seed(1)
+    C, T, N, A = 4, 6, spec.n_agents, spec.n_actions
+    lengths = torch.tensor([6, 4, 4, 1])
+    filled = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
+    batch = {"obs": torch.rand(C, T + 1, N, *spec.obs_shape, generator=g),
+             "state": torch.rand(C, T + 1, *spec.state_shape, generator=g),
+             "avail_actions": torch.ones(C, T + 1, N, A, dtype=torch.bool),
+             "actions": torch.randint(0, A, (C, T, N), generator=g),
+             "reward": torch.randn(C, T, generator=g) * filled,
+             "terminated": filled & (torch.arange(T).unsqueeze(0) == lengths.unsqueeze(1) - 1),
+             "filled": filled}
+    q, q_target = learner.agent_q_pair(learner.agent, learner.target_agent, batch)
+    ref_q, ref_target = learner.agent_q(learner.agent, batch), learner.agent_q(learner.target_agent, batch)
+    assert not q_target.requires_grad and q.requires_grad
+    assert torch.allclose(q, ref_q, atol=1e-6) and torch.allclose(q_target, ref_target, atol=1e-6)
+    w = torch.randn(q.shape, generator=g)
+    ga = torch.autograd.grad((q * w).sum(), list(learner.agent.parameters()))
+    gb = torch.autograd.grad((ref_q * w).sum(), list(learner.agent.parameters()))
+    for a, b in zip(ga, gb):
+        assert torch.allclose(a, b, atol=1e-5)
+    loss_sorted, _ = learner.compute_loss(batch)
+    loss_unsorted, _ = learner.compute_loss({k: v.flip(0) for k, v in batch.items()})
+    assert float(loss_sorted.detach()) == pytest.approx(float(loss_unsorted.detach()), rel=1e-5)
