@@ -44,15 +44,24 @@ _ext_state: dict = {}  # "module" (or None) and "reason" once the choice is made
 
 
 def _load_extension(build: bool = True):
-    """The compiled extension module, building it into BUILD_DIR first if needed (and ``build``);
-    raises on any failure."""
-    from torch.utils import cpp_extension
+    """The compiled extension module, building it into BUILD_DIR first if it is missing or older
+    than its source (and ``build``); raises on any failure. A built, fresh library is imported
+    directly: no ninja run and no build lock, so processes killed at any moment (the suite's
+    interrupt tests) never leave a lock behind that would stall the next one."""
+    import importlib.util
     built = BUILD_DIR / f"{EXT_NAME}.so"
-    if not build and not built.exists():
-        raise RuntimeError(f"not built ({built} missing; run `make setup` or scripts/build_extensions.sh)")
-    BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    return cpp_extension.load(name=EXT_NAME, sources=[str(SOURCE)], build_directory=str(BUILD_DIR),
-                              extra_cflags=["-O3"], verbose=False)
+    fresh = built.exists() and built.stat().st_mtime >= SOURCE.stat().st_mtime
+    if not fresh:
+        if not build:
+            raise RuntimeError(f"not built ({built} missing or stale; run `make setup` or scripts/build_extensions.sh)")
+        from torch.utils import cpp_extension
+        BUILD_DIR.mkdir(parents=True, exist_ok=True)
+        return cpp_extension.load(name=EXT_NAME, sources=[str(SOURCE)], build_directory=str(BUILD_DIR),
+                                  extra_cflags=["-O3"], verbose=False)
+    spec = importlib.util.spec_from_file_location(EXT_NAME, built)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def extension():
