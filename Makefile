@@ -5,8 +5,10 @@ ARGS ?=
 
 .PHONY: setup setup-system reproduce test lint bench lock clean-venv docker-smoke
 
+## .venv from the lock, then the optional C++ GRU extension into build/ (once; never fatal).
 setup:
 	@bash scripts/setup_venv.sh
+	@bash scripts/build_extensions.sh
 
 ## System packages the tests need (headless Chromium, poppler, fonts): apt-get, idempotent.
 setup-system:

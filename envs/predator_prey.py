@@ -169,6 +169,10 @@ class PredatorPreyEnv(BatchedEnv):
             obs_shape=(view * view * N_CHANNELS,),
             state_shape=(self.C * N_CHANNELS,),
             episode_limit=o.episode_limit,
+            # Observations and state are 0/1 marks per cell and channel: exact in uint8 (the
+            # 5000-episode replay of the 10x10 task is 0.97 GB instead of 3.74 GB).
+            obs_storage_dtype=torch.uint8,
+            state_storage_dtype=torch.uint8,
             shared_reward=True,
             has_won=False,
             options=dataclasses.asdict(o),
