@@ -82,7 +82,7 @@ class Config(PolicyLearnerConfig):
     # Reverse phase: a bounded push of phi away from theta
     reverse_lr: float = 1e-2  # eta_r (*choice*: the push, not the rate, bounds a round; 1e-2 reaches it in 1-4 steps, an overshoot is cut back)
     reverse_steps: int = 10  # most Adam steps per reverse round (*choice*: "few steps"; the round stops earlier at the push)
-    reverse_kl_push: float = 0.25  # nats the mean KL(phi || theta) may rise per reverse round (*choice*: about theta's own drift over k_d updates, 0.25-0.55 nats measured)
+    reverse_kl_push: float = 0.25  # nats the mean KL(phi || theta) may rise per reverse round (*choice*: the order of theta's own movement over k_d updates, 0.01-0.5 nats; docs/bidist.md)
     reverse_kl_bound: float = 1.0  # per-observation clip of the maximised KL(phi || theta), in nats (*choice*: no push beyond it, no degenerate phi)
     reverse_start: Literal["sampled_score", "exact"] = "sampled_score"  # *choice*: below reverse_start_kl ascend the sampled score-function gradient (exact vanishes at phi = theta)
     reverse_start_kl: float = 1e-3  # mean KL below which the sampled start is used (*choice*: far below any push, above float noise)
