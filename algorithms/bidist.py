@@ -80,7 +80,7 @@ class Config(PolicyLearnerConfig):
     forward_steps: int = 20  # Adam steps per forward round (*choice*: 10 cannot follow a large move of theta's weights, docs/bidist.md)
     forward_history_weight: float = 0.5  # w, weight of phi's own past in the forward target (*choice*: phi averages theta over ~2 forward rounds; 0 = latest theta)
     # Reverse phase: a bounded push of phi away from theta
-    reverse_lr: float = 1e-2  # eta_r (*choice*: the push, not the rate, bounds a round; 1e-2 reaches it in 1-4 steps, an overshoot is cut back)
+    reverse_lr: float = 1e-2  # eta_r (*choice*: the push, not the rate, bounds a round; 1e-2 reaches it in 1-6 steps, an overshoot is cut back)
     reverse_steps: int = 10  # most Adam steps per reverse round (*choice*: "few steps"; the round stops earlier at the push)
     reverse_kl_push: float = 0.25  # nats the mean KL(phi || theta) may rise per reverse round (*choice*: the order of theta's own movement over k_d updates, 0.01-0.5 nats; docs/bidist.md)
     reverse_kl_bound: float = 1.0  # per-observation clip of the maximised KL(phi || theta), in nats (*choice*: no push beyond it, no degenerate phi)
