@@ -86,7 +86,7 @@ class Config(PolicyLearnerConfig):
     reverse_kl_bound: float = 1.0  # per-observation clip of the maximised KL(phi || theta), in nats (*choice*: no push beyond it, no degenerate phi)
     reverse_start: Literal["sampled_score", "exact"] = "sampled_score"  # *choice*: below reverse_start_kl ascend the sampled score-function gradient (exact vanishes at phi = theta)
     reverse_start_kl: float = 1e-3  # mean KL below which the sampled start is used (*choice*: far below any push, above float noise)
-    distill_burn_in: int = 10
+    distill_burn_in: int = 10  # first steps of a copy replayed from a zero state left out of the loss unless its episode starts inside (*choice*)
     init_from_learner: bool = True  # phi starts as a copy of theta (*choice*)
 
     def validate(self) -> None:

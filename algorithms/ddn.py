@@ -1,7 +1,7 @@
 """DDN: Double Distillation Network (arXiv 2502.03125), reconstructed from the seed description.
 
 No code or full text of the paper is available; every choice not fixed by the seed is a named
-field of :class:`Config` with a comment (see shared reference/methods.md, section DDN).
+field of :class:`Config` with a comment (docs/methods.md, section DDN, lists them with their sources).
 
 Networks
 --------
