@@ -4,8 +4,13 @@ Defaults are MAPPO's (Yu et al. 2022, its reference implementation ``on-policy``
 actor and critic, eps 1e-5, 15 PPO epochs, one minibatch, recurrent chunks of 10 steps, clip 0.2,
 entropy 0.01, value normalisation, Huber value loss (delta 10) with value clipping, GAE (0.99, 0.95),
 grad-norm clip 10, GRU 64. Choices that are reconstructions (methods.md) are named fields here or in
-the algorithm's own Config subclass. The Melting Pot line of work trained with lr 5e-5 and much
-larger budgets; set ``lr``/``critic_lr`` in a manifest to follow it.
+the algorithm's own Config subclass.
+
+Two differences are documented rather than configurable (docs/methods.md, "MAPPO"): the networks
+have no LayerNorm (``on-policy`` normalises the input features, each hidden layer and the GRU output
+by default), and the rate is on-policy's 5e-4 where the Melting Pot line of work trained with 5e-5
+and much larger budgets (set ``lr``/``critic_lr`` in a manifest to follow it). The field comments of
+``profile``, ``lr`` and ``critic_lr`` carry this into the report's method notes.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Literal
 class PolicyLearnerConfig:
     """Choice fields are Literal types, checked by marl/config.py build_config (as the value learners')."""
 
-    profile: Literal["mappo"] = "mappo"  # hyperparameter set: the on-policy MAPPO reference defaults
+    profile: Literal["mappo"] = "mappo"  # hyperparameter set: the on-policy MAPPO reference defaults, but no LayerNorm (on-policy normalises inputs, hidden layer, GRU output; docs/methods.md)
     # Interaction: each iteration collects rollout_length steps from each of num_envs copies.
     num_envs: int = 8  # parallel environment copies per iteration (MAPPO n_rollout_threads)
     rollout_length: int = 200  # MAPPO's episode_length (steps per copy between updates)
@@ -39,8 +44,8 @@ class PolicyLearnerConfig:
     critic_agent_id: bool = True  # the centralised critic sees the global state + which agent it values
     orthogonal_init: bool = True  # MAPPO: orthogonal weights, gain 0.01 on the policy head
     # PPO
-    lr: float = 5e-4  # actor Adam learning rate (MAPPO's on-policy default; the Melting Pot line used 5e-5)
-    critic_lr: float = 5e-4  # critic Adam learning rate (MAPPO)
+    lr: float = 5e-4  # actor Adam learning rate (MAPPO's on-policy default; the Melting Pot line trained with 5e-5, docs/methods.md)
+    critic_lr: float = 5e-4  # critic Adam learning rate (MAPPO's on-policy default; the Melting Pot line trained with 5e-5)
     adam_eps: float = 1e-5  # Adam epsilon (MAPPO opti_eps)
     ppo_epochs: int = 15  # passes over each rollout (MAPPO's SMAC/Melting Pot setting)
     num_mini_batch: int = 1  # minibatches per epoch (MAPPO)
