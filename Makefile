@@ -3,10 +3,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: setup setup-system reproduce test bench lock clean-venv docker-smoke
+.PHONY: setup setup-system reproduce test lint bench lock clean-venv docker-smoke
 
+## .venv from the lock, then the optional C++ GRU extension into build/ (once; never fatal).
 setup:
 	@bash scripts/setup_venv.sh
+	@bash scripts/build_extensions.sh
 
 ## System packages the tests need (headless Chromium, poppler, fonts): apt-get, idempotent.
 setup-system:
@@ -21,6 +23,10 @@ reproduce: setup
 ## Run the test suite (benchmarks excluded; see `make bench`).
 test: setup setup-system
 	@$(PY) -m pytest tests --ignore=tests/benchmarks $(ARGS)
+
+## Lint (ruff, configured in pyproject.toml).
+lint: setup
+	@$(VENV)/bin/ruff check .
 
 ## Throughput/memory benchmarks, saved as JSON under results/benchmarks/.
 bench: setup

@@ -7,6 +7,7 @@ Thin CLI over suites/ (manifests, run store, orchestrator, backends) and reports
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -25,6 +26,9 @@ examples:
   python reproduce.py --suite ddn_smac --skip-unavailable            # run what this machine can
   python reproduce.py --suite quick --report-only  # re-render the report from finished runs
   python reproduce.py --list                       # suites, algorithms, scenarios, backends
+  python reproduce.py --list ddn                   # every config field of DDN, choices marked
+  python reproduce.py --algorithm qmix --scenario smax/3m --set lr=0.001 --env-steps 200000
+                                                   # one run, no manifest (store folder run_qmix_smax_3m)
   make reproduce ARGS="--suite smoke"
 
 Rerunning a command resumes it: finished runs are skipped, interrupted ones resume from their last
@@ -39,7 +43,7 @@ exit codes: 0 all runs done, 1 some run failed or a run dir is corrupt, 2 bad in
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reproduce.py", description=__doc__.strip().splitlines()[0],
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", default="quick", help="shipped suite name (see --list) or path to a manifest .yaml "
+    p.add_argument("--suite", default=None, help="shipped suite name (see --list) or path to a manifest .yaml "
                                                     "(default: quick)")
     p.add_argument("--backend", default="local", choices=("local", "ray", "docker"),
                    help="where runs execute (default: local)")
@@ -48,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: this machine's CPU count")
     p.add_argument("--out", default="results", help="output directory of the run store (default: results)")
     p.add_argument("--dry-run", action="store_true", help="validate and list the runs with their state; write nothing")
-    p.add_argument("--list", action="store_true", help="list suites, algorithms, scenarios and available backends")
+    p.add_argument("--list", nargs="?", const="", default=None, metavar="ALGORITHM",
+                   help="list suites, algorithms, scenarios and available backends; with ALGORITHM, every field "
+                        "of its config: type, default, meaning, reconstructed choices marked")
     p.add_argument("--report-only", action="store_true", help="only render the report from the runs on disk")
     p.add_argument("--seeds", default=None, help="comma-separated subset of the manifest's seeds, e.g. 0,1")
     p.add_argument("--only", action="append", default=[], metavar="TERM",
@@ -62,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="ray: address of an existing cluster (default: start a local one)")
     p.add_argument("--image", default=None, help="docker: image to run (default: the manifest's image)")
     p.add_argument("--no-report", action="store_true", help="do not render the report at the end")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="keep TensorBoard event files (<run dir>/tb/) in step with each run's metrics.csv while "
+                        "the suite runs; view with tensorboard --logdir <out>/<suite>/runs")
+    one = p.add_argument_group("one run, without a manifest (instead of --suite)")
+    one.add_argument("--algorithm", default=None, help="train this algorithm (see --list) on --scenario")
+    one.add_argument("--scenario", default=None, metavar="FAMILY/NAME", help="e.g. smax/3m, predator_prey/stag_hunt")
+    one.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
+                     help="override a learner config field (lr=0.001) or, as env.KEY=VALUE, an environment "
+                          "option; repeatable; values are YAML")
+    for flag in ("env-steps", "eval-interval", "eval-episodes", "checkpoint-interval"):
+        one.add_argument(f"--{flag}", type=int, default=None,
+                         help=f"budget {flag.replace('-', '_')} (default: the family's paper suite's)")
     return p
 
 
@@ -92,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
 
     from suites.backends import BackendError, make_backend
-    from suites.manifest import ManifestError, load_suite
+    from suites.manifest import ManifestError, load_suite, load_suite_text
+    from suites.one_run import BUDGET_KEYS, OneRunError, one_run
     from suites.orchestrator import UsageError, eprint, execute, filter_runs, format_plan, plan, render_report
     from suites.provenance import provenance_extra
     from suites.store import StoreLockedError, SuiteStore
@@ -108,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         problems.append("--address only applies to --backend ray")
     if args.image is not None and args.backend != "docker":
         problems.append("--image only applies to --backend docker")
-    if sum([args.dry_run, args.list, args.report_only]) > 1:
+    if sum([args.dry_run, args.list is not None, args.report_only]) > 1:
         problems.append("--dry-run, --list and --report-only exclude each other")
     seeds = None
     if args.seeds is not None:
@@ -119,9 +138,21 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if not seeds:
                 problems.append("--seeds is empty")
+    one_run_flags = [f"--{k.replace('_', '-')}" for k in ("env_steps", "eval_interval", "eval_episodes",
+                                                          "checkpoint_interval") if getattr(args, k) is not None]
+    one_run_flags += ["--set"] if args.sets else []
+    if args.algorithm is None and args.scenario is None:
+        if one_run_flags:
+            problems.append(f"{', '.join(one_run_flags)} only apply to a one-run command (--algorithm and --scenario)")
+    elif args.algorithm is None or args.scenario is None:
+        problems.append("a one-run command needs both --algorithm and --scenario")
+    elif args.suite is not None:
+        problems.append("--suite and --algorithm/--scenario exclude each other: run a suite or one run")
+    elif args.only:
+        problems.append("--only filters a suite; a one-run command is already one algorithm on one scenario")
     if problems:
         return _fail("; ".join(problems))
-    if args.backend == "ray" and args.address and not (args.dry_run or args.list or args.report_only):
+    if args.backend == "ray" and args.address and not (args.dry_run or args.list is not None or args.report_only):
         # Like any flag, before the manifest's validation (which imports JAX, TensorFlow: many seconds):
         # an address where nothing listens would otherwise keep ray.init retrying for minutes.
         from suites.backends.ray_backend import probe_address
@@ -131,17 +162,30 @@ def main(argv: list[str] | None = None) -> int:
         except BackendError as exc:
             return _fail(str(exc))
 
-    if args.list:
-        from suites.listing import print_listing
+    if args.list is not None:
+        from suites.listing import print_algorithm_fields, print_listing
 
-        print_listing()
+        if args.list:
+            try:
+                print_algorithm_fields(args.list)
+            except ValueError as exc:
+                return _fail(str(exc))
+        else:
+            print_listing()
         return 0
 
     try:
         # With docker the image, not this machine, must provide StarCraft II / the Melting Pot assets.
-        suite = load_suite(args.suite, check_availability=args.backend != "docker")
+        available = args.backend != "docker"
+        if args.algorithm is not None:
+            run = one_run(args.algorithm, args.scenario, args.sets, seeds,
+                          {k: getattr(args, k) for k in BUDGET_KEYS})
+            origin = f"one run (--algorithm {args.algorithm} --scenario {args.scenario})"
+            suite, seeds = load_suite_text(origin, run.text, check_availability=available), None
+        else:
+            suite = load_suite(args.suite or "quick", check_availability=available)
         specs = filter_runs(suite, seeds, args.only)
-    except (ManifestError, UsageError) as exc:
+    except (ManifestError, UsageError, OneRunError) as exc:
         return _fail(str(exc))
     store = SuiteStore(args.out, suite.name)
     # Before any work: an --out that cannot hold the run store is refused now, not after the backend
@@ -202,16 +246,24 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
     try:
         store.write_manifest(suite)
-        try:
-            summary = execute(items, store, backend, suite, provenance_extra(args.backend), retries=args.retries,
-                              threads=args.threads)
-            crossplay = None
-            if suite.heldout is not None and not summary.interrupted:
-                # After training: the focal policies against the held-out populations (suites/crossplay.py).
-                from suites.crossplay import execute_crossplay_phase
+        if args.tensorboard:
+            from suites.tensorboard import LiveSync
 
-                crossplay = execute_crossplay_phase(items, store, backend, suite, provenance_extra(args.backend),
-                                                    retries=args.retries, threads=args.threads)
+            eprint(f"tensorboard: event files in each run's tb/; view with: tensorboard --logdir {store.runs}")
+            live = LiveSync(store.root)
+        else:
+            live = contextlib.nullcontext()
+        try:
+            with live:
+                summary = execute(items, store, backend, suite, provenance_extra(args.backend), retries=args.retries,
+                                  threads=args.threads)
+                crossplay = None
+                if suite.heldout is not None and not summary.interrupted:
+                    # After training: the focal policies against the held-out populations (suites/crossplay.py).
+                    from suites.crossplay import execute_crossplay_phase
+
+                    crossplay = execute_crossplay_phase(items, store, backend, suite, provenance_extra(args.backend),
+                                                        retries=args.retries, threads=args.threads)
         finally:
             backend.close()
     finally:
@@ -230,6 +282,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run from the checkout: packages beside this file (DESIGN.md conventions).
+    # Run from the checkout: packages beside this file (no install step needed).
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     sys.exit(main())

@@ -1,7 +1,7 @@
 """DDN: Double Distillation Network (arXiv 2502.03125), reconstructed from the seed description.
 
 No code or full text of the paper is available; every choice not fixed by the seed is a named
-field of :class:`Config` with a comment (see shared reference/methods.md, section DDN).
+field of :class:`Config` with a comment (docs/methods.md, section DDN, lists them with their sources).
 
 Networks
 --------
@@ -44,6 +44,7 @@ from torch import nn
 
 from marl.config import ConfigError, Mixer, ValueLearnerConfig
 from marl.controller import AgentController, epsilon_greedy, masked_q
+from marl.fast_gru import check_active, packed_index
 from marl.networks import AgentOutput, RecurrentAgent, agent_input_dim
 from marl.value_learner import (QLearner, active_rows, mix_where, observed, previous_actions, td_lambda_targets,
                                 td_stats)
@@ -349,18 +350,63 @@ class Learner(QLearner):
         own = local if self.cfg.teacher_local_obs else local[..., self.obs_dim:]
         return torch.cat([fused, own], dim=-1)
 
+    def networks(self, batch: dict[str, torch.Tensor]) -> tuple[AgentOutput, AgentOutput, AgentOutput, torch.Tensor]:
+        """Teacher (with gradient), target teacher (without) and student over the batch's whole
+        episodes, outputs [C, T+1, N, *] (zeros after an episode's end), and the teacher's fused
+        state at the observations inside an episode ([M, N, d], for the instruments).
+
+        On a batch sorted longest first (as the buffer samples) the local inputs, the states and
+        the packing are built once, for the rows inside their episodes only, and every network
+        reads them packed: no padded [T+1, C, N, *] teacher input is built, gathered and packed
+        again per network. An unsorted batch takes the padded path (the same values)."""
+        filled, state = batch["filled"], batch["state"]
+        C, T1, N = batch["obs"].shape[:3]
+        valid = observed(filled).t()  # [T+1, C]: t <= length
+        active = active_rows(filled, N)
+        obs_tm = batch["obs"].reshape(C, T1, N, -1).transpose(0, 1)
+        last_tm = previous_actions(batch["actions"]).transpose(0, 1)
+        state_tm = state.reshape(C, T1, -1).transpose(0, 1)
+        if active is None:
+            local = self.controller.inputs(obs_tm, last_tm)  # [T+1, C, N, L], built once for all three
+            teacher_in = self.teacher_inputs(self.fusion, local, state_tm, valid)
+            teacher = self.run_agent(self.agent, teacher_in, None)
+            with torch.no_grad():
+                target_teacher = self.run_agent(self.target_agent,
+                                                self.teacher_inputs(self.target_fusion, local, state_tm, valid), None)
+            student = self.run_agent(self.student, local, None)
+            fused_dim = self.cfg.fusion_dim if self.fusion is not None else self.state_dim
+            return teacher, target_teacher, student, teacher_in[..., :fused_dim][valid]
+        # Packed rows, step after step: the valid (t, c) positions in order, N agents each (the
+        # episodes inside at step t are a prefix, so this is marl.fast_gru's packed layout).
+        R = C * N
+        active = check_active(active, T1, R)
+        index = packed_index(active, R, state.device)
+        local = self.controller.inputs(obs_tm[valid], last_tm[valid])  # [M, N, L]
+        state_v = state_tm[valid]  # [M, S]
+        P = index.shape[0]
+
+        def teacher_input(fusion: PersonalizationFusion | None) -> tuple[torch.Tensor, torch.Tensor]:
+            fused = fusion(local, state_v) if fusion is not None else state_v.unsqueeze(1).expand(-1, N, -1)
+            own = local if self.cfg.teacher_local_obs else local[..., self.obs_dim:]
+            return fused, torch.cat([fused, own], dim=-1).reshape(P, -1)
+
+        def run(agent: RecurrentAgent, packed: torch.Tensor) -> AgentOutput:
+            out = agent.forward_packed(packed, active, index, T1, R)
+            return AgentOutput(*(x.view(T1, C, N, -1).transpose(0, 1) for x in out))
+
+        fused, teacher_in = teacher_input(self.fusion)
+        teacher = run(self.agent, teacher_in)
+        with torch.no_grad():
+            target_teacher = run(self.target_agent, teacher_input(self.target_fusion)[1])
+        student = run(self.student, local.reshape(P, -1))
+        return teacher, target_teacher, student, fused
+
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
         filled = batch["filled"]
         mask = filled.float()
         state = batch["state"]
-        C, T1, N = batch["obs"].shape[:3]
-        # Time-major [T+1, C, ...] inputs, built once for teacher, target teacher and student.
-        local = self.controller.inputs(batch["obs"].reshape(C, T1, N, -1).transpose(0, 1),
-                                       previous_actions(batch["actions"]).transpose(0, 1))
-        state_tm = state.reshape(C, T1, -1).transpose(0, 1)
         valid = observed(filled).t()  # [T+1, C]: t <= length
-        active = active_rows(filled, N)
 
         # Internal distillation: r_I from the novelty of s_{t+1}; masked predictor update.
         reward = batch["reward"]
@@ -376,12 +422,9 @@ class Learner(QLearner):
             stats.update(idm_loss=float(idm_loss.detach()), intrinsic_reward_mean=float(r_i.sum() / mask.sum()))
 
         # Teacher TD loss on r + r_I.
-        teacher_in = self.teacher_inputs(self.fusion, local, state_tm, valid)
-        teacher = self.run_agent(self.agent, teacher_in, active)
+        teacher, target_teacher, student, fused = self.networks(batch)
         chosen = teacher.q[:, :-1].gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1)
         with torch.no_grad():
-            target_teacher = self.run_agent(self.target_agent,
-                                            self.teacher_inputs(self.target_fusion, local, state_tm, valid), active)
             target_tot = mix_where(self.target_mixer,
                                    self.greedy_target_values(teacher.q, target_teacher.q, batch["avail_actions"]),
                                    state, valid.t())
@@ -391,7 +434,6 @@ class Learner(QLearner):
         td_loss = td.pow(2).sum() / mask.sum()
 
         # External distillation into the student (teacher outputs detached).
-        student = self.run_agent(self.student, local, active)
         source = target_teacher if cfg.distill_from == "target" else teacher
         distill, distill_stats = self.distillation(student, source, batch["avail_actions"][:, :-1], mask)
         stats.update(distill_stats)
@@ -407,7 +449,7 @@ class Learner(QLearner):
 
         loss = td_loss + distill + idm_loss + cfg.student_td_weight * student_td_loss
         stats.update(td_stats(td_loss.detach(), td.detach(), q_tot.detach(), y, mask))
-        stats.update(self.instruments(batch, student, teacher, teacher_in, q_tot.detach(), target_tot, reward, valid))
+        stats.update(self.instruments(batch, student, teacher, fused, q_tot.detach(), target_tot, reward, valid))
         stats["loss"] = float(loss.detach())
         return loss, stats
 
@@ -439,24 +481,24 @@ class Learner(QLearner):
 
     @torch.no_grad()
     def instruments(self, batch: dict[str, torch.Tensor], student: AgentOutput, teacher: AgentOutput,
-                    teacher_in: torch.Tensor, q_tot: torch.Tensor, target_tot: torch.Tensor,
+                    fused: torch.Tensor, q_tot: torch.Tensor, target_tot: torch.Tensor,
                     reward: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
         """What the teacher-student pair is doing, logged per update: greedy agreement on live
         agents' available actions, the teacher's overestimation (Q_tot of the taken actions minus
         the realised discounted return of r + r_I, truncated episodes closed by the target Q_tot),
-        and the scale of the personalized state and of both networks' embeddings."""
+        and the scale of the personalized state (``fused``: its values inside the episodes) and of
+        both networks' embeddings."""
         filled = batch["filled"]
         mask = filled.float()
         n = mask.sum()
         realised = discounted_returns(reward, batch["terminated"], filled, target_tot, self.cfg.gamma)
-        fused_dim = self.cfg.fusion_dim if self.fusion is not None else self.state_dim
         vt = valid.t()
         return {
             "greedy_agreement": TeacherStudentStats.greedy_agreement(
                 student.q[:, :-1], teacher.q[:, :-1], batch["avail_actions"][:, :-1], mask),
             "realised_return_mean": float((realised * mask).sum() / n),
             "teacher_overestimation": float(((q_tot - realised) * mask).sum() / n),
-            "fused_state_rms": TeacherStudentStats.rms(teacher_in.transpose(0, 1)[..., :fused_dim], vt),
+            "fused_state_rms": float(fused.pow(2).mean().sqrt()) if fused.numel() else float("nan"),
             "teacher_embedding_rms": TeacherStudentStats.rms(teacher.embedding, vt),
             "student_embedding_rms": TeacherStudentStats.rms(student.embedding, vt),
         }

@@ -14,7 +14,7 @@ with w = 1 where the weighting condition holds and w = alpha (config ``w``) else
 * OW-QMIX (optimistic, ``hysteretic_qmix=True``): Q_tot(s,u) < y;
 * CW-QMIX (central, ``hysteretic_qmix=False``): u is the current greedy joint action u_hat, or
   y > Q*_target(s, u_hat) (paper eq. and reference code). ``cw_compare="qtot"`` uses y > Q_tot(s,u)
-  instead (the loose wording of reference/methods.md); the default follows the paper.
+  instead (a looser reading of the paper's text); the default follows the paper.
 
 Field names and defaults follow the reference configs (oxwhirl/wqmix ``cw_qmix.yaml``/``ow_qmix``).
 """
@@ -42,7 +42,7 @@ class WQMixConfig(ValueLearnerConfig):
     w: float = 0.1  # alpha in the paper: weight of transitions failing the condition
     hysteretic_qmix: bool = True  # True -> OW-QMIX, False -> CW-QMIX (reference name)
     # CW's "target above the best joint action's value" test: "central" = y > Q*_target(s, u_hat)
-    # (paper, reference); "qtot" = y > Q_tot(s, u) (reference/methods.md wording).
+    # (paper, reference); "qtot" = y > Q_tot(s, u) (the looser reading).
     cw_compare: Literal["central", "qtot"] = "central"
     central_loss: float = 1.0  # coefficient of the Q* TD loss (reference: always 1)
     qmix_loss: float = 1.0  # coefficient of the weighted Q_tot loss (reference: always 1)

@@ -67,6 +67,11 @@ class EnvSpec:
     episode_limit: int
     obs_dtype: torch.dtype = torch.float32
     state_dtype: torch.dtype = torch.float32
+    # A smaller dtype that holds every observation / state value exactly (e.g. uint8 for a grid
+    # of small integers): the replay buffer stores them so and hands out obs_dtype / state_dtype
+    # on sampling. None: stored as obs_dtype / state_dtype.
+    obs_storage_dtype: torch.dtype | None = None
+    state_storage_dtype: torch.dtype | None = None
     # Per-agent extra observations (e.g. Melting Pot's INVENTORY, READY_TO_SHOOT): name -> shape
     # without the [B, N] prefix. Empty for vector-observation tasks.
     extra_obs_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)

@@ -169,6 +169,10 @@ class PredatorPreyEnv(BatchedEnv):
             obs_shape=(view * view * N_CHANNELS,),
             state_shape=(self.C * N_CHANNELS,),
             episode_limit=o.episode_limit,
+            # Observations and state are 0/1 marks per cell and channel: exact in uint8 (the
+            # 5000-episode replay of the 10x10 task is 0.97 GB instead of 3.74 GB).
+            obs_storage_dtype=torch.uint8,
+            state_storage_dtype=torch.uint8,
             shared_reward=True,
             has_won=False,
             options=dataclasses.asdict(o),
@@ -299,7 +303,9 @@ class PredatorPreyEnv(BatchedEnv):
     def get_positions(self) -> dict[str, torch.Tensor]:
         """Copies of the episode state (for tests and rendering): ``agents`` [B, N, 2] and ``prey``
         [B, M, 2] as (row, col), ``agents_active`` [B, N], ``prey_alive`` [B, M], ``steps`` [B]."""
-        to_pos = lambda cell: torch.stack([cell.div(self.W, rounding_mode="floor"), cell % self.W], -1)
+        def to_pos(cell: torch.Tensor) -> torch.Tensor:
+            return torch.stack([cell.div(self.W, rounding_mode="floor"), cell % self.W], -1)
+
         return {
             "agents": to_pos(self._agent_cell),
             "prey": to_pos(self._prey_cell),

@@ -3,6 +3,12 @@
 An episode of length L occupies time indices 0..L of the observation-like fields (index L holds
 the observation after the last step, i.e. ``final_obs``, used to bootstrap) and 0..L-1 of the
 transition fields. ``filled[t]`` marks real transitions; padding beyond L is masked out.
+
+The buffer stores what is small as small (``EpisodeLayout.allocate(..., compact=True)``): actions
+as int8 (int16 beyond 127 actions), masks as bool (one byte), observations and states in the
+environment's ``obs_storage_dtype`` / ``state_storage_dtype`` where it declares one (Predator-Prey's
+0/1 grids: uint8). ``sample`` hands out the usual dtypes (long actions, float observations), with
+values equal to those inserted; ``insert`` refuses values the compact dtype cannot hold exactly.
 """
 
 from __future__ import annotations
@@ -29,20 +35,35 @@ class EpisodeLayout:
     state_shape: tuple[int, ...]
     obs_dtype: torch.dtype = torch.float32
     state_dtype: torch.dtype = torch.float32
+    obs_storage_dtype: torch.dtype | None = None  # compact storage of obs (None: obs_dtype)
+    state_storage_dtype: torch.dtype | None = None
 
     @classmethod
     def from_spec(cls, spec: EnvSpec) -> "EpisodeLayout":
         return cls(spec.episode_limit, spec.n_agents, spec.n_actions, tuple(spec.obs_shape),
-                   tuple(spec.state_shape), spec.obs_dtype, spec.state_dtype)
+                   tuple(spec.state_shape), spec.obs_dtype, spec.state_dtype,
+                   spec.obs_storage_dtype, spec.state_storage_dtype)
 
-    def allocate(self, n: int, device: torch.device) -> dict[str, torch.Tensor]:
+    def dtypes(self, compact: bool = False) -> dict[str, torch.dtype]:
+        """Per field, the dtype handed out (and staged) or, with ``compact``, the one stored."""
+        full = {"obs": self.obs_dtype, "state": self.state_dtype, "avail_actions": torch.bool,
+                "actions": torch.long, "reward": torch.float32, "terminated": torch.bool, "filled": torch.bool}
+        if not compact:
+            return full
+        return {**full, "obs": self.obs_storage_dtype or self.obs_dtype,
+                "state": self.state_storage_dtype or self.state_dtype,
+                # an action index < A (-1 never reaches the buffer)
+                "actions": torch.int8 if self.n_actions <= 127 else torch.int16 if self.n_actions <= 32767 else torch.long}
+
+    def allocate(self, n: int, device: torch.device, compact: bool = False) -> dict[str, torch.Tensor]:
         T, N, A = self.max_len, self.n_agents, self.n_actions
+        dt = self.dtypes(compact)
         return {
-            "obs": torch.zeros(n, T + 1, N, *self.obs_shape, dtype=self.obs_dtype, device=device),
-            "state": torch.zeros(n, T + 1, *self.state_shape, dtype=self.state_dtype, device=device),
+            "obs": torch.zeros(n, T + 1, N, *self.obs_shape, dtype=dt["obs"], device=device),
+            "state": torch.zeros(n, T + 1, *self.state_shape, dtype=dt["state"], device=device),
             # Padding is "all actions available" so maxima over padded steps stay finite.
             "avail_actions": torch.ones(n, T + 1, N, A, dtype=torch.bool, device=device),
-            "actions": torch.zeros(n, T, N, dtype=torch.long, device=device),
+            "actions": torch.zeros(n, T, N, dtype=dt["actions"], device=device),
             "reward": torch.zeros(n, T, dtype=torch.float32, device=device),
             "terminated": torch.zeros(n, T, dtype=torch.bool, device=device),
             "filled": torch.zeros(n, T, dtype=torch.bool, device=device),
@@ -50,11 +71,12 @@ class EpisodeLayout:
 
 
 class EpisodeReplayBuffer:
-    """Ring buffer of whole episodes; uniform sampling of episodes."""
+    """Ring buffer of whole episodes, stored in compact dtypes; uniform sampling of episodes."""
 
     def __init__(self, layout: EpisodeLayout, capacity: int, device: torch.device | str = "cpu"):
         self.layout, self.capacity, self.device = layout, capacity, torch.device(device)
-        self.data = layout.allocate(capacity, self.device)
+        self.data = layout.allocate(capacity, self.device, compact=True)
+        self.out_dtypes = layout.dtypes(compact=False)
         self.lengths = torch.zeros(capacity, dtype=torch.long, device=self.device)
         self.insert_pos = 0
         self.size = 0
@@ -72,7 +94,12 @@ class EpisodeReplayBuffer:
             lengths, k = lengths[-self.capacity:], self.capacity
         idx = (self.insert_pos + torch.arange(k, device=self.device)) % self.capacity
         for name, tensor in self.data.items():
-            tensor[idx] = episodes[name].to(self.device)
+            value = episodes[name].to(self.device)
+            stored = value.to(tensor.dtype)
+            if stored.dtype != value.dtype and not torch.equal(stored.to(value.dtype), value):
+                raise ValueError(f"replay field {name!r}: values not exactly representable in its storage "
+                                 f"dtype {tensor.dtype} (the environment's spec declares a storage dtype too small)")
+            tensor[idx] = stored
         self.lengths[idx] = lengths.to(self.device)
         self.insert_pos = (self.insert_pos + k) % self.capacity
         self.size = min(self.size + k, self.capacity)
@@ -90,7 +117,7 @@ class EpisodeReplayBuffer:
         batch = {}
         for name, tensor in self.data.items():
             steps = t_max + 1 if name in OBS_FIELDS else t_max
-            batch[name] = tensor[idx, :steps]
+            batch[name] = tensor[idx, :steps].to(self.out_dtypes[name])
         return batch
 
     # Checkpointing: only the filled part is saved.

@@ -11,6 +11,14 @@ their episode are a prefix 0..k_t-1 (``active[t] = k_t``, non-increasing). The r
 those rows, step after step ([sum_t k_t, ...] instead of [T, R, ...]): nothing is computed, stored,
 zero-filled or scattered for the padding, which is often half of a batch of short episodes.
 
+Two implementations of the recurrence, equal within float tolerance (tests/learners/test_fast_gru.py):
+a small C++ extension (``marl/csrc/fast_gru.cpp``: no Python per step; forward: one matmul, ATen's
+vectorized sigmoid/tanh and fused elementwise passes; backward: one fused pass and one matmul), built by ``make setup`` (scripts/build_extensions.sh) or on first use
+into ``build/fast_gru/`` (gcc and ninja; about two minutes), and the pure-PyTorch loop below.
+``MARL_FAST_GRU`` chooses: ``auto`` (default: the extension where it builds and loads, else the
+PyTorch loop, saying so once on stderr), ``python`` (always the PyTorch loop), ``cpp`` (the
+extension or an error). :func:`backend` says which one is in use.
+
 The parameters are those of ``nn.GRU`` (same layout and equations), so state dicts stay standard:
 
     r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)
@@ -21,8 +29,72 @@ The parameters are those of ``nn.GRU`` (same layout and equations), so state dic
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE = ROOT / "marl" / "csrc" / "fast_gru.cpp"
+BUILD_DIR = ROOT / "build" / "fast_gru"
+EXT_NAME = "marl_fast_gru"
+_ext_state: dict = {}  # "module" (or None) and "reason" once the choice is made
+
+
+def _load_extension(build: bool = True):
+    """The compiled extension module, building it into BUILD_DIR first if it is missing or older
+    than its source (and ``build``); raises on any failure. A built, fresh library is imported
+    directly: no ninja run and no build lock, so processes killed at any moment (the suite's
+    interrupt tests) never leave a lock behind that would stall the next one."""
+    import importlib.util
+    built = BUILD_DIR / f"{EXT_NAME}.so"
+    fresh = built.exists() and built.stat().st_mtime >= SOURCE.stat().st_mtime
+    if not fresh:
+        if not build:
+            raise RuntimeError(f"not built ({built} missing or stale; run `make setup` or scripts/build_extensions.sh)")
+        from torch.utils import cpp_extension
+        BUILD_DIR.mkdir(parents=True, exist_ok=True)
+        return cpp_extension.load(name=EXT_NAME, sources=[str(SOURCE)], build_directory=str(BUILD_DIR),
+                                  extra_cflags=["-O3"], verbose=False)
+    spec = importlib.util.spec_from_file_location(EXT_NAME, built)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def extension():
+    """The C++ extension if it is selected and available, else None (the choice is made once per
+    process, with one line on stderr when ``auto`` falls back to the PyTorch loop)."""
+    if "module" in _ext_state:
+        return _ext_state["module"]
+    mode = os.environ.get("MARL_FAST_GRU", "auto").strip().lower()
+    if mode not in ("auto", "python", "cpp"):
+        raise ValueError(f"MARL_FAST_GRU={mode!r}; valid: auto, python, cpp")
+    module, reason = None, "MARL_FAST_GRU=python"
+    if mode != "python":
+        try:
+            module = _load_extension()
+        except Exception as exc:  # no compiler, no ninja, a failed build: the PyTorch loop works everywhere
+            if mode == "cpp":
+                raise RuntimeError(f"MARL_FAST_GRU=cpp but the C++ GRU extension is unavailable: {exc}") from exc
+            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+            print(f"fast_gru: C++ extension unavailable ({reason}); using the PyTorch recurrence "
+                  "(same values, slower)", file=sys.stderr)
+    _ext_state.update(module=module, reason=reason if module is None else "")
+    return module
+
+
+def backend() -> str:
+    """Which recurrence runs on CPU tensors: "cpp" (the extension) or "python"."""
+    return "cpp" if extension() is not None else "python"
+
+
+def _use_extension(*tensors: torch.Tensor) -> object | None:
+    if not all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors):
+        return None
+    return extension()
 
 
 class _PackedGRURecurrence(torch.autograd.Function):
@@ -31,6 +103,13 @@ class _PackedGRURecurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gi, h0, w_hh, b_hh, active):
+        ext = _use_extension(gi, h0, w_hh, b_hh)
+        ctx.ext = ext
+        ctx.active = active
+        if ext is not None:
+            hs, gh_all, rz_all, n_all = ext.gru_forward(gi, h0, w_hh, b_hh, active)
+            ctx.save_for_backward(h0, w_hh, hs, gh_all, rz_all, n_all)
+            return hs
         P, H3 = gi.shape
         H = H3 // 3
         # Every intermediate is written in place into packed storage (out=): the loop allocates
@@ -49,7 +128,6 @@ class _PackedGRURecurrence(torch.autograd.Function):
             n = torch.tanh(torch.addcmul(gi[a:b, 2 * H:], rz[:, :H], gh[:, 2 * H:], out=n_all[a:b]), out=n_all[a:b])
             h = torch.lerp(n, h[:k], rz[:, H:], out=hs[a:b])  # n + z * (h - n)
             a = b
-        ctx.active = active
         ctx.save_for_backward(h0, w_hh, hs, gh_all, rz_all, n_all)
         return hs
 
@@ -57,6 +135,10 @@ class _PackedGRURecurrence(torch.autograd.Function):
     def backward(ctx, grad_hs):
         h0, w_hh, hs, gh_all, rz_all, n_all = ctx.saved_tensors
         active = ctx.active
+        if ctx.ext is not None:
+            d_gates, dh0, grad_w_hh, grad_b_hh = ctx.ext.gru_backward(grad_hs, h0, w_hh, hs, gh_all, rz_all,
+                                                                       n_all, active)
+            return d_gates, dh0, grad_w_hh, grad_b_hh, None
         P, H = hs.shape
         starts = [0]
         for k in active[:-1]:
@@ -135,3 +217,18 @@ def gru_recurrence(gi: torch.Tensor, h0: torch.Tensor, gru: torch.nn.GRU,
     index = packed_index(active, R, gi.device)
     hs = gru_packed(gi.reshape(T * R, -1).index_select(0, index), h0, gru, active)
     return hs.new_zeros(T * R, hs.shape[1]).index_copy(0, index, hs).view(T, R, -1)
+
+
+if __name__ == "__main__":  # python -m marl.fast_gru --build (scripts/build_extensions.sh)
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Build (if needed) and load the C++ GRU extension; "
+                                                 "print which recurrence is in use.")
+    parser.add_argument("--build", action="store_true", help="build into build/fast_gru if missing or stale")
+    args = parser.parse_args()
+    try:
+        _load_extension(build=args.build)
+    except Exception as exc:  # the caller (set-up) goes on with the PyTorch recurrence
+        print(f"fast_gru: C++ extension unavailable: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print(f"fast_gru: C++ extension ready ({BUILD_DIR / (EXT_NAME + '.so')})")

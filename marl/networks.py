@@ -54,7 +54,15 @@ class RecurrentAgent(nn.Module):
         T, R = inputs.shape[:2]
         active = check_active(active, T, R)
         index = packed_index(active, R, inputs.device)
-        embedding = F.relu(self.fc1(inputs.reshape(T * R, -1).index_select(0, index)))
+        return self.forward_packed(inputs.reshape(T * R, -1).index_select(0, index), active, index, T, R, h0,
+                                   features)
+
+    def forward_packed(self, packed: torch.Tensor, active: list[int], index: torch.Tensor, T: int, R: int,
+                       h0: torch.Tensor | None = None, features: bool = True) -> AgentOutput:
+        """The same on inputs already packed ([P, input_dim], the rows inside their episode step
+        after step, ``index`` = ``packed_index(active, R)``, ``active`` from ``check_active``):
+        learners that build their inputs once for several networks skip the gather."""
+        embedding = F.relu(self.fc1(packed))
         h0 = embedding.new_zeros(R, self.hidden_dim) if h0 is None else h0
         hidden = gru_packed(F.linear(embedding, self.rnn.weight_ih_l0, self.rnn.bias_ih_l0), h0, self.rnn, active)
         q = self.fc2(hidden)

@@ -4,8 +4,13 @@ Defaults are MAPPO's (Yu et al. 2022, its reference implementation ``on-policy``
 actor and critic, eps 1e-5, 15 PPO epochs, one minibatch, recurrent chunks of 10 steps, clip 0.2,
 entropy 0.01, value normalisation, Huber value loss (delta 10) with value clipping, GAE (0.99, 0.95),
 grad-norm clip 10, GRU 64. Choices that are reconstructions (methods.md) are named fields here or in
-the algorithm's own Config subclass. The Melting Pot line of work trained with lr 5e-5 and much
-larger budgets; set ``lr``/``critic_lr`` in a manifest to follow it.
+the algorithm's own Config subclass.
+
+Two differences are documented rather than configurable (docs/methods.md, "MAPPO"): the networks
+have no LayerNorm (``on-policy`` normalises the input features, each hidden layer and the GRU output
+by default), and the rate is on-policy's 5e-4 where the Melting Pot line of work trained with 5e-5
+and much larger budgets (set ``lr``/``critic_lr`` in a manifest to follow it). The field comments of
+``profile``, ``lr`` and ``critic_lr`` carry this into the report's method notes.
 """
 
 from __future__ import annotations
@@ -16,45 +21,46 @@ from typing import Literal
 
 @dataclass
 class PolicyLearnerConfig:
-    # Choice fields are Literal types, checked by marl/config.py build_config (as the value learners').
-    profile: Literal["mappo"] = "mappo"
+    """Choice fields are Literal types, checked by marl/config.py build_config (as the value learners')."""
+
+    profile: Literal["mappo"] = "mappo"  # hyperparameter set: the on-policy MAPPO reference defaults, but no LayerNorm (on-policy normalises inputs, hidden layer, GRU output; docs/methods.md)
     # Interaction: each iteration collects rollout_length steps from each of num_envs copies.
-    num_envs: int = 8
+    num_envs: int = 8  # parallel environment copies per iteration (MAPPO n_rollout_threads)
     rollout_length: int = 200  # MAPPO's episode_length (steps per copy between updates)
     # Networks (shared by all agents: parameter sharing, as MAPPO)
-    hidden_dim: int = 64
+    hidden_dim: int = 64  # width of the actor and critic FC/GRU layers (MAPPO)
     # RGB observations are average-pooled by this factor before the CNN (Melting Pot sprites are
     # 8x8 pixels, so 8 gives one value per grid cell, as the RPM/Melting Pot baselines did). *choice*
     downsample: int = 8
     # MAPPO's CNNBase: one unpadded 3x3 convolution with hidden_dim // 2 channels, then FC.
     cnn_channels: list[int] = field(default_factory=lambda: [32])
-    cnn_kernel: int = 3
+    cnn_kernel: int = 3  # kernel size of the actor's convolutions (MAPPO CNNBase: 3)
     # The critic's CNN over the global view (Melting Pot's WORLD.RGB is 3-10x larger than a player's
     # view): stride 2 and 16 channels keep its cost near the actor's on a CPU (*choice*; MAPPO's
     # would be stride 1, 32 channels, about 15x the cost on a 2-player substrate).
     critic_cnn_channels: list[int] = field(default_factory=lambda: [16])
-    critic_cnn_stride: int = 2
+    critic_cnn_stride: int = 2  # stride of the critic's convolutions (*choice*, see above)
     actor_agent_id: bool = False  # actors see only their own observation (decentralised execution)
     critic_agent_id: bool = True  # the centralised critic sees the global state + which agent it values
     orthogonal_init: bool = True  # MAPPO: orthogonal weights, gain 0.01 on the policy head
     # PPO
-    lr: float = 5e-4
-    critic_lr: float = 5e-4
-    adam_eps: float = 1e-5
-    ppo_epochs: int = 15
-    num_mini_batch: int = 1
+    lr: float = 5e-4  # actor Adam learning rate (MAPPO's on-policy default; the Melting Pot line trained with 5e-5, docs/methods.md)
+    critic_lr: float = 5e-4  # critic Adam learning rate (MAPPO's on-policy default; the Melting Pot line trained with 5e-5)
+    adam_eps: float = 1e-5  # Adam epsilon (MAPPO opti_eps)
+    ppo_epochs: int = 15  # passes over each rollout (MAPPO's SMAC/Melting Pot setting)
+    num_mini_batch: int = 1  # minibatches per epoch (MAPPO)
     data_chunk_length: int = 10  # recurrent training on chunks of this many steps
-    clip_param: float = 0.2
-    value_loss_coef: float = 1.0
-    entropy_coef: float = 0.01
-    max_grad_norm: float = 10.0
-    use_huber_loss: bool = True
-    huber_delta: float = 10.0
-    use_clipped_value_loss: bool = True
-    use_value_norm: bool = True
-    value_norm_beta: float = 0.99999
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
+    clip_param: float = 0.2  # PPO ratio clip epsilon (MAPPO)
+    value_loss_coef: float = 1.0  # weight of the critic loss (MAPPO)
+    entropy_coef: float = 0.01  # weight of the policy entropy bonus (MAPPO)
+    max_grad_norm: float = 10.0  # gradient-norm clip of actor and critic (MAPPO)
+    use_huber_loss: bool = True  # Huber instead of squared value loss (MAPPO)
+    huber_delta: float = 10.0  # Huber threshold (MAPPO)
+    use_clipped_value_loss: bool = True  # PPO-style clipping of the value update (MAPPO)
+    use_value_norm: bool = True  # normalise value targets by running mean/std (MAPPO ValueNorm)
+    value_norm_beta: float = 0.99999  # decay of ValueNorm's running statistics (MAPPO)
+    gamma: float = 0.99  # discount factor (MAPPO)
+    gae_lambda: float = 0.95  # GAE lambda (MAPPO)
     # Evaluation: "auto" = greedy on SMAC-like tasks (MAPPO's deterministic eval), sampled actions
     # elsewhere (Melting Pot policies are evaluated as stochastic policies); or "greedy" / "sample".
     eval_actions: Literal["auto", "greedy", "sample"] = "auto"

@@ -12,7 +12,9 @@ slot (self-play on the substrate). Population methods subclass it and override t
 * ``assign`` / ``module``: who plays which slot and with what actor;
 * ``before_rollout``: per-iteration changes to the acting policy (RandNet re-draws its layer);
 * ``actor_sequence`` / ``extra_actor_losses``: extra outputs and loss terms of special actors
-  (OPRE's option KL, RandNet's feature matching);
+  (RandNet's feature matching);
+* ``critic_builder`` / ``advantages`` / ``minibatch_losses``: another critic, other value targets and
+  other losses on a minibatch (OPRE: a value factorised over options, V-trace, its option terms);
 * ``after_update``: work after each PPO update (BiDist's distillation, snapshot pools);
 * ``eval_module``: the actor used at test time (RandNet's Monte Carlo averaging);
 * ``extra_state`` / ``load_extra_state``: whatever else a checkpoint must hold.
@@ -40,6 +42,17 @@ def build_actor(cfg: PolicyLearnerConfig, spec: EnvSpec) -> nn.Module:
     return RecurrentActor(spec, cfg)
 
 
+def build_critic(cfg: PolicyLearnerConfig, spec: EnvSpec) -> nn.Module:
+    """MAPPO's centralised critic: see RecurrentCritic (OPRE's factorises its value over options)."""
+    return RecurrentCritic(spec, cfg)
+
+
+def unchunked(x: torch.Tensor, T: int, B: int) -> torch.Tensor:
+    """Inverse of :func:`chunked`: [L, (T // L) * B, ...] -> [T, B, ...]."""
+    L = x.shape[0]
+    return x.reshape(L, T // L, B, *x.shape[2:]).transpose(0, 1).reshape(T, B, *x.shape[2:])
+
+
 def chunked(x: torch.Tensor, L: int) -> torch.Tensor:
     """[T, B, ...] -> [L, (T // L) * B, ...]: chunk k = (c, b) holds steps c*L .. c*L+L-1 of copy b."""
     T, B = x.shape[:2]
@@ -53,6 +66,7 @@ def rows(x: torch.Tensor) -> torch.Tensor:
 
 class PolicyLearner:
     actor_builder = staticmethod(build_actor)
+    critic_builder = staticmethod(build_critic)
 
     def __init__(self, cfg: PolicyLearnerConfig, spec: EnvSpec, device: torch.device | str = "cpu"):
         if cfg.rollout_length % cfg.data_chunk_length:
@@ -60,7 +74,7 @@ class PolicyLearner:
                              f"({cfg.data_chunk_length})")
         self.cfg, self.spec, self.device = cfg, spec, torch.device(device)
         self.actor = self.actor_builder(cfg, spec).to(self.device)
-        self.critic = RecurrentCritic(spec, cfg).to(self.device)
+        self.critic = self.critic_builder(cfg, spec).to(self.device)
         self.value_norm = ValueNorm(cfg.value_norm_beta).to(self.device) if cfg.use_value_norm else None
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, eps=cfg.adam_eps)
@@ -128,6 +142,36 @@ class PolicyLearner:
         h0 = chunked(r.actor_h, L)[0, idx].reshape(len(idx) * N, -1)
         return inp, h0, rows(starts)
 
+    def minibatch_losses(self, r: Rollout, idx: torch.Tensor, adv: torch.Tensor,
+                         targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """MAPPO's losses on the chunks ``idx`` of rollout ``r``: (actor loss, value loss, stats).
+        ``adv`` (normalised) and ``targets`` are [T, B, N]. OPRE overrides this (its surrogate is on
+        another mixture than the acting one, its value is factorised over the options)."""
+        cfg, L = self.cfg, self.cfg.data_chunk_length
+        mask_all = r.learner_mask
+        inp, h0, starts = self.chunk_input(r, idx)
+        mask = rows(chunked(mask_all, L)[:, idx])
+        out = self.actor_sequence(inp, h0, starts)
+        logp_all = torch.log_softmax(out["logits"], -1)
+        actions = rows(chunked(r.actions, L)[:, idx])
+        logp = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        old_logp = rows(chunked(r.logp, L)[:, idx])
+        pol_loss, clip_frac = surrogate_loss(logp, old_logp, rows(chunked(adv, L)[:, idx]), mask, cfg.clip_param)
+        entropy = masked_mean(categorical_entropy(out["logits"]), mask)
+        extras = self.extra_actor_losses(out, inp, mask)
+        actor_loss = pol_loss - cfg.entropy_coef * entropy + sum(extras.values(), torch.zeros((), device=self.device))
+
+        values = self.critic.sequence(chunked(r.state, L)[:, idx], chunked(r.critic_h, L)[0, idx],
+                                      chunked(r.starts, L)[:, idx])
+        c_mask = chunked(mask_all, L)[:, idx]
+        v_loss = value_loss(values, chunked(r.values, L)[:, idx], chunked(targets, L)[:, idx], c_mask,
+                            cfg.clip_param, cfg.use_clipped_value_loss, cfg.use_huber_loss, cfg.huber_delta)
+        with torch.no_grad():
+            approx_kl = masked_mean(old_logp - logp, mask)
+        stats = {"policy_loss": pol_loss, "value_loss": v_loss, "entropy": entropy, "clip_frac": clip_frac,
+                 "approx_kl": approx_kl, **extras}
+        return actor_loss, v_loss, stats
+
     def train_step(self, r: Rollout, episodes: Episodes, generator: torch.Generator) -> dict[str, float]:
         """One PPO update on rollout ``r`` (then the subclass's ``after_update``)."""
         cfg, L = self.cfg, self.cfg.data_chunk_length
@@ -142,23 +186,7 @@ class PolicyLearner:
         for _ in range(cfg.ppo_epochs):
             perm = torch.randperm(K, generator=generator, device=self.device)
             for idx in perm.chunk(cfg.num_mini_batch):
-                inp, h0, starts = self.chunk_input(r, idx)
-                mask = rows(chunked(mask_all, L)[:, idx])
-                out = self.actor_sequence(inp, h0, starts)
-                logp_all = torch.log_softmax(out["logits"], -1)
-                actions = rows(chunked(r.actions, L)[:, idx])
-                logp = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-                old_logp = rows(chunked(r.logp, L)[:, idx])
-                pol_loss, clip_frac = surrogate_loss(logp, old_logp, rows(chunked(adv, L)[:, idx]), mask, cfg.clip_param)
-                entropy = masked_mean(categorical_entropy(out["logits"]), mask)
-                extras = self.extra_actor_losses(out, inp, mask)
-                actor_loss = pol_loss - cfg.entropy_coef * entropy + sum(extras.values(), torch.zeros((), device=self.device))
-
-                values = self.critic.sequence(chunked(r.state, L)[:, idx], chunked(r.critic_h, L)[0, idx],
-                                              chunked(r.starts, L)[:, idx])
-                c_mask = chunked(mask_all, L)[:, idx]
-                v_loss = value_loss(values, chunked(r.values, L)[:, idx], chunked(targets, L)[:, idx], c_mask,
-                                    cfg.clip_param, cfg.use_clipped_value_loss, cfg.use_huber_loss, cfg.huber_delta)
+                actor_loss, v_loss, loss_stats = self.minibatch_losses(r, idx, adv, targets)
 
                 self.actor_opt.zero_grad(set_to_none=True)
                 self.critic_opt.zero_grad(set_to_none=True)
@@ -167,10 +195,7 @@ class PolicyLearner:
                 c_norm = nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
                 self.actor_opt.step()
                 self.critic_opt.step()
-                with torch.no_grad():
-                    approx_kl = masked_mean(old_logp - logp, mask)
-                step_stats = {"policy_loss": pol_loss, "value_loss": v_loss, "entropy": entropy, "clip_frac": clip_frac,
-                              "approx_kl": approx_kl, "actor_grad_norm": a_norm, "critic_grad_norm": c_norm, **extras}
+                step_stats = {**loss_stats, "actor_grad_norm": a_norm, "critic_grad_norm": c_norm}
                 for k, v in step_stats.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v)
                 n += 1

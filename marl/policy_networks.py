@@ -126,7 +126,7 @@ class ActInput:
     extra: torch.Tensor  # [M, E]
     agent_ids: torch.Tensor  # [M] long, the slot index within its env copy
     avail: torch.Tensor  # [M, A] bool
-    state: torch.Tensor  # [M, *stored state shape] (privileged; only OPRE's training-time actor reads it)
+    state: torch.Tensor  # [M, *stored state shape] (privileged; no actor reads it, OPRE's p is in its critic)
 
 
 def masked_logits(logits: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:

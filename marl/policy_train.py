@@ -1,7 +1,7 @@
 """The training loop of the on-policy learners: rollout -> PPO update (+ the method's own work) ->
 evaluate; one code path for MAPPO, self-play, RPM, OPRE, RandNet and BiDist on every family.
 
-Contracts (DESIGN.md; the shared loop is marl/trainer.py):
+Contracts (docs/evaluation.md; the shared loop is marl/trainer.py):
 
 * env steps = joint transitions summed over the parallel copies (T x B per iteration);
 * evaluation every ``eval_interval`` env steps (and at step 0 and at the end): the learner's

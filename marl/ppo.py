@@ -34,6 +34,39 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, last_values: torch.Tensor, 
     return advantages, advantages + values
 
 
+def vtrace(rewards: torch.Tensor, values: torch.Tensor, last_values: torch.Tensor, terminated: torch.Tensor,
+           truncated: torch.Tensor, final_values: torch.Tensor, gamma: float, rho: torch.Tensor,
+           c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """V-trace (Espeholt et al., IMPALA 2018) over an auto-reset rollout, with :func:`gae`'s
+    conventions for termination, truncation and the tail.
+
+    ``rho`` and ``c`` [T, ...] are the truncated importance ratios of the target policy over the
+    behaviour policy (``c`` already scaled by lambda, if any). Returns (targets v_s, policy-gradient
+    advantages rho_s (r_s + gamma v_{s+1} - V(x_s))), both [T, ...], where
+    v_s = V(x_s) + rho_s delta_s + gamma c_s (v_{s+1} - V(x_{s+1})), v after an episode's end is the
+    bootstrap of :func:`gae` (0 when terminated, ``final_values`` when truncated) and v_T = ``last_values``.
+    With rho = 1 and c = lambda the targets are GAE(lambda)'s returns.
+    """
+    T = rewards.shape[0]
+    terminated = terminated.to(rewards.dtype).expand_as(rewards)
+    truncated = truncated.to(rewards.dtype).expand_as(rewards)
+    ended = (terminated + truncated).clamp(max=1.0)
+    targets = torch.zeros_like(rewards)
+    pg_adv = torch.zeros_like(rewards)
+    acc = torch.zeros_like(last_values)
+    next_value, next_target = last_values, last_values
+    for t in reversed(range(T)):
+        end_value = final_values[t] * truncated[t]
+        bootstrap = torch.where(ended[t] > 0, end_value, next_value)
+        bootstrap_target = torch.where(ended[t] > 0, end_value, next_target)
+        delta = rewards[t] + gamma * bootstrap - values[t]
+        acc = rho[t] * delta + gamma * c[t] * (1.0 - ended[t]) * acc
+        targets[t] = values[t] + acc
+        pg_adv[t] = rho[t] * (rewards[t] + gamma * bootstrap_target - values[t])
+        next_value, next_target = values[t], targets[t]
+    return targets, pg_adv
+
+
 class ValueNorm(nn.Module):
     """MAPPO's ValueNorm: running, debiased mean and mean-of-squares of the value targets (decay
     ``beta``); the critic predicts normalised values."""

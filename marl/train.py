@@ -1,7 +1,7 @@
 """The training loop of the value-decomposition learners: collect -> replay -> update -> evaluate.
 
 One code path for every learner (QMIX, VDN, OW/CW-WQMIX, DDN) and every family (SMAX, SMAC,
-Predator-Prey, matrix games). Evaluation and checkpoints follow the contracts of DESIGN.md:
+Predator-Prey, matrix games). Evaluation and checkpoints follow the contracts of docs/evaluation.md:
 
 * env steps = joint transitions summed over the parallel environments;
 * greedy test every ``eval_interval`` env steps (and at step 0 and at the end), ``eval_episodes``

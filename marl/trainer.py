@@ -1,7 +1,7 @@
 """What every training run shares, whichever learner kind: the budget, the evaluate / checkpoint /
 train loop, metric rows, exact resume, provenance.
 
-Contracts (DESIGN.md):
+Contracts (docs/evaluation.md and docs/run-store.md):
 
 * env steps = joint transitions summed over the parallel environments;
 * evaluation every ``eval_interval`` env steps (and at step 0 and at the end) on a separate test

@@ -16,6 +16,7 @@ from torch import nn
 from envs.base import EnvSpec
 from marl.config import ConfigError, ValueLearnerConfig
 from marl.controller import AgentController, masked_q
+from marl.fast_gru import check_active, packed_index
 from marl.networks import QMixer, RecurrentAgent, VDNMixer, agent_input_dim
 
 
@@ -159,6 +160,33 @@ class QLearner:
         out = agent(inputs.reshape(T1, C * N, -1), active=active_rows(batch["filled"], N), features=False)
         return out.q.view(T1, C, N, -1).transpose(0, 1)
 
+    def agent_q_pair(self, agent: RecurrentAgent, target: RecurrentAgent,
+                     batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``agent_q`` of the online agent (with gradient) and of its target (without), sharing
+        one construction of the inputs: on a batch sorted longest first (as the buffer samples),
+        the inputs are built for the rows inside their episodes only, once for both networks."""
+        obs, filled = batch["obs"], batch["filled"]
+        C, T1, N = obs.shape[:3]
+        active = active_rows(filled, N)
+        if active is None:  # unsorted batch: the padded path, one network at a time
+            q = self.agent_q(agent, batch)
+            with torch.no_grad():
+                return q, self.agent_q(target, batch)
+        R = C * N
+        active = check_active(active, T1, R)
+        index = packed_index(active, R, obs.device)
+        valid = observed(filled).t()  # [T+1, C]; a prefix of the episodes at each step
+        packed = self.controller.inputs(obs.reshape(C, T1, N, -1).transpose(0, 1)[valid],
+                                        previous_actions(batch["actions"]).transpose(0, 1)[valid])
+        packed = packed.reshape(index.shape[0], -1)
+
+        def q_of(net: RecurrentAgent) -> torch.Tensor:
+            return net.forward_packed(packed, active, index, T1, R, features=False).q.view(T1, C, N, -1).transpose(0, 1)
+
+        q = q_of(agent)
+        with torch.no_grad():
+            return q, q_of(target)
+
     def greedy_target_values(self, q_online: torch.Tensor, q_target: torch.Tensor,
                              avail: torch.Tensor) -> torch.Tensor:
         """Per-agent bootstrap values [C, T+1, N]: double-Q (target net evaluates the online net's
@@ -174,10 +202,9 @@ class QLearner:
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         mask = batch["filled"].float()
-        q = self.agent_q(self.agent, batch)
+        q, q_target = self.agent_q_pair(self.agent, self.target_agent, batch)
         chosen = q[:, :-1].gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1)
         with torch.no_grad():
-            q_target = self.agent_q(self.target_agent, batch)
             target_tot = mix_where(self.target_mixer, self.greedy_target_values(q, q_target, batch["avail_actions"]),
                                    batch["state"], observed(batch["filled"]))
             y = self.targets(batch, target_tot)

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-# A run's final score is the mean of its last FINAL_EVALS greedy evaluations (DESIGN.md contract).
+# A run's final score is the mean of its last FINAL_EVALS greedy evaluations (docs/evaluation.md, "Scores").
 FINAL_EVALS = 3
 
 
@@ -55,7 +55,7 @@ FOCAL_RETURN = Metric("focal_per_capita_return", "focal per-capita return", Fals
                       curve="test_return_mean")
 CROSSPLAY = "crossplay.json"
 
-# What a family is scored by (DESIGN.md, Evaluation contracts).
+# What a family is scored by (docs/evaluation.md).
 FAMILY_METRIC: dict[str, Metric] = {
     "smac": WIN_RATE,
     "smax": WIN_RATE,

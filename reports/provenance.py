@@ -6,15 +6,19 @@ Both are read from the runs' provenance.json, so they describe what actually ran
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
-import re
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from reports.collect import SuiteData
 
-_FIELD_LINE = re.compile(r"^\s+(\w+)\s*:\s*[^=#]+?=\s*.*?#\s*(.+?)\s*$")
+# Which runs chose each reconstructed default: algorithm -> field -> {value, evidence, runs}.
+CHOICE_EVIDENCE = Path(__file__).with_name("choice_evidence.yaml")
+
 _SKIP_PROVENANCE = {"config", "env_spec"}
 
 
@@ -24,10 +28,12 @@ class ConfigField:
     values: list[tuple[str, list[str]]]  # (value, labels using it), most used first
     default: str
     comment: str
+    evidence: dict[str, Any] | None = None  # from choice_evidence.yaml: what chose the default
+
 
     @property
     def is_choice(self) -> bool:
-        """A reconstruction the papers do not fix (reference/methods.md marks them *choice*)."""
+        """A reconstruction the papers do not fix (docs/methods.md marks them *choice*)."""
         return "choice" in self.comment.lower()
 
     @property
@@ -40,19 +46,10 @@ def _show(value: Any) -> str:
 
 
 def field_comments(cls: type) -> dict[str, str]:
-    """The end-of-line comment of every dataclass field, subclasses overriding their bases."""
-    out: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if not dataclasses.is_dataclass(klass):
-            continue
-        try:
-            source = inspect.getsource(klass)
-        except (OSError, TypeError):
-            continue
-        for line in source.splitlines():
-            if m := _FIELD_LINE.match(line):
-                out[m.group(1)] = m.group(2)
-    return out
+    """Each dataclass field's documentation (marl/field_docs.py: the comment on its line or above it)."""
+    from marl.field_docs import field_docs
+
+    return {name: doc.doc for name, doc in field_docs(cls).items()}
 
 
 def _config_class(algorithm: str) -> type | None:
@@ -72,6 +69,29 @@ def _default(f: dataclasses.Field) -> Any:
     return None
 
 
+@lru_cache(maxsize=4)
+def choice_evidence(path: Path = CHOICE_EVIDENCE) -> dict[str, dict[str, dict[str, Any]]]:
+    """The evidence file, checked: every entry names the value it supports, says what chose it and
+    lists the run ids (records/ holds their compact records); an entry for a field the config class
+    does not have is an error, so renamed fields cannot leave stale evidence behind."""
+    if not path.is_file():
+        return {}
+    raw = yaml.safe_load(path.read_text()) or {}
+    for algorithm, fields in raw.items():
+        cls = _config_class(algorithm)
+        names = {f.name for f in dataclasses.fields(cls)} if cls else set()
+        for name, entry in fields.items():
+            where = f"{path.name}: {algorithm}.{name}"
+            if name not in names:
+                raise ValueError(f"{where}: no such config field of {algorithm!r}")
+            missing = {"value", "evidence", "runs"} - set(entry)
+            if missing:
+                raise ValueError(f"{where}: missing {', '.join(sorted(missing))}")
+            if not isinstance(entry["runs"], list):
+                raise ValueError(f"{where}: runs must be a list of run ids")
+    return raw
+
+
 def method_choices(data: SuiteData) -> dict[str, list[ConfigField]]:
     """Per algorithm (registry name): every config field, the values in force and which labels use
     each, the dataclass default and its comment."""
@@ -84,6 +104,7 @@ def method_choices(data: SuiteData) -> dict[str, list[ConfigField]]:
         cls = _config_class(str(algorithm))
         comments = field_comments(cls) if cls else {}
         defaults = {f.name: _show(_default(f)) for f in dataclasses.fields(cls)} if cls else {}
+        evidence = choice_evidence().get(str(algorithm), {})
         names = list(dict.fromkeys(k for _, cfg in configs for k in cfg))
         fields = []
         for name in names:
@@ -94,7 +115,8 @@ def method_choices(data: SuiteData) -> dict[str, list[ConfigField]]:
                     users[value].append(label)
             # Most used value first: the template names the labels of the other values only.
             values = sorted(users.items(), key=lambda kv: (-len(kv[1]), kv[0]))
-            fields.append(ConfigField(name, values, defaults.get(name, ""), comments.get(name, "")))
+            fields.append(ConfigField(name, values, defaults.get(name, ""), comments.get(name, ""),
+                                      evidence.get(name)))
         out[str(algorithm)] = fields
     return out
 

@@ -30,6 +30,7 @@ from reports.marl_eval import write_marl_eval
 from reports.paper import PaperNumbers, load_paper_numbers
 from reports.ddn_diagnostics import ddn_diagnostics
 from reports.provenance import method_choices, provenance_table
+from reports.reference import reference_results, reproducibility
 from reports.stats import REPS
 from reports.tables import (FAMILY_NAMES, HELDOUT_GROUP, KIND_TITLES, Table, build_coplayer_table,
                             build_crossplay_table, build_table, crossplay_groups, groups_in_order, learning_curve)
@@ -210,6 +211,8 @@ def render_html(data: SuiteData, numbers: PaperNumbers, out_dir: Path, reps: int
         "paper_budget_text": _paper_budget_text(data, numbers),
         "seeds_text": ", ".join(str(s) for s in seeds) if seeds else "none",
         "verdicts": verdicts,
+        "reference": reference_results(numbers, reps),
+        "reproducibility": reproducibility(data.suite_dir),
         "outcome_counts": [(o, sum(v.verdict == o for v in verdicts)) for o in OUTCOMES],
         "bars": [(numbers.papers[k].key.upper() if k == "ddn" else "BiDist" if k == "bidist" else k, b)
                  for k, b in numbers.bars.items()],

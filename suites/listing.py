@@ -80,3 +80,32 @@ def print_listing() -> None:
     print("\nbackends (--backend):")
     for name, text in backend_status().items():
         print(f"  {name:<8} {text}")
+
+
+def print_algorithm_fields(name: str) -> None:
+    """Every config field of one algorithm: name, type, default, meaning; *choice* marks a
+    reconstruction the papers do not fix. Raises ValueError naming the valid algorithms."""
+    import dataclasses
+
+    from marl.field_docs import field_docs
+    from marl.registry import get_algorithm
+    import typing
+
+    from marl.typed import describe
+
+    try:
+        algorithm = get_algorithm(name)
+    except Exception as exc:
+        raise ValueError(str(exc)) from None
+    cls = algorithm.config_cls
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    print(f"{name} ({algorithm.kind} learner, {cls.__module__}.{cls.__qualname__}); "
+          "manifest overrides or --set KEY=VALUE:")
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        doc = docs[f.name]
+        mark = " [choice]" if doc.is_choice else ""
+        print(f"  {f.name} ({describe(hints[f.name])}) = {default!r}{mark}")
+        if doc.doc:
+            print(f"      {doc.doc}")

@@ -261,11 +261,17 @@ def load_suite(name_or_path: str, check_availability: bool = True) -> Suite:
                                         "a manifest is a .yaml text file like suites/smoke.yaml")]) from None
     except OSError as exc:
         raise ManifestError(path, [("", f"cannot be read: {exc.strerror or exc}")]) from None
+    return load_suite_text(path, text, check_availability)
+
+
+def load_suite_text(origin: str | Path, text: str, check_availability: bool = True) -> Suite:
+    """Validate and expand a manifest given as text; ``origin`` names it in the messages (a file,
+    or the one-run command's flags)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ManifestError(path, [("", f"not valid YAML: {exc}")]) from None
-    return _Validator(path, text, check_availability).suite(data)
+        raise ManifestError(origin, [("", f"not valid YAML: {exc}")]) from None
+    return _Validator(Path(origin), text, check_availability).suite(data)
 
 
 class _Validator:

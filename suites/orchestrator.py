@@ -1,6 +1,6 @@
 """Suite -> runs -> run dirs: planning, filtering, execution with retries, summary and report.
 
-Reliability rules (DESIGN.md):
+Reliability rules (docs/run-store.md, "Identity and resume"):
 * finished runs are skipped; interrupted runs resume from their checkpoint (the trainer does it);
 * a failed run is retried up to ``retries`` more times in this invocation and never stops the others,
   unless its failure cannot change on a second try (status.json ``retryable: false``: a bad config or

@@ -88,7 +88,7 @@ def _lock_run_dir(run_dir: Path) -> int:
             if time.monotonic() > deadline:
                 os.close(fd)
                 raise RuntimeError(f"{run_dir} is still being written by another worker after "
-                                   f"{RUN_LOCK_WAIT_S:.0f} s (a worker left behind by a killed reproduce.py?)")
+                                   f"{RUN_LOCK_WAIT_S:.0f} s (a worker left behind by a killed reproduce.py?)") from None
             time.sleep(0.5)
 
 

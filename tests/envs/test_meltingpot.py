@@ -155,7 +155,7 @@ def test_rewards_are_per_player_over_an_episode(env):
     out = env.reset(seed=1)
     g = torch.Generator().manual_seed(1)
     returns = torch.zeros(B, 2)
-    for t in range(1, 5001):
+    for t in range(1, 5001):  # noqa: B007 (t is the episode length, read after the loop)
         out = env.step(_actions(g))
         returns += out.reward
         if out.done.any():

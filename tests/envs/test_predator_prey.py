@@ -22,7 +22,9 @@ def small(num_envs: int = 1, seed: int = 0, device: str = "cpu", **options):
 def place(env, agents, prey, active=None, alive=None, steps=0):
     """Same layout in every copy; returns the observation output."""
     B = env.spec.num_envs
-    rep = lambda x, dtype: None if x is None else torch.tensor(x, dtype=dtype).expand(B, *torch.tensor(x).shape)
+    def rep(x, dtype):
+        return None if x is None else torch.tensor(x, dtype=dtype).expand(B, *torch.tensor(x).shape)
+
     return env.set_positions(rep(agents, torch.long), rep(prey, torch.long), rep(active, torch.bool), rep(alive, torch.bool), steps)
 
 

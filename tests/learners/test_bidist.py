@@ -1,5 +1,7 @@
-"""BiDist: the Bernoulli mask, the burn-in mask, both distillation directions on fixed data, the
-reverse bound, the phase schedule and ablations, checkpoints, and a short training run."""
+"""BiDist: the Bernoulli mask and its slot shares, the burn-in mask, both distillation phases at the
+DEFAULT settings on fixed data (forward towards the history mixture, reverse a bounded push, also
+from phi = theta and just after a forward round), the sampled start's gradient, the phase schedule
+and ablations, checkpoints, and a short training run."""
 
 from __future__ import annotations
 
@@ -9,11 +11,12 @@ import math
 import pytest
 import torch
 
-from algorithms.bidist import DISTILLED, Config, Learner, bernoulli_slots, burn_in_mask, reverse_objective
+from algorithms.bidist import (DISTILLED, Config, Learner, bernoulli_slots, burn_in_mask, forward_target,
+                              reverse_objective, sample_actions, sampled_score_objective)
 from envs.base import EnvSpec
 from marl.config import ConfigError, build_config
 from marl.policy_runner import LEARNER, Episodes, Rollout
-from marl.ppo import kl_categorical
+from marl.ppo import kl_categorical, masked_mean
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -64,6 +67,18 @@ def kls(learner: Learner, r: Rollout) -> tuple[float, float]:
     return learner._kls(th, ph, mask)
 
 
+def test_default_mask_gives_theta_a_share_of_one_minus_p():
+    # Default: an independent Bernoulli(p) per slot, no forced theta slot.
+    assert Config().min_learner_slots == 0 and Config().fictitious_prob == 0.5
+    for p in (0.3, 0.5, 0.8):
+        learner = make_learner(fictitious_prob=p)
+        keys = learner.assign(20000, N, torch.Generator().manual_seed(3))
+        assert set(keys.unique().tolist()) <= {LEARNER, DISTILLED}
+        assert abs(float((keys == LEARNER).float().mean()) - (1 - p)) < 0.01
+        # Slots are independent: P(both slots phi) = p^2 (those copies train nothing in theta).
+        assert abs(float((keys == DISTILLED).all(-1).float().mean()) - p ** 2) < 0.01
+
+
 def test_bernoulli_mask_statistics_and_min_learner_slots():
     g = torch.Generator().manual_seed(1)
     keys = bernoulli_slots(20000, 4, 0.3, 0, g)
@@ -103,21 +118,121 @@ def test_reverse_objective_is_clipped_kl_and_stops_pushing_beyond_the_bound():
     assert torch.equal(phi.grad[1], torch.zeros(3))  # beyond the bound: no push
 
 
-def test_forward_distillation_lowers_kl_and_reverse_raises_it_on_fixed_data():
-    learner = make_learner(sharp=True, init_from_learner=False, forward_steps=20, forward_lr=1e-2)
-    r = fixed_rollout()
-    fwd_before, _ = kls(learner, r)
-    stats = learner.distill(r, "forward")
-    fwd_after, _ = kls(learner, r)
-    assert fwd_after < 0.5 * fwd_before
-    assert stats["kl_theta_phi_after"] == pytest.approx(fwd_after, rel=1e-4)
+PUSH = Config().reverse_kl_push  # 0.25 nats: what a default reverse round adds to KL(phi || theta)
+MOVE = 0.15  # nats: the least each default round must move its KL on this data (60% of the push)
 
-    learner = make_learner(reverse_steps=20, reverse_lr=1e-2, reverse_kl_bound=10.0)
-    _, rev_before = kls(learner, r)  # phi = copy of theta: KL = 0
-    assert rev_before == pytest.approx(0.0, abs=1e-6)
-    learner.distill(r, "reverse")
+
+def perturb_theta(learner: Learner, scale: float = 1.0, seed: int = 5) -> None:
+    """Move theta away from phi as a learner's own updates would: noise on the policy head (MAPPO's
+    starts near zero, gain 0.01) and 10% relative noise on every other weight."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in learner.actor.named_parameters():
+            size = scale if name.startswith("head.") else 0.1 * float(p.abs().mean())
+            p.add_(size * torch.randn(p.shape, generator=g))
+
+
+@pytest.mark.parametrize("sharp", [False, True], ids=["theta_at_init", "theta_sharp"])
+def test_default_reverse_round_from_phi_equal_to_theta_pushes_kl_up_to_the_bound(sharp):
+    learner = make_learner(sharp=sharp)
+    learner.phi.load_state_dict(learner.actor.state_dict())  # phi = theta exactly: every gradient is zero
+    r = fixed_rollout()
+    assert kls(learner, r)[1] == pytest.approx(0.0, abs=1e-7)
+    stats = learner.distill(r, "reverse", torch.Generator().manual_seed(0))
+    _, after = kls(learner, r)
+    assert MOVE < after <= PUSH + 1e-6  # pushed out, and no further than the bound
+    assert stats["push_reached"] == 1.0 and stats["sampled_steps"] >= 1  # the sampled start broke the symmetry
+    assert stats["steps"] <= Config().reverse_steps
+    assert stats["kl_phi_theta_after"] == pytest.approx(after, rel=1e-4)
+
+
+def test_at_phi_equal_to_theta_the_exact_gradient_vanishes_and_the_sampled_start_does_not():
+    # Why the push needs a start: on the actor itself, grad KL(phi || theta) at phi = theta is rounding
+    # noise (1e-9), below Adam's eps (1e-5); the sampled start's gradient is a usable direction.
+    learner = make_learner()
+    r = fixed_rollout()
+    inp, starts, mask = learner.sequence_input(r)
+    with torch.no_grad():
+        th = learner.actor.sequence(inp, learner.actor.initial_hidden(B * N), starts)["logits"]
+    params = list(learner.phi.parameters())
+    norm = lambda gs: float(torch.sqrt(sum((g ** 2).sum() for g in gs)))  # noqa: E731
+    exact = torch.autograd.grad(masked_mean(kl_categorical(learner._phi_logits(inp, starts), th), mask), params)
+    phi_logits = learner._phi_logits(inp, starts)
+    a = sample_actions(phi_logits, torch.Generator().manual_seed(0))
+    sampled = torch.autograd.grad(masked_mean(sampled_score_objective(phi_logits, th, a), mask), params)
+    assert norm(exact) < 1e-6 and norm(sampled) > 1e-2
+
+
+def test_default_forward_round_lowers_kl_to_the_history_mixture_and_reverse_then_raises_it():
+    learner = make_learner()
+    r, g = fixed_rollout(), torch.Generator().manual_seed(0)
+    perturb_theta(learner)  # theta has moved since phi last saw it
+    fwd_before, _ = kls(learner, r)
+    assert fwd_before > 0.3
+    inp, starts, mask = learner.sequence_input(r)
+    with torch.no_grad():
+        th = learner.actor.sequence(inp, learner.actor.initial_hidden(B * N), starts)["logits"]
+        target = forward_target(th, learner._phi_logits(inp, starts), Config().forward_history_weight)
+    stats = learner.distill(r, "forward", g)
+    fwd_after, rev_start = kls(learner, r)
+    assert fwd_before - fwd_after > MOVE
+    assert stats["steps"] == Config().forward_steps
+    # phi now is (close to) the mixture 0.5 phi_before + 0.5 theta: it keeps part of its own past.
+    with torch.no_grad():
+        to_target = float(masked_mean(kl_categorical(target, learner._phi_logits(inp, starts)), mask))
+        theta_to_target = float(masked_mean(kl_categorical(th, target), mask))
+    assert to_target < 0.2 * theta_to_target  # measured 0.019 vs 0.142
+    assert fwd_after == pytest.approx(theta_to_target, rel=0.3)
+    # Just after a forward round (where the old reverse round moved KL by 1e-6), a default reverse
+    # round adds the whole push.
+    learner.distill(r, "reverse", g)
     _, rev_after = kls(learner, r)
-    assert rev_after > 0.01
+    assert rev_after - rev_start > MOVE and rev_after <= rev_start + PUSH + 1e-6
+
+
+def test_forward_target_by_hand_and_the_history_weight_sets_how_much_phi_keeps():
+    theta = torch.tensor([[0.0, math.log(3.0)]])  # probabilities 1/4, 3/4
+    phi = torch.tensor([[math.log(3.0), 0.0]])  # 3/4, 1/4
+    assert torch.allclose(forward_target(theta, phi, 0.0).exp(), torch.tensor([[0.25, 0.75]]))
+    assert torch.allclose(forward_target(theta, phi, 0.5).exp(), torch.tensor([[0.5, 0.5]]))
+    assert torch.allclose(forward_target(theta, phi, 0.8).exp(), torch.tensor([[0.65, 0.35]]))
+    # After a reverse push, a forward round with w = 0 returns phi to theta; larger w keep more of the push.
+    r = fixed_rollout()
+    after = {}
+    for w in (0.0, 0.5, 0.8):
+        learner = make_learner(forward_history_weight=w)
+        learner.distill(r, "reverse", torch.Generator().manual_seed(0))
+        learner.distill(r, "forward")
+        after[w] = kls(learner, r)[0]
+    assert after[0.0] < 0.02 and after[0.0] < after[0.5] < after[0.8]  # measured 0.006, 0.031, 0.197
+
+
+def test_reverse_round_is_bounded_even_at_a_large_rate():
+    learner = make_learner(sharp=True, reverse_lr=0.3)  # one Adam step overshoots by far: cut back to the push
+    r = fixed_rollout()
+    _, start = kls(learner, r)
+    stats = learner.distill(r, "reverse", torch.Generator().manual_seed(0))
+    _, after = kls(learner, r)
+    assert stats["push_reached"] == 1.0
+    assert start + 0.8 * PUSH < after <= start + PUSH + 1e-6
+
+
+def test_sampled_score_objective_is_unbiased_for_the_kl_gradient():
+    # Exact expectation over a ~ pi_phi of the surrogate's gradient = autograd of KL(phi || theta).
+    phi = torch.tensor([[0.3, -0.2, 0.5, 0.0]], requires_grad=True)
+    theta = torch.tensor([[0.0, 0.4, -0.1, 0.2]])
+    probs = torch.softmax(phi.detach(), -1)[0]
+    expected = torch.zeros(4)
+    for a in range(4):
+        (grad,) = torch.autograd.grad(sampled_score_objective(phi, theta, torch.tensor([a])).sum(), phi)
+        expected += probs[a] * grad[0]
+    (exact,) = torch.autograd.grad(kl_categorical(phi, theta).sum(), phi)
+    assert torch.allclose(expected, exact[0], atol=1e-6)
+    # At phi = theta the exact gradient is zero, one sample's is not.
+    same = theta.clone().requires_grad_(True)
+    (g0,) = torch.autograd.grad(kl_categorical(same, theta).sum(), same)
+    (g1,) = torch.autograd.grad(sampled_score_objective(same, theta, torch.tensor([1])).sum(), same)
+    assert g0.abs().max() < 1e-6 and g1.abs().max() > 0.1
 
 
 def test_distillation_never_changes_theta_and_ppo_never_changes_phi():
@@ -143,12 +258,27 @@ def test_phase_schedule_interval_and_ablations():
         phases.append(None if "distill_phase_reverse" not in stats else int(stats["distill_phase_reverse"]))
     # A round after updates 2, 4, 6, 8, 10; phases forward, forward, reverse, reverse, forward.
     assert phases == [None, 0, None, 0, None, 1, None, 1, None, 0]
-    assert make_learner(reverse=False).phase() == "forward"
-    only_reverse = make_learner(forward=False)
-    only_reverse.distill_rounds = 4
-    assert only_reverse.phase() == "reverse"
-    with pytest.raises(ConfigError, match="at least one of"):
-        make_learner(forward=False, reverse=False)
+
+
+@pytest.mark.parametrize("schedule, expected", [("alternate", [0, 1, 0, 1]), ("forward", [0, 0, 0, 0]),
+                                                ("reverse", [1, 1, 1, 1])])
+def test_schedule_ablations_run_only_their_phase_at_the_default_interval(schedule, expected):
+    learner = make_learner(schedule=schedule)
+    r, g = fixed_rollout(), torch.Generator().manual_seed(0)
+    rounds = []
+    for _ in range(4 * Config().distill_interval):
+        stats = learner.train_step(r, no_episodes(), g)
+        if "distill_phase_reverse" in stats:
+            rounds.append(stats)
+    assert [int(s["distill_phase_reverse"]) for s in rounds] == expected
+    for s in rounds:  # every reverse round pushed, every forward round moved phi towards theta
+        if s["distill_phase_reverse"]:
+            assert s["reverse_kl_phi_theta_after"] > s["reverse_kl_phi_theta_before"] + MOVE
+        else:
+            assert s["forward_kl_theta_phi_after"] < s["forward_kl_theta_phi_before"]
+
+
+def test_mask_ablation_and_forced_learner_slots():
     no_mask = make_learner(use_mask=False)
     assert bool((no_mask.assign(50, N, torch.Generator().manual_seed(0)) == LEARNER).all())
     masked = make_learner(fictitious_prob=1.0, min_learner_slots=1)
@@ -157,7 +287,18 @@ def test_phase_schedule_interval_and_ablations():
     assert masked.module(DISTILLED) is masked.phi and masked.module(LEARNER) is masked.actor
 
 
-def test_checkpoint_round_trip_restores_phi_optimisers_and_phase():
+@pytest.mark.parametrize("overrides, message", [
+    ({"schedule": "both"}, "must be one of alternate, forward, reverse"),
+    ({"forward_history_weight": 1.0}, "forward_history_weight must be in"),
+    ({"reverse_kl_push": 0.0}, "reverse_kl_push must be positive"),
+    ({"reverse_steps": 0}, "reverse_steps must be at least 1"),
+])
+def test_bad_distillation_settings_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(Config, overrides)
+
+
+def test_checkpoint_round_trip_restores_phi_and_phase():
     a = make_learner()
     r, g = fixed_rollout(), torch.Generator().manual_seed(0)
     for _ in range(5):

@@ -533,3 +533,42 @@ def test_teacher_is_tested_beside_the_student_without_changing_the_run():
                 "teacher_embedding_rms", "student_embedding_rms"):
         assert key in last and last[key] == last[key], key  # present and not NaN
     assert 0.0 <= last["greedy_agreement"] <= 1.0
+
+
+def _loss_and_grads(learner, batch):
+    for p in learner.params:
+        p.grad = None
+    torch.manual_seed(7)
+    loss, stats = learner.compute_loss(batch)
+    loss.backward()
+    return float(loss.detach()), stats, {name: p.grad.clone() for name, p in
+                                         ((f"{i}", p) for i, p in enumerate(learner.params)) if p.grad is not None}
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, {"personalize": False}, {"teacher_local_obs": False, "distill_from": "target"},
+    {"distill_mask": "live", "distill_q_loss": "kl", "student_td_weight": 0.5},
+])
+def test_packed_networks_pass_equals_the_padded_one(spec, overrides):
+    """The shared packed pass (inputs, states and packing built once for teacher, target teacher
+    and student, taken on batches sorted longest first) gives the padded path's loss, statistics
+    and gradients: the same batch with its episodes reversed (unsorted) takes the padded path."""
+    learner = make_learner(spec, idm_mask_prob=1.0, **overrides)
+    with torch.no_grad():  # make online and target teachers (and fusion blocks) differ
+        for m in (learner.agent, learner.fusion):
+            for p in (m.parameters() if m is not None else []):
+                p.add_(0.1 * torch.randn_like(p))
+    batch = with_dead_agent(spec, random_batch(spec, C=4, T=6))
+    reversed_batch = {k: v.flip(0) for k, v in batch.items()}
+    from marl.value_learner import active_rows
+    assert active_rows(batch["filled"], spec.n_agents) is not None
+    assert active_rows(reversed_batch["filled"], spec.n_agents) is None
+    loss_p, stats_p, grads_p = _loss_and_grads(learner, batch)
+    loss_d, stats_d, grads_d = _loss_and_grads(learner, reversed_batch)
+    assert loss_p == pytest.approx(loss_d, rel=1e-5, abs=1e-6)
+    assert stats_p.keys() == stats_d.keys()
+    for k in stats_p:
+        assert stats_p[k] == pytest.approx(stats_d[k], rel=1e-4, abs=1e-6), k
+    assert grads_p.keys() == grads_d.keys() and grads_p
+    for k in grads_p:
+        assert torch.allclose(grads_p[k], grads_d[k], rtol=1e-4, atol=1e-6), k

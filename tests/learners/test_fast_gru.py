@@ -96,3 +96,173 @@ def test_sequences_with_no_active_row_give_zeros_and_no_gradient_error():
     x = torch.randn(4, 2, 2, requires_grad=True)
     out = gru_sequence(x, torch.zeros(2, 3), gru, active=[0, 0, 0, 0])
     assert out.shape == (4, 2, 3) and (out == 0).all()
+
+
+# The C++ extension against the PyTorch recurrence --------------------------------------------
+
+import shutil  # noqa: E402
+
+from marl import fast_gru  # noqa: E402
+from marl.fast_gru import gru_packed  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cpp_ext():
+    """The compiled extension (built here, once, into build/fast_gru if `make setup` has not):
+    skipped only on machines without the toolchain, so a broken extension fails these tests."""
+    if not (shutil.which("g++") or shutil.which("c++")) or not shutil.which("ninja"):
+        pytest.skip("no C++ toolchain (g++ and ninja): the PyTorch recurrence is the one in use")
+    return fast_gru._load_extension(build=True)
+
+
+@pytest.fixture
+def force_backend(monkeypatch, cpp_ext):
+    def force(name: str) -> None:
+        monkeypatch.setattr(fast_gru, "_ext_state", {"module": cpp_ext if name == "cpp" else None, "reason": "test"})
+        assert fast_gru.backend() == name
+    return force
+
+
+def _packed_case(dtype, H=64, lengths=(60, 60, 41, 33, 33, 20, 7, 1), agents=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    R = len(lengths) * agents
+    T = max(lengths)
+    active = [sum(length > t for length in lengths) * agents for t in range(T)]
+    P = sum(active)
+    gru = nn.GRU(H, H).to(dtype)
+    with torch.no_grad():
+        for p in gru.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=dtype) * 0.3)
+    gi = torch.randn(P, 3 * H, generator=g, dtype=dtype, requires_grad=True)
+    h0 = torch.randn(R, H, generator=g, dtype=dtype, requires_grad=True)
+    weights = torch.randn(P, H, generator=g, dtype=dtype)
+    return gru, gi, h0, active, weights
+
+
+def _run(gru, gi, h0, active, weights):
+    hs = gru_packed(gi, h0, gru, active)
+    inputs = [gi, h0, gru.weight_hh_l0, gru.bias_hh_l0]
+    return hs.detach(), torch.autograd.grad((hs * weights).sum(), inputs)
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 2e-5), (torch.float64, 1e-12)])
+def test_cpp_extension_equals_the_pytorch_recurrence_in_values_and_gradients(force_backend, dtype, atol):
+    case = _packed_case(dtype)
+    force_backend("python")
+    ref_hs, ref_grads = _run(*case)
+    force_backend("cpp")
+    hs, grads = _run(*case)
+    assert hs.shape == ref_hs.shape and hs.dtype == dtype
+    assert float((hs - ref_hs).abs().max()) <= atol
+    for name, a, b in zip(("gi", "h0", "w_hh", "b_hh"), ref_grads, grads):
+        scale = max(1.0, float(a.abs().max()))
+        assert float((a - b).abs().max()) <= atol * scale, (name, float((a - b).abs().max()))
+
+
+def test_cpp_extension_passes_gradcheck_with_packed_rows(force_backend):
+    force_backend("cpp")
+    torch.manual_seed(3)
+    gru = nn.GRU(4, 4).double()
+    active = [5, 5, 3, 2, 2]
+    gi = torch.randn(sum(active), 12, dtype=torch.double, requires_grad=True)
+    h0 = torch.randn(5, 4, dtype=torch.double, requires_grad=True)
+    w_hh = gru.weight_hh_l0.detach().clone().requires_grad_(True)
+    b_hh = gru.bias_hh_l0.detach().clone().requires_grad_(True)
+    fn = lambda gi, h0, w, b: fast_gru._PackedGRURecurrence.apply(gi, h0, w, b, active)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (gi, h0, w_hh, b_hh))
+
+
+def test_agent_training_pass_is_the_same_with_either_backend(force_backend):
+    """The whole packed agent (fc1 -> GRU -> fc2) as a learner's update uses it, float32."""
+    from marl.networks import RecurrentAgent
+
+    torch.manual_seed(4)
+    agent = RecurrentAgent(30, 9, hidden_dim=64)
+    lengths = [40, 33, 33, 12]
+    T, R = 41, 4 * 5
+    active = [sum(length >= t for length in lengths) * 5 for t in range(T)]
+    x = torch.randn(T, R, 30)
+    results = {}
+    for name in ("python", "cpp"):
+        force_backend(name)
+        out = agent(x, active=active)
+        grads = torch.autograd.grad(out.q.pow(2).sum(), list(agent.parameters()))
+        results[name] = (out.q.detach(), grads)
+    (q_py, g_py), (q_cpp, g_cpp) = results["python"], results["cpp"]
+    assert float((q_py - q_cpp).abs().max()) < 1e-5
+    for a, b in zip(g_py, g_cpp):
+        assert float((a - b).abs().max()) <= 1e-4 * max(1.0, float(a.abs().max()))
+
+
+def test_cpp_extension_refuses_inconsistent_active_counts(cpp_ext):
+    gi, h0 = torch.zeros(5, 6), torch.zeros(2, 2)
+    w, b = torch.zeros(6, 2), torch.zeros(6)
+    with pytest.raises(RuntimeError, match="summing to"):
+        cpp_ext.gru_forward(gi, h0, w, b, [2, 2])
+    with pytest.raises(RuntimeError, match="non-increasing"):
+        cpp_ext.gru_forward(gi, h0, w, b, [1, 2, 2])
+
+
+def test_backend_falls_back_to_pytorch_with_one_log_line_when_the_build_fails(monkeypatch, capsys):
+    def broken(build=True):
+        raise OSError("ninja: build stopped: subcommand failed.")
+
+    monkeypatch.setattr(fast_gru, "_load_extension", broken)
+    monkeypatch.setattr(fast_gru, "_ext_state", {})
+    monkeypatch.setenv("MARL_FAST_GRU", "auto")
+    assert fast_gru.backend() == "python" and fast_gru.backend() == "python"
+    err = capsys.readouterr().err
+    assert err.count("fast_gru: C++ extension unavailable") == 1 and "subcommand failed" in err
+    # and the recurrence still runs (the PyTorch loop)
+    gru, gi, h0, active, weights = _packed_case(torch.float32, H=8, lengths=(3, 2), agents=1)
+    assert gru_packed(gi, h0, gru, active).shape == (sum(active), 8)
+
+    monkeypatch.setattr(fast_gru, "_ext_state", {})
+    monkeypatch.setenv("MARL_FAST_GRU", "cpp")
+    with pytest.raises(RuntimeError, match="MARL_FAST_GRU=cpp"):
+        fast_gru.backend()
+
+    monkeypatch.setattr(fast_gru, "_ext_state", {})
+    monkeypatch.setenv("MARL_FAST_GRU", "python")
+    monkeypatch.setattr(fast_gru, "_load_extension", lambda build=True: pytest.fail("must not build"))
+    assert fast_gru.backend() == "python"
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("algorithm", ["qmix", "ddn"])
+def test_learner_updates_are_the_same_with_either_backend(force_backend, algorithm):
+    """Three updates of a learner from the same state on the same batches: parameters equal
+    within float tolerance whichever recurrence runs (no change of results)."""
+    import copy
+
+    import envs
+    from marl.registry import get_algorithm
+
+    spec = envs.make_env("predator_prey", "stag_hunt_small", num_envs=1).spec
+    alg = get_algorithm(algorithm)
+    torch.manual_seed(0)
+    learner = alg.make_learner(alg.make_config({"hidden_dim": 32}), spec)
+    state = copy.deepcopy(learner.state_dict())
+    g = torch.Generator().manual_seed(5)
+    C, T, N, A = 6, 12, spec.n_agents, spec.n_actions
+    lengths = torch.tensor([12, 12, 9, 7, 3, 1])
+    filled = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
+    batches = [{"obs": torch.randint(0, 2, (C, T + 1, N, *spec.obs_shape), generator=g).float(),
+                "state": torch.randint(0, 2, (C, T + 1, *spec.state_shape), generator=g).float(),
+                "avail_actions": torch.ones(C, T + 1, N, A, dtype=torch.bool),
+                "actions": torch.randint(0, A, (C, T, N), generator=g),
+                "reward": torch.randn(C, T, generator=g) * filled,
+                "terminated": filled & (torch.arange(T).unsqueeze(0) == lengths.unsqueeze(1) - 1),
+                "filled": filled} for _ in range(3)]
+    params = {}
+    for name in ("python", "cpp"):
+        force_backend(name)
+        learner.load_state_dict(copy.deepcopy(state))
+        for episode, batch in enumerate(batches):
+            torch.manual_seed(episode)  # DDN's IDM mask draws
+            learner.train_step(batch, episode)
+        params[name] = {k: v.detach().clone() for m, mod in learner.modules().items()
+                        for k, v in ((f"{m}.{n}", p) for n, p in mod.named_parameters())}
+    for k in params["python"]:
+        a, b = params["python"][k], params["cpp"][k]
+        assert float((a - b).abs().max()) <= 1e-5 * max(1.0, float(a.abs().max())), k

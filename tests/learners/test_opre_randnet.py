@@ -16,8 +16,10 @@ import baselines.randnet as randnet
 from envs.base import EnvSpec
 from marl.config import ConfigError, build_config
 from marl.policy_networks import ActInput, RecurrentActor
-from marl.policy_runner import LEARNER
+from marl.policy_learner import chunked, rows
+from marl.policy_runner import LEARNER, Episodes, Rollout
 from marl.population import load_policy, save_policy
+from marl.ppo import gae, masked_mean, vtrace
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -68,7 +70,74 @@ def randnet_learner(vector: bool = False, **overrides) -> randnet.Learner:
                            vector_spec() if vector else image_spec())
 
 
-# OPRE ------------------------------------------------------------------------------------------
+# OPRE (every test at OPRE's default settings unless it names the field it varies) -----------------
+
+K_DEFAULT = opre.Config().n_options
+
+
+def set_constant_heads(learner: opre.Learner, option_probs: torch.Tensor, q_probs: torch.Tensor,
+                       p_probs: torch.Tensor, option_values: torch.Tensor | None = None) -> None:
+    """Zero the heads' weights and set their biases: pi_z, q and p are then the same at every input."""
+    actor, critic = learner.actor, learner.critic
+    with torch.no_grad():
+        for layer in (actor.option_head, actor.meta_head, critic.p_head, critic.v):
+            layer.weight.zero_()
+        actor.option_head.bias.copy_(option_probs.log().reshape(-1))
+        actor.meta_head.bias.copy_(q_probs.log())
+        critic.p_head.bias.copy_(p_probs.log())
+        if option_values is not None:
+            critic.v.bias.copy_(option_values)
+
+
+def hand_options(K: int = K_DEFAULT) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Option 0 prefers action 0, every other option is uniform; q puts 0.5 on option 0, p 0.5 on option 1."""
+    pi = torch.full((K, A), 1.0 / A)
+    pi[0] = torch.tensor([0.7, 0.1, 0.1, 0.1])
+    pi[1] = torch.tensor([0.1, 0.1, 0.1, 0.7])
+    q = torch.full((K,), 0.5 / (K - 1))
+    q[0] = 0.5
+    p = torch.full((K,), 0.5 / (K - 1))
+    p[1] = 0.5
+    return pi, q, p
+
+
+def opre_rollout(learner: opre.Learner, seed: int = 0, T: int = 20) -> Rollout:
+    """A rollout collected as RolloutCollector does, on random vector inputs: the learner's acting
+    module acts (sampled), its critic values every step."""
+    B = vector_spec().num_envs
+    g = torch.Generator().manual_seed(seed)
+    obs, state = torch.randn(T, B, N, 6, generator=g), torch.randn(T, B, 5, generator=g)
+    avail = torch.ones(T, B, N, A, dtype=torch.bool)
+    starts = torch.zeros(T, B, dtype=torch.bool)
+    starts[0] = True
+    starts[12, 1] = True
+    terminated = torch.zeros(T, B, dtype=torch.bool)
+    terminated[11, 1] = True
+    module, critic = learner.module(LEARNER), learner.critic
+    h, ch = module.initial_hidden(B * N), critic.initial_hidden(B * N).view(B, N, -1)
+    keys = ("actions", "logp", "values", "actor_h", "critic_h")
+    buf: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
+    with torch.no_grad():
+        for t in range(T):
+            keep = (~starts[t]).float()
+            h = h * keep.repeat_interleave(N).unsqueeze(-1)
+            ch = ch * keep.view(B, 1, 1)
+            inp = ActInput(obs[t].reshape(B * N, 6), torch.zeros(B * N, 0), torch.arange(N).repeat(B),
+                           avail[t].reshape(B * N, A), state[t].repeat_interleave(N, 0))
+            buf["actor_h"].append(h.view(B, N, -1))
+            buf["critic_h"].append(ch)
+            logits, h = module.act(inp, h)
+            a = torch.multinomial(torch.softmax(logits, -1), 1, generator=g).squeeze(-1)
+            buf["actions"].append(a.view(B, N))
+            buf["logp"].append(torch.log_softmax(logits, -1).gather(-1, a.unsqueeze(-1)).squeeze(-1).view(B, N))
+            v, ch = critic.step(state[t], ch)
+            buf["values"].append(v)
+        last_values, _ = critic.step(torch.randn(B, 5, generator=g), ch)
+    return Rollout(obs=obs, extra=torch.zeros(T, B, N, 0), state=state, avail=avail,
+                   **{k: torch.stack(v) for k, v in buf.items()}, final_values=torch.zeros(T, B, N),
+                   last_values=last_values, rewards=torch.randn(T, B, N, generator=g), terminated=terminated,
+                   truncated=torch.zeros(T, B, dtype=torch.bool), starts=starts,
+                   policy=torch.zeros(T, B, N, dtype=torch.long), env_steps=T * B)
 
 
 def test_opre_mixture_is_log_of_weighted_option_probabilities():
@@ -86,75 +155,213 @@ def test_opre_mixture_is_log_of_weighted_option_probabilities():
     assert torch.allclose(torch.softmax(got, -1), torch.tensor([*expected, 0.0]), atol=1e-6)
 
 
-def test_opre_kl_term_by_hand_and_its_gradients_reach_p_and_q():
-    learner = opre_learner(kl_coef=0.5)
-    p = torch.tensor([[[0.5, 0.5], [0.2, 0.8], [0.9, 0.1]]]).log()  # [L=1, M=3, K=2]
+def test_opre_acts_in_training_with_q_mixture_by_hand():
+    learner = opre_learner()
+    assert learner.cfg.n_options == 8 and learner.cfg.off_policy_correction == "vtrace"
+    pi, q, p = hand_options()
+    set_constant_heads(learner, pi, q, p)
+    # The rollout's acting module in training is the evaluated actor itself.
+    assert learner.module(LEARNER) is learner.actor and learner.eval_module() is learner.actor
+    M = 4
+    inp = vector_input(M, 0)  # row 0: action 3 unavailable
+    with torch.no_grad():
+        logits, _ = learner.module(LEARNER).act(inp, learner.actor.initial_hidden(M))
+    # By hand: 0.5 * pi_0 + sum_{z>0} q_z pi_z, pi_{z>1} uniform; row 0 renormalised over 3 actions.
+    rest = 0.5 / 7
+    full = 0.5 * pi[0] + rest * pi[1] + 6 * rest * torch.full((A,), 0.25)
+    assert torch.allclose(full, torch.tensor([0.4642857, 0.1642857, 0.1642857, 0.2071429]), atol=1e-6)
+    row0 = 0.5 * torch.tensor([7 / 9, 1 / 9, 1 / 9]) + rest * torch.tensor([1 / 3, 1 / 3, 1 / 3]) + 6 * rest / 3
+    probs = torch.softmax(logits, -1)
+    assert torch.allclose(probs[1:], full.expand(M - 1, A), atol=1e-6)
+    assert torch.allclose(probs[0, :3], row0, atol=1e-6) and probs[0, 3] < 1e-9
+    # p (which prefers option 1, i.e. action 3) would give another distribution: acting does not use it.
+    p_mix = 0.5 * pi[1] + rest * pi[0] + 6 * rest * torch.full((A,), 0.25)
+    assert not torch.allclose(probs[1], p_mix, atol=1e-2)
+    # The sequence form (PPO's recomputation) gives the same acting mixture.
+    with torch.no_grad():
+        out = learner.actor.sequence(vector_input(M, 0, (2,)), learner.actor.initial_hidden(M),
+                                     torch.zeros(2, M, dtype=torch.bool))
+    assert torch.allclose(torch.softmax(out["logits"][1, 1:], -1), full.expand(M - 1, A), atol=1e-6)
+
+
+def test_opre_recorded_behaviour_logp_is_q_mixture_and_the_ratio_is_against_p_mixture():
+    learner = opre_learner(ppo_epochs=1)
+    with torch.no_grad():  # make p, q and the options clearly non-uniform and different
+        learner.critic.p_head.weight.mul_(300.0)
+        learner.actor.meta_head.weight.mul_(300.0)
+        learner.actor.option_head.weight.mul_(300.0)
+    r = opre_rollout(learner)
+    L, Tn, B = learner.cfg.data_chunk_length, 20, 2
+    idx = torch.arange((Tn // L) * B)
+    inp, h0, starts = learner.chunk_input(r, idx)
+    with torch.no_grad():
+        out = learner.actor.sequence(inp, h0, starts)
+        c = learner.critic.sequence_heads(chunked(r.state, L), chunked(r.critic_h, L)[0], chunked(r.starts, L))
+    acts = rows(chunked(r.actions, L)).unsqueeze(-1)
+    mu = torch.log_softmax(out["logits"], -1).gather(-1, acts).squeeze(-1)
+    priv_logits = opre.mixture_logits(out["option_logits"], rows(c["p_logits"]), inp.avail)
+    priv = torch.log_softmax(priv_logits, -1).gather(-1, acts).squeeze(-1)
+    assert torch.allclose(rows(chunked(r.logp, L)), mu, atol=1e-5)  # behaviour = q's mixture
+    assert (priv - mu).abs().max() > 0.1  # ... which p's mixture is not
+    assert torch.allclose(rows(chunked(r.values, L)), rows(c["values"]), atol=1e-5)  # rollout values: factorised V
+    learner.advantages(r)
+    assert torch.allclose(rows(chunked(learner._old_logp, L)), priv, atol=1e-5)
+    rho = rows(chunked(learner._rho, L))
+    assert torch.allclose(rho, (priv - mu).exp().clamp(max=1.0), atol=1e-5)
+    assert rho.min() < 0.9 and rho.max() == pytest.approx(1.0)
+    # One epoch, one minibatch: PPO's ratio pi_p_new / pi_p_old is 1 when the loss is taken.
+    stats = learner.train_step(r, Episodes.cat([], N), torch.Generator().manual_seed(0))
+    assert stats["approx_kl"] == pytest.approx(0.0, abs=1e-6) and stats["clip_frac"] == 0.0
+    assert stats["acting_approx_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert stats["is_rho_mean"] == pytest.approx(masked_mean(rho, rows(chunked(r.learner_mask, L))).item(), rel=1e-5)
+
+
+def test_opre_without_correction_is_gae_with_the_ratio_against_mu():
+    learner = opre_learner(off_policy_correction="none", use_value_norm=False)
+    r = opre_rollout(learner)
+    adv, targets = learner.advantages(r)
+    want_adv, want_returns = gae(r.rewards, r.values, r.last_values, r.terminated.unsqueeze(-1),
+                                 r.truncated.unsqueeze(-1), r.final_values, 0.99, 0.95)
+    assert torch.allclose(adv, want_adv) and torch.allclose(targets, want_returns)
+    assert learner._old_logp is r.logp and torch.equal(learner._rho, torch.ones_like(r.logp))
+    # With V-trace and no value normalisation the targets are vtrace's with rho = min(1, pi_p / mu).
+    vt = opre_learner(use_value_norm=False)
+    vt.load_state_dict(learner.state_dict())
+    adv, targets = vt.advantages(r)
+    rho = (vt._old_logp - r.logp).exp().clamp(max=1.0)
+    want_t, want_a = vtrace(r.rewards, r.values, r.last_values, r.terminated.unsqueeze(-1), r.truncated.unsqueeze(-1),
+                            r.final_values, 0.99, rho, 0.95 * rho)
+    assert torch.allclose(targets, want_t, atol=1e-5) and torch.allclose(adv, want_a, atol=1e-5)
+
+
+def test_vtrace_by_hand_with_truncation_termination_and_tail():
+    rewards = torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
+    values = torch.tensor([[0.5, 0.5], [1.0, 1.0], [1.5, 1.5]])
+    last, final = torch.tensor([2.0, 2.0]), torch.tensor([[0.0, 0.0], [4.0, 4.0], [0.0, 0.0]])
+    truncated = torch.tensor([[False, False], [True, False], [False, False]])
+    terminated = torch.tensor([[False, False], [False, True], [False, False]])
+    rho = torch.tensor([[0.5, 0.5], [1.0, 1.0], [0.8, 0.8]])
+    c = torch.tensor([[0.3, 0.3], [0.9, 0.9], [0.6, 0.6]])
+    targets, adv = vtrace(rewards, values, last, terminated, truncated, final, 0.9, rho, c)
+    # Column 0 (truncated at t=1, bootstrap 4): t=2 delta 3 + 0.9*2 - 1.5 = 3.3, v = 1.5 + 0.8*3.3;
+    # t=1 delta 2 + 0.9*4 - 1 = 4.6, v = 5.6; t=0 delta 1 + 0.9*1 - 0.5 = 1.4, v = 0.5 + 0.5*1.4 + 0.9*0.3*4.6.
+    assert torch.allclose(targets[:, 0], torch.tensor([2.442, 5.6, 4.14]), atol=1e-5)
+    assert torch.allclose(adv[:, 0], torch.tensor([0.5 * (1 + 0.9 * 5.6 - 0.5), 4.6, 0.8 * 3.3]), atol=1e-5)
+    # Column 1 (terminated at t=1: nothing bootstrapped): t=1 delta 2 - 1 = 1, v = 2; t=0 v = 0.5 + 0.7 + 0.27.
+    assert torch.allclose(targets[:, 1], torch.tensor([0.5 + 0.7 + 0.27 * 1.0, 2.0, 4.14]), atol=1e-5)
+    assert torch.allclose(adv[:, 1], torch.tensor([0.5 * (1 + 0.9 * 2.0 - 0.5), 1.0, 2.64]), atol=1e-5)
+    # On-policy (rho = 1, c = lambda) the targets are GAE(lambda)'s returns.
+    g = torch.Generator().manual_seed(0)
+    T, W = 7, 3
+    rw, vl = torch.randn(T, W, generator=g), torch.randn(T, W, generator=g)
+    lv, fv = torch.randn(W, generator=g), torch.randn(T, W, generator=g)
+    te, tr = torch.rand(T, W, generator=g) < 0.2, torch.rand(T, W, generator=g) < 0.2
+    tr &= ~te
+    ones = torch.ones(T, W)
+    targets, _ = vtrace(rw, vl, lv, te, tr, fv, 0.99, ones, 0.95 * ones)
+    _, returns = gae(rw, vl, lv, te, tr, fv, 0.99, 0.95)
+    assert torch.allclose(targets, returns, atol=1e-5)
+
+
+def test_opre_factorised_value_by_hand_and_it_grounds_p():
+    learner = opre_learner()
+    pi, q, _ = hand_options()
+    p = torch.tensor([0.4, 0.2, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05])
+    v_z = torch.arange(1.0, 9.0)
+    set_constant_heads(learner, pi, q, p, option_values=v_z)
+    V = 0.4 * 1 + 0.2 * 2 + 0.1 * 3 + 0.1 * 4 + 0.05 * (5 + 6 + 7 + 8)
+    assert V == pytest.approx(2.8)
+    B = 3
+    critic = learner.critic
+    values, _ = critic.step(torch.randn(B, 5), critic.initial_hidden(B * N).view(B, N, -1))
+    assert torch.allclose(values, torch.full((B, N), 2.8), atol=1e-5)
+    L = 4
+    heads = critic.sequence_heads(torch.randn(L, B, 5), critic.initial_hidden(B * N).view(B, N, -1),
+                                  torch.zeros(L, B, dtype=torch.bool))
+    assert torch.allclose(heads["values"], torch.full((L, B, N), 2.8), atol=1e-5)
+    assert torch.allclose(heads["option_values"], v_z.expand(L, B, N, -1))
+    assert torch.allclose(critic.sequence(torch.randn(L, B, 5), critic.initial_hidden(B * N).view(B, N, -1),
+                                          torch.zeros(L, B, dtype=torch.bool)), heads["values"])
+    # The value trains p: dV/d logit_z = p_z (V_z - V), summed over the L*B*N entries.
+    heads["values"].sum().backward()
+    assert torch.allclose(critic.p_head.bias.grad, L * B * N * p * (v_z - 2.8), atol=1e-4)
+    assert torch.allclose(critic.v.bias.grad, L * B * N * p, atol=1e-4)
+    frozen = opre_learner(value_trains_p=False)
+    set_constant_heads(frozen, pi, q, p, option_values=v_z)
+    frozen.critic.sequence(torch.randn(L, B, 5), frozen.critic.initial_hidden(B * N).view(B, N, -1),
+                           torch.zeros(L, B, dtype=torch.bool)).sum().backward()
+    assert frozen.critic.p_head.bias.grad is None
+
+
+def test_opre_option_entropy_and_kl_terms_by_hand_at_the_default_weights():
+    cfg = opre.Config()
+    assert cfg.kl_coef == 0.01 and cfg.option_entropy_coef == 0.01 and cfg.option_entropy_on == "p"
+    p = torch.tensor([[[0.5, 0.5], [0.9, 0.1], [0.1, 0.9]]]).log()  # [L=1, M=3, K=2]
     q = torch.tensor([[[0.9, 0.1], [0.5, 0.5], [0.1, 0.9]]]).log()
     mask = torch.tensor([[True, True, False]])  # the third row is a co-player's: left out
-    kl1 = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)
-    kl2 = 0.2 * math.log(0.2 / 0.5) + 0.8 * math.log(0.8 / 0.5)
-    extras = learner.extra_actor_losses({"p_logits": p, "q_logits": q}, None, mask)
-    assert set(extras) == {"option_kl_loss"}
-    assert extras["option_kl_loss"].item() == pytest.approx(0.5 * (kl1 + kl2) / 2, rel=1e-5)
-
-    # On the real actor: the term trains q's head and p's head, not the option heads.
-    L, M = 3, 4
-    inp = vector_input(M, 1, (L,))
-    starts = torch.zeros(L, M, dtype=torch.bool)
-    starts[0] = True
-    with torch.no_grad():  # make p and q disagree so the KL has a gradient
-        learner.actor.privileged_head.weight.mul_(100.0)
-    out = learner.actor_sequence(inp, learner.actor.initial_hidden(M), starts)
-    learner.extra_actor_losses(out, inp, torch.ones(L, M, dtype=torch.bool))["option_kl_loss"].backward()
-    assert learner.actor.meta_head.weight.grad.abs().sum() > 0
-    assert learner.actor.privileged_head.weight.grad.abs().sum() > 0
-    assert learner.actor.option_head.weight.grad is None
+    h = lambda *x: -sum(v * math.log(v) for v in x)  # noqa: E731
+    step = (h(0.5, 0.5) + h(0.9, 0.1)) / 2
+    marginal = h(0.7, 0.3)  # mean of the two masked-in rows
+    kl = (0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1) + 0.9 * math.log(0.9 / 0.5)
+          + 0.1 * math.log(0.1 / 0.5)) / 2
+    got_step, got_marginal = opre.option_entropy_terms(p, mask)
+    assert got_step.item() == pytest.approx(step, rel=1e-5) and got_marginal.item() == pytest.approx(marginal, rel=1e-5)
+    terms = opre.option_losses(cfg, p, q, mask)
+    assert terms["option_kl_loss"].item() == pytest.approx(0.01 * kl, rel=1e-5)
+    assert terms["option_entropy_loss"].item() == pytest.approx(0.01 * (step - marginal), rel=1e-5)
+    assert terms["option_kl"].item() == pytest.approx(kl, rel=1e-5)
 
 
-def test_opre_training_acts_with_p_and_the_ppo_logits_match_the_acting_ones():
-    learner = opre_learner()
-    with torch.no_grad():
-        learner.actor.privileged_head.weight.mul_(100.0)
-        learner.actor.meta_head.weight.mul_(100.0)
-        learner.actor.option_head.weight.mul_(100.0)
-    L, M = 4, 4
-    inp = vector_input(M, 2, (L,))
-    starts = torch.zeros(L, M, dtype=torch.bool)
-    starts[0] = True
-    acting = learner.module(LEARNER)
-    h = acting.initial_hidden(M)
-    step_logits = []
-    for t in range(L):
-        logits, h = acting.act(step_input(inp, t), h)
-        step_logits.append(logits)
-    with torch.no_grad():
-        out = learner.actor_sequence(inp, learner.actor.initial_hidden(M), starts)
-    # PPO's ratio is taken on the same (privileged) mixture the rollout sampled from.
-    assert torch.allclose(torch.stack(step_logits), out["logits"], atol=1e-5)
-    expected = opre.mixture_logits(out["option_logits"], out["p_logits"], inp.avail)
-    assert torch.allclose(out["logits"], expected)
-    q_mix = opre.mixture_logits(out["option_logits"], out["q_logits"], inp.avail)
-    assert not torch.allclose(out["logits"], q_mix, atol=1e-3)  # p and q really differ here
-    assert learner.eval_module() is learner.actor
+def test_opre_policy_entropy_is_that_of_the_privileged_mixture_by_hand():
+    pi, q, p = hand_options()
+    p_mix = 0.5 * pi[1] + (0.5 / 7) * pi[0] + 6 * (0.5 / 7) * torch.full((A,), 0.25)
+    h = lambda x: -(x * x.log()).sum().item()  # noqa: E731
+    uniform, rest = torch.full((A,), 0.25), 0.5 / 7
+    expected = {"privileged_mixture": h(p_mix),
+                "per_option": 0.5 * h(pi[1]) + rest * h(pi[0]) + 6 * rest * h(uniform),
+                "acting_mixture": h(0.5 * pi[0] + rest * pi[1] + 6 * rest * uniform)}
+    assert opre.Config().policy_entropy == "privileged_mixture"
+    for choice, value in expected.items():
+        learner = opre_learner(ppo_epochs=1, policy_entropy=choice)
+        set_constant_heads(learner, pi, q, p)
+        r = opre_rollout(learner)
+        adv, targets = learner.advantages(r)
+        _, _, stats = learner.minibatch_losses(r, torch.arange(4), adv, targets)
+        assert stats["entropy"].item() == pytest.approx(value, rel=1e-5), choice
+        # Every row has the same p: its marginal is p, its per-step entropy H(p).
+        assert stats["option_step_entropy"].item() == pytest.approx(h(p), rel=1e-5)
+        assert stats["option_marginal_entropy"].item() == pytest.approx(h(p), rel=1e-5)
+
+
+def test_opre_kl_gradients_reach_q_and_p_not_the_options():
+    for kl_grad in ("both", "q_only"):
+        learner = opre_learner(kl_grad=kl_grad)
+        with torch.no_grad():  # make p and q disagree so the KL has a gradient
+            learner.critic.p_head.weight.mul_(100.0)
+        r = opre_rollout(learner)
+        L = learner.cfg.data_chunk_length
+        inp, h0, starts = learner.chunk_input(r, torch.arange(4))
+        out = learner.actor.sequence(inp, h0, starts)
+        c = learner.critic.sequence_heads(chunked(r.state, L), chunked(r.critic_h, L)[0], chunked(r.starts, L))
+        every = torch.ones(L, 8, dtype=torch.bool)
+        terms = opre.option_losses(learner.cfg, rows(c["p_logits"]), out["q_logits"], every)
+        terms["option_kl_loss"].backward()
+        assert learner.actor.meta_head.weight.grad.abs().sum() > 0
+        assert learner.actor.option_head.weight.grad is None
+        p_grad = learner.critic.p_head.weight.grad
+        assert (p_grad is not None and p_grad.abs().sum() > 0) == (kl_grad == "both")
 
 
 def test_opre_test_time_actor_ignores_the_state():
     learner = opre_learner()
-    with torch.no_grad():
-        learner.actor.privileged_head.weight.mul_(100.0)
     actor = learner.eval_module()
     M = 4
     inp = vector_input(M, 3)
     nan_state = ActInput(inp.obs, inp.extra, inp.agent_ids, inp.avail, torch.full_like(inp.state, float("nan")))
-    other_state = ActInput(inp.obs, inp.extra, inp.agent_ids, inp.avail, torch.randn_like(inp.state) * 10)
     h0 = actor.initial_hidden(M)
     with torch.no_grad():
         base, _ = actor.act(inp, h0)
         assert torch.equal(actor.act(nan_state, h0)[0], base)
-        assert torch.equal(actor.act(other_state, h0)[0], base)
-        # ... whereas the privileged (training) mixture depends on it.
-        with_p = actor.act(inp, h0, privileged=True)[0]
-        assert not torch.allclose(with_p, actor.act(other_state, h0, privileged=True)[0])
         seq_inp = vector_input(M, 4, (3,))
         starts = torch.zeros(3, M, dtype=torch.bool)
         a = actor.sequence(seq_inp, h0, starts)["logits"]
@@ -171,9 +378,6 @@ def test_opre_policy_artifact_round_trip(tmp_path, image):
     with torch.no_grad():
         for p in learner.actor.parameters():
             p.add_(0.1 * torch.randn_like(p))
-        # Training (privileged) acting works on this kind of state too.
-        logits, _ = learner.module(LEARNER).act(make_input(4, 6), torch.zeros(4, 64))
-        assert logits.shape == (4, A) and torch.isfinite(logits).all()
     path = tmp_path / "policy.pt"
     save_policy(path, "opre", learner.cfg, spec, learner.eval_module())
     loaded = load_policy(path, expect=spec)
@@ -188,6 +392,10 @@ def test_opre_policy_artifact_round_trip(tmp_path, image):
 def test_opre_rejects_bad_config():
     with pytest.raises(ConfigError, match="n_options"):
         opre_learner(n_options=0)
+    with pytest.raises(ConfigError, match="off_policy_correction"):
+        opre_learner(off_policy_correction="retrace")
+    with pytest.raises(ConfigError, match="rho_bar"):
+        opre_learner(rho_bar=0.0)
 
 
 # RandNet ---------------------------------------------------------------------------------------
@@ -490,12 +698,21 @@ def test_short_opre_run_on_smax(tmp_path):
 
     trainer = PolicyTrainer("opre", "smax", "3m", 0, Budget(env_steps=320, eval_interval=10_000, eval_episodes=2),
                             overrides={"num_envs": 4, "rollout_length": 20, "ppo_epochs": 2}, run_dir=tmp_path)
-    rows = trainer.run()
-    last = rows[-1]
+    rows_ = trainer.run()
+    last = rows_[-1]
     assert last["env_steps"] == 320
-    for key in ("policy_loss", "value_loss", "option_kl_loss", "test_return_mean"):
+    for key in ("policy_loss", "value_loss", "option_kl_loss", "option_entropy_loss", "is_rho_mean",
+                "option_marginal_entropy", "test_return_mean"):
         assert math.isfinite(last[key]), key
-    assert last["option_kl_loss"] >= 0.0
+    assert last["option_kl_loss"] >= 0.0 and 0.0 < last["is_rho_mean"] <= 1.0
+    # The real collector records the log-probs of q's mixture: the learner's actor recomputes them.
+    learner, L = trainer.learner, trainer.learner.cfg.data_chunk_length
+    r, _ = trainer.collector.collect(20)
+    inp, h0, starts = learner.chunk_input(r, torch.arange((20 // L) * 4))
+    with torch.no_grad():
+        out = learner.actor.sequence(inp, h0, starts)
+    mu = torch.log_softmax(out["logits"], -1).gather(-1, rows(chunked(r.actions, L)).unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(rows(chunked(r.logp, L)), mu, atol=1e-4)
     spec = trainer.env.spec
     M = 2 * spec.n_agents
     inp = ActInput(torch.randn(M, *spec.obs_shape), torch.zeros(M, 0), torch.arange(M) % spec.n_agents,

@@ -200,3 +200,103 @@ def test_build_config_profiles_and_errors():
 
     with pytest.raises(ConfigError, match="valid profiles: mappo$"):
         build_config(PolicyLearnerConfig, {"profile": "pymarl2"})
+
+
+def _played_episodes(n_envs: int = 3, episodes: int = 6):
+    import envs
+    from marl.controller import AgentController
+    from marl.networks import agent_input_dim
+    from marl.runner import EpisodeRunner
+    env = envs.make_env("predator_prey", "stag_hunt_small", num_envs=n_envs, seed=3, episode_limit=9)
+    torch.manual_seed(0)
+    spec = env.spec
+    agent = RecurrentAgent(agent_input_dim(spec.obs_shape[0], spec.n_agents, spec.n_actions), spec.n_actions, 8)
+    runner = EpisodeRunner(env, AgentController(agent, spec.n_agents, spec.n_actions), torch.Generator().manual_seed(1))
+    runner.start(seed=3)
+    return runner.layout, runner.collect(min_episodes=episodes, epsilon=lambda t: 1.0, t_env=0)
+
+
+def test_replay_stores_compact_dtypes_and_samples_todays_values():
+    layout, got = _played_episodes()
+    assert layout.obs_storage_dtype == torch.uint8 and layout.state_storage_dtype == torch.uint8
+    buf = EpisodeReplayBuffer(layout, capacity=got.count)
+    buf.insert(got.data, got.lengths)
+    stored = {k: v.dtype for k, v in buf.data.items()}
+    assert stored == {"obs": torch.uint8, "state": torch.uint8, "avail_actions": torch.bool, "actions": torch.int8,
+                      "reward": torch.float32, "terminated": torch.bool, "filled": torch.bool}
+    batch = buf.sample(got.count, torch.Generator().manual_seed(0))
+    # The sampled batch is the uncompacted one, dtype for dtype and value for value.
+    order = torch.argsort(got.lengths, descending=True, stable=True)
+    sampled_lengths = batch["filled"].sum(1)
+    assert torch.equal(sampled_lengths, got.lengths[order].sort(descending=True).values)
+    for name, v in batch.items():
+        assert v.dtype == got.data[name].dtype, name
+    # Match every sampled episode to a played one (same length, same content).
+    T = batch["filled"].shape[1]
+    remaining = list(range(got.count))
+    for i in range(got.count):
+        match = [j for j in remaining
+                 if all(torch.equal(batch[k][i], got.data[k][j, : batch[k].shape[1]]) for k in batch)]
+        assert match, f"sampled episode {i} is not one that was inserted"
+        remaining.remove(match[0])
+    assert T == int(got.lengths.max())
+
+
+def test_replay_refuses_values_its_compact_dtype_cannot_hold():
+    layout, got = _played_episodes(episodes=1)
+    buf = EpisodeReplayBuffer(layout, capacity=4)
+    data = {k: v.clone() for k, v in got.data.items()}
+    data["obs"][0, 0, 0, 0] = 0.5
+    with pytest.raises(ValueError, match="'obs'.*uint8"):
+        buf.insert(data, got.lengths)
+    # Float observations of other environments are stored as they are (no compact dtype declared).
+    plain = EpisodeReplayBuffer(_layout(), capacity=2)
+    assert plain.data["obs"].dtype == torch.float32 and plain.data["actions"].dtype == torch.int8
+    plain.insert(*_episodes(_layout(), [2], tag=0.25))
+    assert plain.sample(1, torch.Generator().manual_seed(0))["obs"][0, 0, 0, 0].item() == 0.25
+
+
+def test_predator_prey_paper_replay_fits_in_one_gigabyte():
+    import envs
+    spec = envs.make_env("predator_prey", "stag_hunt", num_envs=1, seed=0).spec
+    layout = EpisodeLayout.from_spec(spec)
+    nbytes = lambda data: sum(v.numel() * v.element_size() for v in data.values())  # noqa: E731
+    compact = nbytes(layout.allocate(ValueLearnerConfig().buffer_size, torch.device("meta"), compact=True))
+    full = nbytes(layout.allocate(ValueLearnerConfig().buffer_size, torch.device("meta")))
+    assert full > 3.5e9 and compact < 1.0e9, (full, compact)
+
+
+def test_online_and_target_agents_share_one_packed_input_construction():
+    """QLearner.agent_q_pair (one packing for online and target agent) equals two agent_q calls,
+    values and gradients, and an unsorted batch (padded path) gives the same loss."""
+    import envs
+    from marl.value_learner import QLearner
+    spec = envs.make_env("predator_prey", "stag_hunt_small", num_envs=1).spec
+    torch.manual_seed(0)
+    learner = QLearner(build_config(ValueLearnerConfig, {"hidden_dim": 16}), spec)
+    with torch.no_grad():
+        for p in learner.target_agent.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    g = torch.Generator().manual_seed(1)
+    C, T, N, A = 4, 6, spec.n_agents, spec.n_actions
+    lengths = torch.tensor([6, 4, 4, 1])
+    filled = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
+    batch = {"obs": torch.rand(C, T + 1, N, *spec.obs_shape, generator=g),
+             "state": torch.rand(C, T + 1, *spec.state_shape, generator=g),
+             "avail_actions": torch.ones(C, T + 1, N, A, dtype=torch.bool),
+             "actions": torch.randint(0, A, (C, T, N), generator=g),
+             "reward": torch.randn(C, T, generator=g) * filled,
+             "terminated": filled & (torch.arange(T).unsqueeze(0) == lengths.unsqueeze(1) - 1),
+             "filled": filled}
+    q, q_target = learner.agent_q_pair(learner.agent, learner.target_agent, batch)
+    ref_q, ref_target = learner.agent_q(learner.agent, batch), learner.agent_q(learner.target_agent, batch)
+    assert not q_target.requires_grad and q.requires_grad
+    assert torch.allclose(q, ref_q, atol=1e-6) and torch.allclose(q_target, ref_target, atol=1e-6)
+    w = torch.randn(q.shape, generator=g)
+    ga = torch.autograd.grad((q * w).sum(), list(learner.agent.parameters()))
+    gb = torch.autograd.grad((ref_q * w).sum(), list(learner.agent.parameters()))
+    for a, b in zip(ga, gb):
+        assert torch.allclose(a, b, atol=1e-5)
+    loss_sorted, _ = learner.compute_loss(batch)
+    loss_unsorted, _ = learner.compute_loss({k: v.flip(0) for k, v in batch.items()})
+    assert float(loss_sorted.detach()) == pytest.approx(float(loss_unsorted.detach()), rel=1e-5)

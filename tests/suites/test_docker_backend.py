@@ -61,7 +61,7 @@ def test_backend_needs_an_image():
         DockerBackend(image="", suite_root=Path("/tmp"))
 
 
-@pytest.mark.skipif(not _daemon_reachable(), reason="no Docker daemon reachable (see shared/reference/docker.md)")
+@pytest.mark.skipif(not _daemon_reachable(), reason="no Docker daemon reachable (see the README, Docker)")
 def test_missing_image_on_a_real_daemon(tmp_path, tiny_manifest, capsys):
     out = tmp_path / "out"
     code = reproduce.main(["--suite", str(tiny_manifest), "--out", str(out), "--backend", "docker",

@@ -4,7 +4,6 @@ expansion into content-hashed RunSpecs, filters, and the shipped suites."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 
@@ -230,6 +229,32 @@ def test_bidist_suites_have_the_six_learners_and_a_heldout_population():
     assert load_suite("bidist_meltingpot").runs[0].budget["env_steps"] == 10_000_000
     quick = load_suite("bidist_quick")
     assert all(r.env_options == {"max_episode_frames": 300} for r in quick.runs)
+
+
+def test_bidist_stag_hunt_runs_the_seeds_ablations_from_the_manifest():
+    from algorithms.bidist import Config
+    from marl.config import build_config
+
+    suite = load_suite("bidist_stag_hunt")
+    focal = [r for r in suite.runs if not r.is_heldout and r.algorithm == "bidist"]
+    by_label = {}
+    for r in focal:
+        for group, label in r.memberships:
+            by_label.setdefault((group, label), []).append(r)
+    assert set(by_label) == {("main", "bidist"), ("ablation_bidist", "bidist"), ("ablation_bidist", "bidist_forward_only"),
+                             ("ablation_bidist", "bidist_reverse_only"), ("ablation_bidist", "bidist_no_mask")}
+    # The unmodified BiDist is one run per seed, in both tables.
+    assert [r.id for r in by_label[("main", "bidist")]] == [r.id for r in by_label[("ablation_bidist", "bidist")]]
+    cfg = {k: build_config(Config, by_label[("ablation_bidist", k)][0].overrides)
+           for k in ("bidist", "bidist_forward_only", "bidist_reverse_only", "bidist_no_mask")}
+    assert (cfg["bidist"].schedule, cfg["bidist"].use_mask) == ("alternate", True)
+    assert (cfg["bidist_forward_only"].schedule, cfg["bidist_forward_only"].use_mask) == ("forward", True)
+    assert (cfg["bidist_reverse_only"].schedule, cfg["bidist_reverse_only"].use_mask) == ("reverse", True)
+    assert (cfg["bidist_no_mask"].schedule, cfg["bidist_no_mask"].use_mask) == ("alternate", False)
+    assert {r.seed for r in focal} == set(suite.seeds)
+    # Skipping the ablations keeps the main comparison and its held-out population: 3 labels x 2 seeds fewer.
+    kept = filter_runs(suite, only=["group=main,heldout"])
+    assert len(suite.runs) - len(kept) == 3 * len(suite.seeds) and any(r.is_heldout for r in kept)
 
 
 def test_filters(tiny_manifest):

@@ -1,0 +1,45 @@
+"""The evidence behind tuned defaults: the file is checked against the config classes, every run it
+cites has a committed compact record, and the report's choices table shows it beside the field."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from reports.collect import collect
+from reports.provenance import CHOICE_EVIDENCE, choice_evidence, method_choices
+from suites.records import RECORDS
+from tests.reports.synthetic import FakeRun, write_suite
+
+
+def test_the_shipped_evidence_loads_and_cites_only_committed_runs():
+    evidence = choice_evidence(CHOICE_EVIDENCE)
+    index = yaml.safe_load((RECORDS / "index.yaml").read_text())
+    committed = {run["id"] for suite in index["suites"] for run in suite["runs"]}
+    for algorithm, fields in evidence.items():
+        for name, entry in fields.items():
+            missing = set(entry["runs"]) - committed
+            assert not missing, f"{algorithm}.{name} cites runs without a committed record: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("body,message", [
+    ({"ddn": {"acting_typo": {"value": "student", "evidence": "x", "runs": []}}}, "no such config field"),
+    ({"ddn": {"acting": {"value": "student", "runs": []}}}, "missing evidence"),
+    ({"ddn": {"acting": {"value": "student", "evidence": "x", "runs": "abc"}}}, "runs must be a list"),
+])
+def test_bad_evidence_entries_are_errors(tmp_path, body, message):
+    path = tmp_path / "choice_evidence.yaml"
+    path.write_text(yaml.safe_dump(body))
+    with pytest.raises(ValueError, match=message):
+        choice_evidence(path)
+
+
+def test_method_choices_carry_the_evidence_of_their_field(tmp_path, monkeypatch):
+    path = tmp_path / "choice_evidence.yaml"
+    path.write_text(yaml.safe_dump({"ddn": {"acting": {"value": "mixed", "evidence": "held on 3 seeds",
+                                                       "runs": ["r1"]}}}))
+    monkeypatch.setattr("reports.provenance.choice_evidence", lambda: choice_evidence(path))
+    root = write_suite(tmp_path / "store", "s", [FakeRun("smax", "3m", "ddn", 0, final=0.5)])
+    fields = {f.name: f for f in method_choices(collect(root))["ddn"]}
+    assert fields["acting"].evidence == {"value": "mixed", "evidence": "held on 3 seeds", "runs": ["r1"]}
+    assert fields["distill_q_loss"].evidence is None

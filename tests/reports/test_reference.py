@@ -1,0 +1,111 @@
+"""The reference results beside every report's verdicts: committed reference records are judged by
+the same rules, the most decided suite speaks for a claim, and the report shows paper | reference |
+this suite per claim (or says no reference result is committed yet)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import reports.render as render
+from reports.claims import INCONCLUSIVE, REPRODUCED
+from reports.collect import collect
+from reports.paper import load_paper_numbers
+from reports.reference import reference_results, reproducibility
+from suites.records import export
+from tests.reports.conftest import REPS
+from tests.reports.synthetic import write_suite
+from tests.reports.test_verdicts import BASELINES, HIGH, LOW, arm, manifest_runs, visible
+
+
+@pytest.fixture(scope="module")
+def numbers():
+    return load_paper_numbers()
+
+
+def _reference_records(tmp_path, name, runs):
+    root = write_suite(tmp_path / "store", name, runs, manifest=f"name: {name}\n")
+    for d in (root / "runs").iterdir():
+        prov = json.loads((d / "provenance.json").read_text())
+        (d / "provenance.json").write_text(json.dumps({**prov, "git": {"commit": "feedc0ffee12", "dirty": False},
+                                                       "cpu": "Test CPU"}))
+    records = tmp_path / "records"
+    export(root, "reference", records)
+    return records
+
+
+def test_the_most_decided_reference_suite_speaks_for_a_claim(tmp_path, numbers):
+    decided = arm("ddn", HIGH) + [r for b in BASELINES for r in arm(b, LOW)]
+    records = _reference_records(tmp_path, "ddn_smax_reference", decided)
+    _reference_records(tmp_path, "ddn_smax_partial", arm("ddn", HIGH[:2]))  # 2 seeds: inconclusive
+    refs = reference_results(numbers, REPS, records)
+    value = refs["ddn_3s_vs_5z"]
+    assert value.suite == "ddn_smax_reference" and value.verdict.verdict == REPRODUCED and value.seeds == 5
+    assert value.provenance.startswith("records/reference/ddn_smax_reference: commit feedc0f, Test CPU")
+    assert refs["ddn_beats_baselines_3s_vs_5z"].verdict.verdict == REPRODUCED
+    assert "ddn_mmm2" not in refs  # no reference suite touches it
+
+
+def test_the_report_shows_paper_reference_and_this_suite_side_by_side(tmp_path, numbers, monkeypatch):
+    decided = arm("ddn", HIGH) + [r for b in BASELINES for r in arm(b, LOW)]
+    records = _reference_records(tmp_path, "ddn_smax_reference", decided)
+    monkeypatch.setattr(render, "reference_results", lambda n, reps: reference_results(n, reps, records))
+    quick = write_suite(tmp_path, "quick", manifest_runs("quick", 0.0))
+    html = render.render_html(collect(quick), numbers, quick / "report", REPS)
+    text = visible(html)
+    assert "Paper, reference, this suite" in text
+    table = text[text.index("Paper, reference, this suite"):text.index("Verdicts on the papers' claims")]
+    row = table[table.index("DDN reaches a 97.01%"):]
+    row = row[: row.index("DDN :", 5)]
+    assert "97.01%" in row and "at 2M env steps" in row  # the paper
+    assert "reproduced (the paper's number lies inside our interval" in row and "5 seeds per arm, 2M env steps" in row
+    assert "commit feedc0f, Test CPU" in row  # the reference, with its provenance
+    assert f"{INCONCLUSIVE} (budget 80k of 2M env steps; 2 of 5 seeds)" in row  # this suite
+
+
+def test_without_reference_records_each_claim_says_so(tmp_path, numbers, monkeypatch):
+    monkeypatch.setattr(render, "reference_results", lambda n, reps: reference_results(n, reps, tmp_path / "none"))
+    quick = write_suite(tmp_path, "quick", manifest_runs("quick", 0.0))
+    text = visible(render.render_html(collect(quick), numbers, quick / "report", REPS))
+    assert text.count("no reference result committed yet for this claim") == len(numbers.claims)
+
+
+def test_reproducibility_check_finds_equal_prefixes_and_the_first_divergence(tmp_path, numbers, monkeypatch):
+    from tests.reports.synthetic import FakeRun
+
+    ref_runs = [FakeRun("smax", "3s_vs_5z", "qmix", s, final=0.2 * (s + 1), n_evals=10, env_steps=2_000_000)
+                for s in range(3)]
+    records = _reference_records(tmp_path, "ddn_smax_reference", ref_runs)
+    ref_dir = records / "reference" / "ddn_smax_reference" / "runs"
+    by_seed = {json.loads((d / "spec.json").read_text())["seed"]: d for d in ref_dir.iterdir()}
+    mine = [FakeRun("smax", "3s_vs_5z", "qmix", s, final=0.5, n_evals=4, env_steps=40_000) for s in (0, 1)]
+    mine.append(FakeRun("smax", "3m", "qmix", 0, final=0.5))  # no reference has this configuration
+    suite = write_suite(tmp_path, "quick", mine)
+    for d in (suite / "runs").iterdir():
+        spec = json.loads((d / "spec.json").read_text())
+        prov = json.loads((d / "provenance.json").read_text())
+        (d / "provenance.json").write_text(json.dumps({**prov, "cpu": "Test CPU"}))
+        if spec["scenario"] != "3s_vs_5z":
+            continue
+        lines = (by_seed[spec["seed"]] / "metrics.csv").read_text().splitlines()[:5]  # header + 4 evaluations
+        if spec["seed"] == 1:  # diverges at its third evaluation, still inside the seeds' range
+            header, rows = lines[0].split(","), [line.split(",") for line in lines[1:]]
+            col = header.index("test_win_rate")
+            rows[2][col] = str(float(rows[2][col]) + 0.01)
+            lines = [lines[0]] + [",".join(r) for r in rows]
+        (d / "metrics.csv").write_text("\n".join(lines) + "\n")
+    checks = {(c.scenario, c.seed): c for c in reproducibility(suite, records)}
+    same = checks[("3s_vs_5z", 0)]
+    assert same.compared == 4 and same.equal == 4 and same.first_divergence is None and same.same_platform
+    assert same.text.startswith("identical to reference run") and "at all 4 evaluations" in same.text
+    off = checks[("3s_vs_5z", 1)]
+    assert off.equal == 3 and off.diverged == 1 and off.first_divergence[0] == 20_037 and off.in_band == 1
+    assert "first divergence at 20,037 env steps" in off.text and "a change of code or of a dependency" in off.text
+    assert checks[("3m", 0)].text == "no reference run has this configuration"
+    # In the report, one row per run.
+    monkeypatch.setattr(render, "reproducibility", lambda d: reproducibility(d, records))
+    monkeypatch.setattr(render, "reference_results", lambda n, reps: reference_results(n, reps, records))
+    html = render.render_html(collect(suite), numbers, suite / "report", REPS)
+    assert html.count('data-repro="identical"') == 1 and html.count('data-repro="diverged"') == 1
+    assert html.count('data-repro="none"') == 1
