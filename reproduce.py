@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     # is safe, but Python warns about any fork in a multithreaded process.
     warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
 
-    from suites.backends import BackendError, make_backend
+    from suites.backends import make_backend
+    from suites.backends.base import BackendError
     from suites.manifest import ManifestError, load_suite, load_suite_text
     from suites.one_run import BUDGET_KEYS, OneRunError, one_run
     from suites.orchestrator import UsageError, eprint, execute, filter_runs, format_plan, plan, render_report

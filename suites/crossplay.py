@@ -1,4 +1,5 @@
-"""Cross-play phase: every finished focal policy run against the co-players of its scenario.
+"""Cross-play phase, driver side: every finished focal policy run against the co-players of its
+scenario (the evaluation itself, the worker side, is suites/crossplay_worker.py).
 
 BiDist's metric is generalisation to co-players never met in training (methods.md, "Melting Pot
 evaluation"; docs/evaluation.md). After the training phase, for each finished focal run of a policy
@@ -27,33 +28,19 @@ never stops the other runs.
 
 from __future__ import annotations
 
-import math
-import os
-import socket
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, Mapping, TextIO
+from typing import Any, TextIO
 
 from marl.population import POLICY_FILE
 from marl.run_io import atomic_write_json
-from suites.backends import Backend
+from suites.backends.base import Backend
+from suites.crossplay_worker import CROSSPLAY, FORMAT, request_hash
 from suites.manifest import RunSpec, Suite, algorithm_kind, content_id
 from suites.orchestrator import Outcome, PlanItem, Summary, run_jobs
 from suites.progress import Progress
-from suites.store import SPEC, SuiteStore, now, read_json_file
-from suites.worker import EventSink, StopRequested, _lock_run_dir
-
-CROSSPLAY = "crossplay.json"
-FORMAT = 2  # 2: co-player kinds on a common partner schedule (1: one population drawn i.i.d. per episode)
-HELDOUT, BOTS, COPLAYERS = "heldout_population", "meltingpot_scenario", "coplayers"
-POPULATION_KIND_BOTS = "DeepMind's Melting Pot scenario bots (background population of the asset bundle)"
-# Request fields that define the evaluation (their hash decides whether crossplay.json is up to date).
-HASHED = ("format", "focal", "focal_algorithm", "coplayers", "members", "population", "episodes", "n_focal", "num_envs",
-          "seed", "bot_scenarios")
-
+from suites.store import SuiteStore, now, read_json_file
 
 # Driver side ------------------------------------------------------------------------------------
 
@@ -63,10 +50,6 @@ class CrossplayPlan:
     jobs: list[tuple[RunSpec, dict[str, Any]]]  # (focal run, request) to evaluate
     up_to_date: list[RunSpec]
     waiting: list[tuple[RunSpec, str]]  # focal runs that cannot be evaluated yet, and why
-
-
-def request_hash(request: Mapping[str, Any]) -> str:
-    return content_id({k: request.get(k) for k in HASHED})
 
 
 def read_crossplay(run_dir: Path) -> dict[str, Any] | None:
@@ -222,162 +205,3 @@ def execute_crossplay_phase(items: list[PlanItem], store: SuiteStore, backend: B
     summary.interrupted = stopping and any(o.state in ("interrupted", "pending") for o in summary.outcomes)
     summary.elapsed = time.monotonic() - started
     return summary
-
-
-# Worker side ------------------------------------------------------------------------------------
-
-
-def evaluate_on_bot_scenario(focal_path: Path, scenario: str, env_options: Mapping[str, Any], episodes: int,
-                             seed: int, num_envs: int, greedy: bool, device: str) -> dict[str, Any]:
-    """The focal policy in every focal slot of a Melting Pot scenario (DeepMind's bots in the others):
-    the scenario's agents are exactly its focal players, so their mean return is the focal per-capita
-    return."""
-    import envs
-    from marl.crossplay import focal_return_summary
-    from marl.policy_runner import SelfPlayPlayers, play_episodes
-    from marl.population import load_policy
-
-    # max_episode_frames shortens substrates only; a scenario keeps Melting Pot's episode rules.
-    options = {k: v for k, v in env_options.items() if k != "max_episode_frames"}
-    num_envs = max(1, min(num_envs, episodes))
-    env = envs.make_env("meltingpot", scenario, num_envs=num_envs, seed=seed, device=device, **options)
-    try:
-        focal = load_policy(focal_path, device, expect=env.spec)
-        # A scenario's agents are exactly its focal players: the focal policy holds every one.
-        eps = play_episodes(env, SelfPlayPlayers(focal.actor), math.ceil(episodes / num_envs), seed, greedy, device)
-        n_agents = env.spec.n_agents
-    finally:
-        env.close()
-    return {
-        **focal_return_summary(eps.returns.mean(-1)),  # every agent of a scenario is a focal player
-        "n_focal": n_agents,
-        "actions": "greedy" if greedy else "sampled",
-        "population_kind": POPULATION_KIND_BOTS,
-    }
-
-
-def _acting(focal_path: Path) -> tuple[bool, int]:
-    """(greedy, parallel copies) as the focal run's own test evaluation chose them."""
-    import torch
-
-    from marl.policy_train import greedy_eval
-
-    blob = torch.load(focal_path, map_location="cpu", weights_only=False)
-    cfg, spec = blob.get("config", {}), blob.get("spec", {})
-    greedy = greedy_eval(SimpleNamespace(eval_actions=cfg.get("eval_actions", "auto")),
-                         SimpleNamespace(has_won=bool(spec.get("has_won", False))))
-    return greedy, int(cfg.get("eval_num_envs", 4))
-
-
-def execute_crossplay(run_dir: Path, sink: EventSink, request: dict[str, Any], threads: int = 1,
-                      device: str = "cpu") -> tuple[str, str | None]:
-    """The ``crossplay`` task of suites/worker.py: evaluate, write crossplay.json, report events."""
-    lock_fd = _lock_run_dir(run_dir)
-    try:
-        spec = read_json_file(run_dir / SPEC)
-        run_id = spec["id"]
-        if request.get("focal") != run_id:
-            error = f"cross-play request for run {request.get('focal')!r} sent to run dir {run_id!r}"
-            sink.emit({"event": "end", "run": run_id, "state": "failed", "error": error})
-            return "failed", error
-        sink.emit({"event": "start", "run": run_id, "attempt": 1, "pid": os.getpid()})
-        try:
-            record = _evaluate(run_dir, spec, sink, request, threads, device)
-        except StopRequested:
-            sink.emit({"event": "end", "run": run_id, "state": "interrupted", "error": None})
-            return "interrupted", None
-        except BaseException as exc:  # recorded; the driver decides on retries
-            error = f"{type(exc).__name__}: {exc}"
-            atomic_write_json(run_dir / CROSSPLAY, {
-                "format": FORMAT, "state": "failed", "error": error, "traceback": traceback.format_exc(limit=-4),
-                "request": request, "request_hash": request_hash(request), "finished_at": now(), "evaluations": []})
-            sink.emit({"event": "end", "run": run_id, "state": "failed", "error": error})
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
-            return "failed", error
-        atomic_write_json(run_dir / CROSSPLAY, record)
-        sink.emit({"event": "end", "run": run_id, "state": record["state"], "error": record["error"]})
-        return record["state"], record["error"]
-    finally:
-        os.close(lock_fd)
-
-
-def _evaluate(run_dir: Path, spec: Mapping[str, Any], sink: EventSink, request: Mapping[str, Any], threads: int,
-              device: str) -> dict[str, Any]:
-    """Every co-player kind on the common partner schedule, then the Melting Pot scenarios with bots.
-    ``evaluations`` holds one entry per co-player kind, one for the score (the mean over the unseen
-    kinds, with the generalisation gap) and one per bot scenario."""
-    import torch
-
-    from marl.crossplay import KIND_NAMES, SCORE_KIND, SCORE_NAME, coplayer_score, evaluate_schedule
-
-    torch.set_num_threads(max(1, threads))
-    focal_path = run_dir / POLICY_FILE
-    if not focal_path.is_file():
-        raise FileNotFoundError(f"{focal_path} is missing: the run finished without its policy artifact")
-    greedy, _ = _acting(focal_path)
-    num_envs = int(request.get("num_envs") or 2)  # the request's, not the focal run's: the same for every method
-    targets = [(COPLAYERS, spec["scenario"])] + [(BOTS, name) for name in request["bot_scenarios"]]
-    evaluations: list[dict[str, Any]] = []
-    by_kind: dict[str, Any] = {}
-    for i, (kind, scenario) in enumerate(targets):
-        if sink.should_stop():
-            raise StopRequested
-        seed = int(request["seed"]) + i
-        try:
-            if kind == COPLAYERS:
-                members = {k: [{**m, "path": (str(run_dir.parent / m["run_id"] / m["file"])
-                                              if m.get("available") and "run_id" in m else None)}
-                               for m in ms] for k, ms in request["members"].items()}
-                result = evaluate_schedule(focal_path, members, spec["family"], spec["scenario"], spec["env_options"],
-                                           episodes=int(request["episodes"]), seed=seed, num_envs=num_envs,
-                                           n_focal=request.get("n_focal"), greedy=greedy,
-                                           exclude_algorithm=request.get("focal_algorithm"), device=device)
-                by_kind = result["kinds"]
-                common = {k: result[k] for k in ("n_focal", "n_agents", "num_envs", "schedule_seed",
-                                                 "schedule_length", "actions")}
-                for name, record in by_kind.items():
-                    evaluations.append({**record, "kind": name, "scenario": scenario, **common,
-                                        "state": "done" if record["state"] == "done" else "empty"})
-                score, gap = coplayer_score(by_kind)
-                evaluations.append({"kind": SCORE_KIND, "scenario": scenario, "state": "done" if score is not None
-                                    else "empty", "population_kind": SCORE_NAME, "focal_per_capita_return": score,
-                                    "generalisation_gap": gap, "population": list(request["population"]),
-                                    "episodes": sum(r.get("episodes", 0) for k, r in by_kind.items() if k != "self_play"),
-                                    **common})
-            else:
-                result = evaluate_on_bot_scenario(focal_path, scenario, spec["env_options"], int(request["episodes"]),
-                                                  seed, num_envs, greedy, device)
-                evaluations.append({"kind": kind, "scenario": scenario, "state": "done", **result})
-        except StopRequested:
-            raise
-        except Exception as exc:  # one failing evaluation does not lose the others
-            evaluations.append({"kind": kind, "scenario": scenario, "state": "failed", "error": f"{type(exc).__name__}: {exc}"})
-        sink.emit({"event": "progress", "run": spec["id"], "t": i + 1, "total": len(targets), "row": None})
-    for name, reason in (request.get("bot_scenarios_unavailable") or {}).items():
-        evaluations.append({"kind": BOTS, "scenario": name, "state": "unavailable", "reason": reason})
-    failed = [e for e in evaluations if e["state"] == "failed"]
-    headline = next((e for e in evaluations if e["kind"] == SCORE_KIND and e["state"] == "done"), None)
-    _, gap = coplayer_score(by_kind)
-    return {
-        "format": FORMAT,
-        "state": "failed" if failed else "done",
-        "error": "; ".join(f"{e['scenario']}: {e['error']}" for e in failed) or None,
-        "focal_run": spec["id"],
-        "request": dict(request),
-        "request_hash": request_hash(request),
-        "population": list(request["population"]),
-        "population_expected": request.get("population_expected"),
-        # The headline: the mean over the unseen co-player kinds (round robin, held-out, random).
-        "focal_per_capita_return": headline["focal_per_capita_return"] if headline else None,
-        "population_kind": headline["population_kind"] if headline else (
-            POPULATION_KIND_BOTS if any(e["kind"] == BOTS and e["state"] == "done" for e in evaluations) else None),
-        # Per co-player kind: the focal per-capita return and its episodes (the report's columns).
-        "per_kind": {k: {"focal_per_capita_return": r.get("focal_per_capita_return"), "episodes": r.get("episodes", 0),
-                         "population_kind": KIND_NAMES[k]} for k, r in by_kind.items()},
-        "self_play_return": (by_kind.get("self_play") or {}).get("focal_per_capita_return"),
-        "generalisation_gap": gap,
-        "evaluations": evaluations,
-        "host": socket.gethostname(),
-        "finished_at": now(),
-    }

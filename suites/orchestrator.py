@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from suites.backends import Backend, Job
+from suites.backends.base import Backend, Job
 from suites.manifest import RunSpec, Suite
 from suites.progress import Progress
 from suites.store import METRICS, SPEC, STATUS, RunState, SuiteStore, read_json_file, write_status

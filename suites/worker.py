@@ -19,7 +19,6 @@ on stdout (anything else printed there is ordinary log output); its exit code is
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import signal
@@ -32,13 +31,12 @@ from typing import Any, Callable, Mapping
 
 from envs.base import BackendUnavailableError, EnvError
 from marl.config import ConfigError
+from suites.protocol import (EVENT_PREFIX, EXIT_DONE, EXIT_FAILED, EXIT_INTERRUPTED, EventSink, StopRequested,
+                             lock_run_dir)
 from suites.provenance import cpu_model, image_provenance
+from suites.crossplay_worker import execute_crossplay
 from suites.store import SPEC, STATUS, read_json_file, write_status, now
 
-EVENT_PREFIX = "@@suite-event "
-EXIT_DONE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 3
-RUN_LOCK = ".run.lock"
-RUN_LOCK_WAIT_S = 120.0  # an orphaned worker of a killed driver stops at its next safe point
 SUMMARY_KEYS = ("test_win_rate", "test_return_mean", "train_return_mean", "epsilon")
 # Errors a second attempt cannot fix (the same spec, the same machine): not retried.
 DETERMINISTIC: tuple[type[BaseException], ...] = (ConfigError, EnvError, BackendUnavailableError)
@@ -46,20 +44,6 @@ DETERMINISTIC: tuple[type[BaseException], ...] = (ConfigError, EnvError, Backend
 
 def is_retryable(exc: BaseException) -> bool:
     return not isinstance(exc, DETERMINISTIC)
-
-
-class StopRequested(Exception):
-    """Raised from the trainer's progress callback to stop at a safe point."""
-
-
-class EventSink:
-    """Where a worker reports to. Subclasses send events somewhere and say when to stop."""
-
-    def emit(self, event: dict[str, Any]) -> None:
-        raise NotImplementedError
-
-    def should_stop(self) -> bool:
-        return False
 
 
 class _Throttle:
@@ -74,22 +58,6 @@ class _Throttle:
             self.last = t
             return True
         return False
-
-
-def _lock_run_dir(run_dir: Path) -> int:
-    """An exclusive lock on the run dir for the worker's lifetime (released by the kernel on death)."""
-    fd = os.open(run_dir / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + RUN_LOCK_WAIT_S
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                raise RuntimeError(f"{run_dir} is still being written by another worker after "
-                                   f"{RUN_LOCK_WAIT_S:.0f} s (a worker left behind by a killed reproduce.py?)") from None
-            time.sleep(0.5)
 
 
 TASKS = ("train", "crossplay")
@@ -109,10 +77,8 @@ def execute(run_dir: str | Path, sink: EventSink, backend: str, provenance_extra
         raise FileNotFoundError(f"{run_dir / SPEC} not found on host {socket.gethostname()}: the output directory "
                                 "must be visible to the workers (a shared filesystem for a multi-node Ray cluster)")
     if task == "crossplay":
-        from suites.crossplay import execute_crossplay
-
         return execute_crossplay(run_dir, sink, dict(request or {}), threads, device)
-    lock_fd = _lock_run_dir(run_dir)
+    lock_fd = lock_run_dir(run_dir)
     try:
         spec = read_json_file(run_dir / SPEC)
         run_id = spec["id"]

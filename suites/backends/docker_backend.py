@@ -16,7 +16,7 @@ import queue
 from pathlib import Path
 from typing import Any
 
-from suites.backends import Backend, BackendError, Job, LineStreamJob, drain, start_thread
+from suites.backends.base import Backend, BackendError, Job, LineStreamJob, drain, start_thread
 
 MOUNT = "/results"
 LABEL = "marl-repro-suite.run"

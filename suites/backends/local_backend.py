@@ -18,7 +18,7 @@ from typing import Any
 
 import psutil
 
-from suites.backends import Backend, Job, LineStreamJob, drain, start_thread
+from suites.backends.base import Backend, Job, LineStreamJob, drain, start_thread
 from suites.provenance import REPO_ROOT
 
 

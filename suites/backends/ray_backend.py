@@ -18,9 +18,10 @@ import socket
 import time
 from typing import Any
 
-from suites.backends import Backend, BackendError, Job
+from suites.backends.base import Backend, BackendError, Job
 from suites.provenance import REPO_ROOT
-from suites.worker import EventSink, execute
+from suites.protocol import EventSink
+from suites.worker import execute
 
 # Not shipped to the workers: the virtualenv, results, caches, VCS data.
 # (Ray itself already leaves out .git and .venv.)

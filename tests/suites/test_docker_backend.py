@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import reproduce
-from suites.backends import BackendError, Job
+from suites.backends.base import BackendError, Job
 from suites.backends.docker_backend import MOUNT, DockerBackend
 from suites.manifest import load_suite
 

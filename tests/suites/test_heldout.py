@@ -15,13 +15,15 @@ import pytest
 import torch
 
 import reproduce
-from suites.backends import Backend, Job
+from suites.backends.base import Backend, Job
 from suites.backends.docker_backend import DockerBackend
-from suites.crossplay import CROSSPLAY, POLICY_FILE, describe_plan, execute_crossplay_phase, plan_crossplay
+from marl.population import POLICY_FILE
+from suites.crossplay import describe_plan, execute_crossplay_phase, plan_crossplay
+from suites.crossplay_worker import CROSSPLAY
 from suites.manifest import HELDOUT_GROUP, ManifestError, load_suite
 from suites.orchestrator import execute, filter_runs, plan
 from suites.store import METRICS, STATUS, SuiteStore
-from suites.worker import EventSink
+from suites.protocol import EventSink
 from suites.worker import execute as worker_execute
 from tests.suites.conftest import write_manifest
 

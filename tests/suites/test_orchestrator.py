@@ -220,7 +220,7 @@ def test_a_stop_request_reaching_a_worker_still_starting_up_interrupts_its_run(t
     """Ctrl-C can arrive while a local worker is still importing, before it handles SIGTERM: the
     signal then ends the process. That is the stop the driver asked for, so the run is reported
     interrupted (it resumes on the next invocation), never failed."""
-    from suites.backends import Job
+    from suites.backends.base import Job
     from suites.backends.local_backend import LocalBackend
     from suites.store import SuiteStore
 
