@@ -2,18 +2,23 @@
 
 A random 3x3 convolution (C -> C channels, C = the image's, no bias, Xavier-normal weights so the
 randomized image keeps the clean one's variance) is applied to the [0, 1] image in front of the
-actor's CNN. Sources: the paper and its authors' code (github.com/pokaxpoka/netrand,
-``random_ppo2.py`` / ``policies.py``), read for this reconstruction.
+actor's CNN, at pixel level (``randomize_at``): rollouts store the observation at full resolution
+and the actor's encoder pools it by ``downsample`` only after the random layer, so the layer
+perturbs textures within a sprite, as the paper's layer acts on the raw frame. Sources: the paper
+and its authors' code (github.com/pokaxpoka/netrand, ``random_ppo2.py`` / ``policies.py``), read for
+this reconstruction.
 
 * Training: every iteration (``before_rollout``) draws a new layer from the run's generator. With
   probability ``clean_prob`` the whole iteration (rollout and PPO update) uses the clean image
   instead, else the draw; the rollout's actor and that iteration's update see the same draw (it is
   held by the learner until the next ``before_rollout``). As in the authors' code, the choice is
   made once per iteration, not per observation.
-* Feature matching: ``feature_match_coef`` * MSE between the encoder's features of the randomized
-  and of the clean image, the clean side detached (authors' code: ``stop_gradient`` on the clean
-  features), averaged over feature units and the learner's agent steps. It is added in clean
-  iterations too (with the iteration's draw), as the authors' code does.
+* Feature matching: ``feature_match_coef`` * MSE between the penultimate layer's features (the
+  paper's f, the layer below the policy head: here the GRU's output, run over the same chunk from the
+  same stored hidden state) of the randomized and of the clean input, the clean side detached
+  (authors' code: ``stop_gradient`` on the clean features), averaged over feature units and the
+  learner's agent steps (``feature_match_layer``: "encoder" matches the encoder's output instead).
+  It is added in clean iterations too (with the iteration's draw), as the authors' code does.
 * Test time (evaluation and the saved ``policy.pt``): :class:`MonteCarloActor` averages the action
   probabilities over ``mc_samples`` draws and returns the log of the average. The draws are made
   once, when the learner is built (from the run's seed), and saved with the policy, so a loaded
@@ -22,12 +27,16 @@ actor's CNN. Sources: the paper and its authors' code (github.com/pokaxpoka/netr
   paper's agents average per observation).
 
 The centralised critic sees the clean global state (*choice*: the critic is not used at test time,
-and randomization is about the acting policy's visual robustness). The layer acts on the image the
-actor stores, i.e. after ``downsample``: at the default 8, one value per Melting Pot grid cell, so
-it mixes colours of neighbouring cells rather than within a sprite.
+and randomization is about the acting policy's visual robustness). Its stored state and the clean
+path of the actor are exactly MAPPO's (the encoder pools the clean image on the 0-255 scale and
+rounds, as the stored form of the other learners; randomized images are pooled unrounded).
+``randomize_at: "cells"`` keeps the earlier reconstruction: the layer on the pooled image (one value
+per Melting Pot grid cell, blending neighbouring cells). Cost: rollouts hold 64x the image bytes and
+each PPO pass convolves the full-resolution image (measured in docs/methods.md).
 
 Vector observations (SMAX, Predator-Prey). The paper randomizes images only; for a vector the
-analogous random layer is a random linear map D -> D (*choice*): ``W`` [D, D], no bias, Xavier-normal
+analogous random layer is a random linear map D -> D (*choice*; ``randomize_at`` does not apply):
+``W`` [D, D], no bias, Xavier-normal
 (std sqrt(2 / (D + D)), so E|Wx|^2 = |x|^2, the variance-keeping property of the image layer), applied
 to the flattened observation vector the actor stores, before the encoder's FC (the per-agent extras and
 the one-hot id stay clean, as they do beside the image). A vector's entries have no spatial layout, so
@@ -42,7 +51,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +81,15 @@ class Config(PolicyLearnerConfig):
     clean_prob: float = 0.1
     feature_match_coef: float = 0.002  # beta, the paper's and its code's fm_coeff
     mc_samples: int = 10  # M, the paper's Monte Carlo draws at test time
+    # Where the random layer acts on images. "pixels": on the observation at full resolution, before
+    # the ``downsample`` pooling (the paper's layer acts on the input frame, perturbing textures);
+    # "cells": on the pooled image, one value per Melting Pot grid cell (this suite's earlier
+    # reconstruction, cheaper on a CPU).
+    randomize_at: Literal["pixels", "cells"] = "pixels"  # the paper: the random layer on the input frame
+    # The features matched between the randomized and the clean input. "penultimate": the layer
+    # under the policy head (the paper's feature-matching loss on f's penultimate layer; here the
+    # GRU output); "encoder": the encoder's output (the earlier reconstruction).
+    feature_match_layer: Literal["penultimate", "encoder"] = "penultimate"  # the paper: penultimate features
 
     def validate(self) -> None:
         """Rules beyond the field types (build_config calls this, so a manifest is checked up front)."""
@@ -162,10 +180,11 @@ def feature_match_loss(randomized: torch.Tensor, clean: torch.Tensor, mask: torc
 
 class RandNetActor(RecurrentActor):
     """The training actor: MAPPO's, with ``transform`` (the iteration's random layer, or None for a
-    clean iteration) applied to the observation (see :func:`encode`). Saved state = RecurrentActor's."""
+    clean iteration) applied to the observation (see :func:`encode`); with ``randomize_at ==
+    "pixels"`` its encoder pools the image itself, after the layer. Saved state = RecurrentActor's."""
 
     def __init__(self, spec: EnvSpec, cfg: Config):
-        super().__init__(spec, cfg)
+        super().__init__(spec, cfg, pool_in_encoder=cfg.randomize_at == "pixels")
         self.transform: RandomConv | RandomLinear | None = None
 
     def features(self, inp: ActInput) -> torch.Tensor:
@@ -243,7 +262,8 @@ def draw_layer(spec: EnvSpec, generator: torch.Generator | None = None, samples:
 def build_actor(cfg: Config, spec: EnvSpec) -> nn.Module:
     """The test-time actor (Monte Carlo over ``mc_samples`` draws). Its draws are placeholders (zeros)
     until a policy artifact's state is loaded into it."""
-    return MonteCarloActor(RecurrentActor(spec, cfg), torch.zeros(cfg.mc_samples, *layer_shape(spec)))
+    actor = RecurrentActor(spec, cfg, pool_in_encoder=cfg.randomize_at == "pixels")
+    return MonteCarloActor(actor, torch.zeros(cfg.mc_samples, *layer_shape(spec)))
 
 
 def _build_training_actor(cfg: Config, spec: EnvSpec) -> nn.Module:
@@ -272,16 +292,38 @@ class Learner(PolicyLearner):
     def eval_module(self) -> nn.Module:
         return self.mc_actor
 
+    def _sequence_with(self, transform: RandomConv | RandomLinear | None, inp: ActInput, h0: torch.Tensor,
+                       starts: torch.Tensor) -> dict[str, torch.Tensor]:
+        held = self.actor.transform
+        self.actor.transform = transform
+        try:
+            return self.actor.sequence(inp, h0, starts)
+        finally:
+            self.actor.transform = held
+
     def actor_sequence(self, inp: ActInput, h0: torch.Tensor, starts: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.actor.sequence(inp, h0, starts)  # with this iteration's input (draw or clean)
         L, M = starts.shape
-        flat = flat_input(inp, L * M)
-        if self.clean:
-            other = encode(self.actor.encoder, flat.obs, flat.extra, flat.agent_ids, random_layer(self.draw))
-            out["randomized_features"], out["clean_features"] = other.view(L, M, -1), out["features"]
+        # The other input: the draw in a clean iteration (with gradient: it is the matched side),
+        # the clean image otherwise (no gradient needed: the loss detaches it).
+        other_transform = random_layer(self.draw) if self.clean else None
+        if self.cfg.feature_match_layer == "penultimate":
+            # The layer under the policy head: the GRU output, over the same chunk from the same h0.
+            if self.clean:
+                other = self._sequence_with(other_transform, inp, h0, starts)["hidden"]
+            else:
+                with torch.no_grad():
+                    other = self._sequence_with(other_transform, inp, h0, starts)["hidden"]
+            mine = out["hidden"]
         else:
-            other = encode(self.actor.encoder, flat.obs, flat.extra, flat.agent_ids, None)
-            out["randomized_features"], out["clean_features"] = out["features"], other.view(L, M, -1)
+            flat = flat_input(inp, L * M)
+            with torch.set_grad_enabled(self.clean and torch.is_grad_enabled()):
+                other = encode(self.actor.encoder, flat.obs, flat.extra, flat.agent_ids, other_transform).view(L, M, -1)
+            mine = out["features"]
+        if self.clean:
+            out["randomized_features"], out["clean_features"] = other, mine
+        else:
+            out["randomized_features"], out["clean_features"] = mine, other
         return out
 
     def extra_actor_losses(self, out: dict[str, torch.Tensor], inp: ActInput, mask: torch.Tensor) -> dict[str, torch.Tensor]:

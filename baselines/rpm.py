@@ -66,16 +66,16 @@ PSI_DEFAULT = 1.0
 class Config(PolicyLearnerConfig):
     # Rank width: key = floor(R / psi). None: the run's substrate's value in PSI_BY_SUBSTRATE
     # (PSI_DEFAULT for others); a number overrides it.
-    psi: float | None = None
+    psi: float | None = None  # rank width; None = the substrate's (PSI_BY_SUBSTRATE, *choice* values)
     # What R is. "total": the episode return summed over all agents (the official RPM code ranks the
     # total episode return); "per_capita": the learner's mean return per slot (this suite's earlier
     # reconstruction). Note: in a constant-sum game (running_with_scissors) "total" is the same for
     # every policy, so the memory keeps one key and RPM episodes never start (fewer than n_agents keys).
-    rank_return: Literal["total", "per_capita"] = "total"
+    rank_return: Literal["total", "per_capita"] = "total"  # official RPM code: total episode return
     # *choice*: which episodes rank a save: "selfplay" = those in which the current learner played
     # every slot (the current policy's own return; RPM episodes measure memory policies), "all" =
     # every episode that ended.
-    rank_episodes: Literal["selfplay", "all"] = "selfplay"
+    rank_episodes: Literal["selfplay", "all"] = "selfplay"  # *choice*: the current policy's own episodes
     # The paper: at most 100 policies per key.
     max_per_key: int = 100
     # *choice*: save the actor every 10 PPO updates (as self-play's snapshot_interval).
@@ -87,14 +87,14 @@ class Config(PolicyLearnerConfig):
     # the current policy against itself. A learner used without a trainer (no budget) starts annealed.
     rpm_prob_start: float = 0.0
     rpm_prob_end: float = 0.5
-    rpm_anneal_fraction: float = 0.25
+    rpm_anneal_fraction: float = 0.25  # *choice*: anneal over this fraction of the run's PPO updates
     # Who plays an RPM episode. "all": every slot samples a memory policy (the paper: "each agent can
     # randomly select a policy from the RPM as the behavior policy"); "co_players": one uniformly
     # chosen slot keeps the learner (this suite's earlier reconstruction).
-    rpm_slots: Literal["all", "co_players"] = "all"
+    rpm_slots: Literal["all", "co_players"] = "all"  # the paper: every agent samples a memory policy
     # Which slots train the learner. "all": every slot, memory-played ones included (the official
     # code trains on all agents' data); "learner": only the slots the learner played.
-    train_slots: Literal["all", "learner"] = "all"
+    train_slots: Literal["all", "learner"] = "all"  # official code: all agents' data train the learner
     # *choice*: the return that ranks a snapshot is the mean over the ranking episodes that ended in
     # the last rollout, or, if none did (long episodes), over the last `return_window` of them.
     return_window: int = 32
