@@ -66,7 +66,8 @@ from marl.policy_networks import (ActInput, ObsEncoder, RecurrentActor, flat_inp
 from marl.policy_runner import Episodes, Rollout
 from marl.ppo import masked_mean
 
-__all__ = ["KIND", "Config", "Learner", "build_actor", "RandNetActor", "MonteCarloActor", "RandomConv",
+__all__ = ["KIND", "Config", "Learner", "build_actor", "RandNetActor", "MonteCarloActor", "RandomConv", "PerDrawConv",
+           "pooled_kernel",
            "RandomLinear", "draw_random_conv", "draw_random_linear", "random_layer", "encode", "feature_match_loss"]
 
 KERNEL = 3  # the paper's random layer is a single 3x3 convolution
@@ -112,14 +113,35 @@ def draw_random_conv(channels: int, generator: torch.Generator | None = None, sa
     return torch.randn(shape, generator=generator, device=device) * math.sqrt(2.0 / (fan + fan))
 
 
+def pooled_kernel(weight: torch.Tensor, pool: int) -> torch.Tensor:
+    """The 3x3 convolution (padding 1) followed by ``pool`` x ``pool`` average pooling, as one
+    convolution of stride ``pool``: weights [..., C, C, 3, 3] -> [..., C, C, 3 + pool - 1, 3 + pool - 1]
+    (each 3x3 kernel convolved with the box filter 1 / pool^2). Both are linear, so this is the same
+    map, exactly up to float rounding, at a fraction of the cost on a CPU (the pixel-level layer of
+    a 40x40 image is 5x cheaper this way)."""
+    lead = weight.shape[:-2]
+    box = torch.full((1, 1, pool, pool), 1.0 / (pool * pool), dtype=weight.dtype, device=weight.device)
+    k = F.conv_transpose2d(weight.reshape(-1, 1, KERNEL, KERNEL), box)
+    return k.reshape(*lead, KERNEL + pool - 1, KERNEL + pool - 1)
+
+
 class RandomConv:
-    """image_transform for ObsEncoder: one random layer on [M, C, H, W] (shape kept)."""
+    """image_transform for ObsEncoder: one random layer on [M, C, H, W] (shape kept); ``pooled``:
+    the layer followed by average pooling, fused (see :func:`pooled_kernel`)."""
 
     def __init__(self, weight: torch.Tensor):
         self.weight = weight
+        self._fused: dict[tuple[int, float], torch.Tensor] = {}
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         return F.conv2d(img, self.weight, padding=KERNEL // 2)
+
+    def pooled(self, img: torch.Tensor, pool: int, scale: float = 1.0) -> torch.Tensor:
+        """avg_pool2d(self(scale * img), pool), as one strided convolution."""
+        key = (pool, scale)
+        if key not in self._fused:
+            self._fused[key] = pooled_kernel(self.weight, pool) * scale
+        return F.conv2d(img, self._fused[key], stride=pool, padding=KERNEL // 2)
 
 
 def per_draw_conv(img: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
@@ -130,6 +152,25 @@ def per_draw_conv(img: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
     x = img.reshape(S, R, C, H, W).transpose(0, 1).reshape(R, S * C, H, W)
     y = F.conv2d(x, draws.reshape(S * C, C, KERNEL, KERNEL), padding=KERNEL // 2, groups=S)
     return y.reshape(R, S, C, H, W).transpose(0, 1).reshape(S * R, C, H, W)
+
+
+class PerDrawConv:
+    """image_transform of the Monte Carlo actor: S draws, one per block of rows (:func:`per_draw_conv`);
+    ``pooled``: followed by average pooling, fused as for :class:`RandomConv`."""
+
+    def __init__(self, draws: torch.Tensor):
+        self.draws = draws
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        return per_draw_conv(img, self.draws)
+
+    def pooled(self, img: torch.Tensor, pool: int, scale: float = 1.0) -> torch.Tensor:
+        S, C = self.draws.shape[0], self.draws.shape[1]
+        R, H, W = img.shape[0] // S, img.shape[-2], img.shape[-1]
+        k = pooled_kernel(self.draws, pool) * scale  # [S, C, C, K', K']
+        x = img.reshape(S, R, C, H, W).transpose(0, 1).reshape(R, S * C, H, W)
+        y = F.conv2d(x, k.reshape(S * C, C, *k.shape[-2:]), stride=pool, padding=KERNEL // 2, groups=S)
+        return y.reshape(R, S, C, *y.shape[-2:]).transpose(0, 1).reshape(S * R, C, *y.shape[-2:])
 
 
 def draw_random_linear(dim: int, generator: torch.Generator | None = None, samples: int | None = None,
@@ -216,9 +257,9 @@ class MonteCarloActor(nn.Module):
         """Encoder features of every draw: flat inp [R, ...] -> [S*R, H] (S blocks of R rows)."""
         S = self.draws.shape[0]
         rep = lambda x: x.repeat(S, *([1] * (x.dim() - 1)))  # noqa: E731
-        per_draw = per_draw_conv if self.actor.encoder.image else per_draw_linear
-        return encode(self.actor.encoder, rep(inp.obs), rep(inp.extra), rep(inp.agent_ids),
-                      lambda x: per_draw(x, self.draws))
+        draws = self.draws
+        transform = PerDrawConv(draws) if self.actor.encoder.image else (lambda x: per_draw_linear(x, draws))
+        return encode(self.actor.encoder, rep(inp.obs), rep(inp.extra), rep(inp.agent_ids), transform)
 
     def _average(self, hidden: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
         """hidden [..., S, R, H], avail [..., R, A] -> log mean_s softmax(head) [..., R, A], masked."""

@@ -99,6 +99,8 @@ class ObsEncoder(nn.Module):
             if self.pool > 1:
                 img = F.avg_pool2d(img, self.pool).round_()
             return self.cnn(img.div_(255.0))
+        if self.pool > 1 and hasattr(image_transform, "pooled"):  # the layer and the pooling in one pass
+            return self.cnn(image_transform.pooled(x.float(), self.pool, 1.0 / 255.0))
         img = image_transform(x.float().div_(255.0))
         if self.pool > 1:
             img = F.avg_pool2d(img, self.pool)

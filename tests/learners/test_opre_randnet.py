@@ -338,6 +338,23 @@ def test_randnet_random_layer_acts_on_pixels_before_the_pooling():
     assert torch.equal(a, b)
 
 
+def test_fused_random_layer_and_pooling_equal_the_layer_then_the_pooling():
+    g = torch.Generator().manual_seed(8)
+    for H, W in ((40, 40), (44, 36)):
+        img = torch.rand(5, 3, H, W, generator=g)
+        w = randnet.draw_random_conv(3, g)
+        layer = randnet.RandomConv(w)
+        want = F.avg_pool2d(layer(img), 8)
+        assert torch.allclose(layer.pooled(img, 8), want, atol=1e-6)
+        assert torch.allclose(layer.pooled(img * 255.0, 8, 1.0 / 255.0), want, atol=1e-5)
+        draws = randnet.draw_random_conv(3, g, samples=4)
+        stacked = torch.cat([img] * 4)
+        want = F.avg_pool2d(randnet.per_draw_conv(stacked, draws), 8)
+        assert torch.allclose(randnet.PerDrawConv(draws).pooled(stacked, 8), want, atol=1e-6)
+    assert randnet.pooled_kernel(w, 8).shape == (3, 3, 10, 10)
+    assert randnet.pooled_kernel(w, 8).sum().item() == pytest.approx(w.sum().item(), rel=1e-5)
+
+
 def test_randnet_clean_path_is_mappos_actor_on_the_pooled_image():
     learner = randnet_learner(clean_prob=1.0)
     learner.before_rollout(torch.Generator().manual_seed(3))
