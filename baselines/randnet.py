@@ -31,8 +31,12 @@ and randomization is about the acting policy's visual robustness). Its stored st
 path of the actor are exactly MAPPO's (the encoder pools the clean image on the 0-255 scale and
 rounds, as the stored form of the other learners; randomized images are pooled unrounded).
 ``randomize_at: "cells"`` keeps the earlier reconstruction: the layer on the pooled image (one value
-per Melting Pot grid cell, blending neighbouring cells). Cost: rollouts hold 64x the image bytes and
-each PPO pass convolves the full-resolution image (measured in docs/methods.md).
+per Melting Pot grid cell, blending neighbouring cells). Cost: rollouts hold 64x the image bytes; the
+random layer and the pooling run as one strided convolution (:func:`pooled_kernel`, the same linear
+map), and an update computes the pooled clean and randomized images once, not once per PPO pass
+(measured in docs/methods.md). Since the pooling after the layer is linear, what reaches the CNN is
+a per-cell colour mix plus the contribution of each cell's border pixels (a texture inside a cell
+counts through its mean); the paper's CNN sees the full frame (``downsample: 1``, at many times the cost).
 
 Vector observations (SMAX, Predator-Prey). The paper randomizes images only; for a vector the
 analogous random layer is a random linear map D -> D (*choice*; ``randomize_at`` does not apply):
@@ -50,7 +54,7 @@ MAPPO with a Monte Carlo average over identical policies.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal
 
 import torch
@@ -171,6 +175,20 @@ class PerDrawConv:
         x = img.reshape(S, R, C, H, W).transpose(0, 1).reshape(R, S * C, H, W)
         y = F.conv2d(x, k.reshape(S * C, C, *k.shape[-2:]), stride=pool, padding=KERNEL // 2, groups=S)
         return y.reshape(R, S, C, *y.shape[-2:]).transpose(0, 1).reshape(S * R, C, *y.shape[-2:])
+
+
+class _Prepooled:
+    """image_transform for images already randomized (or not) and pooled: the update's cache
+    (:meth:`Learner.train_step`) holds them, so the encoder only feeds them to its CNN."""
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("pre-pooled images go through pooled(), with the encoder's pool > 1")
+
+    def pooled(self, img: torch.Tensor, pool: int, scale: float = 1.0) -> torch.Tensor:
+        return img
+
+
+PREPOOLED = _Prepooled()
 
 
 def draw_random_linear(dim: int, generator: torch.Generator | None = None, samples: int | None = None,
@@ -321,6 +339,8 @@ class Learner(PolicyLearner):
         draws = draw_layer(spec, samples=cfg.mc_samples).to(self.device)
         self.mc_actor = MonteCarloActor(self.actor, draws)
         self._set_draw(draw_layer(spec).to(self.device), clean=False)
+        self.prepool_update = True  # cache the update's pooled images (False: recompute every pass; tests)
+        self._prepooled = False
 
     def _set_draw(self, weight: torch.Tensor, clean: bool) -> None:
         self.draw, self.clean = weight, clean
@@ -342,22 +362,52 @@ class Learner(PolicyLearner):
         finally:
             self.actor.transform = held
 
+    def prepools(self) -> bool:
+        """Whether an update caches the pooled clean and randomized images (pixel-level images)."""
+        return self.prepool_update and self.actor.encoder.image and self.actor.encoder.pool > 1
+
+    def train_step(self, r: Rollout, episodes: Episodes, generator: torch.Generator) -> dict[str, float]:
+        """PPO on ``r``. With pixel-level images, the iteration's draw and the rollout are fixed for
+        the whole update, so the pooled clean and randomized images are computed once (not once per
+        epoch); the losses are the same."""
+        if not self.prepools():
+            return super().train_step(r, episodes, generator)
+        T, B, N = r.obs.shape[:3]
+        flat = r.obs.reshape(T * B * N, *r.obs.shape[3:]).float()
+        pool = self.actor.encoder.pool
+        clean = F.avg_pool2d(flat, pool).round_().div_(255.0)
+        randomized = RandomConv(self.draw).pooled(flat, pool, 1.0 / 255.0)
+        del flat
+        views = torch.stack([clean, randomized], 1)
+        self._prepooled = True
+        try:
+            return super().train_step(replace(r, obs=views.view(T, B, N, *views.shape[1:])), episodes, generator)
+        finally:
+            self._prepooled = False
+
     def actor_sequence(self, inp: ActInput, h0: torch.Tensor, starts: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.actor.sequence(inp, h0, starts)  # with this iteration's input (draw or clean)
         L, M = starts.shape
-        # The other input: the draw in a clean iteration (with gradient: it is the matched side),
-        # the clean image otherwise (no gradient needed: the loss detaches it).
-        other_transform = random_layer(self.draw) if self.clean else None
+        if self._prepooled:  # inp.obs [L, M, 2, C, h, w]: the pooled clean (0) and randomized (1) images
+            clean_inp, rand_inp = (replace(inp, obs=inp.obs[:, :, i]) for i in (0, 1))
+            inp, other_inp = (clean_inp, rand_inp) if self.clean else (rand_inp, clean_inp)
+            own_transform: Any = PREPOOLED
+            other_transform: Any = PREPOOLED
+        else:
+            other_inp, own_transform = inp, self.actor.transform
+            # The other input: the draw in a clean iteration (with gradient: it is the matched side),
+            # the clean image otherwise (no gradient needed: the loss detaches it).
+            other_transform = random_layer(self.draw) if self.clean else None
+        out = self._sequence_with(own_transform, inp, h0, starts)  # this iteration's input (draw or clean)
         if self.cfg.feature_match_layer == "penultimate":
             # The layer under the policy head: the GRU output, over the same chunk from the same h0.
             if self.clean:
-                other = self._sequence_with(other_transform, inp, h0, starts)["hidden"]
+                other = self._sequence_with(other_transform, other_inp, h0, starts)["hidden"]
             else:
                 with torch.no_grad():
-                    other = self._sequence_with(other_transform, inp, h0, starts)["hidden"]
+                    other = self._sequence_with(other_transform, other_inp, h0, starts)["hidden"]
             mine = out["hidden"]
         else:
-            flat = flat_input(inp, L * M)
+            flat = flat_input(other_inp, L * M)
             with torch.set_grad_enabled(self.clean and torch.is_grad_enabled()):
                 other = encode(self.actor.encoder, flat.obs, flat.extra, flat.agent_ids, other_transform).view(L, M, -1)
             mine = out["features"]

@@ -355,6 +355,42 @@ def test_fused_random_layer_and_pooling_equal_the_layer_then_the_pooling():
     assert randnet.pooled_kernel(w, 8).sum().item() == pytest.approx(w.sum().item(), rel=1e-5)
 
 
+def _image_rollout(T: int = 20, B: int = 2, seed: int = 0):
+    from marl.policy_runner import Rollout
+    g = torch.Generator().manual_seed(seed)
+    r = Rollout(obs=torch.randint(0, 256, (T, B, N, 3, 40, 40), generator=g, dtype=torch.uint8),
+                extra=torch.zeros(T, B, N, 0), state=torch.randint(0, 256, (T, B, 3, 6, 6), generator=g, dtype=torch.uint8),
+                avail=torch.ones(T, B, N, A, dtype=torch.bool), actions=torch.randint(0, A, (T, B, N), generator=g),
+                logp=torch.full((T, B, N), -math.log(A)), values=torch.randn(T, B, N, generator=g),
+                final_values=torch.zeros(T, B, N), last_values=torch.zeros(B, N),
+                rewards=torch.randn(T, B, N, generator=g), terminated=torch.zeros(T, B, dtype=torch.bool),
+                truncated=torch.zeros(T, B, dtype=torch.bool), starts=torch.zeros(T, B, dtype=torch.bool),
+                policy=torch.zeros(T, B, N, dtype=torch.long), actor_h=torch.zeros(T, B, N, 64),
+                critic_h=torch.zeros(T, B, N, 64), env_steps=T * B)
+    r.starts[0] = True
+    r.starts[7, 1] = True
+    return r
+
+
+@pytest.mark.parametrize("clean_prob", [0.0, 1.0])
+def test_randnet_update_with_cached_pooled_images_equals_the_plain_update(clean_prob):
+    from marl.policy_runner import Episodes
+    r = _image_rollout()
+    results = []
+    for cache in (True, False):
+        learner = randnet_learner(clean_prob=clean_prob, ppo_epochs=2, num_mini_batch=2)
+        learner.before_rollout(torch.Generator().manual_seed(3))
+        learner.prepool_update = cache
+        assert learner.prepools() == cache
+        stats = learner.train_step(r, Episodes.cat([], N), torch.Generator().manual_seed(0))
+        results.append((stats, learner.actor.state_dict()))
+    (sa, pa), (sb, pb) = results
+    assert sa["feature_match_loss"] > 0 and sa["feature_match_loss"] == pytest.approx(sb["feature_match_loss"], rel=1e-4)
+    assert sa["policy_loss"] == pytest.approx(sb["policy_loss"], rel=1e-4, abs=1e-6)
+    for k in pa:
+        assert torch.allclose(pa[k], pb[k], atol=1e-5), k
+
+
 def test_randnet_clean_path_is_mappos_actor_on_the_pooled_image():
     learner = randnet_learner(clean_prob=1.0)
     learner.before_rollout(torch.Generator().manual_seed(3))
