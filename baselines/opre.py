@@ -270,7 +270,7 @@ class Learner(PolicyLearner):
             returns, adv = vtrace(r.rewards, dn(r.values), dn(r.last_values), r.terminated.unsqueeze(-1),
                                   r.truncated.unsqueeze(-1), dn(r.final_values), cfg.gamma, self._rho, c)
         if self.value_norm is not None:
-            self.value_norm.update(returns[r.learner_mask])
+            self.value_norm.update(returns[self.train_mask(r)])
             return adv, self.value_norm.normalize(returns)
         return adv, returns
 
@@ -278,7 +278,7 @@ class Learner(PolicyLearner):
                          targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         cfg, L = self.cfg, self.cfg.data_chunk_length
         inp, out, c_out, priv, logp = self._forward(r, idx)
-        mask = rows(chunked(r.learner_mask, L)[:, idx])
+        mask = rows(chunked(self.train_mask(r), L)[:, idx])
         old_logp = rows(chunked(self._old_logp, L)[:, idx])
         pol_loss, clip_frac = surrogate_loss(logp, old_logp, rows(chunked(adv, L)[:, idx]), mask, cfg.clip_param)
         p_logits = rows(c_out["p_logits"])
@@ -291,7 +291,7 @@ class Learner(PolicyLearner):
             entropy = masked_mean((F.softmax(p_logits.detach(), -1) * per_option).sum(-1), mask)
         terms = option_losses(cfg, p_logits, out["q_logits"], mask)
         actor_loss = pol_loss - cfg.entropy_coef * entropy + terms["option_kl_loss"] + terms["option_entropy_loss"]
-        c_mask = chunked(r.learner_mask, L)[:, idx]
+        c_mask = chunked(self.train_mask(r), L)[:, idx]
         v_loss = value_loss(c_out["values"], chunked(r.values, L)[:, idx], chunked(targets, L)[:, idx], c_mask,
                             cfg.clip_param, cfg.use_clipped_value_loss, cfg.use_huber_loss, cfg.huber_delta)
         with torch.no_grad():

@@ -2,18 +2,23 @@
 
 A random 3x3 convolution (C -> C channels, C = the image's, no bias, Xavier-normal weights so the
 randomized image keeps the clean one's variance) is applied to the [0, 1] image in front of the
-actor's CNN. Sources: the paper and its authors' code (github.com/pokaxpoka/netrand,
-``random_ppo2.py`` / ``policies.py``), read for this reconstruction.
+actor's CNN, at pixel level (``randomize_at``): rollouts store the observation at full resolution
+and the actor's encoder pools it by ``downsample`` only after the random layer, so the layer
+perturbs textures within a sprite, as the paper's layer acts on the raw frame. Sources: the paper
+and its authors' code (github.com/pokaxpoka/netrand, ``random_ppo2.py`` / ``policies.py``), read for
+this reconstruction.
 
 * Training: every iteration (``before_rollout``) draws a new layer from the run's generator. With
   probability ``clean_prob`` the whole iteration (rollout and PPO update) uses the clean image
   instead, else the draw; the rollout's actor and that iteration's update see the same draw (it is
   held by the learner until the next ``before_rollout``). As in the authors' code, the choice is
   made once per iteration, not per observation.
-* Feature matching: ``feature_match_coef`` * MSE between the encoder's features of the randomized
-  and of the clean image, the clean side detached (authors' code: ``stop_gradient`` on the clean
-  features), averaged over feature units and the learner's agent steps. It is added in clean
-  iterations too (with the iteration's draw), as the authors' code does.
+* Feature matching: ``feature_match_coef`` * MSE between the penultimate layer's features (the
+  paper's f, the layer below the policy head: here the GRU's output, run over the same chunk from the
+  same stored hidden state) of the randomized and of the clean input, the clean side detached
+  (authors' code: ``stop_gradient`` on the clean features), averaged over feature units and the
+  learner's agent steps (``feature_match_layer``: "encoder" matches the encoder's output instead).
+  It is added in clean iterations too (with the iteration's draw), as the authors' code does.
 * Test time (evaluation and the saved ``policy.pt``): :class:`MonteCarloActor` averages the action
   probabilities over ``mc_samples`` draws and returns the log of the average. The draws are made
   once, when the learner is built (from the run's seed), and saved with the policy, so a loaded
@@ -22,12 +27,20 @@ actor's CNN. Sources: the paper and its authors' code (github.com/pokaxpoka/netr
   paper's agents average per observation).
 
 The centralised critic sees the clean global state (*choice*: the critic is not used at test time,
-and randomization is about the acting policy's visual robustness). The layer acts on the image the
-actor stores, i.e. after ``downsample``: at the default 8, one value per Melting Pot grid cell, so
-it mixes colours of neighbouring cells rather than within a sprite.
+and randomization is about the acting policy's visual robustness). Its stored state and the clean
+path of the actor are exactly MAPPO's (the encoder pools the clean image on the 0-255 scale and
+rounds, as the stored form of the other learners; randomized images are pooled unrounded).
+``randomize_at: "cells"`` keeps the earlier reconstruction: the layer on the pooled image (one value
+per Melting Pot grid cell, blending neighbouring cells). Cost: rollouts hold 64x the image bytes; the
+random layer and the pooling run as one strided convolution (:func:`pooled_kernel`, the same linear
+map), and an update computes the pooled clean and randomized images once, not once per PPO pass
+(measured in docs/methods.md). Since the pooling after the layer is linear, what reaches the CNN is
+a per-cell colour mix plus the contribution of each cell's border pixels (a texture inside a cell
+counts through its mean); the paper's CNN sees the full frame (``downsample: 1``, at many times the cost).
 
 Vector observations (SMAX, Predator-Prey). The paper randomizes images only; for a vector the
-analogous random layer is a random linear map D -> D (*choice*): ``W`` [D, D], no bias, Xavier-normal
+analogous random layer is a random linear map D -> D (*choice*; ``randomize_at`` does not apply):
+``W`` [D, D], no bias, Xavier-normal
 (std sqrt(2 / (D + D)), so E|Wx|^2 = |x|^2, the variance-keeping property of the image layer), applied
 to the flattened observation vector the actor stores, before the encoder's FC (the per-agent extras and
 the one-hot id stay clean, as they do beside the image). A vector's entries have no spatial layout, so
@@ -41,8 +54,8 @@ MAPPO with a Monte Carlo average over identical policies.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +70,8 @@ from marl.policy_networks import (ActInput, ObsEncoder, RecurrentActor, flat_inp
 from marl.policy_runner import Episodes, Rollout
 from marl.ppo import masked_mean
 
-__all__ = ["KIND", "Config", "Learner", "build_actor", "RandNetActor", "MonteCarloActor", "RandomConv",
+__all__ = ["KIND", "Config", "Learner", "build_actor", "RandNetActor", "MonteCarloActor", "RandomConv", "PerDrawConv",
+           "pooled_kernel",
            "RandomLinear", "draw_random_conv", "draw_random_linear", "random_layer", "encode", "feature_match_loss"]
 
 KERNEL = 3  # the paper's random layer is a single 3x3 convolution
@@ -72,6 +86,15 @@ class Config(PolicyLearnerConfig):
     clean_prob: float = 0.1
     feature_match_coef: float = 0.002  # beta, the paper's and its code's fm_coeff
     mc_samples: int = 10  # M, the paper's Monte Carlo draws at test time
+    # Where the random layer acts on images. "pixels": on the observation at full resolution, before
+    # the ``downsample`` pooling (the paper's layer acts on the input frame, perturbing textures);
+    # "cells": on the pooled image, one value per Melting Pot grid cell (this suite's earlier
+    # reconstruction, cheaper on a CPU).
+    randomize_at: Literal["pixels", "cells"] = "pixels"  # the paper: the random layer on the input frame
+    # The features matched between the randomized and the clean input. "penultimate": the layer
+    # under the policy head (the paper's feature-matching loss on f's penultimate layer; here the
+    # GRU output); "encoder": the encoder's output (the earlier reconstruction).
+    feature_match_layer: Literal["penultimate", "encoder"] = "penultimate"  # the paper: penultimate features
 
     def validate(self) -> None:
         """Rules beyond the field types (build_config calls this, so a manifest is checked up front)."""
@@ -94,14 +117,35 @@ def draw_random_conv(channels: int, generator: torch.Generator | None = None, sa
     return torch.randn(shape, generator=generator, device=device) * math.sqrt(2.0 / (fan + fan))
 
 
+def pooled_kernel(weight: torch.Tensor, pool: int) -> torch.Tensor:
+    """The 3x3 convolution (padding 1) followed by ``pool`` x ``pool`` average pooling, as one
+    convolution of stride ``pool``: weights [..., C, C, 3, 3] -> [..., C, C, 3 + pool - 1, 3 + pool - 1]
+    (each 3x3 kernel convolved with the box filter 1 / pool^2). Both are linear, so this is the same
+    map, exactly up to float rounding, at a fraction of the cost on a CPU (the pixel-level layer of
+    a 40x40 image is 5x cheaper this way)."""
+    lead = weight.shape[:-2]
+    box = torch.full((1, 1, pool, pool), 1.0 / (pool * pool), dtype=weight.dtype, device=weight.device)
+    k = F.conv_transpose2d(weight.reshape(-1, 1, KERNEL, KERNEL), box)
+    return k.reshape(*lead, KERNEL + pool - 1, KERNEL + pool - 1)
+
+
 class RandomConv:
-    """image_transform for ObsEncoder: one random layer on [M, C, H, W] (shape kept)."""
+    """image_transform for ObsEncoder: one random layer on [M, C, H, W] (shape kept); ``pooled``:
+    the layer followed by average pooling, fused (see :func:`pooled_kernel`)."""
 
     def __init__(self, weight: torch.Tensor):
         self.weight = weight
+        self._fused: dict[tuple[int, float], torch.Tensor] = {}
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         return F.conv2d(img, self.weight, padding=KERNEL // 2)
+
+    def pooled(self, img: torch.Tensor, pool: int, scale: float = 1.0) -> torch.Tensor:
+        """avg_pool2d(self(scale * img), pool), as one strided convolution."""
+        key = (pool, scale)
+        if key not in self._fused:
+            self._fused[key] = pooled_kernel(self.weight, pool) * scale
+        return F.conv2d(img, self._fused[key], stride=pool, padding=KERNEL // 2)
 
 
 def per_draw_conv(img: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
@@ -112,6 +156,39 @@ def per_draw_conv(img: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
     x = img.reshape(S, R, C, H, W).transpose(0, 1).reshape(R, S * C, H, W)
     y = F.conv2d(x, draws.reshape(S * C, C, KERNEL, KERNEL), padding=KERNEL // 2, groups=S)
     return y.reshape(R, S, C, H, W).transpose(0, 1).reshape(S * R, C, H, W)
+
+
+class PerDrawConv:
+    """image_transform of the Monte Carlo actor: S draws, one per block of rows (:func:`per_draw_conv`);
+    ``pooled``: followed by average pooling, fused as for :class:`RandomConv`."""
+
+    def __init__(self, draws: torch.Tensor):
+        self.draws = draws
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        return per_draw_conv(img, self.draws)
+
+    def pooled(self, img: torch.Tensor, pool: int, scale: float = 1.0) -> torch.Tensor:
+        S, C = self.draws.shape[0], self.draws.shape[1]
+        R, H, W = img.shape[0] // S, img.shape[-2], img.shape[-1]
+        k = pooled_kernel(self.draws, pool) * scale  # [S, C, C, K', K']
+        x = img.reshape(S, R, C, H, W).transpose(0, 1).reshape(R, S * C, H, W)
+        y = F.conv2d(x, k.reshape(S * C, C, *k.shape[-2:]), stride=pool, padding=KERNEL // 2, groups=S)
+        return y.reshape(R, S, C, *y.shape[-2:]).transpose(0, 1).reshape(S * R, C, *y.shape[-2:])
+
+
+class _Prepooled:
+    """image_transform for images already randomized (or not) and pooled: the update's cache
+    (:meth:`Learner.train_step`) holds them, so the encoder only feeds them to its CNN."""
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("pre-pooled images go through pooled(), with the encoder's pool > 1")
+
+    def pooled(self, img: torch.Tensor, pool: int, scale: float = 1.0) -> torch.Tensor:
+        return img
+
+
+PREPOOLED = _Prepooled()
 
 
 def draw_random_linear(dim: int, generator: torch.Generator | None = None, samples: int | None = None,
@@ -162,10 +239,11 @@ def feature_match_loss(randomized: torch.Tensor, clean: torch.Tensor, mask: torc
 
 class RandNetActor(RecurrentActor):
     """The training actor: MAPPO's, with ``transform`` (the iteration's random layer, or None for a
-    clean iteration) applied to the observation (see :func:`encode`). Saved state = RecurrentActor's."""
+    clean iteration) applied to the observation (see :func:`encode`); with ``randomize_at ==
+    "pixels"`` its encoder pools the image itself, after the layer. Saved state = RecurrentActor's."""
 
     def __init__(self, spec: EnvSpec, cfg: Config):
-        super().__init__(spec, cfg)
+        super().__init__(spec, cfg, pool_in_encoder=cfg.randomize_at == "pixels")
         self.transform: RandomConv | RandomLinear | None = None
 
     def features(self, inp: ActInput) -> torch.Tensor:
@@ -197,9 +275,9 @@ class MonteCarloActor(nn.Module):
         """Encoder features of every draw: flat inp [R, ...] -> [S*R, H] (S blocks of R rows)."""
         S = self.draws.shape[0]
         rep = lambda x: x.repeat(S, *([1] * (x.dim() - 1)))  # noqa: E731
-        per_draw = per_draw_conv if self.actor.encoder.image else per_draw_linear
-        return encode(self.actor.encoder, rep(inp.obs), rep(inp.extra), rep(inp.agent_ids),
-                      lambda x: per_draw(x, self.draws))
+        draws = self.draws
+        transform = PerDrawConv(draws) if self.actor.encoder.image else (lambda x: per_draw_linear(x, draws))
+        return encode(self.actor.encoder, rep(inp.obs), rep(inp.extra), rep(inp.agent_ids), transform)
 
     def _average(self, hidden: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
         """hidden [..., S, R, H], avail [..., R, A] -> log mean_s softmax(head) [..., R, A], masked."""
@@ -243,7 +321,8 @@ def draw_layer(spec: EnvSpec, generator: torch.Generator | None = None, samples:
 def build_actor(cfg: Config, spec: EnvSpec) -> nn.Module:
     """The test-time actor (Monte Carlo over ``mc_samples`` draws). Its draws are placeholders (zeros)
     until a policy artifact's state is loaded into it."""
-    return MonteCarloActor(RecurrentActor(spec, cfg), torch.zeros(cfg.mc_samples, *layer_shape(spec)))
+    actor = RecurrentActor(spec, cfg, pool_in_encoder=cfg.randomize_at == "pixels")
+    return MonteCarloActor(actor, torch.zeros(cfg.mc_samples, *layer_shape(spec)))
 
 
 def _build_training_actor(cfg: Config, spec: EnvSpec) -> nn.Module:
@@ -260,6 +339,8 @@ class Learner(PolicyLearner):
         draws = draw_layer(spec, samples=cfg.mc_samples).to(self.device)
         self.mc_actor = MonteCarloActor(self.actor, draws)
         self._set_draw(draw_layer(spec).to(self.device), clean=False)
+        self.prepool_update = True  # cache the update's pooled images (False: recompute every pass; tests)
+        self._prepooled = False
 
     def _set_draw(self, weight: torch.Tensor, clean: bool) -> None:
         self.draw, self.clean = weight, clean
@@ -272,16 +353,68 @@ class Learner(PolicyLearner):
     def eval_module(self) -> nn.Module:
         return self.mc_actor
 
+    def _sequence_with(self, transform: RandomConv | RandomLinear | None, inp: ActInput, h0: torch.Tensor,
+                       starts: torch.Tensor) -> dict[str, torch.Tensor]:
+        held = self.actor.transform
+        self.actor.transform = transform
+        try:
+            return self.actor.sequence(inp, h0, starts)
+        finally:
+            self.actor.transform = held
+
+    def prepools(self) -> bool:
+        """Whether an update caches the pooled clean and randomized images (pixel-level images)."""
+        return self.prepool_update and self.actor.encoder.image and self.actor.encoder.pool > 1
+
+    def train_step(self, r: Rollout, episodes: Episodes, generator: torch.Generator) -> dict[str, float]:
+        """PPO on ``r``. With pixel-level images, the iteration's draw and the rollout are fixed for
+        the whole update, so the pooled clean and randomized images are computed once (not once per
+        epoch); the losses are the same."""
+        if not self.prepools():
+            return super().train_step(r, episodes, generator)
+        T, B, N = r.obs.shape[:3]
+        flat = r.obs.reshape(T * B * N, *r.obs.shape[3:]).float()
+        pool = self.actor.encoder.pool
+        clean = F.avg_pool2d(flat, pool).round_().div_(255.0)
+        randomized = RandomConv(self.draw).pooled(flat, pool, 1.0 / 255.0)
+        del flat
+        views = torch.stack([clean, randomized], 1)
+        self._prepooled = True
+        try:
+            return super().train_step(replace(r, obs=views.view(T, B, N, *views.shape[1:])), episodes, generator)
+        finally:
+            self._prepooled = False
+
     def actor_sequence(self, inp: ActInput, h0: torch.Tensor, starts: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.actor.sequence(inp, h0, starts)  # with this iteration's input (draw or clean)
         L, M = starts.shape
-        flat = flat_input(inp, L * M)
-        if self.clean:
-            other = encode(self.actor.encoder, flat.obs, flat.extra, flat.agent_ids, random_layer(self.draw))
-            out["randomized_features"], out["clean_features"] = other.view(L, M, -1), out["features"]
+        if self._prepooled:  # inp.obs [L, M, 2, C, h, w]: the pooled clean (0) and randomized (1) images
+            clean_inp, rand_inp = (replace(inp, obs=inp.obs[:, :, i]) for i in (0, 1))
+            inp, other_inp = (clean_inp, rand_inp) if self.clean else (rand_inp, clean_inp)
+            own_transform: Any = PREPOOLED
+            other_transform: Any = PREPOOLED
         else:
-            other = encode(self.actor.encoder, flat.obs, flat.extra, flat.agent_ids, None)
-            out["randomized_features"], out["clean_features"] = out["features"], other.view(L, M, -1)
+            other_inp, own_transform = inp, self.actor.transform
+            # The other input: the draw in a clean iteration (with gradient: it is the matched side),
+            # the clean image otherwise (no gradient needed: the loss detaches it).
+            other_transform = random_layer(self.draw) if self.clean else None
+        out = self._sequence_with(own_transform, inp, h0, starts)  # this iteration's input (draw or clean)
+        if self.cfg.feature_match_layer == "penultimate":
+            # The layer under the policy head: the GRU output, over the same chunk from the same h0.
+            if self.clean:
+                other = self._sequence_with(other_transform, other_inp, h0, starts)["hidden"]
+            else:
+                with torch.no_grad():
+                    other = self._sequence_with(other_transform, other_inp, h0, starts)["hidden"]
+            mine = out["hidden"]
+        else:
+            flat = flat_input(other_inp, L * M)
+            with torch.set_grad_enabled(self.clean and torch.is_grad_enabled()):
+                other = encode(self.actor.encoder, flat.obs, flat.extra, flat.agent_ids, other_transform).view(L, M, -1)
+            mine = out["features"]
+        if self.clean:
+            out["randomized_features"], out["clean_features"] = other, mine
+        else:
+            out["randomized_features"], out["clean_features"] = mine, other
         return out
 
     def extra_actor_losses(self, out: dict[str, torch.Tensor], inp: ActInput, mask: torch.Tensor) -> dict[str, torch.Tensor]:

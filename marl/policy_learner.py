@@ -17,6 +17,11 @@ slot (self-play on the substrate). Population methods subclass it and override t
   other losses on a minibatch (OPRE: a value factorised over options, V-trace, its option terms);
 * ``after_update``: work after each PPO update (BiDist's distillation, snapshot pools);
 * ``eval_module``: the actor used at test time (RandNet's Monte Carlo averaging);
+* ``trains_all_slots`` / ``train_mask``: which rollout entries train the learner (default: the
+  learner's own; RPM: every slot, its memory policies' data included, with their behaviour
+  log-probs in PPO's ratio);
+* ``set_budget``: the run's total number of PPO updates, for schedules that scale with the budget
+  (RPM's episode probability);
 * ``extra_state`` / ``load_extra_state``: whatever else a checkpoint must hold.
 """
 
@@ -67,6 +72,9 @@ def rows(x: torch.Tensor) -> torch.Tensor:
 class PolicyLearner:
     actor_builder = staticmethod(build_actor)
     critic_builder = staticmethod(build_critic)
+    # True: rollouts record every slot (behaviour log-probs, the learner's hidden state) and every
+    # slot trains the learner (see train_mask). Read by the trainer when it builds the collector.
+    trains_all_slots = False
 
     def __init__(self, cfg: PolicyLearnerConfig, spec: EnvSpec, device: torch.device | str = "cpu"):
         if cfg.rollout_length % cfg.data_chunk_length:
@@ -99,6 +107,15 @@ class PolicyLearner:
     def before_rollout(self, generator: torch.Generator) -> None:
         pass
 
+    def set_budget(self, total_updates: int) -> None:
+        """The run's total number of PPO updates (called by the trainer before training)."""
+
+    def train_mask(self, r: Rollout) -> torch.Tensor:
+        """[T, B, N] bool: the entries that enter the losses."""
+        if self.trains_all_slots:
+            return torch.ones_like(r.learner_mask)
+        return r.learner_mask
+
     def actor_sequence(self, inp: ActInput, h0: torch.Tensor, starts: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.actor.sequence(inp, h0, starts)
 
@@ -127,7 +144,7 @@ class PolicyLearner:
                            r.terminated.unsqueeze(-1), r.truncated.unsqueeze(-1), self.denormalize(r.final_values),
                            cfg.gamma, cfg.gae_lambda)
         if self.value_norm is not None:
-            self.value_norm.update(returns[r.learner_mask])
+            self.value_norm.update(returns[self.train_mask(r)])
             return adv, self.value_norm.normalize(returns)
         return adv, returns
 
@@ -148,7 +165,7 @@ class PolicyLearner:
         ``adv`` (normalised) and ``targets`` are [T, B, N]. OPRE overrides this (its surrogate is on
         another mixture than the acting one, its value is factorised over the options)."""
         cfg, L = self.cfg, self.cfg.data_chunk_length
-        mask_all = r.learner_mask
+        mask_all = self.train_mask(r)
         inp, h0, starts = self.chunk_input(r, idx)
         mask = rows(chunked(mask_all, L)[:, idx])
         out = self.actor_sequence(inp, h0, starts)
@@ -175,7 +192,7 @@ class PolicyLearner:
     def train_step(self, r: Rollout, episodes: Episodes, generator: torch.Generator) -> dict[str, float]:
         """One PPO update on rollout ``r`` (then the subclass's ``after_update``)."""
         cfg, L = self.cfg, self.cfg.data_chunk_length
-        mask_all = r.learner_mask
+        mask_all = self.train_mask(r)
         if not bool(mask_all.any()):  # every slot was played by co-players: nothing trains theta
             return {**self.after_update(r, episodes, generator), "learner_fraction": 0.0}
         adv, targets = self.advantages(r)
@@ -201,7 +218,9 @@ class PolicyLearner:
                 n += 1
         self.updates += 1
         stats = {k: v / n for k, v in sums.items()}
-        stats["learner_fraction"] = float(mask_all.float().mean())
+        stats["learner_fraction"] = float(r.learner_mask.float().mean())
+        if self.trains_all_slots:
+            stats["trained_fraction"] = float(mask_all.float().mean())
         stats.update(self.after_update(r, episodes, generator))
         return stats
 

@@ -56,17 +56,20 @@ class ObsEncoder(nn.Module):
 
     def __init__(self, shape: tuple[int, ...], extra_dim: int, id_dim: int, hidden_dim: int,
                  downsample: int = 8, channels: list[int] | tuple[int, ...] = (32,), kernel: int = 3, stride: int = 1,
-                 orthogonal: bool = True):
+                 orthogonal: bool = True, pool: int = 1):
         super().__init__()
-        self.image, self.downsample, self.id_dim = is_image(shape), downsample, id_dim
+        # ``downsample``: the pooling of what rollouts store (preprocess); ``pool``: a further pooling
+        # inside the forward pass, after any ``image_transform`` (RandNet's pixel-level random layer
+        # sees the image at the stored resolution, the CNN the pooled one).
+        self.image, self.downsample, self.pool, self.id_dim = is_image(shape), downsample, pool, id_dim
         if self.image:
             H, W, C = shape
-            h, w = H // downsample, W // downsample
+            h, w = H // (downsample * pool), W // (downsample * pool)
             layers: list[nn.Module] = []
             c_in = C
             for c in channels:  # MAPPO's CNNBase: valid (unpadded) convolutions
                 if min(h, w) < kernel:
-                    raise ValueError(f"image of {H}x{W} downsampled by {downsample} is {h}x{w}, smaller than the "
+                    raise ValueError(f"image of {H}x{W} downsampled by {downsample * pool} is {h}x{w}, smaller than the "
                                      f"{kernel}x{kernel} kernel; lower 'downsample' or the number of conv layers")
                 layers += [init_layer(nn.Conv2d(c_in, c, kernel, stride=stride), orthogonal=orthogonal), nn.ReLU()]
                 h, w = (h - kernel) // stride + 1, (w - kernel) // stride + 1
@@ -86,12 +89,21 @@ class ObsEncoder(nn.Module):
 
     def image_features(self, x: torch.Tensor, image_transform: Callable | None = None) -> torch.Tensor:
         """x: stored form [M, ...] -> [M, F]. ``image_transform`` (RandNet's random convolution)
-        is applied to the float image in [0, 1] before the CNN."""
+        is applied to the float image in [0, 1] at the stored resolution, then the image is pooled by
+        ``pool`` (if > 1) and fed to the CNN. Without a transform the pooling is on the 0-255 scale,
+        rounded, exactly as :func:`preprocess_image` would have stored it."""
         if not self.image:
             return x.reshape(x.shape[0], -1)
-        img = x.float().div_(255.0)
-        if image_transform is not None:
-            img = image_transform(img)
+        if image_transform is None:
+            img = x.float()
+            if self.pool > 1:
+                img = F.avg_pool2d(img, self.pool).round_()
+            return self.cnn(img.div_(255.0))
+        if self.pool > 1 and hasattr(image_transform, "pooled"):  # the layer and the pooling in one pass
+            return self.cnn(image_transform.pooled(x.float(), self.pool, 1.0 / 255.0))
+        img = image_transform(x.float().div_(255.0))
+        if self.pool > 1:
+            img = F.avg_pool2d(img, self.pool)
         return self.cnn(img)
 
     def forward(self, x: torch.Tensor, extra: torch.Tensor | None, ids: torch.Tensor | None,
@@ -139,12 +151,16 @@ class RecurrentActor(nn.Module):
     ``act`` runs one step for M rows; ``sequence`` runs [L, M] steps for training, resetting the
     hidden state where ``starts`` is true (the first step of an episode)."""
 
-    def __init__(self, spec: EnvSpec, cfg, n_outputs: int | None = None):
+    def __init__(self, spec: EnvSpec, cfg, n_outputs: int | None = None, pool_in_encoder: bool = False):
+        """``pool_in_encoder``: rollouts store the image at full resolution and the encoder pools it
+        by ``cfg.downsample`` itself (RandNet's pixel-level randomization); same parameters either way."""
         super().__init__()
         self.hidden_dim = cfg.hidden_dim
         self.n_actions = spec.n_actions
+        stored, pool = (1, cfg.downsample) if pool_in_encoder else (cfg.downsample, 1)
         self.encoder = ObsEncoder(spec.obs_shape, extra_dim(spec), spec.n_agents if cfg.actor_agent_id else 0,
-                                  cfg.hidden_dim, cfg.downsample, cfg.cnn_channels, cfg.cnn_kernel, 1, cfg.orthogonal_init)
+                                  cfg.hidden_dim, stored, cfg.cnn_channels, cfg.cnn_kernel, 1, cfg.orthogonal_init,
+                                  pool=pool)
         self.gru = nn.GRUCell(cfg.hidden_dim, cfg.hidden_dim)
         self.head = init_layer(nn.Linear(cfg.hidden_dim, n_outputs or spec.n_actions), 0.01, cfg.orthogonal_init)
 

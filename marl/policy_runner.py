@@ -6,6 +6,11 @@ self-play's and RPM's snapshots, a held-out population). Each step, every player
 on all the rows (env copy x slot) it holds, in one batch; only the learner's rows are recorded for
 training. Recurrent state is kept per player and reset at episode starts.
 
+A learner that trains on *every* slot (RPM: its memory policies' data trains the learner, Qiu et al.)
+asks the collector to record all slots (``record_all_slots``): the learner's actor then also runs,
+without acting, on the rows other players hold, so its recurrent state along those trajectories is
+known for training, and each row's behaviour log-probability is the one of the player that acted.
+
 The same loop serves training (:meth:`RolloutCollector.collect`, fixed-length rollouts of T steps
 from every copy, with critic values) and evaluation (:func:`play_episodes`, complete episodes).
 """
@@ -85,7 +90,7 @@ class Rollout:
     state: torch.Tensor  # [T, B, *stored state]
     avail: torch.Tensor  # [T, B, N, A] bool
     actions: torch.Tensor  # [T, B, N] long
-    logp: torch.Tensor  # [T, B, N] behaviour log-prob (learner rows)
+    logp: torch.Tensor  # [T, B, N] behaviour log-prob (learner rows; every row when all slots are recorded)
     values: torch.Tensor  # [T, B, N] critic output (normalised space when value norm is on)
     final_values: torch.Tensor  # [T, B, N] critic value of the last observation at truncated steps
     last_values: torch.Tensor  # [B, N] critic value after the last step
@@ -94,7 +99,8 @@ class Rollout:
     truncated: torch.Tensor  # [T, B] bool
     starts: torch.Tensor  # [T, B] bool: step t is an episode's first (hidden states reset before it)
     policy: torch.Tensor  # [T, B, N] long player key
-    actor_h: torch.Tensor  # [T, B, N, H] learner's hidden state before step t (after any reset)
+    actor_h: torch.Tensor  # [T, B, N, H] learner's hidden state before step t (after any reset; learner rows,
+    # every row when all slots are recorded)
     critic_h: torch.Tensor  # [T, B, N, H]
     env_steps: int = 0
 
@@ -138,6 +144,9 @@ class _Acting:
     generator: torch.Generator
     greedy: bool = False
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # A player key whose actor also runs (without acting) on the rows other players hold, to keep
+    # its recurrent state on every row (RPM's every-slot training); None: each player on its own rows.
+    shadow_key: int | None = None
 
     def __post_init__(self) -> None:
         spec = self.env.spec
@@ -161,6 +170,8 @@ class _Acting:
         idx = ended.nonzero().squeeze(-1)
         self.assignment[idx] = self.players.assign(len(idx), self.N, self.generator).to(self.device)
         present = set(self.assignment.unique().tolist())
+        if self.shadow_key is not None:
+            present.add(self.shadow_key)
         for key in list(self.hidden):
             if key not in present:
                 del self.hidden[key]
@@ -170,7 +181,8 @@ class _Acting:
     def act(self, record_key: int | None = LEARNER) -> dict[str, torch.Tensor]:
         """One joint action for every copy. Returns actions [B, N], the flattened extra observations
         [B, N, E] and, for ``record_key``'s rows, its log-probs [B, N] and its hidden state before
-        the step [B, N, H]."""
+        the step [B, N, H]. With ``shadow_key == record_key`` the log-probs are every row's behaviour
+        log-prob (of the player that acted) and the hidden state is ``record_key``'s on every row."""
         out = self.out
         self.pre.clear()
         extra = flatten_extra(out.obs_extra, 2, self.env.spec).reshape(self.B * self.N, -1) if out.obs_extra else \
@@ -178,7 +190,11 @@ class _Acting:
         avail = out.avail_actions.reshape(self.B * self.N, -1)
         flat_assign = self.assignment.reshape(-1)
         keys = flat_assign.unique().tolist()
+        shadow = record_key is not None and record_key == self.shadow_key
+        if shadow and record_key not in keys:
+            keys.append(record_key)  # it acts nowhere this step but still runs on every row
         actions = torch.zeros(self.B * self.N, dtype=torch.long, device=self.device)
+        behaviour_logp = torch.zeros(self.B * self.N, device=self.device) if shadow else None
         rec: dict[str, torch.Tensor] = {}
         for key in keys:
             module = self.players.module(key)
@@ -187,7 +203,7 @@ class _Acting:
             h = self.hidden.get(key)
             if h is None:
                 h = self.hidden[key] = module.initial_hidden(self.B * self.N, self.device)
-            if len(keys) == 1:
+            if len(keys) == 1 or (shadow and key == record_key):
                 rows = None
                 inp = ActInput(obs_p, extra, self.ids, avail, state_p.repeat_interleave(self.N, 0))
                 h_in = h
@@ -197,6 +213,16 @@ class _Acting:
                                state_p[torch.div(rows, self.N, rounding_mode="floor")])
                 h_in = h[rows]
             logits, h_out = module.act(inp, h_in)
+            if rows is None and len(keys) > 1:  # the shadow player: it acts on its own rows only
+                assert behaviour_logp is not None
+                own = (flat_assign == key).nonzero().squeeze(-1)
+                if own.numel():
+                    a = sample_actions(logits[own], self.greedy, self.generator)
+                    actions[own] = a
+                    behaviour_logp[own] = torch.log_softmax(logits[own], -1).gather(-1, a.unsqueeze(-1)).squeeze(-1)
+                self.hidden[key] = h_out
+                rec = {"h": h_in.view(self.B, self.N, -1)}
+                continue
             a = sample_actions(logits, self.greedy, self.generator)
             if rows is None:
                 actions = a
@@ -204,7 +230,15 @@ class _Acting:
             else:
                 actions[rows] = a
                 h[rows] = h_out
-            if key == record_key:
+            if behaviour_logp is not None:
+                logp = torch.log_softmax(logits, -1).gather(-1, a.unsqueeze(-1)).squeeze(-1)
+                if rows is None:
+                    behaviour_logp = logp
+                else:
+                    behaviour_logp[rows] = logp
+                if key == record_key:
+                    rec = {"h": h_in.view(self.B, self.N, -1)}
+            elif key == record_key:
                 logp = torch.log_softmax(logits, -1).gather(-1, a.unsqueeze(-1)).squeeze(-1)
                 if rows is None:
                     full_logp, full_h = logp, h_in
@@ -213,6 +247,8 @@ class _Acting:
                     full_h = torch.zeros(self.B * self.N, h_in.shape[-1], device=self.device)
                     full_logp[rows], full_h[rows] = logp, h_in
                 rec = {"logp": full_logp.view(self.B, self.N), "h": full_h.view(self.B, self.N, -1)}
+        if behaviour_logp is not None:
+            rec["logp"] = behaviour_logp.view(self.B, self.N)
         return {"actions": actions.view(self.B, self.N), "extra": extra.view(self.B, self.N, -1), **rec}
 
     def step(self, actions: torch.Tensor) -> tuple[StepOutput, Episodes | None]:
@@ -236,10 +272,11 @@ class RolloutCollector:
     """Fixed-length rollouts from B copies for the learner (with its critic)."""
 
     def __init__(self, env: BatchedEnv, players: Players, actor: nn.Module, critic: nn.Module,
-                 generator: torch.Generator, device: torch.device | str = "cpu"):
+                 generator: torch.Generator, device: torch.device | str = "cpu", record_all_slots: bool = False):
         self.env, self.actor, self.critic = env, actor, critic
         self.device = torch.device(device)
-        self.acting = _Acting(env, players, generator, False, self.device)
+        self.acting = _Acting(env, players, generator, False, self.device,
+                              shadow_key=LEARNER if record_all_slots else None)
         self.B, self.N = env.spec.num_envs, env.spec.n_agents
 
     def start(self, seed: int) -> None:

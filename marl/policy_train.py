@@ -52,7 +52,11 @@ class PolicyTrainer(Trainer):
     def setup(self) -> None:
         self.test_episodes_per_env = math.ceil(self.budget.eval_episodes / self.test_env.spec.num_envs)
         self.collector = RolloutCollector(self.env, self.learner, self.learner.actor, self.learner.critic,
-                                          self.generator, self.device)
+                                          self.generator, self.device,
+                                          record_all_slots=bool(self.learner.trains_all_slots))
+        # Iterations (one PPO update each) until t_env reaches the budget: T x B env steps each.
+        steps = self.cfg.rollout_length * self.env.spec.num_envs
+        self.learner.set_budget(max(1, math.ceil(self.budget.env_steps / steps)))
         self.greedy_eval = greedy_eval(self.cfg, self.env.spec)
 
     def after_resume(self) -> None:
