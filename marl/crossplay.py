@@ -167,7 +167,7 @@ def partner_schedule(members: Mapping[str, Sequence[Any]], n_agents: int, n_foca
     has at least ``episodes`` episodes (self-play: one arrangement, every seat the focal policy).
     Episode ``index`` plays in copy ``index % num_envs`` of batch ``index // num_envs``, whose
     environments are reset with ``batch_seed``: a pure function of its arguments."""
-    from marl.train import derive_seed
+    from marl.trainer import derive_seed
 
     entries: list[dict[str, Any]] = []
     for kind in COPLAYER_KINDS:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -32,7 +32,7 @@ import envs
 from marl.config import ConfigError
 from marl.policy_runner import LEARNER, Episodes, RolloutCollector, SelfPlayPlayers, play_episodes
 from marl.population import POLICY_FILE, policy_file, save_policy
-from marl.trainer import Budget, ProgressFn, Trainer
+from marl.trainer import Trainer
 
 
 def greedy_eval(cfg: Any, spec: envs.EnvSpec) -> bool:
@@ -123,17 +123,3 @@ class PolicyTrainer(Trainer):
         save_policy(path, self.algo.name, self.cfg, self.env.spec, self.learner.eval_module(),
                     {"seed": self.seed, "env_steps": self.t_env, "fraction": fraction,
                      **{k: v for k, v in self.provenance_extra.items() if isinstance(v, (str, int, float))}})
-
-
-def train_run(algorithm: str, family: str, scenario: str, seed: int, budget: Budget,
-              overrides: Mapping[str, Any] | None = None, env_options: Mapping[str, Any] | None = None,
-              run_dir: str | Path | None = None, device: str = "cpu", progress: ProgressFn | None = None,
-              provenance_extra: Mapping[str, Any] | None = None,
-              snapshots: tuple[float, ...] = ()) -> list[dict[str, Any]]:
-    """Train one on-policy run to its budget (resuming from ``run_dir``'s checkpoint) and return its
-    metric rows; same contract as marl.train.train_run, plus ``policy.pt`` at the end and the policy
-    at each fraction of ``snapshots`` of the budget (``policy_at_<fraction>.pt``)."""
-    trainer = PolicyTrainer(algorithm, family, scenario, seed, budget, overrides, env_options, run_dir, device,
-                            progress, provenance_extra)
-    trainer.snapshots = tuple(float(f) for f in snapshots)
-    return trainer.run()

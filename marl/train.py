@@ -20,15 +20,12 @@ marl/trainer.py; this module is what is particular to replay-based value learnin
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from marl.buffer import EpisodeReplayBuffer
 from marl.controller import LinearSchedule
 from marl.runner import EpisodeRunner, evaluate_greedy
-from marl.trainer import CHECKPOINT, METRICS, PROVENANCE, Budget, ProgressFn, Trainer, derive_seed
-
-__all__ = ["CHECKPOINT", "METRICS", "PROVENANCE", "Budget", "ProgressFn", "ValueTrainer", "derive_seed", "train_run"]
+from marl.trainer import Trainer
 
 # Window statistics every value learner reports, as named metric columns (others follow, sorted).
 STANDARD_WINDOW = ("return", "won", "loss", "td_error_abs", "q_taken_mean", "grad_norm")
@@ -108,17 +105,3 @@ class ValueTrainer(Trainer):
 
     def load_checkpoint_extra(self, state: dict[str, Any]) -> None:
         self.buffer.load_state_dict(state["buffer"])
-
-
-def train_run(algorithm: str, family: str, scenario: str, seed: int, budget: Budget,
-              overrides: Mapping[str, Any] | None = None, env_options: Mapping[str, Any] | None = None,
-              run_dir: str | Path | None = None, device: str = "cpu",
-              progress: ProgressFn | None = None,
-              provenance_extra: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Train one run to its budget (resuming from ``run_dir``'s checkpoint if there is one) and
-    return its metric rows (one per evaluation). ``progress(t_env, total, row_or_None)`` is called
-    after every collection round and every evaluation; raising from it stops the run (the last
-    checkpoint stays valid). ``provenance_extra`` is merged into provenance.json."""
-    trainer = ValueTrainer(algorithm, family, scenario, seed, budget, overrides, env_options, run_dir, device,
-                           progress, provenance_extra)
-    return trainer.run()

@@ -20,10 +20,11 @@ training iteration, the evaluation and the collection start.
 
 from __future__ import annotations
 
+import importlib
 import platform
 import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -32,6 +33,7 @@ import torch
 
 import envs
 from marl.allocator import retain_freed_memory
+from marl.budget import Budget
 from marl.registry import get_algorithm
 from marl.run_io import atomic_torch_save, atomic_write_csv, atomic_write_json
 
@@ -42,12 +44,32 @@ PROVENANCE = "provenance.json"
 ProgressFn = Callable[[int, int, Mapping[str, Any] | None], None]
 
 
-@dataclass
-class Budget:
-    env_steps: int
-    eval_interval: int = 10_000
-    eval_episodes: int = 32
-    checkpoint_interval: int = 100_000
+# The trainer of each learner kind (marl/registry.py's ``KIND``), imported when a run needs it.
+TRAINERS: dict[str, str] = {"value": "marl.train:ValueTrainer", "policy": "marl.policy_train:PolicyTrainer"}
+
+
+def train_run(algorithm: str, family: str, scenario: str, seed: int, budget: Budget,
+              overrides: Mapping[str, Any] | None = None, env_options: Mapping[str, Any] | None = None,
+              run_dir: str | Path | None = None, device: str = "cpu", progress: ProgressFn | None = None,
+              provenance_extra: Mapping[str, Any] | None = None,
+              snapshots: tuple[float, ...] = ()) -> list[dict[str, Any]]:
+    """Train one run to its budget with its kind's trainer (resuming from ``run_dir``'s checkpoint if
+    there is one) and return its metric rows (one per evaluation). ``progress(t_env, total,
+    row_or_None)`` is called after every collection round and every evaluation; raising from it
+    stops the run (the last checkpoint stays valid). ``provenance_extra`` is merged into
+    provenance.json. Policy learners also write ``policy.pt`` at the end and the policy at each
+    fraction of ``snapshots`` of the budget (``policy_at_<fraction>.pt``)."""
+    kind = get_algorithm(algorithm).kind
+    if kind not in TRAINERS:
+        raise NotImplementedError(f"algorithm {algorithm!r} is of kind {kind!r}, which has no trainer")
+    module, _, name = TRAINERS[kind].partition(":")
+    trainer = getattr(importlib.import_module(module), name)(
+        algorithm, family, scenario, seed, budget, overrides, env_options, run_dir, device, progress, provenance_extra)
+    if snapshots:
+        if kind != "policy":
+            raise ValueError(f"snapshots are saved by policy learners only, not by {algorithm!r} ({kind})")
+        trainer.snapshots = tuple(float(f) for f in snapshots)
+    return trainer.run()
 
 
 def derive_seed(*parts: int) -> int:

@@ -67,7 +67,7 @@ def is_focal_policy_run(spec: RunSpec) -> bool:
 def schedule_seed(suite: Suite, family: str, scenario: str) -> int:
     """The partner schedule's seed: the suite and the scenario, never the focal run (common random
     numbers: every method meets the same co-players in the same seats on the same env seeds)."""
-    from marl.train import derive_seed
+    from marl.trainer import derive_seed
 
     return derive_seed(int(content_id({"suite": suite.name, "family": family, "scenario": scenario}), 16), 0xC0FFEE)
 

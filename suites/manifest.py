@@ -37,6 +37,7 @@ import yaml
 
 import envs
 from envs.base import EnvError
+from marl.budget import Budget
 from marl.config import ConfigError
 from marl.registry import get_algorithm, list_algorithms
 
@@ -73,17 +74,6 @@ class ManifestError(ValueError):
         self.path, self.problems = str(path), problems
         lines = [f"{self.path}: {where}: {what}" if where else f"{self.path}: {what}" for where, what in problems]
         super().__init__("invalid manifest\n  " + "\n  ".join(lines))
-
-
-@dataclass(frozen=True)
-class Budget:
-    env_steps: int
-    eval_interval: int
-    eval_episodes: int
-    checkpoint_interval: int
-
-    def as_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)

@@ -126,23 +126,14 @@ def _train(spec: Mapping[str, Any], run_dir: Path, progress: Callable, threads: 
            provenance_extra: dict[str, Any]) -> None:
     import torch
 
-    from marl.registry import get_algorithm
-
-    from marl.train import Budget
+    from marl.trainer import Budget, train_run  # its kind's trainer (marl/trainer.py TRAINERS)
 
     torch.set_num_threads(max(1, threads))
-    kind = get_algorithm(spec["algorithm"]).kind
-    if kind == "value":
-        from marl.train import train_run
-    elif kind == "policy":
-        from marl.policy_train import train_run  # type: ignore[assignment]  # same signature; also writes policy.pt
-    else:
-        raise NotImplementedError(f"algorithm {spec['algorithm']!r} is of kind {kind!r}, which has no trainer")
     # The run id travels into provenance.json and into policy.pt's info (held-out members name their run).
-    extra = {"snapshots": tuple(spec["snapshots"])} if spec.get("snapshots") and kind == "policy" else {}
     train_run(spec["algorithm"], spec["family"], spec["scenario"], int(spec["seed"]), Budget(**spec["budget"]),
               overrides=spec["overrides"], env_options=spec["env_options"], run_dir=run_dir, device=device,
-              progress=progress, provenance_extra={**provenance_extra, "run_id": spec["id"]}, **extra)
+              progress=progress, provenance_extra={**provenance_extra, "run_id": spec["id"]},
+              snapshots=tuple(spec.get("snapshots") or ()))
 
 
 # Command line (local subprocesses and Docker containers) ---------------------------------------

@@ -32,9 +32,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from marl.train import Budget, ValueTrainer
+from marl.train import ValueTrainer
 
-# (family, scenario, parallel envs, profile). The pymarl2 cases keep their historical ids; the
+from marl.trainer import Budget
 # paper profile of suites/ddn_smax.yaml (the reference campaign's) is marked "paper".
 CASES = [
     ("smax", "3m", 8, "pymarl2"),

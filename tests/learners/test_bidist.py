@@ -319,7 +319,7 @@ def test_checkpoint_round_trip_restores_phi_and_phase():
 
 def test_short_run_on_smax_plays_phi_and_distills():
     from marl.policy_train import PolicyTrainer
-    from marl.train import Budget
+    from marl.trainer import Budget
 
     trainer = PolicyTrainer("bidist", "smax", "3m", 0, Budget(env_steps=480, eval_interval=10_000, eval_episodes=2),
                             overrides={"num_envs": 4, "rollout_length": 20, "ppo_epochs": 1, "distill_interval": 2})

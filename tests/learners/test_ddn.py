@@ -20,7 +20,7 @@ from algorithms.ddn import (
 from envs import make_env
 from marl.registry import get_algorithm
 from marl.value_learner import previous_actions
-from marl.train import Budget, train_run
+from marl.trainer import Budget, train_run
 
 
 

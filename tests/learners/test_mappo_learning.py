@@ -9,9 +9,7 @@ import pytest
 import envs
 from marl.policy_runner import play_episodes
 from marl.policy_train import PolicyTrainer, SelfPlayPlayers
-from marl.train import Budget
-
-# A CI-sized MAPPO: fewer epochs and a larger step size than MAPPO's defaults (15 epochs, 5e-4).
+from marl.trainer import Budget
 SMAX_OVERRIDES = {"num_envs": 8, "rollout_length": 50, "data_chunk_length": 10, "ppo_epochs": 5, "lr": 1e-3,
                   "critic_lr": 1e-3}
 

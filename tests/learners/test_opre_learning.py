@@ -10,7 +10,7 @@ import pytest
 import envs
 from marl.policy_runner import play_episodes
 from marl.policy_train import PolicyTrainer, SelfPlayPlayers
-from marl.train import Budget
+from marl.trainer import Budget
 
 from tests.learners.test_mappo_learning import SMAX_OVERRIDES
 

@@ -858,7 +858,7 @@ def _loaded_acts_like_learner(run_dir, trainer, inp: ActInput) -> None:
 
 def test_short_opre_run_on_smax(tmp_path):
     from marl.policy_train import PolicyTrainer
-    from marl.train import Budget
+    from marl.trainer import Budget
 
     trainer = PolicyTrainer("opre", "smax", "3m", 0, Budget(env_steps=320, eval_interval=10_000, eval_episodes=2),
                             overrides={"num_envs": 4, "rollout_length": 20, "ppo_epochs": 2}, run_dir=tmp_path)
@@ -887,7 +887,7 @@ def test_short_opre_run_on_smax(tmp_path):
 def test_short_randnet_run_on_meltingpot(tmp_path):
     pytest.importorskip("meltingpot")
     from marl.policy_train import PolicyTrainer
-    from marl.train import Budget
+    from marl.trainer import Budget
 
     trainer = PolicyTrainer("randnet", "meltingpot", "prisoners_dilemma_in_the_matrix__repeated", 0,
                             Budget(env_steps=240, eval_interval=10_000, eval_episodes=2),
@@ -913,7 +913,7 @@ def test_short_randnet_run_on_meltingpot(tmp_path):
 
 def test_short_randnet_run_on_smax(tmp_path):
     from marl.policy_train import PolicyTrainer
-    from marl.train import Budget
+    from marl.trainer import Budget
 
     trainer = PolicyTrainer("randnet", "smax", "3m", 0, Budget(env_steps=240, eval_interval=10_000, eval_episodes=2),
                             overrides={"num_envs": 4, "rollout_length": 20, "ppo_epochs": 1, "mc_samples": 2},

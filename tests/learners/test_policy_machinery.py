@@ -17,13 +17,12 @@ from marl.policy_config import PolicyLearnerConfig
 from marl.policy_learner import PolicyLearner, chunked, rows
 from marl.policy_networks import NEG_INF, ActInput, ObsEncoder, RecurrentActor, masked_logits, preprocess_image, run_gru
 from marl.policy_runner import LEARNER, RolloutCollector
-from marl.policy_train import PolicyTrainer, train_run
+from marl.policy_train import PolicyTrainer
+from marl.trainer import train_run
 from marl.population import POLICY_FILE, load_policy, save_policy
 from marl.ppo import (ValueNorm, categorical_entropy, gae, kl_categorical, masked_mean, normalize_advantages,
                       surrogate_loss, value_loss)
-from marl.train import CHECKPOINT, METRICS, Budget
-
-# GAE ------------------------------------------------------------------------------------------
+from marl.trainer import CHECKPOINT, METRICS, Budget
 
 
 def test_gae_hand_computed_with_termination_truncation_and_tail_bootstrap():

@@ -18,7 +18,7 @@ from marl.policy_networks import ActInput, masked_logits
 from marl.policy_runner import LEARNER, Episodes, RolloutCollector
 from marl.policy_train import PolicyTrainer
 from marl.registry import get_algorithm
-from marl.train import Budget
+from marl.trainer import Budget
 
 N = 3  # agents in the unit-test spec
 

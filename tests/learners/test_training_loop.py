@@ -9,7 +9,8 @@ import envs
 from marl.controller import AgentController
 from marl.networks import RecurrentAgent, agent_input_dim
 from marl.runner import EpisodeRunner, evaluate_greedy
-from marl.train import CHECKPOINT, METRICS, Budget, ValueTrainer, train_run
+from marl.train import ValueTrainer
+from marl.trainer import CHECKPOINT, METRICS, Budget, train_run
 
 
 class RecordingEnv:

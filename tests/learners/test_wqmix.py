@@ -10,7 +10,7 @@ import torch
 from baselines.wqmix import CentralFFMixer, CWQMixConfig, OWQMixConfig, cw_weights, ow_weights
 from envs import make_env
 from marl.registry import get_algorithm
-from marl.train import Budget, train_run
+from marl.trainer import Budget, train_run
 
 
 

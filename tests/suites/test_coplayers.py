@@ -211,7 +211,7 @@ def test_uniform_random_coplayer_draws_every_available_action_equally():
 
 
 def test_heldout_checkpoint_fractions_are_saved_and_loaded(tmp_path):
-    from marl.policy_train import train_run
+    from marl.trainer import train_run
     from marl.trainer import Budget
 
     run_dir = tmp_path / "run"
@@ -236,7 +236,7 @@ def test_heldout_checkpoint_fractions_are_saved_and_loaded(tmp_path):
 
 
 def test_a_resumed_heldout_run_saves_the_same_checkpoints_as_an_uninterrupted_one(tmp_path):
-    from marl.policy_train import train_run
+    from marl.trainer import train_run
     from marl.trainer import Budget
 
     budget = Budget(env_steps=200, eval_interval=200, eval_episodes=2, checkpoint_interval=100)
