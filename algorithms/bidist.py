@@ -2,7 +2,7 @@
 
 Two policies with the same architecture:
 
-* the learner theta, trained by MAPPO (marl/policy_learner.py) on its own slots only;
+* the learner theta, trained by MAPPO (marl/policy/learner.py) on its own slots only;
 * the distilled policy phi, never trained by RL. Every ``distill_interval`` (k_d) learner updates it
   takes one distillation round on the observation sequences of the latest rollout (all slots), in
   one of two phases (docs/bidist.md has the derivations and the measured sizes of both):
@@ -54,11 +54,11 @@ from torch import nn
 
 from envs.base import EnvSpec
 from marl.config import ConfigError
-from marl.policy_config import PolicyLearnerConfig
-from marl.policy_learner import KIND, PolicyLearner, build_actor
-from marl.policy_networks import ActInput
-from marl.policy_runner import LEARNER, Episodes, Rollout
-from marl.ppo import kl_categorical, masked_mean
+from marl.policy.config import PolicyLearnerConfig
+from marl.policy.learner import KIND, PolicyLearner, build_actor
+from marl.policy.networks import ActInput
+from marl.policy.runner import LEARNER, Episodes, Rollout
+from marl.policy.ppo import kl_categorical, masked_mean
 
 __all__ = ["KIND", "Config", "Learner", "build_actor", "DISTILLED"]
 

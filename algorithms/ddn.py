@@ -42,11 +42,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from marl.config import ConfigError, Mixer, ValueLearnerConfig
-from marl.controller import AgentController, epsilon_greedy, masked_q
-from marl.fast_gru import check_active, packed_index
-from marl.networks import AgentOutput, RecurrentAgent, agent_input_dim
-from marl.value_learner import (QLearner, active_rows, mix_where, observed, previous_actions, td_lambda_targets,
+from marl.config import ConfigError
+from marl.value.config import Mixer, ValueLearnerConfig
+from marl.value.controller import AgentController, epsilon_greedy, masked_q
+from marl.value.fast_gru import check_active, packed_index
+from marl.value.networks import AgentOutput, RecurrentAgent, agent_input_dim
+from marl.value.learner import (QLearner, active_rows, mix_where, observed, previous_actions, td_lambda_targets,
                                 td_stats)
 
 KIND = "value"
@@ -377,7 +378,7 @@ class Learner(QLearner):
             fused_dim = self.cfg.fusion_dim if self.fusion is not None else self.state_dim
             return teacher, target_teacher, student, teacher_in[..., :fused_dim][valid]
         # Packed rows, step after step: the valid (t, c) positions in order, N agents each (the
-        # episodes inside at step t are a prefix, so this is marl.fast_gru's packed layout).
+        # episodes inside at step t are a prefix, so this is marl.value.fast_gru's packed layout).
         R = C * N
         active = check_active(active, T1, R)
         index = packed_index(active, R, state.device)

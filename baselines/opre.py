@@ -50,12 +50,12 @@ from torch import nn
 
 from envs.base import EnvSpec
 from marl.config import ConfigError
-from marl.policy_config import PolicyLearnerConfig
-from marl.policy_learner import KIND, PolicyLearner, chunked, rows, unchunked
-from marl.policy_networks import ActInput, ObsEncoder, RecurrentCritic, extra_dim, flat_input, init_layer, \
+from marl.policy.config import PolicyLearnerConfig
+from marl.policy.learner import KIND, PolicyLearner, chunked, rows, unchunked
+from marl.policy.networks import ActInput, ObsEncoder, RecurrentCritic, extra_dim, flat_input, init_layer, \
     masked_logits, run_gru
-from marl.policy_runner import Rollout
-from marl.ppo import categorical_entropy, gae, kl_categorical, masked_mean, surrogate_loss, value_loss, vtrace
+from marl.policy.runner import Rollout
+from marl.policy.ppo import categorical_entropy, gae, kl_categorical, masked_mean, surrogate_loss, value_loss, vtrace
 
 __all__ = ["KIND", "Config", "Learner", "build_actor", "build_critic", "OptionActor", "FactorisedCritic",
            "mixture_logits", "option_entropy_terms", "option_losses"]

@@ -1,13 +1,13 @@
 """QMIX (Rashid et al., 2018): monotonic mixing of per-agent utilities conditioned on the state.
 
 Everything QMIX needs is shared machinery: the recurrent agent, the hypernetwork mixer
-(marl/networks.py: QMixer) and the TD learner (marl/value_learner.py: QLearner).
+(marl/value/networks.py: QMixer) and the TD learner (marl/value/learner.py: QLearner).
 """
 
 from dataclasses import dataclass
 
-from marl.config import Mixer, ValueLearnerConfig
-from marl.value_learner import QLearner
+from marl.value.config import Mixer, ValueLearnerConfig
+from marl.value.learner import QLearner
 
 KIND = "value"
 

@@ -63,12 +63,12 @@ from torch import nn
 
 from envs.base import EnvSpec
 from marl.config import ConfigError
-from marl.policy_config import PolicyLearnerConfig
-from marl.policy_learner import KIND, PolicyLearner
-from marl.policy_networks import (ActInput, ObsEncoder, RecurrentActor, flat_input, is_image, masked_logits,
+from marl.policy.config import PolicyLearnerConfig
+from marl.policy.learner import KIND, PolicyLearner
+from marl.policy.networks import (ActInput, ObsEncoder, RecurrentActor, flat_input, is_image, masked_logits,
                                   run_gru)
-from marl.policy_runner import Episodes, Rollout
-from marl.ppo import masked_mean
+from marl.policy.runner import Episodes, Rollout
+from marl.policy.ppo import masked_mean
 
 __all__ = ["KIND", "Config", "Learner", "build_actor", "RandNetActor", "MonteCarloActor", "RandomConv", "PerDrawConv",
            "pooled_kernel",

@@ -17,7 +17,7 @@ memory holds at least ``n_agents`` keys (the official code's rule); until then, 
 episodes, the learner plays every slot. All slots' data train the learner (``train_slots``): PPO's
 ratio uses the behaviour log-probability of the policy that acted, and the rollout also runs the
 learner's actor on the memory-played rows (without acting) so its recurrent state along those
-trajectories is known (marl/policy_runner.py, ``record_all_slots``).
+trajectories is known (marl/policy/runner.py, ``record_all_slots``).
 
 Player keys: ``LEARNER`` (0), memory snapshot id ``sid`` -> key ``sid + 1`` (baselines/selfplay.py's
 :class:`SnapshotLearner`, which also keeps dropped snapshots alive until no episode plays them).
@@ -35,9 +35,9 @@ import torch
 from baselines.selfplay import SnapshotLearner
 from envs.base import EnvSpec
 from marl.config import ConfigError
-from marl.policy_config import PolicyLearnerConfig
-from marl.policy_learner import KIND, build_actor
-from marl.policy_runner import LEARNER, Episodes, Rollout
+from marl.policy.config import PolicyLearnerConfig
+from marl.policy.learner import KIND, build_actor
+from marl.policy.runner import LEARNER, Episodes, Rollout
 
 __all__ = ["KIND", "Config", "Learner", "build_actor", "rank_key", "rpm_probability", "rpm_assignment",
            "anneal_updates", "substrate_psi", "PSI_BY_SUBSTRATE", "PSI_DEFAULT"]

@@ -1,6 +1,6 @@
 """Self-play against a pool of the learner's own past checkpoints (BiDist's "self-play" baseline).
 
-MAPPO (marl/policy_learner.py) whose co-players are frozen snapshots of its own actor. Every
+MAPPO (marl/policy/learner.py) whose co-players are frozen snapshots of its own actor. Every
 ``snapshot_interval`` PPO updates the actor is copied into a pool that keeps the ``pool_size``
 newest snapshots. At each episode start, every env copy keeps one slot, chosen uniformly, for the
 learner; each other slot is the current learner with probability ``latest_prob`` (the recency
@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from envs.base import EnvSpec
-from marl.policy_config import PolicyLearnerConfig
-from marl.policy_learner import KIND, PolicyLearner, build_actor
-from marl.policy_runner import LEARNER, Episodes, Rollout
-from marl.population import PolicyPool
+from marl.policy.config import PolicyLearnerConfig
+from marl.policy.learner import KIND, PolicyLearner, build_actor
+from marl.policy.runner import LEARNER, Episodes, Rollout
+from marl.policy.population import PolicyPool
 
 __all__ = ["KIND", "Config", "Learner", "build_actor", "SnapshotLearner", "selfplay_assignment"]
 

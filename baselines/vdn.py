@@ -2,8 +2,8 @@
 
 from dataclasses import dataclass
 
-from marl.config import Mixer, ValueLearnerConfig
-from marl.value_learner import QLearner
+from marl.value.config import Mixer, ValueLearnerConfig
+from marl.value.learner import QLearner
 
 KIND = "value"
 

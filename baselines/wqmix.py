@@ -28,10 +28,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-from marl.config import ConfigError, Mixer, ValueLearnerConfig
-from marl.controller import masked_q
-from marl.networks import RecurrentAgent, agent_input_dim
-from marl.value_learner import QLearner, mix_where, observed
+from marl.config import ConfigError
+from marl.value.config import Mixer, ValueLearnerConfig
+from marl.value.controller import masked_q
+from marl.value.networks import RecurrentAgent, agent_input_dim
+from marl.value.learner import QLearner, mix_where, observed
 
 KIND = "value"
 

@@ -14,7 +14,7 @@ Contracts (docs/evaluation.md and docs/run-store.md):
   interrupted and uninterrupted runs alike, so a resumed run on a deterministic environment equals
   the uninterrupted one. A kill loses at most the work since the last checkpoint.
 
-Subclasses (marl/train.py for value learners, marl/policy_train.py for policy learners) provide the
+Subclasses (marl/value/trainer.py for value learners, marl/policy/trainer.py for policy learners) provide the
 training iteration, the evaluation and the collection start.
 """
 
@@ -45,7 +45,7 @@ ProgressFn = Callable[[int, int, Mapping[str, Any] | None], None]
 
 
 # The trainer of each learner kind (marl/registry.py's ``KIND``), imported when a run needs it.
-TRAINERS: dict[str, str] = {"value": "marl.train:ValueTrainer", "policy": "marl.policy_train:PolicyTrainer"}
+TRAINERS: dict[str, str] = {"value": "marl.value.trainer:ValueTrainer", "policy": "marl.policy.trainer:PolicyTrainer"}
 
 
 def train_run(algorithm: str, family: str, scenario: str, seed: int, budget: Budget,

@@ -14,7 +14,7 @@ learner (not a held-out run) the driver builds a *request*:
   where the jobs run (DeepMind's background bots are then the co-players);
 * episodes per kind, focal slots, parallel copies, and the schedule seed, derived from the suite and
   the scenario, never from the focal run: with the member lists it fixes the partner schedule
-  (marl/crossplay.py ``partner_schedule``), identical for every method (common random numbers).
+  (marl/policy/crossplay.py ``partner_schedule``), identical for every method (common random numbers).
 
 Each request runs as a ``crossplay`` job of the same backends as training (``python -m
 suites.worker RUN_DIR --task crossplay --request JSON``), so it runs wherever training does (in the
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from marl.population import POLICY_FILE
+from marl.policy.population import POLICY_FILE
 from marl.run_io import atomic_write_json
 from suites.backends.base import Backend
 from suites.crossplay_worker import CROSSPLAY, FORMAT, request_hash
@@ -77,7 +77,7 @@ def coplayer_members(spec: RunSpec, suite: Suite, store: SuiteStore) -> dict[str
     of the scenario (the schedule is built from them): round robin, every focal policy run of the
     scenario (those of the focal run's own algorithm are listed, and skipped when it plays, with
     ``available`` None); held-out, every held-out run at every checkpoint fraction."""
-    from marl.population import policy_file
+    from marl.policy.population import policy_file
 
     assert suite.heldout is not None
     same = [r for r in suite.runs if (r.family, r.scenario) == (spec.family, spec.scenario)]

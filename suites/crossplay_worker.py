@@ -1,6 +1,6 @@
 """The worker side of the cross-play phase (suites/crossplay.py is the driver side): the
 ``crossplay`` task of suites/worker.py evaluates one finished focal policy run against the
-co-players named in the driver's request, on the common partner schedule (marl/crossplay.py), and
+co-players named in the driver's request, on the common partner schedule (marl/policy/crossplay.py), and
 on Melting Pot scenarios with DeepMind's bots, and writes ``crossplay.json`` atomically into the
 run dir. It imports nothing of the driver's (orchestrator, backends)."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Mapping
 
-from marl.population import POLICY_FILE
+from marl.policy.population import POLICY_FILE
 from marl.run_io import atomic_write_json
 from suites.manifest import content_id
 from suites.protocol import EventSink, StopRequested, lock_run_dir
@@ -41,9 +41,9 @@ def evaluate_on_bot_scenario(focal_path: Path, scenario: str, env_options: Mappi
     the scenario's agents are exactly its focal players, so their mean return is the focal per-capita
     return."""
     import envs
-    from marl.crossplay import focal_return_summary
-    from marl.policy_runner import SelfPlayPlayers, play_episodes
-    from marl.population import load_policy
+    from marl.policy.crossplay import focal_return_summary
+    from marl.policy.runner import SelfPlayPlayers, play_episodes
+    from marl.policy.population import load_policy
 
     # max_episode_frames shortens substrates only; a scenario keeps Melting Pot's episode rules.
     options = {k: v for k, v in env_options.items() if k != "max_episode_frames"}
@@ -68,7 +68,7 @@ def _acting(focal_path: Path) -> tuple[bool, int]:
     """(greedy, parallel copies) as the focal run's own test evaluation chose them."""
     import torch
 
-    from marl.policy_train import greedy_eval
+    from marl.policy.trainer import greedy_eval
 
     blob = torch.load(focal_path, map_location="cpu", weights_only=False)
     cfg, spec = blob.get("config", {}), blob.get("spec", {})
@@ -117,7 +117,7 @@ def _evaluate(run_dir: Path, spec: Mapping[str, Any], sink: EventSink, request: 
     kinds, with the generalisation gap) and one per bot scenario."""
     import torch
 
-    from marl.crossplay import KIND_NAMES, SCORE_KIND, SCORE_NAME, coplayer_score, evaluate_schedule
+    from marl.policy.crossplay import KIND_NAMES, SCORE_KIND, SCORE_NAME, coplayer_score, evaluate_schedule
 
     torch.set_num_threads(max(1, threads))
     focal_path = run_dir / POLICY_FILE

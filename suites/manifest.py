@@ -62,7 +62,7 @@ RESOURCE_KEYS = ("cpus", "gpus")
 DEFAULT_IMAGE = "marl-repro-suite:latest"
 SUITE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
-# Trainers by algorithm kind (marl/registry.py ``Algorithm.kind``): marl/train.py, marl/policy_train.py.
+# Trainers by algorithm kind (marl/registry.py ``Algorithm.kind``): marl/value/trainer.py, marl/policy/trainer.py.
 TRAINER_KINDS = ("value", "policy")
 POLICY_KIND = "policy"
 
@@ -122,7 +122,7 @@ class Heldout:
     algorithms: tuple[AlgorithmEntry, ...]
     budget: dict[str, int]  # overrides of each scenario's budget for the held-out runs
     episodes: int | None  # cross-play episodes per co-player kind, at least (None: the run's eval_episodes)
-    n_focal: int | None  # focal slots per episode (None: half the players, marl/crossplay.py)
+    n_focal: int | None  # focal slots per episode (None: half the players, marl/policy/crossplay.py)
     bot_scenarios: tuple[BotScenario, ...]
     coplayers: tuple[str, ...] = COPLAYER_KINDS  # co-player kinds evaluated, in COPLAYER_KINDS order
     checkpoints: tuple[float, ...] = DEFAULT_CHECKPOINTS  # fractions of training (1.0: the final policy)

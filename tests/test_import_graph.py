@@ -70,3 +70,11 @@ def test_the_detector_finds_a_cycle():
 def test_no_import_cycles():
     cycle = find_cycle(import_graph())
     assert cycle is None, " -> ".join(cycle)
+
+
+def test_the_two_learner_families_never_import_each_other():
+    graph = import_graph()
+    crossing = [(a, b) for a, targets in graph.items() for b in targets
+                if (a.startswith("marl.value") and b.startswith("marl.policy"))
+                or (a.startswith("marl.policy") and b.startswith("marl.value"))]
+    assert not crossing, crossing

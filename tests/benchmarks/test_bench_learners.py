@@ -32,7 +32,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from marl.train import ValueTrainer
+from marl.value.trainer import ValueTrainer
 
 from marl.trainer import Budget
 # paper profile of suites/ddn_smax.yaml (the reference campaign's) is marked "paper".

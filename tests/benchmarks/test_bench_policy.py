@@ -32,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 pytest.importorskip("meltingpot")
 
-from marl.policy_train import PolicyTrainer  # noqa: E402
+from marl.policy.trainer import PolicyTrainer  # noqa: E402
 from marl.trainer import Budget
 from tests.benchmarks.test_bench_learners import _matmul_gflops  # noqa: E402
 from tests.benchmarks.test_bench_meltingpot import _raw_env_steps_per_s  # noqa: E402

@@ -15,8 +15,8 @@ from algorithms.bidist import (DISTILLED, Config, Learner, bernoulli_slots, burn
                               reverse_objective, sample_actions, sampled_score_objective)
 from envs.base import EnvSpec
 from marl.config import ConfigError, build_config
-from marl.policy_runner import LEARNER, Episodes, Rollout
-from marl.ppo import kl_categorical, masked_mean
+from marl.policy.runner import LEARNER, Episodes, Rollout
+from marl.policy.ppo import kl_categorical, masked_mean
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -318,7 +318,7 @@ def test_checkpoint_round_trip_restores_phi_and_phase():
 
 
 def test_short_run_on_smax_plays_phi_and_distills():
-    from marl.policy_train import PolicyTrainer
+    from marl.policy.trainer import PolicyTrainer
     from marl.trainer import Budget
 
     trainer = PolicyTrainer("bidist", "smax", "3m", 0, Budget(env_steps=480, eval_interval=10_000, eval_episodes=2),

@@ -19,7 +19,7 @@ from algorithms.ddn import (
 )
 from envs import make_env
 from marl.registry import get_algorithm
-from marl.value_learner import previous_actions
+from marl.value.learner import previous_actions
 from marl.trainer import Budget, train_run
 
 
@@ -251,7 +251,7 @@ def test_acting_teacher_uses_the_training_path_inputs_and_the_student_is_still_e
     """With ``acting: teacher`` the behaviour policy is the teacher on the personalized state: its
     one-step Q-values equal the training computation's at t = 0; evaluation keeps the student."""
     from algorithms.ddn import TeacherController
-    from marl.value_learner import active_rows, observed
+    from marl.value.learner import active_rows, observed
 
     learner = make_learner(spec, acting="teacher", personalize=personalize)
     assert isinstance(learner.behaviour_controller, TeacherController)
@@ -394,7 +394,7 @@ def test_centred_q_distillation_is_the_learners_l_q(spec):
 
 def test_student_td_term_trains_only_the_student_on_the_teachers_target(spec):
     from algorithms.ddn import student_td
-    from marl.value_learner import mix_where
+    from marl.value.learner import mix_where
 
     batch = random_batch(spec)
     base = make_learner(spec, idm=False, distill_losses=[])
@@ -423,7 +423,7 @@ def test_student_td_term_trains_only_the_student_on_the_teachers_target(spec):
 
 @torch.no_grad()
 def _target_tot(learner, batch):
-    from marl.value_learner import mix_where, observed
+    from marl.value.learner import mix_where, observed
 
     online = dense_teacher(learner, batch, learner.agent, learner.fusion)["q"]
     target = dense_teacher(learner, batch, learner.target_agent, learner.target_fusion)["q"]
@@ -560,7 +560,7 @@ def test_packed_networks_pass_equals_the_padded_one(spec, overrides):
                 p.add_(0.1 * torch.randn_like(p))
     batch = with_dead_agent(spec, random_batch(spec, C=4, T=6))
     reversed_batch = {k: v.flip(0) for k, v in batch.items()}
-    from marl.value_learner import active_rows
+    from marl.value.learner import active_rows
     assert active_rows(batch["filled"], spec.n_agents) is not None
     assert active_rows(reversed_batch["filled"], spec.n_agents) is None
     loss_p, stats_p, grads_p = _loss_and_grads(learner, batch)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from marl.fast_gru import gru_sequence
+from marl.value.fast_gru import gru_sequence
 
 
 def _grads(loss, tensors):
@@ -59,7 +59,7 @@ def test_rejects_unsorted_activity():
 def test_agent_with_packed_rows_equals_the_dense_agent_on_valid_positions():
     """RecurrentAgent skips padded positions in every layer; values and gradients on positions
     inside an episode equal the dense computation's."""
-    from marl.networks import RecurrentAgent
+    from marl.value.networks import RecurrentAgent
 
     torch.manual_seed(2)
     agent = RecurrentAgent(5, 4, hidden_dim=6).double()
@@ -82,7 +82,7 @@ def test_agent_with_packed_rows_equals_the_dense_agent_on_valid_positions():
 
 
 def test_packed_index_lists_the_rows_inside_their_sequence_step_by_step():
-    from marl.fast_gru import check_active, packed_index
+    from marl.value.fast_gru import check_active, packed_index
 
     assert packed_index([3, 2, 2, 1], R=3).tolist() == [0, 1, 2, 3, 4, 6, 7, 9]
     assert check_active([2, 1, 0, 0], T=4, R=2) == [2, 1]  # trailing empty steps dropped
@@ -102,8 +102,8 @@ def test_sequences_with_no_active_row_give_zeros_and_no_gradient_error():
 
 import shutil  # noqa: E402
 
-from marl import fast_gru  # noqa: E402
-from marl.fast_gru import gru_packed  # noqa: E402
+from marl.value import fast_gru  # noqa: E402
+from marl.value.fast_gru import gru_packed  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +174,7 @@ def test_cpp_extension_passes_gradcheck_with_packed_rows(force_backend):
 
 def test_agent_training_pass_is_the_same_with_either_backend(force_backend):
     """The whole packed agent (fc1 -> GRU -> fc2) as a learner's update uses it, float32."""
-    from marl.networks import RecurrentAgent
+    from marl.value.networks import RecurrentAgent
 
     torch.manual_seed(4)
     agent = RecurrentAgent(30, 9, hidden_dim=64)

@@ -7,8 +7,8 @@ import copy
 import pytest
 
 import envs
-from marl.policy_runner import play_episodes
-from marl.policy_train import PolicyTrainer, SelfPlayPlayers
+from marl.policy.runner import play_episodes
+from marl.policy.trainer import PolicyTrainer, SelfPlayPlayers
 from marl.trainer import Budget
 SMAX_OVERRIDES = {"num_envs": 8, "rollout_length": 50, "data_chunk_length": 10, "ppo_epochs": 5, "lr": 1e-3,
                   "critic_lr": 1e-3}

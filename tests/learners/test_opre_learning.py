@@ -8,8 +8,8 @@ import copy
 import pytest
 
 import envs
-from marl.policy_runner import play_episodes
-from marl.policy_train import PolicyTrainer, SelfPlayPlayers
+from marl.policy.runner import play_episodes
+from marl.policy.trainer import PolicyTrainer, SelfPlayPlayers
 from marl.trainer import Budget
 
 from tests.learners.test_mappo_learning import SMAX_OVERRIDES

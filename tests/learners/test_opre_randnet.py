@@ -15,11 +15,11 @@ import baselines.opre as opre
 import baselines.randnet as randnet
 from envs.base import EnvSpec
 from marl.config import ConfigError, build_config
-from marl.policy_learner import chunked, rows
-from marl.policy_networks import ActInput, RecurrentActor, preprocess_image
-from marl.policy_runner import LEARNER, Episodes, Rollout
-from marl.population import load_policy, save_policy
-from marl.ppo import gae, masked_mean, vtrace
+from marl.policy.learner import chunked, rows
+from marl.policy.networks import ActInput, RecurrentActor, preprocess_image
+from marl.policy.runner import LEARNER, Episodes, Rollout
+from marl.policy.population import load_policy, save_policy
+from marl.policy.ppo import gae, masked_mean, vtrace
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -564,7 +564,7 @@ def test_fused_random_layer_and_pooling_equal_the_layer_then_the_pooling():
 
 
 def _image_rollout(T: int = 20, B: int = 2, seed: int = 0):
-    from marl.policy_runner import Rollout
+    from marl.policy.runner import Rollout
     g = torch.Generator().manual_seed(seed)
     r = Rollout(obs=torch.randint(0, 256, (T, B, N, 3, 40, 40), generator=g, dtype=torch.uint8),
                 extra=torch.zeros(T, B, N, 0), state=torch.randint(0, 256, (T, B, 3, 6, 6), generator=g, dtype=torch.uint8),
@@ -582,7 +582,7 @@ def _image_rollout(T: int = 20, B: int = 2, seed: int = 0):
 
 @pytest.mark.parametrize("clean_prob", [0.0, 1.0])
 def test_randnet_update_with_cached_pooled_images_equals_the_plain_update(clean_prob):
-    from marl.policy_runner import Episodes
+    from marl.policy.runner import Episodes
     r = _image_rollout()
     results = []
     for cache in (True, False):
@@ -857,7 +857,7 @@ def _loaded_acts_like_learner(run_dir, trainer, inp: ActInput) -> None:
 
 
 def test_short_opre_run_on_smax(tmp_path):
-    from marl.policy_train import PolicyTrainer
+    from marl.policy.trainer import PolicyTrainer
     from marl.trainer import Budget
 
     trainer = PolicyTrainer("opre", "smax", "3m", 0, Budget(env_steps=320, eval_interval=10_000, eval_episodes=2),
@@ -886,7 +886,7 @@ def test_short_opre_run_on_smax(tmp_path):
 
 def test_short_randnet_run_on_meltingpot(tmp_path):
     pytest.importorskip("meltingpot")
-    from marl.policy_train import PolicyTrainer
+    from marl.policy.trainer import PolicyTrainer
     from marl.trainer import Budget
 
     trainer = PolicyTrainer("randnet", "meltingpot", "prisoners_dilemma_in_the_matrix__repeated", 0,
@@ -912,7 +912,7 @@ def test_short_randnet_run_on_meltingpot(tmp_path):
 
 
 def test_short_randnet_run_on_smax(tmp_path):
-    from marl.policy_train import PolicyTrainer
+    from marl.policy.trainer import PolicyTrainer
     from marl.trainer import Budget
 
     trainer = PolicyTrainer("randnet", "smax", "3m", 0, Budget(env_steps=240, eval_interval=10_000, eval_episodes=2),

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import envs
-from marl.policy_runner import LEARNER, RolloutCollector
-from marl.population import load_policy, save_policy
+from marl.policy.runner import LEARNER, RolloutCollector
+from marl.policy.population import load_policy, save_policy
 from marl.registry import get_algorithm
 
 pytestmark = pytest.mark.usefixtures("one_thread")

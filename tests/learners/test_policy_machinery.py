@@ -12,15 +12,15 @@ from torch import nn
 
 import envs
 from envs.base import EnvSpec
-from marl.crossplay import PopulationPlayers, evaluate_crossplay
-from marl.policy_config import PolicyLearnerConfig
-from marl.policy_learner import PolicyLearner, chunked, rows
-from marl.policy_networks import NEG_INF, ActInput, ObsEncoder, RecurrentActor, masked_logits, preprocess_image, run_gru
-from marl.policy_runner import LEARNER, RolloutCollector
-from marl.policy_train import PolicyTrainer
+from marl.policy.crossplay import PopulationPlayers, evaluate_crossplay
+from marl.policy.config import PolicyLearnerConfig
+from marl.policy.learner import PolicyLearner, chunked, rows
+from marl.policy.networks import NEG_INF, ActInput, ObsEncoder, RecurrentActor, masked_logits, preprocess_image, run_gru
+from marl.policy.runner import LEARNER, RolloutCollector
+from marl.policy.trainer import PolicyTrainer
 from marl.trainer import train_run
-from marl.population import POLICY_FILE, load_policy, save_policy
-from marl.ppo import (ValueNorm, categorical_entropy, gae, kl_categorical, masked_mean, normalize_advantages,
+from marl.policy.population import POLICY_FILE, load_policy, save_policy
+from marl.policy.ppo import (ValueNorm, categorical_entropy, gae, kl_categorical, masked_mean, normalize_advantages,
                       surrogate_loss, value_loss)
 from marl.trainer import CHECKPOINT, METRICS, Budget
 

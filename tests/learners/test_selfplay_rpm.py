@@ -13,10 +13,10 @@ from torch import nn
 import envs
 from baselines import rpm, selfplay
 from envs.base import EnvSpec
-from marl.policy_learner import chunked, rows
-from marl.policy_networks import ActInput, masked_logits
-from marl.policy_runner import LEARNER, Episodes, RolloutCollector
-from marl.policy_train import PolicyTrainer
+from marl.policy.learner import chunked, rows
+from marl.policy.networks import ActInput, masked_logits
+from marl.policy.runner import LEARNER, Episodes, RolloutCollector
+from marl.policy.trainer import PolicyTrainer
 from marl.registry import get_algorithm
 from marl.trainer import Budget
 

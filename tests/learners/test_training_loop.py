@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import envs
-from marl.controller import AgentController
-from marl.networks import RecurrentAgent, agent_input_dim
-from marl.runner import EpisodeRunner, evaluate_greedy
-from marl.train import ValueTrainer
+from marl.value.controller import AgentController
+from marl.value.networks import RecurrentAgent, agent_input_dim
+from marl.value.runner import EpisodeRunner, evaluate_greedy
+from marl.value.trainer import ValueTrainer
 from marl.trainer import CHECKPOINT, METRICS, Budget, train_run
 
 

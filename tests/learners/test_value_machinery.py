@@ -5,11 +5,12 @@ import math
 import pytest
 import torch
 
-from marl.buffer import EpisodeLayout, EpisodeReplayBuffer
-from marl.config import ConfigError, ValueLearnerConfig, build_config
-from marl.controller import LinearSchedule, epsilon_greedy
-from marl.networks import QMixer, RecurrentAgent, VDNMixer, build_agent_inputs
-from marl.value_learner import previous_actions, td_lambda_targets
+from marl.value.buffer import EpisodeLayout, EpisodeReplayBuffer
+from marl.config import ConfigError, build_config
+from marl.value.config import ValueLearnerConfig
+from marl.value.controller import LinearSchedule, epsilon_greedy
+from marl.value.networks import QMixer, RecurrentAgent, VDNMixer, build_agent_inputs
+from marl.value.learner import previous_actions, td_lambda_targets
 
 
 def _set_linear(layer: torch.nn.Linear, weight, bias) -> None:
@@ -90,7 +91,7 @@ def test_td_lambda_one_is_monte_carlo_for_terminal_episode():
 def test_double_q_uses_online_argmax_over_available_actions():
     from types import SimpleNamespace
 
-    from marl.value_learner import QLearner
+    from marl.value.learner import QLearner
 
     online = torch.tensor([[[[1.0, 5.0, 3.0]]]])  # best overall: action 1
     target = torch.tensor([[[[10.0, 20.0, 30.0]]]])
@@ -196,7 +197,7 @@ def test_build_config_profiles_and_errors():
     # Each learner kind accepts only its own profiles: a value learner has no MAPPO profile.
     with pytest.raises(ConfigError, match="valid profiles: pymarl, pymarl2"):
         build_config(ValueLearnerConfig, {"profile": "mappo"})
-    from marl.policy_config import PolicyLearnerConfig
+    from marl.policy.config import PolicyLearnerConfig
 
     with pytest.raises(ConfigError, match="valid profiles: mappo$"):
         build_config(PolicyLearnerConfig, {"profile": "pymarl2"})
@@ -204,9 +205,9 @@ def test_build_config_profiles_and_errors():
 
 def _played_episodes(n_envs: int = 3, episodes: int = 6):
     import envs
-    from marl.controller import AgentController
-    from marl.networks import agent_input_dim
-    from marl.runner import EpisodeRunner
+    from marl.value.controller import AgentController
+    from marl.value.networks import agent_input_dim
+    from marl.value.runner import EpisodeRunner
     env = envs.make_env("predator_prey", "stag_hunt_small", num_envs=n_envs, seed=3, episode_limit=9)
     torch.manual_seed(0)
     spec = env.spec
@@ -270,7 +271,7 @@ def test_online_and_target_agents_share_one_packed_input_construction():
     """QLearner.agent_q_pair (one packing for online and target agent) equals two agent_q calls,
     values and gradients, and an unsorted batch (padded path) gives the same loss."""
     import envs
-    from marl.value_learner import QLearner
+    from marl.value.learner import QLearner
     spec = envs.make_env("predator_prey", "stag_hunt_small", num_envs=1).spec
     torch.manual_seed(0)
     learner = QLearner(build_config(ValueLearnerConfig, {"hidden_dim": 16}), spec)

@@ -68,7 +68,7 @@ def metric_rows(family: str, final: float, n_evals: int) -> list[dict[str, Any]]
 
 
 def policy_metric_rows(final: float, n_evals: int) -> list[dict[str, Any]]:
-    """metrics.csv of a policy learner (marl/policy_train.py): self-play test return, PPO statistics,
+    """metrics.csv of a policy learner (marl/policy/trainer.py): self-play test return, PPO statistics,
     no win rate on Melting Pot."""
     rows = []
     for i in range(n_evals):

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import envs
-from marl.crossplay import (KIND_NAMES, UniformRandomActor, coplayer_score, evaluate_schedule, partner_schedule,
+from marl.policy.crossplay import (KIND_NAMES, UniformRandomActor, coplayer_score, evaluate_schedule, partner_schedule,
                             seat_arrangements)
-from marl.policy_networks import ActInput
-from marl.population import POLICY_FILE, load_policy, policy_file, save_policy
+from marl.policy.networks import ActInput
+from marl.policy.population import POLICY_FILE, load_policy, policy_file, save_policy
 from marl.registry import get_algorithm
 from suites.crossplay import build_request, schedule_seed
 from suites.manifest import COPLAYER_KINDS, ManifestError, load_suite

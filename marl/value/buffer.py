@@ -110,7 +110,7 @@ class EpisodeReplayBuffer:
     def sample(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """A batch of episodes, cut to the longest episode in the batch (PyMARL's max_t_filled),
         drawn without replacement as PyMARL does, and ordered longest first so that recurrent
-        networks can skip finished episodes (see marl/fast_gru.py)."""
+        networks can skip finished episodes (see marl/value/fast_gru.py)."""
         idx = torch.randperm(self.size, generator=generator, device=self.device)[:batch_size]
         idx = idx[torch.argsort(self.lengths[idx], descending=True, stable=True)]
         t_max = int(self.lengths[idx].max())

@@ -14,8 +14,8 @@ from typing import Callable
 import torch
 
 from envs.base import BatchedEnv, StepOutput
-from marl.buffer import EpisodeLayout
-from marl.controller import AgentController
+from marl.value.buffer import EpisodeLayout
+from marl.value.controller import AgentController
 
 
 @dataclass

@@ -12,7 +12,7 @@ those rows, step after step ([sum_t k_t, ...] instead of [T, R, ...]): nothing i
 zero-filled or scattered for the padding, which is often half of a batch of short episodes.
 
 Two implementations of the recurrence, equal within float tolerance (tests/learners/test_fast_gru.py):
-a small C++ extension (``marl/csrc/fast_gru.cpp``: no Python per step; forward: one matmul, ATen's
+a small C++ extension (``marl/value/csrc/fast_gru.cpp``: no Python per step; forward: one matmul, ATen's
 vectorized sigmoid/tanh and fused elementwise passes; backward: one fused pass and one matmul), built by ``make setup`` (scripts/build_extensions.sh) or on first use
 into ``build/fast_gru/`` (gcc and ninja; about two minutes), and the pure-PyTorch loop below.
 ``MARL_FAST_GRU`` chooses: ``auto`` (default: the extension where it builds and loads, else the
@@ -36,8 +36,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parent.parent
-SOURCE = ROOT / "marl" / "csrc" / "fast_gru.cpp"
+ROOT = Path(__file__).resolve().parents[2]
+SOURCE = Path(__file__).resolve().parent / "csrc" / "fast_gru.cpp"
 BUILD_DIR = ROOT / "build" / "fast_gru"
 EXT_NAME = "marl_fast_gru"
 _ext_state: dict = {}  # "module" (or None) and "reason" once the choice is made
@@ -219,7 +219,7 @@ def gru_recurrence(gi: torch.Tensor, h0: torch.Tensor, gru: torch.nn.GRU,
     return hs.new_zeros(T * R, hs.shape[1]).index_copy(0, index, hs).view(T, R, -1)
 
 
-if __name__ == "__main__":  # python -m marl.fast_gru --build (scripts/build_extensions.sh)
+if __name__ == "__main__":  # python -m marl.value.fast_gru --build (scripts/build_extensions.sh)
     import argparse
 
     parser = argparse.ArgumentParser(description="Build (if needed) and load the C++ GRU extension; "

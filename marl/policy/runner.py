@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from envs.base import BatchedEnv, StepOutput
-from marl.policy_networks import ActInput, flatten_extra, is_image, preprocess_image
+from marl.policy.networks import ActInput, flatten_extra, is_image, preprocess_image
 
 LEARNER = 0
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from marl.fast_gru import check_active, gru_packed, gru_sequence, packed_index
+from marl.value.fast_gru import check_active, gru_packed, gru_sequence, packed_index
 
 
 class AgentOutput(NamedTuple):
@@ -22,7 +22,7 @@ class RecurrentAgent(nn.Module):
 
     A single-layer ``nn.GRU`` is the same function as PyMARL's ``GRUCell`` (same gates and
     parameters). Acting runs it one step at a time; training runs whole episodes through
-    ``marl.fast_gru`` (hand-written BPTT over packed rows: finished episodes cost nothing).
+    ``marl.value.fast_gru`` (hand-written BPTT over packed rows: finished episodes cost nothing).
     Tensors are time-major, [T, R, ...] with R = rows (episodes x agents), so that each time
     step is one contiguous block.
     """

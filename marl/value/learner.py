@@ -14,10 +14,11 @@ import torch
 from torch import nn
 
 from envs.base import EnvSpec
-from marl.config import ConfigError, ValueLearnerConfig
-from marl.controller import AgentController, masked_q
-from marl.fast_gru import check_active, packed_index
-from marl.networks import QMixer, RecurrentAgent, VDNMixer, agent_input_dim
+from marl.config import ConfigError
+from marl.value.config import ValueLearnerConfig
+from marl.value.controller import AgentController, masked_q
+from marl.value.fast_gru import check_active, packed_index
+from marl.value.networks import QMixer, RecurrentAgent, VDNMixer, agent_input_dim
 
 
 def td_lambda_targets(reward: torch.Tensor, terminated: torch.Tensor, mask: torch.Tensor,

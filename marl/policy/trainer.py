@@ -8,12 +8,12 @@ Contracts (docs/evaluation.md; the shared loop is marl/trainer.py):
   test-time actor in *every* slot (self-play), ``eval_episodes`` complete episodes on a separate
   test environment. Rows hold ``test_return_mean`` (per-capita return), ``test_win_rate`` on
   SMAC-like tasks, and the means of the training statistics since the previous row. Generalisation
-  to unseen co-players is measured separately, after training (``marl/crossplay.py``);
+  to unseen co-players is measured separately, after training (``marl/policy/crossplay.py``);
 * a checkpoint every ``checkpoint_interval`` env steps and at the end (networks, optimisers, value
   normalisation, the method's populations, RNG states, counters, metric rows). At each checkpoint
   the training copies are re-seeded and start new episodes, in interrupted and uninterrupted runs
   alike, so a resumed run on a deterministic environment equals the uninterrupted one;
-* at the end, ``policy.pt``: the test-time actor as a policy artifact (marl/population.py), the
+* at the end, ``policy.pt``: the test-time actor as a policy artifact (marl/policy/population.py), the
   member a held-out population is made of; with ``snapshots`` (fractions of the budget, held-out
   runs), also ``policy_at_<fraction>.pt`` after the first update that reaches that fraction of the
   env-step budget (co-players of diverse skill, as in Fictitious Co-Play). A resumed run re-saves a
@@ -30,8 +30,8 @@ import torch
 
 import envs
 from marl.config import ConfigError
-from marl.policy_runner import LEARNER, Episodes, RolloutCollector, SelfPlayPlayers, play_episodes
-from marl.population import POLICY_FILE, policy_file, save_policy
+from marl.policy.runner import LEARNER, Episodes, RolloutCollector, SelfPlayPlayers, play_episodes
+from marl.policy.population import POLICY_FILE, policy_file, save_policy
 from marl.trainer import Trainer
 
 

@@ -6,7 +6,7 @@ over the whole rollout, then ``ppo_epochs`` passes over ``num_mini_batch`` minib
 recurrent chunks (``data_chunk_length`` steps of one env copy, all its slots). Only entries played
 by the learner (``policy == LEARNER``) enter the losses.
 
-It is also the rollout's :class:`~marl.policy_runner.Players`: plain MAPPO puts the learner in every
+It is also the rollout's :class:`~marl.policy.runner.Players`: plain MAPPO puts the learner in every
 slot (self-play on the substrate). Population methods subclass it and override the hooks:
 
 * ``assign`` / ``module``: who plays which slot and with what actor;
@@ -33,10 +33,10 @@ import torch
 from torch import nn
 
 from envs.base import EnvSpec
-from marl.policy_config import PolicyLearnerConfig
-from marl.policy_networks import ActInput, RecurrentActor, RecurrentCritic
-from marl.policy_runner import LEARNER, Episodes, Rollout
-from marl.ppo import (ValueNorm, categorical_entropy, gae, masked_mean, normalize_advantages, surrogate_loss,
+from marl.policy.config import PolicyLearnerConfig
+from marl.policy.networks import ActInput, RecurrentActor, RecurrentCritic
+from marl.policy.runner import LEARNER, Episodes, Rollout
+from marl.policy.ppo import (ValueNorm, categorical_entropy, gae, masked_mean, normalize_advantages, surrogate_loss,
                       value_loss)
 
 KIND = "policy"

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from marl.buffer import EpisodeReplayBuffer
-from marl.controller import LinearSchedule
-from marl.runner import EpisodeRunner, evaluate_greedy
+from marl.value.buffer import EpisodeReplayBuffer
+from marl.value.controller import LinearSchedule
+from marl.value.runner import EpisodeRunner, evaluate_greedy
 from marl.trainer import Trainer
 
 # Window statistics every value learner reports, as named metric columns (others follow, sorted).

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 import envs
-from marl.policy_runner import LEARNER, play_episodes
-from marl.population import LoadedPolicy, load_policy
+from marl.policy.runner import LEARNER, play_episodes
+from marl.policy.population import LoadedPolicy, load_policy
 
 POPULATION_KIND_SUITE = "suite-trained held-out population (other seeds / algorithms, never seen in training)"
 
@@ -208,7 +208,7 @@ class _BatchPlayers:
 @torch.no_grad()
 def _play_batch(env: Any, players: _BatchPlayers, seed: int, greedy: bool, device: str) -> torch.Tensor:
     """The first episode of every copy: returns [B, N]."""
-    from marl.policy_runner import _Acting
+    from marl.policy.runner import _Acting
 
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)

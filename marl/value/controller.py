@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from marl.networks import RecurrentAgent, build_agent_inputs
+from marl.value.networks import RecurrentAgent, build_agent_inputs
 
 
 @dataclass
