@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(format_plan(items, suite))
         if suite.heldout is not None:
-            from suites.crossplay import describe_plan, plan_crossplay
+            from suites.crossplay_phase import describe_plan, plan_crossplay
 
             print(describe_plan(plan_crossplay(items, suite, store)))
         return 0
@@ -260,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                                   threads=args.threads)
                 crossplay = None
                 if suite.heldout is not None and not summary.interrupted:
-                    # After training: the focal policies against the held-out populations (suites/crossplay.py).
-                    from suites.crossplay import execute_crossplay_phase
+                    # After training: the focal policies against the held-out populations (suites/crossplay_phase.py).
+                    from suites.crossplay_phase import execute_crossplay_phase
 
                     crossplay = execute_crossplay_phase(items, store, backend, suite, provenance_extra(args.backend),
                                                         retries=args.retries, threads=args.threads)

@@ -8,7 +8,7 @@
   table and as the reference column of the ablations);
 * ``evals``: one row per evaluation of every run directory (identifying columns + metrics.csv),
 * ``crossplay``: one row per cross-play evaluation of a focal policy run (its ``crossplay.json``,
-  written by suites/crossplay.py): the focal per-capita return per co-player kind (``kind``: round
+  written by suites/crossplay_phase.py): the focal per-capita return per co-player kind (``kind``: round
   robin, held-out checkpoints, uniform random, self-play; ``coplayer_score``: the mean over the
   unseen kinds), or on a Melting Pot scenario with DeepMind's bots, and which population that was,
 

@@ -29,7 +29,7 @@ from reports.collect import FINAL_EVALS, SuiteData, collect
 from reports.marl_eval import write_marl_eval
 from reports.paper import PaperNumbers, load_paper_numbers
 from reports.ddn_diagnostics import ddn_diagnostics
-from reports.provenance import method_choices, provenance_table
+from reports.configuration import method_choices, provenance_table
 from reports.reference import reference_results, reproducibility
 from reports.stats import REPS
 from reports.tables import (FAMILY_NAMES, HELDOUT_GROUP, KIND_TITLES, Table, build_coplayer_table,

@@ -210,7 +210,7 @@ def learning_curve(data: SuiteData, family: str, scenario: str, label: str, grou
 
 HELDOUT_GROUP = "heldout"  # suites/manifest.py: the held-out runs' group, never a focal column
 BIDIST_REFERENCE = "bidist"
-# crossplay.json evaluation kinds (suites/crossplay.py, marl/policy/crossplay.py): one per co-player kind (the
+# crossplay.json evaluation kinds (suites/crossplay_phase.py, marl/policy/crossplay.py): one per co-player kind (the
 # co-player table's columns), the score over the unseen kinds, and the legacy single-population kind.
 COPLAYER_KINDS = ("round_robin", "heldout", "random", "self_play")
 SCORE_KIND = "coplayer_score"

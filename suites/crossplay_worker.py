@@ -1,4 +1,4 @@
-"""The worker side of the cross-play phase (suites/crossplay.py is the driver side): the
+"""The worker side of the cross-play phase (suites/crossplay_phase.py is the driver side): the
 ``crossplay`` task of suites/worker.py evaluates one finished focal policy run against the
 co-players named in the driver's request, on the common partner schedule (marl/policy/crossplay.py), and
 on Melting Pot scenarios with DeepMind's bots, and writes ``crossplay.json`` atomically into the

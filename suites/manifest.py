@@ -16,7 +16,7 @@ runs carry an ``unavailable`` reason that ``--dry-run`` shows and a real run ref
 Held-out populations (BiDist's evaluation, methods.md "Melting Pot evaluation"): the optional
 ``heldout`` section adds training runs of policy learners with *other* seeds (group ``heldout``).
 They never take part in any focal run's training; after training, every focal policy run is
-evaluated in cross-play (suites/crossplay.py) against each co-player kind of ``coplayers``
+evaluated in cross-play (suites/crossplay_phase.py) against each co-player kind of ``coplayers``
 (COPLAYER_KINDS: round robin against the other algorithms' runs, the held-out runs at the
 ``checkpoints`` fractions of their training, which they save as extra policy artifacts, a
 uniform-random policy, self-play) on one partner schedule for every method, and, on Melting Pot, on
@@ -47,7 +47,7 @@ TOP_KEYS = ("name", "paper", "description", "budget", "seeds", "overrides", "res
             "scenarios", "algorithms", "heldout")
 HELDOUT_KEYS = ("seeds", "algorithms", "budget", "episodes", "n_focal", "bot_scenarios", "coplayers", "checkpoints",
                 "num_envs")
-# Co-player kinds of the cross-play evaluation (suites/crossplay.py, docs/evaluation.md), each its own
+# Co-player kinds of the cross-play evaluation (suites/crossplay_phase.py, docs/evaluation.md), each its own
 # column of the report: the other algorithms' final policies (round robin, never the focal run's own
 # algorithm), the held-out runs at several points of their training, a uniform-random policy (the
 # floor), and the focal policy in every seat (self-play: the generalisation gap's reference).

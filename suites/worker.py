@@ -67,7 +67,7 @@ def execute(run_dir: str | Path, sink: EventSink, backend: str, provenance_extra
             threads: int = 1, device: str = "cpu", task: str = "train",
             request: Mapping[str, Any] | None = None) -> tuple[str, str | None]:
     """Run the spec in ``run_dir`` to its budget (task "train"), or evaluate its finished policy in
-    cross-play (task "crossplay", suites/crossplay.py, with the driver's ``request``). Returns
+    cross-play (task "crossplay", suites/crossplay_phase.py, with the driver's ``request``). Returns
     (state, error): state is "done", "failed" or "interrupted" (a training's status.json is then
     "pending", ready to resume)."""
     run_dir = Path(run_dir)

@@ -30,7 +30,7 @@ class Job:
     device: str
     cpus: float
     gpus: float
-    task: str = "train"  # "train" (suites/worker.py) | "crossplay" (suites/crossplay.py) in that run dir
+    task: str = "train"  # "train" (suites/worker.py) | "crossplay" (suites/crossplay_phase.py) in that run dir
     request: dict[str, Any] | None = None  # the cross-play request
 
     def worker_args(self) -> list[str]:

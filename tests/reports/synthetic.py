@@ -38,7 +38,7 @@ class FakeRun:
     bots_unavailable: list[str] = field(default_factory=list)  # Melting Pot scenarios whose bots are missing
     env_steps: int = BUDGET["env_steps"]  # the run's budget (its evaluations stay on BUDGET's grid)
     # Co-player kinds (format 2): the focal per-capita return per kind (round_robin, heldout, random,
-    # self_play); the score (the headline) is the mean over the unseen kinds, as suites/crossplay.py writes.
+    # self_play); the score (the headline) is the mean over the unseen kinds, as suites/crossplay_phase.py writes.
     kinds: dict[str, float] = field(default_factory=dict)
 
     def spec(self, suite: str) -> dict[str, Any]:
@@ -86,7 +86,7 @@ BOT_POPULATION = "DeepMind's Melting Pot scenario bots (background population of
 
 
 def crossplay_record(run: FakeRun, members: list[dict[str, Any]]) -> dict[str, Any]:
-    """A crossplay.json as suites/crossplay.py writes it."""
+    """A crossplay.json as suites/crossplay_phase.py writes it."""
     evaluations = []
     if run.crossplay is not None:
         evaluations.append({"kind": "heldout_population", "scenario": run.scenario, "state": "done",

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from reports.collect import collect
-from reports.provenance import CHOICE_EVIDENCE, choice_evidence, method_choices
+from reports.configuration import CHOICE_EVIDENCE, choice_evidence, method_choices
 from suites.records import RECORDS
 from tests.reports.synthetic import FakeRun, write_suite
 
@@ -38,7 +38,7 @@ def test_method_choices_carry_the_evidence_of_their_field(tmp_path, monkeypatch)
     path = tmp_path / "choice_evidence.yaml"
     path.write_text(yaml.safe_dump({"ddn": {"acting": {"value": "mixed", "evidence": "held on 3 seeds",
                                                        "runs": ["r1"]}}}))
-    monkeypatch.setattr("reports.provenance.choice_evidence", lambda: choice_evidence(path))
+    monkeypatch.setattr("reports.configuration.choice_evidence", lambda: choice_evidence(path))
     root = write_suite(tmp_path / "store", "s", [FakeRun("smax", "3m", "ddn", 0, final=0.5)])
     fields = {f.name: f for f in method_choices(collect(root))["ddn"]}
     assert fields["acting"].evidence == {"value": "mixed", "evidence": "held on 3 seeds", "runs": ["r1"]}

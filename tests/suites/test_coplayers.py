@@ -18,7 +18,7 @@ from marl.policy.crossplay import (KIND_NAMES, UniformRandomActor, coplayer_scor
 from marl.policy.networks import ActInput
 from marl.policy.population import POLICY_FILE, load_policy, policy_file, save_policy
 from marl.registry import get_algorithm
-from suites.crossplay import build_request, schedule_seed
+from suites.crossplay_phase import build_request, schedule_seed
 from suites.manifest import COPLAYER_KINDS, ManifestError, load_suite
 from suites.store import SuiteStore
 from tests.suites.conftest import write_manifest

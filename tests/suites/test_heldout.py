@@ -18,7 +18,7 @@ import reproduce
 from suites.backends.base import Backend, Job
 from suites.backends.docker_backend import DockerBackend
 from marl.policy.population import POLICY_FILE
-from suites.crossplay import describe_plan, execute_crossplay_phase, plan_crossplay
+from suites.crossplay_phase import describe_plan, execute_crossplay_phase, plan_crossplay
 from suites.crossplay_worker import CROSSPLAY
 from suites.manifest import HELDOUT_GROUP, ManifestError, load_suite
 from suites.orchestrator import execute, filter_runs, plan
