@@ -24,9 +24,10 @@ reproduce: setup
 test: setup setup-system
 	@$(PY) -m pytest tests --ignore=tests/benchmarks $(ARGS)
 
-## Lint (ruff, configured in pyproject.toml).
+## Lint and format check (ruff, configured in pyproject.toml; `ruff format .` applies the format).
 lint: setup
 	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
 
 ## Throughput/memory benchmarks, saved as JSON under results/benchmarks/.
 bench: setup

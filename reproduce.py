@@ -41,45 +41,86 @@ exit codes: 0 all runs done, 1 some run failed or a run dir is corrupt, 2 bad in
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="reproduce.py", description=__doc__.strip().splitlines()[0],
-                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", default=None, help="shipped suite name (see --list) or path to a manifest .yaml "
-                                                    "(default: quick)")
-    p.add_argument("--backend", default="local", choices=("local", "ray", "docker"),
-                   help="where runs execute (default: local)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="runs at once (local/docker: worker processes/containers; ray: CPUs of the local cluster); "
-                        "default: this machine's CPU count")
+    p = argparse.ArgumentParser(
+        prog="reproduce.py",
+        description=__doc__.strip().splitlines()[0],
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--suite", default=None, help="shipped suite name (see --list) or path to a manifest .yaml (default: quick)"
+    )
+    p.add_argument(
+        "--backend", default="local", choices=("local", "ray", "docker"), help="where runs execute (default: local)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="runs at once (local/docker: worker processes/containers; ray: CPUs of the local cluster); "
+        "default: this machine's CPU count",
+    )
     p.add_argument("--out", default="results", help="output directory of the run store (default: results)")
     p.add_argument("--dry-run", action="store_true", help="validate and list the runs with their state; write nothing")
-    p.add_argument("--list", nargs="?", const="", default=None, metavar="ALGORITHM",
-                   help="list suites, algorithms, scenarios and available backends; with ALGORITHM, every field "
-                        "of its config: type, default, meaning, reconstructed choices marked")
+    p.add_argument(
+        "--list",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ALGORITHM",
+        help="list suites, algorithms, scenarios and available backends; with ALGORITHM, every field "
+        "of its config: type, default, meaning, reconstructed choices marked",
+    )
     p.add_argument("--report-only", action="store_true", help="only render the report from the runs on disk")
     p.add_argument("--seeds", default=None, help="comma-separated subset of the manifest's seeds, e.g. 0,1")
-    p.add_argument("--only", action="append", default=[], metavar="TERM",
-                   help="keep runs matching TERM: key=value[,value] (keys: family, scenario, algorithm, label, group, "
-                        "seed, id) or a bare scenario/algorithm/label/group name; repeatable (all must match)")
-    p.add_argument("--skip-unavailable", action="store_true",
-                   help="skip runs whose backend is missing here instead of refusing the whole suite")
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="TERM",
+        help="keep runs matching TERM: key=value[,value] (keys: family, scenario, algorithm, label, group, "
+        "seed, id) or a bare scenario/algorithm/label/group name; repeatable (all must match)",
+    )
+    p.add_argument(
+        "--skip-unavailable",
+        action="store_true",
+        help="skip runs whose backend is missing here instead of refusing the whole suite",
+    )
     p.add_argument("--retries", type=int, default=2, help="extra attempts for a failed run (default: 2)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per run (default: the manifest's cpus per run, 1 unless it says otherwise)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per run (default: the manifest's cpus per run, 1 unless it says otherwise)",
+    )
     p.add_argument("--address", default=None, help="ray: address of an existing cluster (default: start a local one)")
     p.add_argument("--image", default=None, help="docker: image to run (default: the manifest's image)")
     p.add_argument("--no-report", action="store_true", help="do not render the report at the end")
-    p.add_argument("--tensorboard", action="store_true",
-                   help="keep TensorBoard event files (<run dir>/tb/) in step with each run's metrics.csv while "
-                        "the suite runs; view with tensorboard --logdir <out>/<suite>/runs")
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="keep TensorBoard event files (<run dir>/tb/) in step with each run's metrics.csv while "
+        "the suite runs; view with tensorboard --logdir <out>/<suite>/runs",
+    )
     one = p.add_argument_group("one run, without a manifest (instead of --suite)")
     one.add_argument("--algorithm", default=None, help="train this algorithm (see --list) on --scenario")
     one.add_argument("--scenario", default=None, metavar="FAMILY/NAME", help="e.g. smax/3m, predator_prey/stag_hunt")
-    one.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
-                     help="override a learner config field (lr=0.001) or, as env.KEY=VALUE, an environment "
-                          "option; repeatable; values are YAML")
+    one.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="sets",
+        help="override a learner config field (lr=0.001) or, as env.KEY=VALUE, an environment "
+        "option; repeatable; values are YAML",
+    )
     for flag in ("env-steps", "eval-interval", "eval-episodes", "checkpoint-interval"):
-        one.add_argument(f"--{flag}", type=int, default=None,
-                         help=f"budget {flag.replace('-', '_')} (default: the family's paper suite's)")
+        one.add_argument(
+            f"--{flag}",
+            type=int,
+            default=None,
+            help=f"budget {flag.replace('-', '_')} (default: the family's paper suite's)",
+        )
     return p
 
 
@@ -139,8 +180,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if not seeds:
                 problems.append("--seeds is empty")
-    one_run_flags = [f"--{k.replace('_', '-')}" for k in ("env_steps", "eval_interval", "eval_episodes",
-                                                          "checkpoint_interval") if getattr(args, k) is not None]
+    one_run_flags = [
+        f"--{k.replace('_', '-')}"
+        for k in ("env_steps", "eval_interval", "eval_episodes", "checkpoint_interval")
+        if getattr(args, k) is not None
+    ]
     one_run_flags += ["--set"] if args.sets else []
     if args.algorithm is None and args.scenario is None:
         if one_run_flags:
@@ -179,8 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         # With docker the image, not this machine, must provide StarCraft II / the Melting Pot assets.
         available = args.backend != "docker"
         if args.algorithm is not None:
-            run = one_run(args.algorithm, args.scenario, args.sets, seeds,
-                          {k: getattr(args, k) for k in BUDGET_KEYS})
+            run = one_run(args.algorithm, args.scenario, args.sets, seeds, {k: getattr(args, k) for k in BUDGET_KEYS})
             origin = f"one run (--algorithm {args.algorithm} --scenario {args.scenario})"
             suite, seeds = load_suite_text(origin, run.text, check_availability=available), None
         else:
@@ -219,16 +262,24 @@ def main(argv: list[str] | None = None) -> int:
         lines = [f"{len(unavailable)} run(s) of suite {suite.name!r} cannot run on this machine; nothing was started:"]
         for reason, ids in reasons.items():
             lines.append(f"  - {len(ids)} run(s): {reason}")
-        lines.append("Run the suite where these are available (e.g. --backend docker with the project's image), "
-                     "narrow it with --only/--seeds, or pass --skip-unavailable to run the rest.")
+        lines.append(
+            "Run the suite where these are available (e.g. --backend docker with the project's image), "
+            "narrow it with --only/--seeds, or pass --skip-unavailable to run the rest."
+        )
         return _fail("\n".join(lines))
     corrupt = [it for it in items if it.state.kind == "corrupt"]
     for it in corrupt:
-        eprint(f"CORRUPT run dir {store.run_dir(it.spec.id)} ({it.spec.describe()}): {it.state.detail}. "
-               "It is left untouched; move it away to rerun that run.")
+        eprint(
+            f"CORRUPT run dir {store.run_dir(it.spec.id)} ({it.spec.describe()}): {it.state.detail}. "
+            "It is left untouched; move it away to rerun that run."
+        )
 
-    backend_kwargs = {"workers": args.workers, "address": args.address, "image": args.image or suite.image,
-                      "suite_root": store.root}
+    backend_kwargs = {
+        "workers": args.workers,
+        "address": args.address,
+        "image": args.image or suite.image,
+        "suite_root": store.root,
+    }
     try:
         backend = make_backend(args.backend, **backend_kwargs)
         backend.check()
@@ -256,15 +307,29 @@ def main(argv: list[str] | None = None) -> int:
             live = contextlib.nullcontext()
         try:
             with live:
-                summary = execute(items, store, backend, suite, provenance_extra(args.backend), retries=args.retries,
-                                  threads=args.threads)
+                summary = execute(
+                    items,
+                    store,
+                    backend,
+                    suite,
+                    provenance_extra(args.backend),
+                    retries=args.retries,
+                    threads=args.threads,
+                )
                 crossplay = None
                 if suite.heldout is not None and not summary.interrupted:
                     # After training: the focal policies against the held-out populations (suites/crossplay_phase.py).
                     from suites.crossplay_phase import execute_crossplay_phase
 
-                    crossplay = execute_crossplay_phase(items, store, backend, suite, provenance_extra(args.backend),
-                                                        retries=args.retries, threads=args.threads)
+                    crossplay = execute_crossplay_phase(
+                        items,
+                        store,
+                        backend,
+                        suite,
+                        provenance_extra(args.backend),
+                        retries=args.retries,
+                        threads=args.threads,
+                    )
         finally:
             backend.close()
     finally:

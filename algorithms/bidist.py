@@ -69,23 +69,39 @@ DISTILLED = 1  # player key of phi in rollouts
 class Config(PolicyLearnerConfig):
     # Mixed play (the fictitious population)
     use_mask: bool = True  # ablation: false = no fictitious population (all slots theta)
-    fictitious_prob: float = 0.5  # p, P(slot played by phi) per episode (*choice*: the seed names p, gives no value; an even split)
-    min_learner_slots: int = 0  # theta slots forced per copy (*choice*: 0 = the seed's plain Bernoulli mask, theta's share exactly 1 - p)
+    fictitious_prob: float = (
+        0.5  # p, P(slot played by phi) per episode (*choice*: the seed names p, gives no value; an even split)
+    )
+    min_learner_slots: int = (
+        0  # theta slots forced per copy (*choice*: 0 = the seed's plain Bernoulli mask, theta's share exactly 1 - p)
+    )
     # Distillation schedule
-    schedule: Literal["alternate", "forward", "reverse"] = "alternate"  # *choice*: the seed alternates the phases; forward / reverse = its single-phase ablations
-    distill_interval: int = 5  # k_d, learner updates per distillation round (*choice*: the seed names k_d, gives no value)
+    schedule: Literal["alternate", "forward", "reverse"] = (
+        "alternate"  # *choice*: the seed alternates the phases; forward / reverse = its single-phase ablations
+    )
+    distill_interval: int = (
+        5  # k_d, learner updates per distillation round (*choice*: the seed names k_d, gives no value)
+    )
     phase_length: int = 1  # rounds per phase before switching direction (*choice*: strict alternation)
     # Forward phase: phi <- mixture of its own past and the latest theta
     forward_lr: float = 2e-3  # eta_f, decayed linearly to 0 over a round (*choice*: closest to the target in a probe of 1e-3..3e-3, docs/bidist.md)
-    forward_steps: int = 20  # Adam steps per forward round (*choice*: 10 cannot follow a large move of theta's weights, docs/bidist.md)
+    forward_steps: int = (
+        20  # Adam steps per forward round (*choice*: 10 cannot follow a large move of theta's weights, docs/bidist.md)
+    )
     forward_history_weight: float = 0.5  # w, weight of phi's own past in the forward target (*choice*: phi averages theta over ~2 forward rounds; 0 = latest theta)
     # Reverse phase: a bounded push of phi away from theta
     reverse_lr: float = 1e-2  # eta_r (*choice*: the push, not the rate, bounds a round; 1e-2 reaches it in 1-6 steps, an overshoot is cut back)
-    reverse_steps: int = 10  # most Adam steps per reverse round (*choice*: "few steps"; the round stops earlier at the push)
+    reverse_steps: int = (
+        10  # most Adam steps per reverse round (*choice*: "few steps"; the round stops earlier at the push)
+    )
     reverse_kl_push: float = 0.25  # nats the mean KL(phi || theta) may rise per reverse round (*choice*: the order of theta's own movement over k_d updates, 0.01-0.5 nats; docs/bidist.md)
     reverse_kl_bound: float = 1.0  # per-observation clip of the maximised KL(phi || theta), in nats (*choice*: no push beyond it, no degenerate phi)
-    reverse_start: Literal["sampled_score", "exact"] = "sampled_score"  # *choice*: below reverse_start_kl ascend the sampled score-function gradient (exact vanishes at phi = theta)
-    reverse_start_kl: float = 1e-3  # mean KL below which the sampled start is used (*choice*: far below any push, above float noise)
+    reverse_start: Literal["sampled_score", "exact"] = (
+        "sampled_score"  # *choice*: below reverse_start_kl ascend the sampled score-function gradient (exact vanishes at phi = theta)
+    )
+    reverse_start_kl: float = (
+        1e-3  # mean KL below which the sampled start is used (*choice*: far below any push, above float noise)
+    )
     distill_burn_in: int = 10  # first steps of a copy replayed from a zero state left out of the loss unless its episode starts inside (*choice*)
     init_from_learner: bool = True  # phi starts as a copy of theta (*choice*)
 
@@ -94,8 +110,10 @@ class Config(PolicyLearnerConfig):
         if not 0.0 <= self.fictitious_prob <= 1.0:
             raise ConfigError(f"bidist: fictitious_prob must be in [0, 1], got {self.fictitious_prob}")
         if not 0.0 <= self.forward_history_weight < 1.0:
-            raise ConfigError("bidist: forward_history_weight must be in [0, 1) (1 would never move phi towards theta), "
-                              f"got {self.forward_history_weight}")
+            raise ConfigError(
+                "bidist: forward_history_weight must be in [0, 1) (1 would never move phi towards theta), "
+                f"got {self.forward_history_weight}"
+            )
         for name in ("distill_interval", "phase_length", "forward_steps", "reverse_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"bidist: {name} must be at least 1, got {getattr(self, name)}")
@@ -140,7 +158,9 @@ def sample_actions(logits: torch.Tensor, generator: torch.Generator | None) -> t
     return flat.view(probs.shape[:-1])
 
 
-def sampled_score_objective(logits_phi: torch.Tensor, logits_theta: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+def sampled_score_objective(
+    logits_phi: torch.Tensor, logits_theta: torch.Tensor, actions: torch.Tensor
+) -> torch.Tensor:
     """Per-row surrogate whose gradient is the score-function estimate of grad KL(pi_phi || pi_theta)
     at the sampled ``actions`` (a ~ pi_phi): log pi_phi(a) * sg(log pi_phi(a) - log pi_theta(a) + 1).
     Its expectation over a is the exact gradient; a sample is non-zero even at phi = theta."""
@@ -155,8 +175,9 @@ def forward_target(logits_theta: torch.Tensor, logits_phi_before: torch.Tensor, 
     logp_theta = F.log_softmax(logits_theta, -1)
     if history_weight == 0.0:
         return logp_theta
-    return torch.logaddexp(logp_theta + math.log1p(-history_weight),
-                           F.log_softmax(logits_phi_before, -1) + math.log(history_weight))
+    return torch.logaddexp(
+        logp_theta + math.log1p(-history_weight), F.log_softmax(logits_phi_before, -1) + math.log(history_weight)
+    )
 
 
 class Learner(PolicyLearner):
@@ -206,7 +227,9 @@ class Learner(PolicyLearner):
         with torch.no_grad():
             theta_logits = self.actor.sequence(inp, h0, starts)["logits"]
         forward = phase == "forward"
-        opt = torch.optim.Adam(self.phi.parameters(), lr=cfg.forward_lr if forward else cfg.reverse_lr, eps=cfg.adam_eps)
+        opt = torch.optim.Adam(
+            self.phi.parameters(), lr=cfg.forward_lr if forward else cfg.reverse_lr, eps=cfg.adam_eps
+        )
         max_steps = cfg.forward_steps if forward else cfg.reverse_steps
         target = actions = previous = None
         before: tuple[float, float] = (0.0, 0.0)
@@ -246,15 +269,28 @@ class Learner(PolicyLearner):
             steps += 1
         with torch.no_grad():
             after = self._kls(theta_logits, self._phi_logits(inp, starts), mask)
-        out = {"kl_theta_phi_before": before[0], "kl_phi_theta_before": before[1],
-               "kl_theta_phi_after": after[0], "kl_phi_theta_after": after[1], "steps": float(steps)}
+        out = {
+            "kl_theta_phi_before": before[0],
+            "kl_phi_theta_before": before[1],
+            "kl_theta_phi_after": after[0],
+            "kl_phi_theta_after": after[1],
+            "steps": float(steps),
+        }
         if not forward:
             out.update({"push_reached": reached, "sampled_steps": float(sampled)})
         return out
 
     @torch.no_grad()
-    def _cut_back(self, previous: list[torch.Tensor], inp: ActInput, starts: torch.Tensor, theta_logits: torch.Tensor,
-                  mask: torch.Tensor, goal: float, halvings: int = 8) -> None:
+    def _cut_back(
+        self,
+        previous: list[torch.Tensor],
+        inp: ActInput,
+        starts: torch.Tensor,
+        theta_logits: torch.Tensor,
+        mask: torch.Tensor,
+        goal: float,
+        halvings: int = 8,
+    ) -> None:
         """phi's last step overshot ``goal`` (mean KL(phi || theta)): move phi back along the segment
         from ``previous`` (below the goal) to the largest tried fraction of the step that stays at or
         below it (bisection, ``halvings`` forward passes)."""
@@ -272,8 +308,10 @@ class Learner(PolicyLearner):
 
     @staticmethod
     def _kls(theta_logits: torch.Tensor, phi_logits: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
-        return (float(masked_mean(kl_categorical(theta_logits, phi_logits), mask)),
-                float(masked_mean(kl_categorical(phi_logits, theta_logits), mask)))
+        return (
+            float(masked_mean(kl_categorical(theta_logits, phi_logits), mask)),
+            float(masked_mean(kl_categorical(phi_logits, theta_logits), mask)),
+        )
 
     def after_update(self, rollout: Rollout, episodes: Episodes, generator: torch.Generator) -> dict[str, float]:
         stats: dict[str, float] = {"fictitious_fraction": float((rollout.policy == DISTILLED).float().mean())}

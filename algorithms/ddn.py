@@ -47,8 +47,7 @@ from marl.value.config import Mixer, ValueLearnerConfig
 from marl.value.controller import AgentController, epsilon_greedy, masked_q
 from marl.value.fast_gru import check_active, packed_index
 from marl.value.networks import AgentOutput, RecurrentAgent, agent_input_dim
-from marl.value.learner import (QLearner, active_rows, mix_where, observed, previous_actions, td_lambda_targets,
-                                td_stats)
+from marl.value.learner import QLearner, active_rows, mix_where, observed, previous_actions, td_lambda_targets, td_stats
 
 KIND = "value"
 
@@ -168,8 +167,9 @@ class RandomNetworkDistillation(nn.Module):
     def __init__(self, state_dim: int, hidden: int = 128, embed: int = 64):
         super().__init__()
         self.target = nn.Sequential(nn.Linear(state_dim, hidden), nn.ReLU(), nn.Linear(hidden, embed))
-        self.predictor = nn.Sequential(nn.Linear(state_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
-                                       nn.ReLU(), nn.Linear(hidden, embed))
+        self.predictor = nn.Sequential(
+            nn.Linear(state_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, embed)
+        )
         self.target.requires_grad_(False)
 
     def error(self, state: torch.Tensor) -> torch.Tensor:
@@ -201,8 +201,13 @@ def weighted_mse(student: torch.Tensor, teacher: torch.Tensor, weight: torch.Ten
     return (sq * weight).sum() / weight.sum().clamp(min=1.0)
 
 
-def q_distill_mse(student_q: torch.Tensor, teacher_q: torch.Tensor, avail: torch.Tensor | None,
-                  weight: torch.Tensor, centred: bool = False) -> torch.Tensor:
+def q_distill_mse(
+    student_q: torch.Tensor,
+    teacher_q: torch.Tensor,
+    avail: torch.Tensor | None,
+    weight: torch.Tensor,
+    centred: bool = False,
+) -> torch.Tensor:
     """L_Q as a regression. ``avail`` [C, T, N, A] restricts the mean over actions to available
     ones (None: all actions); ``centred`` subtracts each Q-vector's mean over those actions first,
     so only the action gaps are matched. Averaged over agent-steps with ``weight`` [C, T, N]."""
@@ -216,18 +221,21 @@ def q_distill_mse(student_q: torch.Tensor, teacher_q: torch.Tensor, avail: torch
     return (sq * weight).sum() / weight.sum().clamp(min=1.0)
 
 
-def discounted_returns(reward: torch.Tensor, terminated: torch.Tensor, filled: torch.Tensor,
-                       bootstrap: torch.Tensor, gamma: float) -> torch.Tensor:
+def discounted_returns(
+    reward: torch.Tensor, terminated: torch.Tensor, filled: torch.Tensor, bootstrap: torch.Tensor, gamma: float
+) -> torch.Tensor:
     """Realised discounted return from every real step to the episode's end, G_t = r_t +
     gamma (1 - term_t) G_{t+1}; an episode cut by the time limit is closed with ``bootstrap``
     [C, T+1] at its final observation (TD(1)). reward, terminated, filled [C, T]."""
     return td_lambda_targets(reward, terminated, filled, bootstrap, gamma, 1.0)
 
 
-def masked_policy_kl(student_q: torch.Tensor, teacher_q: torch.Tensor, avail: torch.Tensor, mask: torch.Tensor,
-                     temperature: float) -> torch.Tensor:
+def masked_policy_kl(
+    student_q: torch.Tensor, teacher_q: torch.Tensor, avail: torch.Tensor, mask: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """KL(softmax(Q_T / tau) || softmax(Q_S / tau)) over available actions (avail [C, T, N, A]),
     averaged over real steps (mask [C, T]) and agents; the teacher side is detached."""
+
     def log_policy(q: torch.Tensor) -> torch.Tensor:
         return (q / temperature).masked_fill(~avail, -1e9).log_softmax(-1)
 
@@ -242,8 +250,9 @@ class TeacherStudentStats:
 
     @staticmethod
     @torch.no_grad()
-    def greedy_agreement(student_q: torch.Tensor, teacher_q: torch.Tensor, avail: torch.Tensor,
-                         mask: torch.Tensor) -> float:
+    def greedy_agreement(
+        student_q: torch.Tensor, teacher_q: torch.Tensor, avail: torch.Tensor, mask: torch.Tensor
+    ) -> float:
         """Fraction of live agents' real steps where the student's and the teacher's greedy
         available actions coincide. q, avail [C, T, N, A]; mask [C, T]."""
         same = masked_q(student_q, avail).argmax(-1) == masked_q(teacher_q, avail).argmax(-1)
@@ -271,14 +280,21 @@ class Learner(QLearner):
         self.student = self.agent
         fused_dim = cfg.fusion_dim if cfg.personalize else self.state_dim
         teacher_obs_dim = fused_dim + (self.obs_dim if cfg.teacher_local_obs else 0)
-        teacher_in = agent_input_dim(teacher_obs_dim, self.n_agents, self.n_actions, cfg.obs_last_action,
-                                     cfg.obs_agent_id)
+        teacher_in = agent_input_dim(
+            teacher_obs_dim, self.n_agents, self.n_actions, cfg.obs_last_action, cfg.obs_agent_id
+        )
         self.agent = RecurrentAgent(teacher_in, self.n_actions, cfg.hidden_dim).to(self.device)
-        self.fusion = (PersonalizationFusion(local_dim, self.state_dim, cfg.fusion_dim, cfg.fusion_hyper_hidden)
-                       .to(self.device) if cfg.personalize else None)
+        self.fusion = (
+            PersonalizationFusion(local_dim, self.state_dim, cfg.fusion_dim, cfg.fusion_hyper_hidden).to(self.device)
+            if cfg.personalize
+            else None
+        )
         self.target_fusion = copy.deepcopy(self.fusion)
-        self.rnd = RandomNetworkDistillation(self.state_dim, cfg.idm_hidden, cfg.idm_embed).to(self.device) \
-            if cfg.idm else None
+        self.rnd = (
+            RandomNetworkDistillation(self.state_dim, cfg.idm_hidden, cfg.idm_embed).to(self.device)
+            if cfg.idm
+            else None
+        )
 
     def trained_modules(self) -> list[nn.Module]:
         extra = [m for m in (self.fusion, self.rnd) if m is not None]
@@ -300,7 +316,11 @@ class Learner(QLearner):
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """The trained parameters by network: teacher (agent and fusion block), mixer, student, IDM."""
         teacher = [*self.agent.parameters(), *(self.fusion.parameters() if self.fusion is not None else [])]
-        groups = {"teacher": teacher, "mixer": list(self.mixer.parameters()), "student": list(self.student.parameters())}
+        groups = {
+            "teacher": teacher,
+            "mixer": list(self.mixer.parameters()),
+            "student": list(self.student.parameters()),
+        }
         if self.rnd is not None:
             groups["idm"] = [p for p in self.rnd.parameters() if p.requires_grad]
         return groups
@@ -310,8 +330,10 @@ class Learner(QLearner):
         clip (``grad_norm`` over everything, as PyMARL) or one clip per group."""
         clip = self.cfg.grad_norm_clip
         groups = self.param_groups()
-        norms = {name: torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-                 for name, params in groups.items()}
+        norms = {
+            name: torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            for name, params in groups.items()
+        }
         total = torch.stack(list(norms.values())).norm()
         if self.cfg.grad_clip == "per_group":
             for name, params in groups.items():
@@ -320,8 +342,11 @@ class Learner(QLearner):
         else:
             torch.nn.utils.clip_grads_with_norm_(self.params, clip, total)
             fired = float(float(total) > clip)
-        return {"grad_norm": float(total), "grad_clip_fired": fired,
-                **{f"grad_norm_{name}": float(n) for name, n in norms.items()}}
+        return {
+            "grad_norm": float(total),
+            "grad_clip_fired": fired,
+            **{f"grad_norm_{name}": float(n) for name, n in norms.items()},
+        }
 
     def update_targets(self) -> None:
         super().update_targets()
@@ -335,8 +360,9 @@ class Learner(QLearner):
         out = agent(inputs.reshape(T1, C * N, -1), active=active)
         return AgentOutput(*(x.view(T1, C, N, -1).transpose(0, 1) for x in out))
 
-    def teacher_inputs(self, fusion: PersonalizationFusion | None, local: torch.Tensor, state: torch.Tensor,
-                       valid: torch.Tensor) -> torch.Tensor:
+    def teacher_inputs(
+        self, fusion: PersonalizationFusion | None, local: torch.Tensor, state: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
         """The teacher's time-major inputs [T+1, C, N, *]: Ŝ (or the raw state) ++ local inputs
         (own obs, last action, id; the obs left out when ``teacher_local_obs`` is off).
         local [T+1, C, N, L], state [T+1, C, S], valid [T+1, C] (t <= episode length)."""
@@ -348,7 +374,7 @@ class Learner(QLearner):
             fused[valid] = fusion(local[valid], state[valid])
         else:
             fused = state.unsqueeze(2).expand(T1, C, N, state.shape[-1])
-        own = local if self.cfg.teacher_local_obs else local[..., self.obs_dim:]
+        own = local if self.cfg.teacher_local_obs else local[..., self.obs_dim :]
         return torch.cat([fused, own], dim=-1)
 
     def networks(self, batch: dict[str, torch.Tensor]) -> tuple[AgentOutput, AgentOutput, AgentOutput, torch.Tensor]:
@@ -372,8 +398,9 @@ class Learner(QLearner):
             teacher_in = self.teacher_inputs(self.fusion, local, state_tm, valid)
             teacher = self.run_agent(self.agent, teacher_in, None)
             with torch.no_grad():
-                target_teacher = self.run_agent(self.target_agent,
-                                                self.teacher_inputs(self.target_fusion, local, state_tm, valid), None)
+                target_teacher = self.run_agent(
+                    self.target_agent, self.teacher_inputs(self.target_fusion, local, state_tm, valid), None
+                )
             student = self.run_agent(self.student, local, None)
             fused_dim = self.cfg.fusion_dim if self.fusion is not None else self.state_dim
             return teacher, target_teacher, student, teacher_in[..., :fused_dim][valid]
@@ -388,7 +415,7 @@ class Learner(QLearner):
 
         def teacher_input(fusion: PersonalizationFusion | None) -> tuple[torch.Tensor, torch.Tensor]:
             fused = fusion(local, state_v) if fusion is not None else state_v.unsqueeze(1).expand(-1, N, -1)
-            own = local if self.cfg.teacher_local_obs else local[..., self.obs_dim:]
+            own = local if self.cfg.teacher_local_obs else local[..., self.obs_dim :]
             return fused, torch.cat([fused, own], dim=-1).reshape(P, -1)
 
         def run(agent: RecurrentAgent, packed: torch.Tensor) -> AgentOutput:
@@ -426,9 +453,12 @@ class Learner(QLearner):
         teacher, target_teacher, student, fused = self.networks(batch)
         chosen = teacher.q[:, :-1].gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1)
         with torch.no_grad():
-            target_tot = mix_where(self.target_mixer,
-                                   self.greedy_target_values(teacher.q, target_teacher.q, batch["avail_actions"]),
-                                   state, valid.t())
+            target_tot = mix_where(
+                self.target_mixer,
+                self.greedy_target_values(teacher.q, target_teacher.q, batch["avail_actions"]),
+                state,
+                valid.t(),
+            )
             y = self.targets({**batch, "reward": reward}, target_tot)
         q_tot = mix_where(self.mixer, chosen, state[:, :-1], filled)
         td = (q_tot - y) * mask
@@ -454,8 +484,9 @@ class Learner(QLearner):
         stats["loss"] = float(loss.detach())
         return loss, stats
 
-    def distillation(self, student: AgentOutput, teacher: AgentOutput, avail: torch.Tensor,
-                     mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def distillation(
+        self, student: AgentOutput, teacher: AgentOutput, avail: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """Weighted sum of the chosen distillation losses over real steps [C, T] (outputs [C, T+1, ...],
         avail [C, T, N, A]); ``distill_mask`` "live" keeps live agents and available actions only."""
         cfg = self.cfg
@@ -465,7 +496,10 @@ class Learner(QLearner):
         stats: dict[str, float] = {}
         for name in cfg.distill_losses:
             if name == "B":
-                term, w = weighted_mse(student.embedding[:, :-1], teacher.embedding[:, :-1], weight), cfg.distill_weight_b
+                term, w = (
+                    weighted_mse(student.embedding[:, :-1], teacher.embedding[:, :-1], weight),
+                    cfg.distill_weight_b,
+                )
             elif name == "F":
                 term, w = weighted_mse(student.hidden[:, :-1], teacher.hidden[:, :-1], weight), cfg.distill_weight_f
             elif cfg.distill_q_loss == "kl":
@@ -473,17 +507,26 @@ class Learner(QLearner):
                 w = cfg.distill_weight_q
             else:
                 centred = cfg.distill_q_loss == "centred_mse"
-                term = q_distill_mse(student.q[:, :-1], teacher.q[:, :-1], avail if (live or centred) else None,
-                                     weight, centred)
+                term = q_distill_mse(
+                    student.q[:, :-1], teacher.q[:, :-1], avail if (live or centred) else None, weight, centred
+                )
                 w = cfg.distill_weight_q
             total = total + w * term
             stats[f"distill_{name}"] = float(term.detach())
         return total, stats
 
     @torch.no_grad()
-    def instruments(self, batch: dict[str, torch.Tensor], student: AgentOutput, teacher: AgentOutput,
-                    fused: torch.Tensor, q_tot: torch.Tensor, target_tot: torch.Tensor,
-                    reward: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
+    def instruments(
+        self,
+        batch: dict[str, torch.Tensor],
+        student: AgentOutput,
+        teacher: AgentOutput,
+        fused: torch.Tensor,
+        q_tot: torch.Tensor,
+        target_tot: torch.Tensor,
+        reward: torch.Tensor,
+        valid: torch.Tensor,
+    ) -> dict[str, float]:
         """What the teacher-student pair is doing, logged per update: greedy agreement on live
         agents' available actions, the teacher's overestimation (Q_tot of the taken actions minus
         the realised discounted return of r + r_I, truncated episodes closed by the target Q_tot),
@@ -496,7 +539,8 @@ class Learner(QLearner):
         vt = valid.t()
         return {
             "greedy_agreement": TeacherStudentStats.greedy_agreement(
-                student.q[:, :-1], teacher.q[:, :-1], batch["avail_actions"][:, :-1], mask),
+                student.q[:, :-1], teacher.q[:, :-1], batch["avail_actions"][:, :-1], mask
+            ),
             "realised_return_mean": float((realised * mask).sum() / n),
             "teacher_overestimation": float(((q_tot - realised) * mask).sum() / n),
             "fused_state_rms": float(fused.pow(2).mean().sqrt()) if fused.numel() else float("nan"),
@@ -515,8 +559,9 @@ class TeacherController(AgentController):
     state (online fusion block) with its local inputs, exactly as in training."""
 
     def __init__(self, learner: Learner):
-        super().__init__(learner.agent, learner.n_agents, learner.n_actions, learner.cfg.obs_last_action,
-                         learner.cfg.obs_agent_id)
+        super().__init__(
+            learner.agent, learner.n_agents, learner.n_actions, learner.cfg.obs_last_action, learner.cfg.obs_agent_id
+        )
         self.learner = learner
 
     def step_inputs(self, obs: torch.Tensor, last_actions: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
@@ -534,16 +579,24 @@ class MixedController(AgentController):
     hidden tensor carries whichever acts in each copy; one epsilon-greedy draw over the chosen Q."""
 
     def __init__(self, learner: Learner):
-        super().__init__(learner.student, learner.n_agents, learner.n_actions, learner.cfg.obs_last_action,
-                         learner.cfg.obs_agent_id)
+        super().__init__(
+            learner.student, learner.n_agents, learner.n_actions, learner.cfg.obs_last_action, learner.cfg.obs_agent_id
+        )
         self.teacher = TeacherController(learner)
         self.prob = learner.cfg.acting_teacher_prob
         self.teacher_rows: torch.Tensor | None = None  # [B] bool: the teacher acts in this copy
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, avail: torch.Tensor, last_actions: torch.Tensor, hidden: torch.Tensor,
-            epsilon: float, generator: torch.Generator,
-            state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def act(
+        self,
+        obs: torch.Tensor,
+        avail: torch.Tensor,
+        last_actions: torch.Tensor,
+        hidden: torch.Tensor,
+        epsilon: float,
+        generator: torch.Generator,
+        state: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         B, N = obs.shape[:2]
         starts = (last_actions < 0).all(-1)
         if self.teacher_rows is None or self.teacher_rows.shape[0] != B:

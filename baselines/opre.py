@@ -52,13 +52,31 @@ from envs.base import EnvSpec
 from marl.config import ConfigError
 from marl.policy.config import PolicyLearnerConfig
 from marl.policy.learner import KIND, PolicyLearner, chunked, rows, unchunked
-from marl.policy.networks import ActInput, ObsEncoder, RecurrentCritic, extra_dim, flat_input, init_layer, \
-    masked_logits, run_gru
+from marl.policy.networks import (
+    ActInput,
+    ObsEncoder,
+    RecurrentCritic,
+    extra_dim,
+    flat_input,
+    init_layer,
+    masked_logits,
+    run_gru,
+)
 from marl.policy.runner import Rollout
 from marl.policy.ppo import categorical_entropy, gae, kl_categorical, masked_mean, surrogate_loss, value_loss, vtrace
 
-__all__ = ["KIND", "Config", "Learner", "build_actor", "build_critic", "OptionActor", "FactorisedCritic",
-           "mixture_logits", "option_entropy_terms", "option_losses"]
+__all__ = [
+    "KIND",
+    "Config",
+    "Learner",
+    "build_actor",
+    "build_critic",
+    "OptionActor",
+    "FactorisedCritic",
+    "mixture_logits",
+    "option_entropy_terms",
+    "option_losses",
+]
 
 
 @dataclass
@@ -123,14 +141,19 @@ def option_entropy_terms(weight_logits: torch.Tensor, mask: torch.Tensor) -> tup
     return step, -(marginal * marginal.clamp(min=1e-12).log()).sum()
 
 
-def option_losses(cfg: Config, p_logits: torch.Tensor, q_logits: torch.Tensor,
-                  mask: torch.Tensor) -> dict[str, torch.Tensor]:
+def option_losses(
+    cfg: Config, p_logits: torch.Tensor, q_logits: torch.Tensor, mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """OPRE's option terms (already weighted) and their raw parts: KL(p || q) and the option entropies."""
     kl = masked_mean(kl_categorical(p_logits.detach() if cfg.kl_grad == "q_only" else p_logits, q_logits), mask)
     step, marginal = option_entropy_terms(p_logits if cfg.option_entropy_on == "p" else q_logits, mask)
-    return {"option_kl_loss": cfg.kl_coef * kl, "option_entropy_loss": cfg.option_entropy_coef * (step - marginal),
-            "option_kl": kl.detach(), "option_step_entropy": step.detach(),
-            "option_marginal_entropy": marginal.detach()}
+    return {
+        "option_kl_loss": cfg.kl_coef * kl,
+        "option_entropy_loss": cfg.option_entropy_coef * (step - marginal),
+        "option_kl": kl.detach(),
+        "option_step_entropy": step.detach(),
+        "option_marginal_entropy": marginal.detach(),
+    }
 
 
 class OptionActor(nn.Module):
@@ -141,9 +164,16 @@ class OptionActor(nn.Module):
         super().__init__()
         H, orth = cfg.hidden_dim, cfg.orthogonal_init
         self.hidden_dim, self.n_actions, self.n_options = H, spec.n_actions, cfg.n_options
-        self.encoder = ObsEncoder(spec.obs_shape, extra_dim(spec), spec.n_agents if cfg.actor_agent_id else 0, H,
-                                  downsample=cfg.downsample, channels=cfg.cnn_channels, kernel=cfg.cnn_kernel,
-                                  orthogonal=orth)
+        self.encoder = ObsEncoder(
+            spec.obs_shape,
+            extra_dim(spec),
+            spec.n_agents if cfg.actor_agent_id else 0,
+            H,
+            downsample=cfg.downsample,
+            channels=cfg.cnn_channels,
+            kernel=cfg.cnn_kernel,
+            orthogonal=orth,
+        )
         self.gru = nn.GRUCell(H, H)
         # Small gains (MAPPO's policy-head 0.01): options and q start near uniform.
         self.option_head = init_layer(nn.Linear(H, cfg.n_options * spec.n_actions), 0.01, orth)
@@ -171,8 +201,13 @@ class OptionActor(nn.Module):
         hidden = run_gru(self.gru, feats, h0, starts)
         options = self.option_logits(hidden, inp.avail)
         q_logits = self.meta_head(hidden)
-        return {"hidden": hidden, "features": feats, "option_logits": options, "q_logits": q_logits,
-                "logits": mixture_logits(options, q_logits, inp.avail)}
+        return {
+            "hidden": hidden,
+            "features": feats,
+            "option_logits": options,
+            "q_logits": q_logits,
+            "logits": mixture_logits(options, q_logits, inp.avail),
+        }
 
 
 class FactorisedCritic(RecurrentCritic):
@@ -228,18 +263,21 @@ class Learner(PolicyLearner):
         self._old_logp: torch.Tensor | None = None  # pi_p's log-prob of the taken actions at collection
         self._rho: torch.Tensor | None = None
 
-    def privileged_logits(self, actor_out: dict[str, torch.Tensor], p_logits: torch.Tensor,
-                          avail: torch.Tensor) -> torch.Tensor:
+    def privileged_logits(
+        self, actor_out: dict[str, torch.Tensor], p_logits: torch.Tensor, avail: torch.Tensor
+    ) -> torch.Tensor:
         """pi_p = sum_z p pi_z as masked log-probs; p's gradient stopped unless ``pg_trains_p``."""
-        return mixture_logits(actor_out["option_logits"], p_logits if self.cfg.pg_trains_p else p_logits.detach(),
-                              avail)
+        return mixture_logits(
+            actor_out["option_logits"], p_logits if self.cfg.pg_trains_p else p_logits.detach(), avail
+        )
 
     def _forward(self, r: Rollout, idx: torch.Tensor):
         L = self.cfg.data_chunk_length
         inp, h0, starts = self.chunk_input(r, idx)
         out = self.actor_sequence(inp, h0, starts)
-        c_out = self.critic.sequence_heads(chunked(r.state, L)[:, idx], chunked(r.critic_h, L)[0, idx],
-                                           chunked(r.starts, L)[:, idx])
+        c_out = self.critic.sequence_heads(
+            chunked(r.state, L)[:, idx], chunked(r.critic_h, L)[0, idx], chunked(r.starts, L)[:, idx]
+        )
         actions = rows(chunked(r.actions, L)[:, idx])
         priv = self.privileged_logits(out, rows(c_out["p_logits"]), inp.avail)
         logp = torch.log_softmax(priv, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
@@ -260,22 +298,40 @@ class Learner(PolicyLearner):
         if cfg.off_policy_correction == "none":
             self._old_logp = r.logp  # the ratio pi_p_new / mu
             self._rho = torch.ones_like(r.logp)
-            adv, returns = gae(r.rewards, dn(r.values), dn(r.last_values), r.terminated.unsqueeze(-1),
-                               r.truncated.unsqueeze(-1), dn(r.final_values), cfg.gamma, cfg.gae_lambda)
+            adv, returns = gae(
+                r.rewards,
+                dn(r.values),
+                dn(r.last_values),
+                r.terminated.unsqueeze(-1),
+                r.truncated.unsqueeze(-1),
+                dn(r.final_values),
+                cfg.gamma,
+                cfg.gae_lambda,
+            )
         else:
             self._old_logp = self.privileged_logp(r)
             ratio = (self._old_logp - r.logp).clamp(max=30.0).exp()
             self._rho = ratio.clamp(max=cfg.rho_bar)
             c = cfg.gae_lambda * ratio.clamp(max=cfg.c_bar)
-            returns, adv = vtrace(r.rewards, dn(r.values), dn(r.last_values), r.terminated.unsqueeze(-1),
-                                  r.truncated.unsqueeze(-1), dn(r.final_values), cfg.gamma, self._rho, c)
+            returns, adv = vtrace(
+                r.rewards,
+                dn(r.values),
+                dn(r.last_values),
+                r.terminated.unsqueeze(-1),
+                r.truncated.unsqueeze(-1),
+                dn(r.final_values),
+                cfg.gamma,
+                self._rho,
+                c,
+            )
         if self.value_norm is not None:
             self.value_norm.update(returns[self.train_mask(r)])
             return adv, self.value_norm.normalize(returns)
         return adv, returns
 
-    def minibatch_losses(self, r: Rollout, idx: torch.Tensor, adv: torch.Tensor,
-                         targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    def minibatch_losses(
+        self, r: Rollout, idx: torch.Tensor, adv: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         cfg, L = self.cfg, self.cfg.data_chunk_length
         inp, out, c_out, priv, logp = self._forward(r, idx)
         mask = rows(chunked(self.train_mask(r), L)[:, idx])
@@ -292,14 +348,33 @@ class Learner(PolicyLearner):
         terms = option_losses(cfg, p_logits, out["q_logits"], mask)
         actor_loss = pol_loss - cfg.entropy_coef * entropy + terms["option_kl_loss"] + terms["option_entropy_loss"]
         c_mask = chunked(self.train_mask(r), L)[:, idx]
-        v_loss = value_loss(c_out["values"], chunked(r.values, L)[:, idx], chunked(targets, L)[:, idx], c_mask,
-                            cfg.clip_param, cfg.use_clipped_value_loss, cfg.use_huber_loss, cfg.huber_delta)
+        v_loss = value_loss(
+            c_out["values"],
+            chunked(r.values, L)[:, idx],
+            chunked(targets, L)[:, idx],
+            c_mask,
+            cfg.clip_param,
+            cfg.use_clipped_value_loss,
+            cfg.use_huber_loss,
+            cfg.huber_delta,
+        )
         with torch.no_grad():
             approx_kl = masked_mean(old_logp - logp, mask)
-            acting_logp = torch.log_softmax(out["logits"], -1).gather(
-                -1, rows(chunked(r.actions, L)[:, idx]).unsqueeze(-1)).squeeze(-1)
+            acting_logp = (
+                torch.log_softmax(out["logits"], -1)
+                .gather(-1, rows(chunked(r.actions, L)[:, idx]).unsqueeze(-1))
+                .squeeze(-1)
+            )
             acting_approx_kl = masked_mean(rows(chunked(r.logp, L)[:, idx]) - acting_logp, mask)
             rho = masked_mean(rows(chunked(self._rho, L)[:, idx]), mask)
-        stats = {"policy_loss": pol_loss, "value_loss": v_loss, "entropy": entropy, "clip_frac": clip_frac,
-                 "approx_kl": approx_kl, "acting_approx_kl": acting_approx_kl, "is_rho_mean": rho, **terms}
+        stats = {
+            "policy_loss": pol_loss,
+            "value_loss": v_loss,
+            "entropy": entropy,
+            "clip_frac": clip_frac,
+            "approx_kl": approx_kl,
+            "acting_approx_kl": acting_approx_kl,
+            "is_rho_mean": rho,
+            **terms,
+        }
         return actor_loss, v_loss, stats

@@ -65,14 +65,27 @@ from envs.base import EnvSpec
 from marl.config import ConfigError
 from marl.policy.config import PolicyLearnerConfig
 from marl.policy.learner import KIND, PolicyLearner
-from marl.policy.networks import (ActInput, ObsEncoder, RecurrentActor, flat_input, is_image, masked_logits,
-                                  run_gru)
+from marl.policy.networks import ActInput, ObsEncoder, RecurrentActor, flat_input, is_image, masked_logits, run_gru
 from marl.policy.runner import Episodes, Rollout
 from marl.policy.ppo import masked_mean
 
-__all__ = ["KIND", "Config", "Learner", "build_actor", "RandNetActor", "MonteCarloActor", "RandomConv", "PerDrawConv",
-           "pooled_kernel",
-           "RandomLinear", "draw_random_conv", "draw_random_linear", "random_layer", "encode", "feature_match_loss"]
+__all__ = [
+    "KIND",
+    "Config",
+    "Learner",
+    "build_actor",
+    "RandNetActor",
+    "MonteCarloActor",
+    "RandomConv",
+    "PerDrawConv",
+    "pooled_kernel",
+    "RandomLinear",
+    "draw_random_conv",
+    "draw_random_linear",
+    "random_layer",
+    "encode",
+    "feature_match_loss",
+]
 
 KERNEL = 3  # the paper's random layer is a single 3x3 convolution
 
@@ -106,8 +119,12 @@ class Config(PolicyLearnerConfig):
             raise ConfigError(f"randnet: feature_match_coef must be >= 0, got {self.feature_match_coef}")
 
 
-def draw_random_conv(channels: int, generator: torch.Generator | None = None, samples: int | None = None,
-                     device: torch.device | str | None = None) -> torch.Tensor:
+def draw_random_conv(
+    channels: int,
+    generator: torch.Generator | None = None,
+    samples: int | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """Xavier-normal weights of a C -> C 3x3 convolution: [C, C, 3, 3], or [samples, C, C, 3, 3].
     std = sqrt(2 / (fan_in + fan_out)) with fan_in = fan_out = C * 3 * 3."""
     fan = channels * KERNEL * KERNEL
@@ -191,8 +208,12 @@ class _Prepooled:
 PREPOOLED = _Prepooled()
 
 
-def draw_random_linear(dim: int, generator: torch.Generator | None = None, samples: int | None = None,
-                       device: torch.device | str | None = None) -> torch.Tensor:
+def draw_random_linear(
+    dim: int,
+    generator: torch.Generator | None = None,
+    samples: int | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """Xavier-normal weights of a D -> D linear map (no bias): [D, D], or [samples, D, D].
     std = sqrt(2 / (fan_in + fan_out)) with fan_in = fan_out = D."""
     shape = (dim, dim) if samples is None else (samples, dim, dim)
@@ -222,8 +243,13 @@ def random_layer(weight: torch.Tensor) -> RandomConv | RandomLinear:
     return RandomConv(weight) if weight.dim() == 4 else RandomLinear(weight)
 
 
-def encode(encoder: ObsEncoder, obs: torch.Tensor, extra: torch.Tensor, ids: torch.Tensor,
-           transform: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+def encode(
+    encoder: ObsEncoder,
+    obs: torch.Tensor,
+    extra: torch.Tensor,
+    ids: torch.Tensor,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> torch.Tensor:
     """Encoder features with the random layer ``transform`` (None: the clean observation). Images: on
     the [0, 1] image before the CNN. Vectors: on the flattened stored observation [M, D] before the FC."""
     if transform is None or encoder.image:
@@ -353,8 +379,9 @@ class Learner(PolicyLearner):
     def eval_module(self) -> nn.Module:
         return self.mc_actor
 
-    def _sequence_with(self, transform: RandomConv | RandomLinear | None, inp: ActInput, h0: torch.Tensor,
-                       starts: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _sequence_with(
+        self, transform: RandomConv | RandomLinear | None, inp: ActInput, h0: torch.Tensor, starts: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         held = self.actor.transform
         self.actor.transform = transform
         try:
@@ -417,7 +444,9 @@ class Learner(PolicyLearner):
             out["randomized_features"], out["clean_features"] = mine, other
         return out
 
-    def extra_actor_losses(self, out: dict[str, torch.Tensor], inp: ActInput, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def extra_actor_losses(
+        self, out: dict[str, torch.Tensor], inp: ActInput, mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         fm = feature_match_loss(out["randomized_features"], out["clean_features"], mask)
         return {"feature_match_loss": self.cfg.feature_match_coef * fm}
 

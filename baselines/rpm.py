@@ -39,8 +39,19 @@ from marl.policy.config import PolicyLearnerConfig
 from marl.policy.learner import KIND, build_actor
 from marl.policy.runner import LEARNER, Episodes, Rollout
 
-__all__ = ["KIND", "Config", "Learner", "build_actor", "rank_key", "rpm_probability", "rpm_assignment",
-           "anneal_updates", "substrate_psi", "PSI_BY_SUBSTRATE", "PSI_DEFAULT"]
+__all__ = [
+    "KIND",
+    "Config",
+    "Learner",
+    "build_actor",
+    "rank_key",
+    "rpm_probability",
+    "rpm_assignment",
+    "anneal_updates",
+    "substrate_psi",
+    "PSI_BY_SUBSTRATE",
+    "PSI_DEFAULT",
+]
 
 
 # psi, the rank width, per substrate (the paper sets it per substrate; its values are not in our
@@ -131,8 +142,14 @@ def anneal_updates(total_updates: int | None, fraction: float) -> int:
     return 0 if total_updates is None else max(0, round(fraction * total_updates))
 
 
-def rpm_assignment(n_envs: int, n_agents: int, memory: Sequence[Sequence[int]], prob: float,
-                   generator: torch.Generator, all_slots: bool = True) -> torch.Tensor:
+def rpm_assignment(
+    n_envs: int,
+    n_agents: int,
+    memory: Sequence[Sequence[int]],
+    prob: float,
+    generator: torch.Generator,
+    all_slots: bool = True,
+) -> torch.Tensor:
     """Player keys [n_envs, n_agents] for starting episodes. ``memory`` lists, per rank key, the
     player keys saved under it. While fewer than ``n_agents`` keys are non-empty every copy is
     self-play. Otherwise, with probability ``prob`` a copy is an RPM episode: every slot (or, with
@@ -148,7 +165,7 @@ def rpm_assignment(n_envs: int, n_agents: int, memory: Sequence[Sequence[int]], 
     sizes = torch.tensor([len(b) for b in bins], dtype=torch.long, device=dev)
     table = torch.zeros(len(bins), int(sizes.max()), dtype=torch.long, device=dev)
     for i, b in enumerate(bins):
-        table[i, :len(b)] = torch.tensor(b, dtype=torch.long, device=dev)
+        table[i, : len(b)] = torch.tensor(b, dtype=torch.long, device=dev)
     which = torch.randint(len(bins), (n_envs, n_agents), generator=generator, device=dev)
     u = torch.rand(n_envs, n_agents, generator=generator, device=dev)
     within = torch.minimum((u * sizes[which]).long(), sizes[which] - 1)
@@ -177,16 +194,21 @@ class Learner(SnapshotLearner):
 
     def rpm_prob(self) -> float:
         cfg = self.cfg
-        return rpm_probability(self.updates, cfg.rpm_prob_start, cfg.rpm_prob_end,
-                               anneal_updates(self.total_updates, cfg.rpm_anneal_fraction))
+        return rpm_probability(
+            self.updates,
+            cfg.rpm_prob_start,
+            cfg.rpm_prob_end,
+            anneal_updates(self.total_updates, cfg.rpm_anneal_fraction),
+        )
 
     def bins(self) -> list[list[int]]:
         """The memory's non-empty keys in increasing rank order (a deterministic order for sampling)."""
         return [self.memory[k] for k in sorted(self.memory) if self.memory[k]]
 
     def assign(self, n_envs: int, n_agents: int, generator: torch.Generator) -> torch.Tensor:
-        return rpm_assignment(n_envs, n_agents, self.bins(), self.rpm_prob(), generator,
-                              all_slots=self.cfg.rpm_slots == "all")
+        return rpm_assignment(
+            n_envs, n_agents, self.bins(), self.rpm_prob(), generator, all_slots=self.cfg.rpm_slots == "all"
+        )
 
     def episode_returns(self, episodes: Episodes) -> list[float]:
         """R of each ending episode that may rank a save (see ``rank_return``, ``rank_episodes``)."""
@@ -228,16 +250,25 @@ class Learner(SnapshotLearner):
         if due and ret is not None and self.updates != self.save_update:
             self.save(ret)
             self.save_update = self.updates
-        return {"rpm_prob": self.rpm_prob(), "rpm_keys": float(len(self.bins())), "rpm_psi": self.psi,
-                "rpm_policies": float(sum(len(b) for b in self.memory.values()))}
+        return {
+            "rpm_prob": self.rpm_prob(),
+            "rpm_keys": float(len(self.bins())),
+            "rpm_psi": self.psi,
+            "rpm_policies": float(sum(len(b) for b in self.memory.values())),
+        }
 
     def extra_state(self) -> dict[str, Any]:
-        return {**super().extra_state(), "memory": {k: list(v) for k, v in self.memory.items()},
-                "recent_returns": list(self.recent_returns), "save_update": self.save_update}
+        return {
+            **super().extra_state(),
+            "memory": {k: list(v) for k, v in self.memory.items()},
+            "recent_returns": list(self.recent_returns),
+            "save_update": self.save_update,
+        }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         super().load_extra_state(state)
         self.memory = {int(k): [int(x) for x in v] for k, v in state["memory"].items()}
-        self.recent_returns = collections.deque((float(x) for x in state["recent_returns"]),
-                                                maxlen=self.cfg.return_window)
+        self.recent_returns = collections.deque(
+            (float(x) for x in state["recent_returns"]), maxlen=self.cfg.return_window
+        )
         self.save_update = int(state["save_update"])

@@ -40,8 +40,9 @@ class Config(PolicyLearnerConfig):
     latest_prob: float = 0.7
 
 
-def selfplay_assignment(n_envs: int, n_agents: int, snapshot_keys: Sequence[int], latest_prob: float,
-                        generator: torch.Generator) -> torch.Tensor:
+def selfplay_assignment(
+    n_envs: int, n_agents: int, snapshot_keys: Sequence[int], latest_prob: float, generator: torch.Generator
+) -> torch.Tensor:
     """Player keys [n_envs, n_agents] for starting episodes: one uniformly chosen slot per copy is
     the learner; every other slot is the learner with probability ``latest_prob``, else a key drawn
     uniformly from ``snapshot_keys`` (all learner when there are none). Tensors live on the
@@ -123,8 +124,9 @@ class Learner(SnapshotLearner):
 
     def __init__(self, cfg: Config, spec: EnvSpec, device: torch.device | str = "cpu"):
         if cfg.snapshot_interval < 1 or cfg.pool_size < 1:
-            raise ValueError(f"snapshot_interval and pool_size must be >= 1, got {cfg.snapshot_interval}, "
-                             f"{cfg.pool_size}")
+            raise ValueError(
+                f"snapshot_interval and pool_size must be >= 1, got {cfg.snapshot_interval}, {cfg.pool_size}"
+            )
         if not 0.0 <= cfg.latest_prob <= 1.0:
             raise ValueError(f"latest_prob must be in [0, 1], got {cfg.latest_prob}")
         super().__init__(cfg, spec, device)

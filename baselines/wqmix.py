@@ -74,9 +74,12 @@ class CentralFFMixer(nn.Module):
         super().__init__()
         in_dim = n_agents * action_embed + state_dim
         self.net = nn.Sequential(
-            nn.Linear(in_dim, embed_dim), nn.ReLU(),
-            nn.Linear(embed_dim, embed_dim), nn.ReLU(),
-            nn.Linear(embed_dim, embed_dim), nn.ReLU(),
+            nn.Linear(in_dim, embed_dim),
+            nn.ReLU(),
+            nn.Linear(embed_dim, embed_dim),
+            nn.ReLU(),
+            nn.Linear(embed_dim, embed_dim),
+            nn.ReLU(),
             nn.Linear(embed_dim, 1),
         )
         self.value = nn.Sequential(nn.Linear(state_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, 1))
@@ -88,8 +91,9 @@ class CentralFFMixer(nn.Module):
         return (self.net(torch.cat([states, flat_qs], dim=-1)) + self.value(states)).squeeze(-1)
 
 
-def cw_weights(actions: torch.Tensor, greedy: torch.Tensor, y: torch.Tensor, reference_value: torch.Tensor,
-               alpha: float) -> torch.Tensor:
+def cw_weights(
+    actions: torch.Tensor, greedy: torch.Tensor, y: torch.Tensor, reference_value: torch.Tensor, alpha: float
+) -> torch.Tensor:
     """CW-QMIX weights [C, T]: 1 where the taken joint action (actions [C,T,N]) equals the greedy
     one (greedy [C,T,N]) or the target y exceeds ``reference_value``; alpha elsewhere."""
     is_greedy = (actions == greedy).all(-1)
@@ -109,10 +113,12 @@ class Learner(QLearner):
         if cfg.cw_compare not in ("central", "qtot"):
             raise ConfigError(f"cw_compare must be 'central' or 'qtot', got {cfg.cw_compare!r}")
         in_dim = agent_input_dim(self.obs_dim, self.n_agents, self.n_actions, cfg.obs_last_action, cfg.obs_agent_id)
-        self.central_agent = RecurrentAgent(in_dim, self.n_actions * cfg.central_action_embed,
-                                            cfg.central_rnn_hidden_dim).to(self.device)
-        self.central_mixer = CentralFFMixer(spec.n_agents, self.state_dim, cfg.central_action_embed,
-                                            cfg.central_mixing_embed_dim).to(self.device)
+        self.central_agent = RecurrentAgent(
+            in_dim, self.n_actions * cfg.central_action_embed, cfg.central_rnn_hidden_dim
+        ).to(self.device)
+        self.central_mixer = CentralFFMixer(
+            spec.n_agents, self.state_dim, cfg.central_action_embed, cfg.central_mixing_embed_dim
+        ).to(self.device)
         self.target_central_agent = copy.deepcopy(self.central_agent)
         self.target_central_mixer = copy.deepcopy(self.central_mixer)
 
@@ -163,8 +169,11 @@ class Learner(QLearner):
         qmix_loss = (weights * td.pow(2)).sum() / n
         loss = cfg.qmix_loss * qmix_loss + cfg.central_loss * central_loss
         return loss, {
-            "loss": float(loss.detach()), "qmix_loss": float(qmix_loss.detach()),
+            "loss": float(loss.detach()),
+            "qmix_loss": float(qmix_loss.detach()),
             "central_loss": float(central_loss.detach()),
-            "td_error_abs": float(td.detach().abs().sum() / n), "q_taken_mean": float((q_tot.detach() * mask).sum() / n),
-            "target_mean": float((y * mask).sum() / n), "w_mean": float((weights * mask).sum() / n),
+            "td_error_abs": float(td.detach().abs().sum() / n),
+            "q_taken_mean": float((q_tot.detach() * mask).sum() / n),
+            "target_mean": float((y * mask).sum() / n),
+            "w_mean": float((weights * mask).sum() / n),
         }

@@ -90,8 +90,19 @@ def effective_manifest(manifest: Path, overrides: dict[str, Any], out: Path) -> 
 
 
 def run_suite(manifest: Path, out: Path, workers: int, report: bool) -> None:
-    cmd = [sys.executable, str(ROOT / "reproduce.py"), "--suite", str(manifest), "--out", str(out),
-           "--skip-unavailable", "--workers", str(workers), "--retries", "0"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "reproduce.py"),
+        "--suite",
+        str(manifest),
+        "--out",
+        str(out),
+        "--skip-unavailable",
+        "--workers",
+        str(workers),
+        "--retries",
+        "0",
+    ]
     if not report:
         cmd.append("--no-report")
     proc = subprocess.run(cmd, cwd=ROOT)
@@ -118,8 +129,18 @@ def compare(suite_dir: Path, bands: dict[str, dict[str, Any]], reps: int = REPS)
         done = cell[(cell["state"] == "done") & (cell["n_evals"] > 0)]
         agg = aggregate(done["final_score"], reps=reps)
         key = f"{family}/{scenario}/{label}"
-        results.append(Result(key, agg.n, int((cell["state"] == "failed").sum()), agg.median, agg.median_lo,
-                              agg.median_hi, [round(float(v), 4) for v in done["final_score"]], bands.get(key)))
+        results.append(
+            Result(
+                key,
+                agg.n,
+                int((cell["state"] == "failed").sum()),
+                agg.median,
+                agg.median_lo,
+                agg.median_hi,
+                [round(float(v), 4) for v in done["final_score"]],
+                bands.get(key),
+            )
+        )
     return results
 
 
@@ -147,12 +168,19 @@ def derive_bands(real: list[Result], weak: list[Result], manifest: Path, command
         floor = w.median if w and w.n else min(r.values) - (max(r.values) - min(r.values)) - 1e-6
         lower = (floor + min(r.values)) / 2
         upper = max(r.values) + (max(r.values) - min(r.values))
-        bands[r.key] = {"lower": round(float(lower), 4), "upper": round(float(upper), 4),
-                        "measured": r.values, "weakened_lr0": w.values if w else None}
+        bands[r.key] = {
+            "lower": round(float(lower), 4),
+            "upper": round(float(upper), 4),
+            "measured": r.values,
+            "weakened_lr0": w.values if w else None,
+        }
     return {
-        "derived": {"manifest": str(manifest.relative_to(ROOT)), "command": command,
-                    "rule": "lower = (median of the lr=0 learner + worst seed of the real learner) / 2; "
-                            "upper = best seed + (best - worst seed)"},
+        "derived": {
+            "manifest": str(manifest.relative_to(ROOT)),
+            "command": command,
+            "rule": "lower = (median of the lr=0 learner + worst seed of the real learner) / 2; "
+            "upper = best seed + (best - worst seed)",
+        },
         "bands": bands,
     }
 
@@ -163,11 +191,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bands", type=Path, default=BANDS, help="stored bands (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "ci", help="run store (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="runs at once (default: %(default)s)")
-    parser.add_argument("--override", type=_parse_override, action="append", default=[], metavar="KEY=VALUE",
-                        help="learner override for every algorithm, e.g. lr=0 (repeatable)")
+    parser.add_argument(
+        "--override",
+        type=_parse_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="learner override for every algorithm, e.g. lr=0 (repeatable)",
+    )
     parser.add_argument("--report", action="store_true", help="also render the suite's HTML/PDF report")
-    parser.add_argument("--derive", action="store_true",
-                        help="measure the real and the lr=0 learner and rewrite --bands from them")
+    parser.add_argument(
+        "--derive", action="store_true", help="measure the real and the lr=0 learner and rewrite --bands from them"
+    )
     parser.add_argument("--reps", type=int, default=REPS, help="bootstrap resamples (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
@@ -178,14 +213,20 @@ def main(argv: list[str] | None = None) -> int:
             weak_manifest = effective_manifest(args.manifest, {**dict(args.override), "lr": 0.0}, args.out / "weak")
             run_suite(weak_manifest, args.out / "weak", args.workers, False)
             weak = compare(args.out / "weak" / suite_name(weak_manifest), {}, args.reps)
-            derived = derive_bands(results, weak, args.manifest.resolve(),
-                                   " ".join(["python -m ci.check", *(sys.argv[1:] if argv is None else argv)]))
-            header = ("# Expected bands of the CI regression suite (ci/regression.yaml), written by\n"
-                      "# `python -m ci.check --derive` from measured runs: the real learners and the same\n"
-                      "# learners with lr = 0 (which cannot learn), on the manifest's seeds. `derived` gives\n"
-                      "# the rule; `measured` / `weakened_lr0` the final scores per seed (mean of the last 3\n"
-                      "# evaluations). The gate (ci/check.py): a cell regresses when the 95% bootstrap CI of\n"
-                      "# its median over seeds lies entirely below `lower`, or when one of its runs failed.\n")
+            derived = derive_bands(
+                results,
+                weak,
+                args.manifest.resolve(),
+                " ".join(["python -m ci.check", *(sys.argv[1:] if argv is None else argv)]),
+            )
+            header = (
+                "# Expected bands of the CI regression suite (ci/regression.yaml), written by\n"
+                "# `python -m ci.check --derive` from measured runs: the real learners and the same\n"
+                "# learners with lr = 0 (which cannot learn), on the manifest's seeds. `derived` gives\n"
+                "# the rule; `measured` / `weakened_lr0` the final scores per seed (mean of the last 3\n"
+                "# evaluations). The gate (ci/check.py): a cell regresses when the 95% bootstrap CI of\n"
+                "# its median over seeds lies entirely below `lower`, or when one of its runs failed.\n"
+            )
             args.bands.write_text(header + yaml.safe_dump(derived, sort_keys=False))
             results = compare(args.out / suite_name(manifest), load_bands(args.bands), args.reps)
             print(f"bands written to {args.bands}")
@@ -197,8 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     if not results:
         print("ci.check: no runs were found", file=sys.stderr)
         return 2
-    print(f"\nci.check: {len(failed)} regression(s) in {len(results)} cell(s)" if failed
-          else f"\nci.check: all {len(results)} cell(s) within their bands")
+    print(
+        f"\nci.check: {len(failed)} regression(s) in {len(results)} cell(s)"
+        if failed
+        else f"\nci.check: all {len(results)} cell(s) within their bands"
+    )
     return 1 if failed else 0
 
 

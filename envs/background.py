@@ -63,7 +63,9 @@ class BackgroundSlotsEnv(BatchedEnv):
             raise EnvError(f"focal_slots must be distinct agent indices in [0, {n}), got {list(focal_slots)}")
         background = [s for s in range(n) if s not in focal]
         if not background:
-            raise EnvError(f"focal_slots {focal} cover every slot of {env.spec.scenario}; nothing is left to the background policy")
+            raise EnvError(
+                f"focal_slots {focal} cover every slot of {env.spec.scenario}; nothing is left to the background policy"
+            )
         self.env, self._close_env = env, close_env
         self.device = env.device
         self.focal_slots, self.background_slots = focal, background
@@ -90,7 +92,9 @@ class BackgroundSlotsEnv(BatchedEnv):
         background_actions = self.background_policy(restrict_slots(self._last, self._background_idx), self._new_episode)
         expected = (self.spec.num_envs, len(self.background_slots))
         if tuple(background_actions.shape) != expected:
-            raise EnvError(f"background_policy must return actions of shape {expected}, got {tuple(background_actions.shape)}")
+            raise EnvError(
+                f"background_policy must return actions of shape {expected}, got {tuple(background_actions.shape)}"
+            )
         full = torch.empty(self.env.spec.num_envs, self.env.spec.n_agents, dtype=torch.long, device=self.device)
         full[:, self._focal_idx] = actions
         full[:, self._background_idx] = background_actions.to(device=self.device, dtype=torch.long)

@@ -105,17 +105,31 @@ class StepOutput:
         return self.terminated | self.truncated
 
     @classmethod
-    def first(cls, obs: torch.Tensor, state: torch.Tensor, avail_actions: torch.Tensor,
-              obs_extra: dict[str, torch.Tensor] | None = None) -> "StepOutput":
+    def first(
+        cls,
+        obs: torch.Tensor,
+        state: torch.Tensor,
+        avail_actions: torch.Tensor,
+        obs_extra: dict[str, torch.Tensor] | None = None,
+    ) -> "StepOutput":
         """The output of ``reset``: zero rewards, all flags false, ``final_*`` = the current fields."""
         B, N = avail_actions.shape[:2]
         false = torch.zeros(B, dtype=torch.bool, device=avail_actions.device)
         obs_extra = dict(obs_extra or {})
-        return cls(obs=obs, state=state, avail_actions=avail_actions,
-                   reward=torch.zeros(B, N, device=avail_actions.device),
-                   terminated=false, truncated=false.clone(), won=false.clone(),
-                   final_obs=obs, final_state=state, final_avail_actions=avail_actions,
-                   obs_extra=obs_extra, final_obs_extra=dict(obs_extra))
+        return cls(
+            obs=obs,
+            state=state,
+            avail_actions=avail_actions,
+            reward=torch.zeros(B, N, device=avail_actions.device),
+            terminated=false,
+            truncated=false.clone(),
+            won=false.clone(),
+            final_obs=obs,
+            final_state=state,
+            final_avail_actions=avail_actions,
+            obs_extra=obs_extra,
+            final_obs_extra=dict(obs_extra),
+        )
 
 
 class BatchedEnv(ABC):

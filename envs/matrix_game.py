@@ -66,8 +66,9 @@ def scenario_options(scenario: str, options: dict[str, Any]) -> MatrixGameOption
     return parse_options(MatrixGameOptions, {**SCENARIOS[scenario], **options}, f"{FAMILY} scenario {scenario!r}")
 
 
-def make(scenario: str, num_envs: int = 1, seed: int = 0, device: str | torch.device = "cpu",
-         **options: Any) -> "MatrixGameEnv":
+def make(
+    scenario: str, num_envs: int = 1, seed: int = 0, device: str | torch.device = "cpu", **options: Any
+) -> "MatrixGameEnv":
     opts = scenario_options(scenario, options)
     return MatrixGameEnv(scenario, opts, num_envs=num_envs, seed=seed, device=torch.device(device))
 
@@ -90,9 +91,16 @@ class MatrixGameEnv(BatchedEnv):
         self.payoff = _payoff_tensor(options.payoff).to(self.device)
         A = self.payoff.shape[0]
         self.spec = EnvSpec(
-            family=FAMILY, scenario=scenario, num_envs=num_envs, n_agents=N_AGENTS, n_actions=A,
-            obs_shape=(options.obs_dim,), state_shape=(options.obs_dim,), episode_limit=1,
-            shared_reward=True, has_won=False,
+            family=FAMILY,
+            scenario=scenario,
+            num_envs=num_envs,
+            n_agents=N_AGENTS,
+            n_actions=A,
+            obs_shape=(options.obs_dim,),
+            state_shape=(options.obs_dim,),
+            episode_limit=1,
+            shared_reward=True,
+            has_won=False,
             options={**dataclasses.asdict(options), "payoff": self.payoff.tolist()},
         )
         B = num_envs
@@ -121,7 +129,14 @@ class MatrixGameEnv(BatchedEnv):
         # The observation never changes, so the new episode's first observation and the ended
         # episode's last one (final_*) are the same constant tensors.
         return StepOutput(
-            obs=self._obs.clone(), state=self._state.clone(), avail_actions=self._avail.clone(),
-            reward=reward, terminated=terminated.clone(), truncated=self._false.clone(), won=self._false.clone(),
-            final_obs=self._obs.clone(), final_state=self._state.clone(), final_avail_actions=self._avail.clone(),
+            obs=self._obs.clone(),
+            state=self._state.clone(),
+            avail_actions=self._avail.clone(),
+            reward=reward,
+            terminated=terminated.clone(),
+            truncated=self._false.clone(),
+            won=self._false.clone(),
+            final_obs=self._obs.clone(),
+            final_state=self._state.clone(),
+            final_avail_actions=self._avail.clone(),
         )

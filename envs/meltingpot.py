@@ -283,7 +283,9 @@ def copy_seeds(seed: int, num_envs: int) -> list[int]:
 
 
 def _substrate_frame_cap(config: Any) -> int:
-    return int(config.lab2d_settings_builder(roles=config.default_player_roles, config=config)["maxEpisodeLengthFrames"])
+    return int(
+        config.lab2d_settings_builder(roles=config.default_player_roles, config=config)["maxEpisodeLengthFrames"]
+    )
 
 
 def _capped_settings(builder: Any, max_frames: int, **kwargs: Any) -> Any:
@@ -558,9 +560,7 @@ class MeltingPotEnv(BatchedEnv):
         self._actions.copy_(actions.cpu())
         self._pool.broadcast("step")
         v = self._pool.views
-        return self._output(
-            self._tensor(v["reward"]), self._tensor(v["terminated"]), self._tensor(v["truncated"])
-        )
+        return self._output(self._tensor(v["reward"]), self._tensor(v["terminated"]), self._tensor(v["truncated"]))
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         """A copy (the shared arrays are overwritten by the next step) on the env's device. Copies

@@ -117,7 +117,9 @@ def scenario_options(scenario: str, options: dict[str, Any]) -> PredatorPreyOpti
     return parse_options(PredatorPreyOptions, {**SCENARIOS[scenario], **options}, f"{FAMILY} scenario {scenario!r}")
 
 
-def make(scenario: str, num_envs: int = 1, seed: int = 0, device: str | torch.device = "cpu", **options: Any) -> "PredatorPreyEnv":
+def make(
+    scenario: str, num_envs: int = 1, seed: int = 0, device: str | torch.device = "cpu", **options: Any
+) -> "PredatorPreyEnv":
     opts = scenario_options(scenario, options)
     return PredatorPreyEnv(scenario, opts, num_envs=num_envs, seed=seed, device=torch.device(device))
 
@@ -131,9 +133,11 @@ def _validate(o: PredatorPreyOptions) -> None:
     if o.n_stags < 0 or o.n_hares < 0 or o.n_stags + o.n_hares < 1:
         problems.append("n_stags and n_hares must be >= 0 with at least one prey")
     if o.n_agents + o.n_stags + o.n_hares > o.grid_height * o.grid_width:
-        problems.append(f"agents and prey do not fit on the grid: {o.n_agents} agents + {o.n_stags + o.n_hares} prey "
-                        f"need {o.n_agents + o.n_stags + o.n_hares} cells, a {o.grid_height}x{o.grid_width} grid has "
-                        f"{o.grid_height * o.grid_width} (enlarge grid_height/grid_width or use fewer agents/prey)")
+        problems.append(
+            f"agents and prey do not fit on the grid: {o.n_agents} agents + {o.n_stags + o.n_hares} prey "
+            f"need {o.n_agents + o.n_stags + o.n_hares} cells, a {o.grid_height}x{o.grid_width} grid has "
+            f"{o.grid_height * o.grid_width} (enlarge grid_height/grid_width or use fewer agents/prey)"
+        )
     if o.agent_view_radius < 0:
         problems.append("agent_view_radius must be >= 0")
     for name in ("capture_agents_needed", "hare_capture_agents_needed"):
@@ -181,7 +185,10 @@ class PredatorPreyEnv(BatchedEnv):
         self._gen.manual_seed(seed)
 
         long = dict(dtype=torch.long, device=dev)
-        row, col = torch.arange(self.C, **long).div(self.W, rounding_mode="floor"), torch.arange(self.C, **long) % self.W
+        row, col = (
+            torch.arange(self.C, **long).div(self.W, rounding_mode="floor"),
+            torch.arange(self.C, **long) % self.W,
+        )
         # _move[cell, action]: the cell an action leads to; the own cell for stay, catch and walls.
         d_row, d_col = torch.tensor([0, 1, 0, -1, 0, 0], **long), torch.tensor([1, 0, -1, 0, 0, 0], **long)
         to_row, to_col = row[:, None] + d_row, col[:, None] + d_col
@@ -231,7 +238,9 @@ class PredatorPreyEnv(BatchedEnv):
             raise EnvError("call reset() before step()")
         a = self._check_actions(actions)
         if ((a < 0) | (a >= N_ACTIONS)).any():
-            raise EnvError(f"actions must be in [0, {N_ACTIONS}) ({', '.join(ACTION_NAMES)}), got {a.unique().tolist()}")
+            raise EnvError(
+                f"actions must be in [0, {N_ACTIONS}) ({', '.join(ACTION_NAMES)}), got {a.unique().tolist()}"
+            )
         B, N, M = self.B, self.N, self.M
         # One draw for every random choice of the step: agent priorities, prey priorities, prey moves.
         noise = torch.rand(B, N + M + 4 * M, generator=self._gen, device=self.device)
@@ -282,9 +291,22 @@ class PredatorPreyEnv(BatchedEnv):
         dev, B, N, M = self.device, self.B, self.N, self.M
         agents = torch.as_tensor(agents, dtype=torch.long, device=dev)
         prey = torch.as_tensor(prey, dtype=torch.long, device=dev)
-        active = torch.ones(B, N, dtype=torch.bool, device=dev) if agents_active is None else torch.as_tensor(agents_active, dtype=torch.bool, device=dev)
-        alive = torch.ones(B, M, dtype=torch.bool, device=dev) if prey_alive is None else torch.as_tensor(prey_alive, dtype=torch.bool, device=dev)
-        for name, got, want in (("agents", agents, (B, N, 2)), ("prey", prey, (B, M, 2)), ("agents_active", active, (B, N)), ("prey_alive", alive, (B, M))):
+        active = (
+            torch.ones(B, N, dtype=torch.bool, device=dev)
+            if agents_active is None
+            else torch.as_tensor(agents_active, dtype=torch.bool, device=dev)
+        )
+        alive = (
+            torch.ones(B, M, dtype=torch.bool, device=dev)
+            if prey_alive is None
+            else torch.as_tensor(prey_alive, dtype=torch.bool, device=dev)
+        )
+        for name, got, want in (
+            ("agents", agents, (B, N, 2)),
+            ("prey", prey, (B, M, 2)),
+            ("agents_active", active, (B, N)),
+            ("prey_alive", alive, (B, M)),
+        ):
             if tuple(got.shape) != want:
                 raise EnvError(f"{name} must have shape {want}, got {tuple(got.shape)}")
         pos = torch.cat([agents, prey], 1)
@@ -303,6 +325,7 @@ class PredatorPreyEnv(BatchedEnv):
     def get_positions(self) -> dict[str, torch.Tensor]:
         """Copies of the episode state (for tests and rendering): ``agents`` [B, N, 2] and ``prey``
         [B, M, 2] as (row, col), ``agents_active`` [B, N], ``prey_alive`` [B, M], ``steps`` [B]."""
+
         def to_pos(cell: torch.Tensor) -> torch.Tensor:
             return torch.stack([cell.div(self.W, rounding_mode="floor"), cell % self.W], -1)
 
@@ -389,7 +412,9 @@ class PredatorPreyEnv(BatchedEnv):
         where = torch.where(mark, cell, self.C)
         return torch.zeros(self.B, self.C + 1, dtype=torch.bool, device=self.device).scatter_(1, where, True)
 
-    def _resolve_conflicts(self, cell: torch.Tensor, wants: torch.Tensor, noise: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    def _resolve_conflicts(
+        self, cell: torch.Tensor, wants: torch.Tensor, noise: torch.Tensor, ids: torch.Tensor
+    ) -> torch.Tensor:
         """Among the entities that want to enter the same cell, the one of highest random priority
         wins. Priorities are made unique per copy by appending the entity index."""
         priority = (noise * _PRIORITY_LEVELS).long() * ids.numel() + ids

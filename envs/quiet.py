@@ -17,16 +17,19 @@ import sys
 import tempfile
 from typing import Iterator
 
-NOISE = tuple(re.compile(p) for p in (
-    # jaxmarl/environments/__init__.py
-    r"Importing submoduled environments\.\.\.",
-    r"Submoduled environments (not found\. Skipping import|imported successfully)\.",
-    # absl (TensorFlow) before its logging is initialised, and its INFO lines:
-    # I<mmdd> <time> <thread> <file>:<line>] ..., e.g. oneDNN and "Could not find cuda drivers" (before
-    # absl is initialised the time reads 00:00:<epoch seconds>)
-    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
-    r"I\d{4} [\d:.]+\s+\d+ \S+:\d+\] .*",
-))
+NOISE = tuple(
+    re.compile(p)
+    for p in (
+        # jaxmarl/environments/__init__.py
+        r"Importing submoduled environments\.\.\.",
+        r"Submoduled environments (not found\. Skipping import|imported successfully)\.",
+        # absl (TensorFlow) before its logging is initialised, and its INFO lines:
+        # I<mmdd> <time> <thread> <file>:<line>] ..., e.g. oneDNN and "Could not find cuda drivers" (before
+        # absl is initialised the time reads 00:00:<epoch seconds>)
+        r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
+        r"I\d{4} [\d:.]+\s+\d+ \S+:\d+\] .*",
+    )
+)
 
 
 def is_noise(line: str) -> bool:

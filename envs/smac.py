@@ -309,9 +309,7 @@ def unavailable_reason(scenario: str) -> str | None:
         problems.append(f"StarCraft II is not installed at {root} ({where})")
     else:
         if not sc2_builds(root):
-            problems.append(
-                f"no StarCraft II binary under {root / 'Versions'} (expected Base<build>/SC2_x64; {where})"
-            )
+            problems.append(f"no StarCraft II binary under {root / 'Versions'} (expected Base<build>/SC2_x64; {where})")
         path = root / "Maps" / map_file(scenario)
         if not path.is_file():
             problems.append(f"the map file {path} is missing (SMAC_Maps.zip from {MAPS_URL})")

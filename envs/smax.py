@@ -180,12 +180,20 @@ def _state_scale(smax: Any) -> jax.Array:
     ``get_world_state``): per unit [health fraction, x, y, weapon cooldown, unit-type one-hot],
     then every unit's team (0/1), then every unit's type index."""
     n_units, n_types = smax.num_agents, smax.unit_type_bits
-    per_unit = [1.0, 1.0 / smax.map_width, 1.0 / smax.map_height,
-                1.0 / float(jnp.max(smax.unit_type_weapon_cooldowns))] + [1.0] * n_types
+    per_unit = [
+        1.0,
+        1.0 / smax.map_width,
+        1.0 / smax.map_height,
+        1.0 / float(jnp.max(smax.unit_type_weapon_cooldowns)),
+    ] + [1.0] * n_types
     assert len(per_unit) == len(smax.own_features), "unexpected SMAX world_state layout"
-    return jnp.concatenate([jnp.tile(jnp.asarray(per_unit, jnp.float32), n_units),
-                            jnp.ones(n_units, jnp.float32),
-                            jnp.full(n_units, 1.0 / max(n_types - 1, 1), jnp.float32)])
+    return jnp.concatenate(
+        [
+            jnp.tile(jnp.asarray(per_unit, jnp.float32), n_units),
+            jnp.ones(n_units, jnp.float32),
+            jnp.full(n_units, 1.0 / max(n_types - 1, 1), jnp.float32),
+        ]
+    )
 
 
 class _Compiled:
@@ -269,8 +277,13 @@ class _Compiled:
                 policy_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, _POLICY_STREAM)
                 actions = jax.vmap(policy)(policy_keys, out.obs, out.avail_actions).astype(jnp.int32)
                 keys, state, out = jax.vmap(self._step_one)(keys, state, actions)
-                traj = {"actions": actions, "reward": out.reward, "terminated": out.terminated,
-                        "truncated": out.truncated, "won": out.won}
+                traj = {
+                    "actions": actions,
+                    "reward": out.reward,
+                    "terminated": out.terminated,
+                    "truncated": out.truncated,
+                    "won": out.won,
+                }
                 return (keys, state, out), traj
 
             def run(keys, state, out):

@@ -41,8 +41,9 @@ SCENARIO_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
-def build_config(cls: type, overrides: Mapping[str, Any] | None = None, scenario: str | None = None,
-                 where: str = "algorithm config") -> Any:
+def build_config(
+    cls: type, overrides: Mapping[str, Any] | None = None, scenario: str | None = None, where: str = "algorithm config"
+) -> Any:
     """Create ``cls`` from its profile (``overrides['profile']`` or the class default), the
     profile's per-scenario advice, then the user's overrides, validating every key, type and choice
     (marl/typed.py) and then the config's own ``validate()`` rules."""

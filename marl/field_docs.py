@@ -55,8 +55,11 @@ def _class_docs(cls: type) -> dict[str, str]:
     for stmt in node.body:
         if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
             continue
-        trailing = [comments[n] for n in range(stmt.lineno, (stmt.end_lineno or stmt.lineno) + 1)
-                    if n in comments and not lines[n - 1].lstrip().startswith("#")]
+        trailing = [
+            comments[n]
+            for n in range(stmt.lineno, (stmt.end_lineno or stmt.lineno) + 1)
+            if n in comments and not lines[n - 1].lstrip().startswith("#")
+        ]
         above: list[str] = []
         line = stmt.lineno - 1
         while line >= 1 and line in comments and lines[line - 1].lstrip().startswith("#"):

@@ -48,11 +48,20 @@ ProgressFn = Callable[[int, int, Mapping[str, Any] | None], None]
 TRAINERS: dict[str, str] = {"value": "marl.value.trainer:ValueTrainer", "policy": "marl.policy.trainer:PolicyTrainer"}
 
 
-def train_run(algorithm: str, family: str, scenario: str, seed: int, budget: Budget,
-              overrides: Mapping[str, Any] | None = None, env_options: Mapping[str, Any] | None = None,
-              run_dir: str | Path | None = None, device: str = "cpu", progress: ProgressFn | None = None,
-              provenance_extra: Mapping[str, Any] | None = None,
-              snapshots: tuple[float, ...] = ()) -> list[dict[str, Any]]:
+def train_run(
+    algorithm: str,
+    family: str,
+    scenario: str,
+    seed: int,
+    budget: Budget,
+    overrides: Mapping[str, Any] | None = None,
+    env_options: Mapping[str, Any] | None = None,
+    run_dir: str | Path | None = None,
+    device: str = "cpu",
+    progress: ProgressFn | None = None,
+    provenance_extra: Mapping[str, Any] | None = None,
+    snapshots: tuple[float, ...] = (),
+) -> list[dict[str, Any]]:
     """Train one run to its budget with its kind's trainer (resuming from ``run_dir``'s checkpoint if
     there is one) and return its metric rows (one per evaluation). ``progress(t_env, total,
     row_or_None)`` is called after every collection round and every evaluation; raising from it
@@ -64,7 +73,8 @@ def train_run(algorithm: str, family: str, scenario: str, seed: int, budget: Bud
         raise NotImplementedError(f"algorithm {algorithm!r} is of kind {kind!r}, which has no trainer")
     module, _, name = TRAINERS[kind].partition(":")
     trainer = getattr(importlib.import_module(module), name)(
-        algorithm, family, scenario, seed, budget, overrides, env_options, run_dir, device, progress, provenance_extra)
+        algorithm, family, scenario, seed, budget, overrides, env_options, run_dir, device, progress, provenance_extra
+    )
     if snapshots:
         if kind != "policy":
             raise ValueError(f"snapshots are saved by policy learners only, not by {algorithm!r} ({kind})")
@@ -80,10 +90,20 @@ def derive_seed(*parts: int) -> int:
 class Trainer(ABC):
     """Owns the envs, the learner and the counters of one run; ``run()`` trains to the budget."""
 
-    def __init__(self, algorithm: str, family: str, scenario: str, seed: int, budget: Budget,
-                 overrides: Mapping[str, Any] | None = None, env_options: Mapping[str, Any] | None = None,
-                 run_dir: str | Path | None = None, device: str = "cpu", progress: ProgressFn | None = None,
-                 provenance_extra: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        algorithm: str,
+        family: str,
+        scenario: str,
+        seed: int,
+        budget: Budget,
+        overrides: Mapping[str, Any] | None = None,
+        env_options: Mapping[str, Any] | None = None,
+        run_dir: str | Path | None = None,
+        device: str = "cpu",
+        progress: ProgressFn | None = None,
+        provenance_extra: Mapping[str, Any] | None = None,
+    ):
         retain_freed_memory()  # updates reuse freed pages instead of page-faulting (marl/allocator.py)
         self.provenance_extra = dict(provenance_extra or {})
         self.algo = get_algorithm(algorithm)
@@ -95,10 +115,17 @@ class Trainer(ABC):
         self.progress = progress
 
         torch.manual_seed(seed)  # network initialisation
-        self.env = envs.make_env(family, scenario, num_envs=self.cfg.num_envs, seed=seed, device=device,
-                                 **self.env_options)
-        self.test_env = envs.make_env(family, scenario, num_envs=self.test_num_envs(), seed=derive_seed(seed, 1),
-                                      device=device, **self.env_options)
+        self.env = envs.make_env(
+            family, scenario, num_envs=self.cfg.num_envs, seed=seed, device=device, **self.env_options
+        )
+        self.test_env = envs.make_env(
+            family,
+            scenario,
+            num_envs=self.test_num_envs(),
+            seed=derive_seed(seed, 1),
+            device=device,
+            **self.env_options,
+        )
         self.learner = self.algo.make_learner(self.cfg, self.env.spec, self.device)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(derive_seed(seed, 2))
@@ -155,8 +182,14 @@ class Trainer(ABC):
         pass
 
     def counters(self) -> dict[str, Any]:
-        return {"t_env": self.t_env, "episode": self.episode, "n_evals": self.n_evals, "next_eval": self.next_eval,
-                "next_checkpoint": self.next_checkpoint, "wall_time": self.wall_time}
+        return {
+            "t_env": self.t_env,
+            "episode": self.episode,
+            "n_evals": self.n_evals,
+            "next_eval": self.next_eval,
+            "next_checkpoint": self.next_checkpoint,
+            "wall_time": self.wall_time,
+        }
 
     # The loop -----------------------------------------------------------------------------------
 
@@ -200,9 +233,15 @@ class Trainer(ABC):
         test = self.evaluation_metrics()
         prev = self.rows[-1] if self.rows else {"env_steps": 0, "wall_time": 0.0}
         dt = max(wall_time - prev["wall_time"], 1e-9)
-        row = {"env_steps": self.t_env, "episodes": self.episode, "updates": self.learner.updates,
-               "wall_time": round(wall_time, 3), **test, **self.window_metrics(),
-               "env_steps_per_s": round((self.t_env - prev["env_steps"]) / dt, 1)}
+        row = {
+            "env_steps": self.t_env,
+            "episodes": self.episode,
+            "updates": self.learner.updates,
+            "wall_time": round(wall_time, 3),
+            **test,
+            **self.window_metrics(),
+            "env_steps_per_s": round((self.t_env - prev["env_steps"]) / dt, 1),
+        }
         self.rows.append(row)
         for values in self._window.values():
             values.clear()
@@ -251,8 +290,10 @@ class Trainer(ABC):
             return False
         state = torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=False)
         if state.get("algorithm") != self.algo.name or state.get("config") != asdict(self.cfg):
-            raise RuntimeError(f"{self.run_dir / CHECKPOINT} belongs to a different configuration; "
-                               "remove the run directory to start this run afresh")
+            raise RuntimeError(
+                f"{self.run_dir / CHECKPOINT} belongs to a different configuration; "
+                "remove the run directory to start this run afresh"
+            )
         self.learner.load_state_dict(state["learner"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])

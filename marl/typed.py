@@ -98,8 +98,9 @@ def coerce(value: Any, annotation: Any) -> Any:
     return value  # an annotation this module does not model: left to the dataclass itself
 
 
-def parse_fields(cls: type, values: Mapping[str, Any], where: str, error: type[Exception] = ValueError,
-                 noun: str = "key") -> dict[str, Any]:
+def parse_fields(
+    cls: type, values: Mapping[str, Any], where: str, error: type[Exception] = ValueError, noun: str = "key"
+) -> dict[str, Any]:
     """``values`` checked against the fields of dataclass ``cls`` and coerced to their types.
 
     Raises ``error`` naming ``where`` (e.g. "algorithm 'ddn'"), the field, and the valid keys or
@@ -111,10 +112,16 @@ def parse_fields(cls: type, values: Mapping[str, Any], where: str, error: type[E
     if unknown:
         valid = ", ".join(f"{n} ({describe(hints[n])})" for n in names)
         close = {k: difflib.get_close_matches(str(k), names, n=1) for k in unknown}
-        guesses = "; ".join(f"did you mean {c[0]!r}?" if len(unknown) == 1 else f"{k!r}: did you mean {c[0]!r}?"
-                            for k, c in close.items() if c)
-        raise error(f"{where}: unknown {noun}(s) {sorted(map(str, unknown))}" + (f" ({guesses})" if guesses else "")
-                    + f"; valid {noun}s: {valid}")
+        guesses = "; ".join(
+            f"did you mean {c[0]!r}?" if len(unknown) == 1 else f"{k!r}: did you mean {c[0]!r}?"
+            for k, c in close.items()
+            if c
+        )
+        raise error(
+            f"{where}: unknown {noun}(s) {sorted(map(str, unknown))}"
+            + (f" ({guesses})" if guesses else "")
+            + f"; valid {noun}s: {valid}"
+        )
     out = {}
     for name, value in values.items():
         try:

@@ -29,8 +29,16 @@ import pandas as pd
 
 from reports.collect import SuiteData, metric_for
 from reports.paper import Bar, Claim, Paper, PaperNumbers
-from reports.stats import (Difference, Improvement, OneSidedTest, aggregate, holm, median_difference, one_sided_test,
-                           probability_of_improvement)
+from reports.stats import (
+    Difference,
+    Improvement,
+    OneSidedTest,
+    aggregate,
+    holm,
+    median_difference,
+    one_sided_test,
+    probability_of_improvement,
+)
 from reports.tables import FAMILY_NAMES, HELDOUT_GROUP, build_crossplay_table, cell_runs, family_key
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_RUN = "reproduced", "not reproduced", "inconclusive", "not run"
@@ -56,7 +64,8 @@ def fmt_diff(value: float, is_rate: bool) -> str:
 
 
 def _diff_ci(d: Difference, is_rate: bool) -> str:
-    """"+35.0 pts [+20.0, +47.0]": a difference with its bootstrap interval."""
+    """ "+35.0 pts [+20.0, +47.0]": a difference with its bootstrap interval."""
+
     def bare(v: float) -> str:
         return fmt_diff(v, is_rate).removesuffix(" pts")
 
@@ -80,9 +89,11 @@ def fmt_p(p: float) -> str:
 
 # Evidence ----------------------------------------------------------------------------------------
 
+
 @dataclass
 class Arm:
     """One label's finished seeds on one scenario (or cross-play row)."""
+
     label: str
     values: list[float]  # final scores, one per finished seed
     budgets: list[int]  # the env-step budgets of those runs
@@ -100,6 +111,7 @@ class Arm:
 @dataclass
 class Evidence:
     """What the suite holds for one claim on one scenario (a cross-play claim: one table row)."""
+
     scenario: str
     family: str
     is_rate: bool
@@ -114,7 +126,8 @@ class Evidence:
     @property
     def where(self) -> str:
         return f"{self.scenario} ({FAMILY_NAMES.get(self.family, self.family)}" + (
-            f"; vs {self.population})" if self.population else ")")
+            f"; vs {self.population})" if self.population else ")"
+        )
 
     @property
     def measured_on(self) -> str:
@@ -128,13 +141,15 @@ class Evidence:
 
 def _arm(label: str, frame: pd.DataFrame) -> Arm:
     finite = frame[np.isfinite(frame["final_score"].astype(float))]
-    return Arm(label, finite["final_score"].astype(float).tolist(),
-               [int(b) for b in finite["env_steps_budget"].dropna()])
+    return Arm(
+        label, finite["final_score"].astype(float).tolist(), [int(b) for b in finite["env_steps_budget"].dropna()]
+    )
 
 
 def _metric_targets(data: SuiteData, claim: Claim, paper: Paper) -> list[tuple[str, str]]:
     """The (family, scenario) pairs a metrics claim is judged on: each listed scenario where one of
     its arms finished (SMAC preferred to the stand-in), or every scenario of its group with such runs."""
+
     def finished(family: str, scenario: str, label: str) -> bool:
         """Finished runs of the claim's own group (a reference borrowed from another group, e.g. the
         main table's ddn in an ablation, is no run of the claim on its own)."""
@@ -144,8 +159,14 @@ def _metric_targets(data: SuiteData, claim: Claim, paper: Paper) -> list[tuple[s
     if claim.scenarios:
         out = []
         for scenario in claim.scenarios:
-            family = next((f for f in (paper.family, paper.stand_in)
-                           if f and any(finished(f, scenario, lb) for lb in claim.arms)), None)
+            family = next(
+                (
+                    f
+                    for f in (paper.family, paper.stand_in)
+                    if f and any(finished(f, scenario, lb) for lb in claim.arms)
+                ),
+                None,
+            )
             if family:
                 out.append((family, scenario))
         return out
@@ -178,6 +199,7 @@ def gather_evidence(data: SuiteData, claim: Claim, paper: Paper, reps: int) -> l
 
 # The bar -----------------------------------------------------------------------------------------
 
+
 def check_bar(ev: Evidence, bar: Bar) -> list[str]:
     """Step 2: what this evidence lacks to meet the bar (empty: met)."""
     missing = []
@@ -202,9 +224,11 @@ def check_bar(ev: Evidence, bar: Bar) -> list[str]:
 
 # Tests -------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Comparison:
     """One arm against another: H1 a run of ``x`` scores higher than a run of ``y``."""
+
     x: str
     y: str
     poi: Improvement
@@ -221,6 +245,7 @@ class Comparison:
 @dataclass
 class TestResult:
     """Step 3's output for one piece of evidence (computed whether or not the bar is met)."""
+
     comparisons: list[Comparison] = field(default_factory=list)  # better / best / lags
     n: int = 0  # value: seeds of the label
     median: float = float("nan")
@@ -239,8 +264,15 @@ def run_test(ev: Evidence, claim: Claim, reps: int) -> TestResult:
         ax, ay = ev.arms[x], ev.arms[y]
         if not ax.n or not ay.n:
             continue
-        out.append(Comparison(x, y, probability_of_improvement(ax.values, ay.values, reps=reps),
-                              one_sided_test(ax.values, ay.values), median_difference(ax.values, ay.values, reps)))
+        out.append(
+            Comparison(
+                x,
+                y,
+                probability_of_improvement(ax.values, ay.values, reps=reps),
+                one_sided_test(ax.values, ay.values),
+                median_difference(ax.values, ay.values, reps),
+            )
+        )
     for c, p in zip(out, holm([c.test.p for c in out])):
         c.p_holm = float(p)
     return TestResult(comparisons=out)
@@ -252,9 +284,11 @@ def _value_holds(result: TestResult, claim: Claim) -> bool:
 
 # Phrasing ----------------------------------------------------------------------------------------
 
+
 @dataclass
 class Row:
     """The judgement on one piece of evidence, in words."""
+
     evidence: Evidence
     outcome: str
     missing: list[str]
@@ -266,7 +300,8 @@ class Row:
     @property
     def text(self) -> str:
         return f"{self.evidence.where}: {self.outcome} ({self.qualifier}). {self.test}" + (
-            f" Effect: {self.effect}." if self.effect else "")
+            f" Effect: {self.effect}." if self.effect else ""
+        )
 
 
 def _test_name(claim: Claim, n_rivals: int) -> str:
@@ -274,65 +309,115 @@ def _test_name(claim: Claim, n_rivals: int) -> str:
     x = "rival" if claim.kind == "lags" else claim.label
     y = claim.label if claim.kind == "lags" else "rival"
     holm_part = f", Holm-adjusted over {n_rivals} rivals" if n_rivals > 1 else ""
-    return f"one-sided exact permutation test of P({x} > {y}) > 1/2 (Mann-Whitney){holm_part}, alpha {claim.bar.alpha:g}"
+    return (
+        f"one-sided exact permutation test of P({x} > {y}) > 1/2 (Mann-Whitney){holm_part}, alpha {claim.bar.alpha:g}"
+    )
 
 
 def _phrase_row(ev: Evidence, claim: Claim, missing: list[str], result: TestResult) -> Row:
     is_rate = ev.is_rate
     if claim.kind == "value":
         tol = fmt_diff(claim.tolerance, is_rate).lstrip("+")
-        ours = (f"our median {fmt_score(result.median, is_rate)} [{fmt_score(result.lo, is_rate)}, "
-                f"{fmt_score(result.hi, is_rate)}] (n = {result.n})")
+        ours = (
+            f"our median {fmt_score(result.median, is_rate)} [{fmt_score(result.lo, is_rate)}, "
+            f"{fmt_score(result.hi, is_rate)}] (n = {result.n})"
+        )
         paper = f"paper {fmt_score(claim.value, is_rate, 2)}"
         effect = f"ours minus paper: {fmt_diff(result.median - claim.value, is_rate)}" if result.n else ""
         if missing:
-            return Row(ev, INCONCLUSIVE, missing, "; ".join(missing),
-                       f"So far, not a verdict: {ours} vs {paper} (tolerance ± {tol}).", effect, result)
-        widened = (f"[{fmt_score(result.lo - claim.tolerance, is_rate)}, "
-                   f"{fmt_score(result.hi + claim.tolerance, is_rate)}]")
+            return Row(
+                ev,
+                INCONCLUSIVE,
+                missing,
+                "; ".join(missing),
+                f"So far, not a verdict: {ours} vs {paper} (tolerance ± {tol}).",
+                effect,
+                result,
+            )
+        widened = (
+            f"[{fmt_score(result.lo - claim.tolerance, is_rate)}, {fmt_score(result.hi + claim.tolerance, is_rate)}]"
+        )
         holds = _value_holds(result, claim)
         side = "inside" if holds else ("below" if result.hi + claim.tolerance < claim.value else "above")
-        qualifier = ("the paper's number lies inside our interval widened by the tolerance" if holds else
-                     f"our interval, widened by the tolerance, lies {side} the paper's number")
-        return Row(ev, REPRODUCED if holds else NOT_REPRODUCED, [], qualifier,
-                   f"{paper} vs {ours}; 95% bootstrap CI of the median widened by ± {tol}: {widened}, "
-                   f"{'contains' if holds else 'excludes'} the paper's number.", effect, result)
+        qualifier = (
+            "the paper's number lies inside our interval widened by the tolerance"
+            if holds
+            else f"our interval, widened by the tolerance, lies {side} the paper's number"
+        )
+        return Row(
+            ev,
+            REPRODUCED if holds else NOT_REPRODUCED,
+            [],
+            qualifier,
+            f"{paper} vs {ours}; 95% bootstrap CI of the median widened by ± {tol}: {widened}, "
+            f"{'contains' if holds else 'excludes'} the paper's number.",
+            effect,
+            result,
+        )
 
     comps = result.comparisons
     tested = [c for c in comps if np.isfinite(c.test.p)]
     untested = [c.y if claim.kind != "lags" else c.x for c in comps if not np.isfinite(c.test.p)]
-    tests = "; ".join(f"{c.x} > {c.y}: p = {fmt_p(c.test.p)}" + (f" (Holm {fmt_p(c.p_holm)})" if len(tested) > 1 else "")
-                      + ("" if c.test.exact else ", Monte Carlo") + f", n = {c.test.n_x} vs {c.test.n_y}"
-                      for c in tested)
+    tests = "; ".join(
+        f"{c.x} > {c.y}: p = {fmt_p(c.test.p)}"
+        + (f" (Holm {fmt_p(c.p_holm)})" if len(tested) > 1 else "")
+        + ("" if c.test.exact else ", Monte Carlo")
+        + f", n = {c.test.n_x} vs {c.test.n_y}"
+        for c in tested
+    )
     if untested:
-        tests += ("; " if tests else "") + f"no test vs {', '.join(untested)} (a side has a single seed; a test needs 2)"
-    effect = "; ".join(f"P({c.x} > {c.y}) = {c.poi.p:.2f}, median difference " + (
-        _diff_ci(c.diff, is_rate) if max(c.poi.n_x, c.poi.n_y) > 1 else
-        f"{fmt_diff(c.diff.value, is_rate)} (one seed each: no interval)") for c in comps)
+        tests += (
+            "; " if tests else ""
+        ) + f"no test vs {', '.join(untested)} (a side has a single seed; a test needs 2)"
+    effect = "; ".join(
+        f"P({c.x} > {c.y}) = {c.poi.p:.2f}, median difference "
+        + (
+            _diff_ci(c.diff, is_rate)
+            if max(c.poi.n_x, c.poi.n_y) > 1
+            else f"{fmt_diff(c.diff.value, is_rate)} (one seed each: no interval)"
+        )
+        for c in comps
+    )
     if missing:
-        shown = (f"So far, not a verdict ({_test_name(claim, len(tested))}): {tests}." if tested else
-                 f"So far, not a verdict: {tests}." if comps else "So far: no pair to compare.")
+        shown = (
+            f"So far, not a verdict ({_test_name(claim, len(tested))}): {tests}."
+            if tested
+            else f"So far, not a verdict: {tests}."
+            if comps
+            else "So far: no pair to compare."
+        )
         return Row(ev, INCONCLUSIVE, missing, "; ".join(missing), shown, effect, result)
     failed = [c for c in comps if not c.p_holm <= claim.bar.alpha]
     text = f"{_test_name(claim, len(tested))}: {tests}."
     if not failed:
         worst = max(c.p_holm for c in comps)
-        return Row(ev, REPRODUCED, [], f"p = {fmt_p(worst)}" + (" after Holm, every rival" if len(comps) > 1 else ""),
-                   text, effect, result)
+        return Row(
+            ev,
+            REPRODUCED,
+            [],
+            f"p = {fmt_p(worst)}" + (" after Holm, every rival" if len(comps) > 1 else ""),
+            text,
+            effect,
+            result,
+        )
     same = [f"{c.x} vs {c.y}" if claim.kind == "lags" else c.y for c in failed if c.direction == "same"]
     other = [f"{c.x} vs {c.y}" if claim.kind == "lags" else c.y for c in failed if c.direction == "other"]
     neither = [f"{c.x} vs {c.y}" if claim.kind == "lags" else c.y for c in failed if c.direction == "neither"]
     parts = []
     whole = len(failed) == len(comps)  # every comparison failed the same way: no need to name them
     if same:
-        parts.append("not significant, data point the same way" + ("" if whole and not (other or neither)
-                                                                      else f" (vs {', '.join(same)})"))
+        parts.append(
+            "not significant, data point the same way"
+            + ("" if whole and not (other or neither) else f" (vs {', '.join(same)})")
+        )
     if other:
-        parts.append("data point the other way" + ("" if whole and not (same or neither)
-                                                    else f" (vs {', '.join(other)})"))
+        parts.append(
+            "data point the other way" + ("" if whole and not (same or neither) else f" (vs {', '.join(other)})")
+        )
     if neither:
-        parts.append("no difference either way" + ("" if whole and not (same or other)
-                                                    else f" (vs {', '.join(neither)})"))
+        parts.append(
+            "no difference either way" + ("" if whole and not (same or other) else f" (vs {', '.join(neither)})")
+        )
     return Row(ev, NOT_REPRODUCED, [], "; ".join(parts), text, effect, result)
 
 
@@ -384,15 +469,26 @@ class Verdict:
             seeds = ", ".join(f"{a.label} {a.n}" for a in ev.arms.values())
             budgets = "/".join(fmt_steps(b) for b in ev.budgets) or "n/a"
             where = ev.scenario + (f" (vs {ev.population})" if ev.population else "")
-            out.append(f"{where}, {'met' if not row.missing else 'not met'}: seeds {seeds}; runs of {budgets} env steps")
+            out.append(
+                f"{where}, {'met' if not row.missing else 'not met'}: seeds {seeds}; runs of {budgets} env steps"
+            )
         return out
 
     def record(self) -> dict:
         """The verdict as JSON data (report/verdicts.json; reproduce.py prints its summary)."""
-        return {"id": self.claim.id, "paper": self.claim.paper, "text": self.claim.text, "outcome": self.verdict,
-                "headline": self.headline, "missing": self.missing, "decided_by": list(self.claim.decided_by),
-                "measured_on": self.measured_on, "budgets": self.budgets, "paper_budget": self.paper_budget,
-                "details": self.details}
+        return {
+            "id": self.claim.id,
+            "paper": self.claim.paper,
+            "text": self.claim.text,
+            "outcome": self.verdict,
+            "headline": self.headline,
+            "missing": self.missing,
+            "decided_by": list(self.claim.decided_by),
+            "measured_on": self.measured_on,
+            "budgets": self.budgets,
+            "paper_budget": self.paper_budget,
+            "details": self.details,
+        }
 
 
 def phrase(claim: Claim, paper: Paper, rows: list[Row], unjudged: list[str]) -> Verdict:
@@ -410,8 +506,11 @@ def phrase(claim: Claim, paper: Paper, rows: list[Row], unjudged: list[str]) -> 
     missing = [m if len(where) == len(rows) else f"{m} on {', '.join(where)}" for m, where in lacking.items()]
     if unjudged:
         named = len(claim.scenarios)
-        missing.append(f"not run on {len(unjudged)} of {named} scenarios: {', '.join(unjudged)}" if named > 1
-                       else f"not run on {', '.join(unjudged)}")
+        missing.append(
+            f"not run on {len(unjudged)} of {named} scenarios: {', '.join(unjudged)}"
+            if named > 1
+            else f"not run on {', '.join(unjudged)}"
+        )
     refuted = [r for r in rows if r.outcome == NOT_REPRODUCED]
     if refuted:
         outcome, qualifier = NOT_REPRODUCED, "; ".join(tagged(r, r.qualifier) for r in refuted)
@@ -422,18 +521,34 @@ def phrase(claim: Claim, paper: Paper, rows: list[Row], unjudged: list[str]) -> 
     else:
         what = "rows of the cross-play table" if claim.source == "crossplay" else "scenarios"
         worst = max((c.p_holm for r in rows for c in r.result.comparisons), default=float("nan"))
-        outcome, qualifier = REPRODUCED, (f"{rows[0].qualifier}, on all {len(rows)} {what}" if claim.kind == "value"
-                                          else f"p ≤ {fmt_p(worst)} after Holm, every rival, on all {len(rows)} {what}")
+        outcome, qualifier = (
+            REPRODUCED,
+            (
+                f"{rows[0].qualifier}, on all {len(rows)} {what}"
+                if claim.kind == "value"
+                else f"p ≤ {fmt_p(worst)} after Holm, every rival, on all {len(rows)} {what}"
+            ),
+        )
     reason = " ".join(r.text for r in rows)
     if outcome == INCONCLUSIVE:
         reason += f" To decide it: {claim.how_to_run}"
     measured = list(dict.fromkeys(r.evidence.measured_on for r in rows))
     budgets = sorted({b for r in rows for b in r.evidence.budgets})
-    return Verdict(claim, outcome, reason, rows, missing if outcome == INCONCLUSIVE else [], qualifier, measured,
-                   budgets, paper.budget_env_steps)
+    return Verdict(
+        claim,
+        outcome,
+        reason,
+        rows,
+        missing if outcome == INCONCLUSIVE else [],
+        qualifier,
+        measured,
+        budgets,
+        paper.budget_env_steps,
+    )
 
 
 # Claims ------------------------------------------------------------------------------------------
+
 
 def evaluate_claim(data: SuiteData, claim: Claim, paper: Paper, reps: int) -> Verdict:
     if claim.kind == "summary":
@@ -467,6 +582,7 @@ def summary_lines(records: list[dict]) -> list[str]:
 
 # Why nothing could be judged -------------------------------------------------------------------
 
+
 def _not_finished(data: SuiteData, group: str, family: str, scenario: str, label: str) -> str | None:
     own, _, _ = cell_runs(data, group, family, scenario, label)
     if not len(own):
@@ -478,12 +594,19 @@ def _not_finished(data: SuiteData, group: str, family: str, scenario: str, label
 
 
 def _not_run_reason(data: SuiteData, claim: Claim, paper: Paper) -> str:
-    unfinished = [m for s in claim.scenarios for fam in (paper.family, paper.stand_in) if fam
-                  for lb in claim.arms if (m := _not_finished(data, claim.group, fam, s, lb))]
+    unfinished = [
+        m
+        for s in claim.scenarios
+        for fam in (paper.family, paper.stand_in)
+        if fam
+        for lb in claim.arms
+        if (m := _not_finished(data, claim.group, fam, s, lb))
+    ]
     if unfinished:
         return "; ".join(unfinished)
-    return (f"no finished runs of {', '.join(claim.arms)} in group {claim.group}"
-            + (f" on {', '.join(claim.scenarios)}" if claim.scenarios else ""))
+    return f"no finished runs of {', '.join(claim.arms)} in group {claim.group}" + (
+        f" on {', '.join(claim.scenarios)}" if claim.scenarios else ""
+    )
 
 
 def _crossplay_status(data: SuiteData, claim: Claim) -> str:
@@ -504,6 +627,9 @@ def _crossplay_status(data: SuiteData, claim: Claim) -> str:
         errors = mine["crossplay_error"].dropna()
         parts.append(text + (f" (cross-play error: {str(errors.iloc[0])[:120]})" if len(errors) else ""))
     held = runs[runs["group"] == HELDOUT_GROUP]
-    parts.append(f"held-out runs: {int((held['state'] == 'done').sum())} of {len(held)} trained" if len(held)
-                 else "the suite has no held-out population (manifest section 'heldout')")
+    parts.append(
+        f"held-out runs: {int((held['state'] == 'done').sum())} of {len(held)} trained"
+        if len(held)
+        else "the suite has no held-out population (manifest section 'heldout')"
+    )
     return "; ".join(parts)

@@ -51,8 +51,9 @@ class Metric:
 
 WIN_RATE = Metric("test_win_rate", "test win rate", True)
 TEST_RETURN = Metric("test_return_mean", "mean test return", False)
-FOCAL_RETURN = Metric("focal_per_capita_return", "focal per-capita return", False, source="crossplay",
-                      curve="test_return_mean")
+FOCAL_RETURN = Metric(
+    "focal_per_capita_return", "focal per-capita return", False, source="crossplay", curve="test_return_mean"
+)
 CROSSPLAY = "crossplay.json"
 
 # What a family is scored by (docs/evaluation.md).
@@ -64,13 +65,54 @@ FAMILY_METRIC: dict[str, Metric] = {
     "meltingpot": FOCAL_RETURN,
 }
 
-RUN_COLUMNS = ["run_id", "suite", "paper", "family", "scenario", "algorithm", "label", "group", "seed",
-               "state", "attempts", "error", "env_steps_budget", "eval_interval", "eval_episodes",
-               "overrides", "env_options", "n_evals", "last_env_steps", "metric", "final_score",
-               "crossplay_state", "crossplay_error"]
-CROSSPLAY_COLUMNS = ["run_id", "paper", "family", "scenario", "algorithm", "label", "group", "seed", "state",
-                     "env_steps_budget", "kind", "eval_scenario", "eval_state", "reason", "population_kind", "value",
-                     "episodes", "n_focal", "members", "n_members", "n_members_expected"]
+RUN_COLUMNS = [
+    "run_id",
+    "suite",
+    "paper",
+    "family",
+    "scenario",
+    "algorithm",
+    "label",
+    "group",
+    "seed",
+    "state",
+    "attempts",
+    "error",
+    "env_steps_budget",
+    "eval_interval",
+    "eval_episodes",
+    "overrides",
+    "env_options",
+    "n_evals",
+    "last_env_steps",
+    "metric",
+    "final_score",
+    "crossplay_state",
+    "crossplay_error",
+]
+CROSSPLAY_COLUMNS = [
+    "run_id",
+    "paper",
+    "family",
+    "scenario",
+    "algorithm",
+    "label",
+    "group",
+    "seed",
+    "state",
+    "env_steps_budget",
+    "kind",
+    "eval_scenario",
+    "eval_state",
+    "reason",
+    "population_kind",
+    "value",
+    "episodes",
+    "n_focal",
+    "members",
+    "n_members",
+    "n_members_expected",
+]
 
 
 def metric_for(family: str) -> Metric:
@@ -132,21 +174,44 @@ def _crossplay_rows(record: dict[str, Any], row: dict[str, Any]) -> list[dict[st
         if not isinstance(ev, dict):
             continue
         members = ev.get("population") or []
-        out.append({**{k: row[k] for k in ("run_id", "paper", "family", "scenario", "algorithm", "label", "group",
-                                            "seed", "state", "env_steps_budget")},
-                    "kind": ev.get("kind"), "eval_scenario": ev.get("scenario", row["scenario"]),
-                    "eval_state": ev.get("state"), "reason": ev.get("reason") or ev.get("error"),
-                    "population_kind": ev.get("population_kind"),
-                    "value": _number(ev.get("focal_per_capita_return")),
-                    "episodes": ev.get("episodes"), "n_focal": ev.get("n_focal"),
-                    "members": json.dumps([{k: m.get(k) for k in ("algorithm", "label", "seed", "run_id") if k in m}
-                                           for m in members]),
-                    "n_members": len(members), "n_members_expected": expected if members else None})
+        out.append(
+            {
+                **{
+                    k: row[k]
+                    for k in (
+                        "run_id",
+                        "paper",
+                        "family",
+                        "scenario",
+                        "algorithm",
+                        "label",
+                        "group",
+                        "seed",
+                        "state",
+                        "env_steps_budget",
+                    )
+                },
+                "kind": ev.get("kind"),
+                "eval_scenario": ev.get("scenario", row["scenario"]),
+                "eval_state": ev.get("state"),
+                "reason": ev.get("reason") or ev.get("error"),
+                "population_kind": ev.get("population_kind"),
+                "value": _number(ev.get("focal_per_capita_return")),
+                "episodes": ev.get("episodes"),
+                "n_focal": ev.get("n_focal"),
+                "members": json.dumps(
+                    [{k: m.get(k) for k in ("algorithm", "label", "seed", "run_id") if k in m} for m in members]
+                ),
+                "n_members": len(members),
+                "n_members_expected": expected if members else None,
+            }
+        )
     return out
 
 
-def _load_run(run_dir: Path, problems: list[str]) -> tuple[list[dict[str, Any]], pd.DataFrame, dict[str, Any],
-                                                           list[dict[str, Any]]] | None:
+def _load_run(
+    run_dir: Path, problems: list[str]
+) -> tuple[list[dict[str, Any]], pd.DataFrame, dict[str, Any], list[dict[str, Any]]] | None:
     """(one row per table cell the run fills, its metrics, its provenance, its cross-play rows);
     None if unreadable."""
     try:
@@ -249,11 +314,21 @@ def collect(suite_dir: str | Path) -> SuiteData:
             ident = {k: run[k] for k in ("run_id", "family", "scenario", "algorithm", "seed")}
             frames.append(metrics.assign(eval_index=np.arange(len(metrics)), **ident))
     runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
-    evals = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["run_id", "family", "scenario", "algorithm", "seed", "eval_index", "env_steps"])
+    evals = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["run_id", "family", "scenario", "algorithm", "seed", "eval_index", "env_steps"])
+    )
     name = (manifest or {}).get("name") if isinstance(manifest, dict) else None
     if not name and not runs.empty and runs["suite"].notna().any():
         name = str(runs["suite"].dropna().iloc[0])
-    return SuiteData(suite_dir=suite_dir, name=name or suite_dir.name, runs=runs, evals=evals,
-                     provenance=provenance, manifest=manifest, problems=problems,
-                     crossplay=pd.DataFrame(played, columns=CROSSPLAY_COLUMNS))
+    return SuiteData(
+        suite_dir=suite_dir,
+        name=name or suite_dir.name,
+        runs=runs,
+        evals=evals,
+        provenance=provenance,
+        manifest=manifest,
+        problems=problems,
+        crossplay=pd.DataFrame(played, columns=CROSSPLAY_COLUMNS),
+    )

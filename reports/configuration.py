@@ -30,7 +30,6 @@ class ConfigField:
     comment: str
     evidence: dict[str, Any] | None = None  # from choice_evidence.yaml: what chose the default
 
-
     @property
     def is_choice(self) -> bool:
         """A reconstruction the papers do not fix (docs/methods.md marks them *choice*)."""
@@ -115,8 +114,7 @@ def method_choices(data: SuiteData) -> dict[str, list[ConfigField]]:
                     users[value].append(label)
             # Most used value first: the template names the labels of the other values only.
             values = sorted(users.items(), key=lambda kv: (-len(kv[1]), kv[0]))
-            fields.append(ConfigField(name, values, defaults.get(name, ""), comments.get(name, ""),
-                                      evidence.get(name)))
+            fields.append(ConfigField(name, values, defaults.get(name, ""), comments.get(name, ""), evidence.get(name)))
         out[str(algorithm)] = fields
     return out
 

@@ -59,8 +59,7 @@ def seed_curves(data: SuiteData, run_ids: list[str], column: str) -> pd.DataFram
     return frame.pivot_table(index="step", columns="seed", values="value", aggfunc="last").sort_index()
 
 
-def _band(ax, frame: pd.DataFrame, label: str, color: str, scale: float = 1.0, reps: int = 2000,
-          ls: str = "-") -> None:
+def _band(ax, frame: pd.DataFrame, label: str, color: str, scale: float = 1.0, reps: int = 2000, ls: str = "-") -> None:
     frame = frame.dropna(how="all")
     if frame.empty:
         return
@@ -75,10 +74,12 @@ def _band(ax, frame: pd.DataFrame, label: str, color: str, scale: float = 1.0, r
 def _figure(panels: dict[str, dict[str, pd.DataFrame]], title: str, is_rate: bool, reps: int) -> bytes:
     fig, axes = plt.subplots(2, 2, figsize=(10.0, 6.4), dpi=DPI)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    specs = [("test", f"greedy test {'win rate (%)' if is_rate else 'return'}", 100.0 if is_rate else 1.0, False),
-             ("agreement", "greedy agreement (live agents)", 1.0, False),
-             ("values", "Q_tot (taken) vs realised return", 1.0, False),
-             ("grads", "gradient norm before clip", 1.0, True)]
+    specs = [
+        ("test", f"greedy test {'win rate (%)' if is_rate else 'return'}", 100.0 if is_rate else 1.0, False),
+        ("agreement", "greedy agreement (live agents)", 1.0, False),
+        ("values", "Q_tot (taken) vs realised return", 1.0, False),
+        ("grads", "gradient norm before clip", 1.0, True),
+    ]
     for ax, (key, ylabel, scale, log) in zip(axes.flat, specs):
         for i, (label, frame) in enumerate(panels.get(key, {}).items()):
             dashed = key == "test" and label.startswith("teacher")
@@ -118,8 +119,10 @@ def ddn_diagnostics(data: SuiteData, reps: int = 2000, last: int = 20) -> list[D
         panels = {
             "test": {"student (evaluated)": student, "teacher (on the state)": teacher},
             "agreement": {"argmax student = argmax teacher": seed_curves(data, ids, "greedy_agreement")},
-            "values": {"teacher Q_tot (taken actions)": seed_curves(data, ids, "q_taken_mean"),
-                       "realised return (r + r_I)": seed_curves(data, ids, "realised_return_mean")},
+            "values": {
+                "teacher Q_tot (taken actions)": seed_curves(data, ids, "q_taken_mean"),
+                "realised return (r + r_I)": seed_curves(data, ids, "realised_return_mean"),
+            },
             "grads": {g: seed_curves(data, ids, f"grad_norm_{g}") for g in GRAD_GROUPS},
         }
         title = f"DDN teacher and student, {scenario} ({family}), {label}"
@@ -128,15 +131,20 @@ def ddn_diagnostics(data: SuiteData, reps: int = 2000, last: int = 20) -> list[D
         def tail(frame: pd.DataFrame) -> float:
             return float(np.nanmedian(frame.tail(last).mean(axis=0))) if not frame.empty else float("nan")
 
-        summary = {"student": tail(student), "teacher": tail(teacher),
-                   "agreement": tail(panels["agreement"]["argmax student = argmax teacher"]),
-                   "overestimation": tail(seed_curves(data, ids, "teacher_overestimation"))}
-        caption = (f"{label} on {scenario}: median over {student.shape[1]} seed(s) with a 95% bootstrap band. "
-                   "Top left: the student's greedy test (the policy DDN deploys) and the teacher's own greedy "
-                   "test on the same episodes, acting on the personalized global state. Top right: how often "
-                   "their greedy actions agree on the replay batches. Bottom left: the teacher's mixed value "
-                   "of the taken actions against the realised discounted return of r + r_I (episodes cut by "
-                   "the time limit closed by the target value); the gap is its overestimation. Bottom right: "
-                   "gradient norm per network group before clipping.")
+        summary = {
+            "student": tail(student),
+            "teacher": tail(teacher),
+            "agreement": tail(panels["agreement"]["argmax student = argmax teacher"]),
+            "overestimation": tail(seed_curves(data, ids, "teacher_overestimation")),
+        }
+        caption = (
+            f"{label} on {scenario}: median over {student.shape[1]} seed(s) with a 95% bootstrap band. "
+            "Top left: the student's greedy test (the policy DDN deploys) and the teacher's own greedy "
+            "test on the same episodes, acting on the personalized global state. Top right: how often "
+            "their greedy actions agree on the replay batches. Bottom left: the teacher's mixed value "
+            "of the taken actions against the realised discounted return of r + r_I (episodes cut by "
+            "the time limit closed by the target value); the gap is its overestimation. Bottom right: "
+            "gradient norm per network group before clipping."
+        )
         out.append(DiagnosticFigure(family, scenario, label, int(student.shape[1]), caption, png, summary))
     return out

@@ -15,8 +15,14 @@ from reports.stats import curve_band  # noqa: E402
 DPI = 110
 
 
-def learning_curves(curves: dict[str, pd.DataFrame], title: str, ylabel: str, is_rate: bool,
-                    paper_values: dict[str, float] | None = None, reps: int = 2000) -> bytes:
+def learning_curves(
+    curves: dict[str, pd.DataFrame],
+    title: str,
+    ylabel: str,
+    is_rate: bool,
+    paper_values: dict[str, float] | None = None,
+    reps: int = 2000,
+) -> bytes:
     """One line per label: median over seeds at each evaluation point, shaded 95% bootstrap CI of
     the median; dotted horizontal lines are the paper's final values where it reports one."""
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=DPI)
@@ -44,4 +50,3 @@ def learning_curves(curves: dict[str, pd.DataFrame], title: str, ylabel: str, is
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
-

@@ -36,12 +36,17 @@ def to_marl_eval(data: SuiteData) -> dict[str, Any]:
         if run.group == "heldout":  # co-players of the cross-play evaluation, not an algorithm's results
             continue
         rows = evals[evals["run_id"] == run.run_id].sort_values("eval_index")
-        metrics = {name: col for name, col in METRIC_COLUMNS.items() if col in rows
-                   and (name != "win_rate" or metric_for(run.family).is_rate)}
+        metrics = {
+            name: col
+            for name, col in METRIC_COLUMNS.items()
+            if col in rows and (name != "win_rate" or metric_for(run.family).is_rate)
+        }
         record: dict[str, Any] = {}
         for i, row in enumerate(rows.itertuples()):
-            record[f"step_{i}"] = {"step_count": int(row.env_steps),
-                                   **{name: [float(getattr(row, col))] for name, col in metrics.items()}}
+            record[f"step_{i}"] = {
+                "step_count": int(row.env_steps),
+                **{name: [float(getattr(row, col))] for name, col in metrics.items()},
+            }
         record["absolute_metrics"] = {name: [final_score(rows[col], FINAL_EVALS)] for name, col in metrics.items()}
         task = out.setdefault(str(run.family).lower(), {}).setdefault(str(run.scenario).lower(), {})
         task.setdefault(str(run.label).lower(), {})[f"seed_{run.seed}"] = record

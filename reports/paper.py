@@ -27,6 +27,7 @@ class Paper:
 @dataclass(frozen=True)
 class Bar:
     """The evidence a claim's verdict needs, fixed in paper_numbers.yaml before any run is looked at."""
+
     name: str
     min_seeds: int  # finished seeds in every arm
     seeds_why: str
@@ -78,42 +79,80 @@ class PaperNumbers:
         row (SMAX for SMAC), where the report marks the row as a stand-in."""
         for c in self.cells:
             paper = self.papers[c["paper"]]
-            if (c["table"] == table and c["scenario"] == scenario and c["label"] == label
-                    and family in (paper.family, paper.stand_in)):
+            if (
+                c["table"] == table
+                and c["scenario"] == scenario
+                and c["label"] == label
+                and family in (paper.family, paper.stand_in)
+            ):
                 return float(c["value"])
         return None
 
 
 def load_paper_numbers(path: str | Path = PAPER_NUMBERS) -> PaperNumbers:
     raw = yaml.safe_load(Path(path).read_text())
-    papers = {k: Paper(key=k, title=v["title"], arxiv=str(v["arxiv"]), family=v["family"],
-                       stand_in=v.get("stand_in"), budget_env_steps=v.get("budget_env_steps"), metric=v["metric"])
-              for k, v in raw["papers"].items()}
-    bars = {k: Bar(name=k, min_seeds=int(v["min_seeds"]), seeds_why=" ".join(str(v["seeds_why"]).split()),
-                   min_budget=int(v["min_budget"]), budget_why=" ".join(str(v["budget_why"]).split()),
-                   alpha=float(v["alpha"]))
-            for k, v in (raw.get("bars") or {}).items()}
+    papers = {
+        k: Paper(
+            key=k,
+            title=v["title"],
+            arxiv=str(v["arxiv"]),
+            family=v["family"],
+            stand_in=v.get("stand_in"),
+            budget_env_steps=v.get("budget_env_steps"),
+            metric=v["metric"],
+        )
+        for k, v in raw["papers"].items()
+    }
+    bars = {
+        k: Bar(
+            name=k,
+            min_seeds=int(v["min_seeds"]),
+            seeds_why=" ".join(str(v["seeds_why"]).split()),
+            min_budget=int(v["min_budget"]),
+            budget_why=" ".join(str(v["budget_why"]).split()),
+            alpha=float(v["alpha"]),
+        )
+        for k, v in (raw.get("bars") or {}).items()
+    }
     claims = []
     for c in raw["claims"]:
         if c["kind"] != "summary" and c.get("bar") not in bars:
-            raise ValueError(f"{path}: claim {c['id']!r} needs an evidence bar (bar: one of {', '.join(bars)}), "
-                             f"got {c.get('bar')!r}")
+            raise ValueError(
+                f"{path}: claim {c['id']!r} needs an evidence bar (bar: one of {', '.join(bars)}), got {c.get('bar')!r}"
+            )
         if c["kind"] == "best" and c.get("label") not in (c.get("among") or ()):
             raise ValueError(f"{path}: claim {c['id']!r} of kind best: label {c.get('label')!r} is not in among")
         if c["kind"] not in CLAIM_KINDS:
-            raise ValueError(f"{path}: claim {c['id']!r} has unknown kind {c['kind']!r}; valid: {', '.join(CLAIM_KINDS)}")
+            raise ValueError(
+                f"{path}: claim {c['id']!r} has unknown kind {c['kind']!r}; valid: {', '.join(CLAIM_KINDS)}"
+            )
         if c["paper"] not in papers:
-            raise ValueError(f"{path}: claim {c['id']!r} names unknown paper {c['paper']!r}; valid: {', '.join(papers)}")
-        claims.append(Claim(id=c["id"], paper=c["paper"], text=" ".join(str(c["text"]).split()), kind=c["kind"],
-                            group=c.get("group", "main"), label=c.get("label"), than=tuple(c.get("than") or ()),
-                            among=tuple(c.get("among") or ()), scenarios=tuple(c.get("scenarios") or ()),
-                            value=c.get("value"), tolerance=float(c.get("tolerance", 0.0)),
-                            how_to_run=" ".join(str(c.get("how_to_run", "")).split()),
-                            source=c.get("source", "metrics"), bar=bars.get(c.get("bar")),
-                            decided_by=tuple(c.get("decided_by") or ())))
+            raise ValueError(
+                f"{path}: claim {c['id']!r} names unknown paper {c['paper']!r}; valid: {', '.join(papers)}"
+            )
+        claims.append(
+            Claim(
+                id=c["id"],
+                paper=c["paper"],
+                text=" ".join(str(c["text"]).split()),
+                kind=c["kind"],
+                group=c.get("group", "main"),
+                label=c.get("label"),
+                than=tuple(c.get("than") or ()),
+                among=tuple(c.get("among") or ()),
+                scenarios=tuple(c.get("scenarios") or ()),
+                value=c.get("value"),
+                tolerance=float(c.get("tolerance", 0.0)),
+                how_to_run=" ".join(str(c.get("how_to_run", "")).split()),
+                source=c.get("source", "metrics"),
+                bar=bars.get(c.get("bar")),
+                decided_by=tuple(c.get("decided_by") or ()),
+            )
+        )
         if claims[-1].source not in CLAIM_SOURCES:
-            raise ValueError(f"{path}: claim {c['id']!r} has unknown source {claims[-1].source!r}; "
-                             f"valid: {', '.join(CLAIM_SOURCES)}")
+            raise ValueError(
+                f"{path}: claim {c['id']!r} has unknown source {claims[-1].source!r}; valid: {', '.join(CLAIM_SOURCES)}"
+            )
     for c in raw.get("cells") or []:
         if c["paper"] not in papers:
             raise ValueError(f"{path}: cell {c} names unknown paper {c['paper']!r}")

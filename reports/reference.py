@@ -41,8 +41,9 @@ class ReferenceResult:
     def provenance(self) -> str:
         commit = ", ".join(c[:7] for c in self.commits) or "unknown commit"
         cpu = "; ".join(self.cpus) or "unknown CPU"
-        return f"records/reference/{self.suite}: commit {commit}, {cpu}" + (f", {self.finished[:10]}"
-                                                                           if self.finished else "")
+        return f"records/reference/{self.suite}: commit {commit}, {cpu}" + (
+            f", {self.finished[:10]}" if self.finished else ""
+        )
 
 
 def reference_suites(records: Path = RECORDS) -> list[dict]:
@@ -62,16 +63,23 @@ def reference_results(numbers: PaperNumbers, reps: int, records: Path = RECORDS)
         for verdict in evaluate_claims(data, numbers, reps):
             if verdict.verdict == NOT_RUN:
                 continue
-            candidate = ReferenceResult(entry["suite"], verdict, list(entry.get("commits") or []),
-                                        list(entry.get("cpus") or []), str(entry.get("last_finished") or ""))
+            candidate = ReferenceResult(
+                entry["suite"],
+                verdict,
+                list(entry.get("commits") or []),
+                list(entry.get("cpus") or []),
+                str(entry.get("last_finished") or ""),
+            )
             current = best.get(verdict.claim.id)
-            if current is None or ((_RANK[verdict.verdict], -candidate.seeds)
-                                   < (_RANK[current.verdict.verdict], -current.seeds)):
+            if current is None or (
+                (_RANK[verdict.verdict], -candidate.seeds) < (_RANK[current.verdict.verdict], -current.seeds)
+            ):
                 best[verdict.claim.id] = candidate
     return best
 
 
 # The reproducibility check: a suite's runs that are the first steps of reference runs ----------
+
 
 def _same_configuration(spec: dict) -> str:
     """What must match for a run to be the first steps of a reference run: everything but the suite
@@ -80,8 +88,11 @@ def _same_configuration(spec: dict) -> str:
     import json
 
     budget = spec.get("budget") or {}
-    key = {k: v for k, v in spec.items() if k in ("paper", "family", "scenario", "env_options", "algorithm",
-                                                  "overrides", "seed")}
+    key = {
+        k: v
+        for k, v in spec.items()
+        if k in ("paper", "family", "scenario", "env_options", "algorithm", "overrides", "seed")
+    }
     key["evaluation"] = {k: budget.get(k) for k in ("eval_interval", "eval_episodes")}
     return json.dumps(key, sort_keys=True)
 
@@ -117,11 +128,16 @@ class ReproCheck:
             same = "" if self.same_platform else " (on another CPU or torch version: equality was not expected)"
             return f"identical to {where} at all {self.compared} evaluations to the printed precision{same}"
         step, yours, ref = self.first_divergence
-        expected = ("a divergence on the same CPU and torch version: a change of code or of a dependency"
-                    if self.same_platform else "another CPU or torch version, so bitwise equality is not expected")
-        return (f"equal to {where} at {self.equal} of {self.compared} evaluations; first divergence at "
-                f"{step:,} env steps (yours {yours}, reference {ref}; {expected}); {self.in_band} of "
-                f"{self.diverged} diverging evaluations lie within the reference seeds' range")
+        expected = (
+            "a divergence on the same CPU and torch version: a change of code or of a dependency"
+            if self.same_platform
+            else "another CPU or torch version, so bitwise equality is not expected"
+        )
+        return (
+            f"equal to {where} at {self.equal} of {self.compared} evaluations; first divergence at "
+            f"{step:,} env steps (yours {yours}, reference {ref}; {expected}); {self.in_band} of "
+            f"{self.diverged} diverging evaluations lie within the reference seeds' range"
+        )
 
 
 def _reference_runs(records: Path) -> list[tuple[str, dict, dict, "object"]]:
@@ -136,7 +152,11 @@ def _reference_runs(records: Path) -> list[tuple[str, dict, dict, "object"]]:
         for run_dir in sorted(runs.iterdir()) if runs.is_dir() else []:
             try:
                 spec = json.loads((run_dir / "spec.json").read_text())
-                prov = json.loads((run_dir / "provenance.json").read_text()) if (run_dir / "provenance.json").is_file() else {}
+                prov = (
+                    json.loads((run_dir / "provenance.json").read_text())
+                    if (run_dir / "provenance.json").is_file()
+                    else {}
+                )
                 metrics = pd.read_csv(run_dir / "metrics.csv", dtype=str)
             except (OSError, ValueError):
                 continue
@@ -168,7 +188,9 @@ def reproducibility(suite_dir: Path, records: Path = RECORDS) -> list[ReproCheck
         try:
             spec = json.loads((run_dir / "spec.json").read_text())
             mine = pd.read_csv(run_dir / "metrics.csv", dtype=str)
-            prov = json.loads((run_dir / "provenance.json").read_text()) if (run_dir / "provenance.json").is_file() else {}
+            prov = (
+                json.loads((run_dir / "provenance.json").read_text()) if (run_dir / "provenance.json").is_file() else {}
+            )
         except (OSError, ValueError, KeyError):
             continue
         check = ReproCheck(run_dir.name, spec.get("label", ""), spec.get("scenario", ""), int(spec.get("seed", -1)))

@@ -32,13 +32,25 @@ from reports.ddn_diagnostics import ddn_diagnostics
 from reports.configuration import method_choices, provenance_table
 from reports.reference import reference_results, reproducibility
 from reports.stats import REPS
-from reports.tables import (FAMILY_NAMES, HELDOUT_GROUP, KIND_TITLES, Table, build_coplayer_table,
-                            build_crossplay_table, build_table, crossplay_groups, groups_in_order, learning_curve)
+from reports.tables import (
+    FAMILY_NAMES,
+    HELDOUT_GROUP,
+    KIND_TITLES,
+    Table,
+    build_coplayer_table,
+    build_crossplay_table,
+    build_table,
+    crossplay_groups,
+    groups_in_order,
+    learning_curve,
+)
 
 TEMPLATES = Path(__file__).with_name("templates")
-BIDIST_NOT_RUN = ("this suite has no BiDist runs. Run python reproduce.py --suite bidist_quick (a few minutes: "
-                  "the whole pipeline at a tiny budget) or --suite bidist_meltingpot (paper scale); the seed "
-                  "document gives no table of numbers to compare with.")
+BIDIST_NOT_RUN = (
+    "this suite has no BiDist runs. Run python reproduce.py --suite bidist_quick (a few minutes: "
+    "the whole pipeline at a tiny budget) or --suite bidist_meltingpot (paper scale); the seed "
+    "document gives no table of numbers to compare with."
+)
 
 
 @dataclass
@@ -54,8 +66,12 @@ def _slug(*parts: str) -> str:
 def _subset(data: SuiteData, bidist: bool) -> SuiteData:
     is_bidist = data.runs["paper"].fillna("") == "bidist"
     runs = data.runs[is_bidist if bidist else ~is_bidist]
-    return dataclasses.replace(data, runs=runs, evals=data.evals[data.evals["run_id"].isin(runs["run_id"])],
-                               crossplay=data.crossplay[data.crossplay["run_id"].isin(runs["run_id"])])
+    return dataclasses.replace(
+        data,
+        runs=runs,
+        evals=data.evals[data.evals["run_id"].isin(runs["run_id"])],
+        crossplay=data.crossplay[data.crossplay["run_id"].isin(runs["run_id"])],
+    )
 
 
 @dataclass
@@ -73,25 +89,37 @@ def _bidist(data: SuiteData, fig_dir: Path, reps: int) -> dict[str, Any]:
     the focal runs still without a cross-play result."""
     tables = [build_crossplay_table(data, group, reps) for group in crossplay_groups(data)]
     tables = [t for t in tables if t.rows]
-    coplayer_tables = [t for t in (build_coplayer_table(data, group, reps) for group in crossplay_groups(data)) if t.rows]
+    coplayer_tables = [
+        t for t in (build_coplayer_table(data, group, reps) for group in crossplay_groups(data)) if t.rows
+    ]
     focal = data.runs[(data.runs["group"] != HELDOUT_GROUP)]
     figures_out: list[Figure] = []
     for family, scenario in sorted(set(zip(focal["family"], focal["scenario"]))):
         for group in dict.fromkeys(focal["group"]):
-            labels = list(dict.fromkeys(focal[(focal["group"] == group) & (focal["family"] == family)
-                                              & (focal["scenario"] == scenario)]["label"]))
+            labels = list(
+                dict.fromkeys(
+                    focal[(focal["group"] == group) & (focal["family"] == family) & (focal["scenario"] == scenario)][
+                        "label"
+                    ]
+                )
+            )
             curves = {lb: learning_curve(data, family, scenario, lb, group) for lb in labels}
             curves = {k: v for k, v in curves.items() if not v.empty}
             if not curves:
                 continue
             where = FAMILY_NAMES.get(family, family)
-            png = figures.learning_curves(curves, f"{scenario} ({where}): self-play, group {group}",
-                                          "self-play test return", False, reps=reps)
+            png = figures.learning_curves(
+                curves, f"{scenario} ({where}): self-play, group {group}", "self-play test return", False, reps=reps
+            )
             atomic_write_bytes(fig_dir / f"{_slug('bidist', group, family, scenario)}.png", png)
-            figures_out.append(Figure(
-                f"Learning curves, {scenario} ({where}), group {group}: per-capita test return with every slot "
-                f"played by the learner itself (self-play, as evaluated during training; not the generalisation "
-                f"metric), median over seeds with a 95% bootstrap CI.", base64.b64encode(png).decode()))
+            figures_out.append(
+                Figure(
+                    f"Learning curves, {scenario} ({where}), group {group}: per-capita test return with every slot "
+                    f"played by the learner itself (self-play, as evaluated during training; not the generalisation "
+                    f"metric), median over seeds with a 95% bootstrap CI.",
+                    base64.b64encode(png).decode(),
+                )
+            )
     held = data.run_dirs[data.run_dirs["group"] == HELDOUT_GROUP].sort_values(["scenario", "label", "seed"])
     done = data.crossplay[data.crossplay["eval_state"] == "done"]
     evaluated = set(done["run_id"])
@@ -106,12 +134,23 @@ def _bidist(data: SuiteData, fig_dir: Path, reps: int) -> dict[str, Any]:
         elif r.crossplay_state == "failed":
             reason = f"cross-play failed: {r.crossplay_error}"
         else:
-            reason = "trained, not evaluated in cross-play yet (it runs after training, once held-out runs of " \
-                     "its scenario finished: rerun reproduce.py)"
+            reason = (
+                "trained, not evaluated in cross-play yet (it runs after training, once held-out runs of "
+                "its scenario finished: rerun reproduce.py)"
+            )
         pending.append(Pending(r.run_id, r.family, r.scenario, r.label, r.seed, reason))
     kinds = list(dict.fromkeys(done["population_kind"].dropna()))
-    return {"tables": tables, "coplayer_tables": coplayer_tables, "kind_titles": KIND_TITLES, "figures": figures_out, "heldout": list(held.itertuples()), "pending": pending,
-            "kinds": kinds, "has_runs": not focal.empty, "not_here": not_here}
+    return {
+        "tables": tables,
+        "coplayer_tables": coplayer_tables,
+        "kind_titles": KIND_TITLES,
+        "figures": figures_out,
+        "heldout": list(held.itertuples()),
+        "pending": pending,
+        "kinds": kinds,
+        "has_runs": not focal.empty,
+        "not_here": not_here,
+    }
 
 
 def _tables(data: SuiteData, numbers: PaperNumbers, reps: int) -> list[Table]:
@@ -123,18 +162,24 @@ def _figures(data: SuiteData, tables: list[Table], fig_dir: Path, reps: int) -> 
     for table in tables:
         group = table.layout.group
         for row in table.rows:
-            curves = {label: learning_curve(data, row.family, row.scenario, label, group) for label in table.columns
-                      if label in row.cells and row.cells[label].n_done}
+            curves = {
+                label: learning_curve(data, row.family, row.scenario, label, group)
+                for label in table.columns
+                if label in row.cells and row.cells[label].n_done
+            }
             curves = {k: v for k, v in curves.items() if not v.empty}
             if not curves:
                 continue
             paper = {label: c.paper for label, c in row.cells.items() if c.paper is not None}
             where = FAMILY_NAMES.get(row.family, row.family)
-            png = figures.learning_curves(curves, f"{row.scenario} ({where}): {group}", row.metric_name,
-                                          row.is_rate, paper, reps=reps)
+            png = figures.learning_curves(
+                curves, f"{row.scenario} ({where}): {group}", row.metric_name, row.is_rate, paper, reps=reps
+            )
             atomic_write_bytes(fig_dir / f"{_slug(group, row.family, row.scenario)}.png", png)
-            caption = (f"Learning curves, {row.scenario} ({where}), group {group}: median {row.metric_name} over "
-                       f"seeds with a 95% bootstrap CI" + ("; dotted: the paper's final value" if paper else "") + ".")
+            caption = (
+                f"Learning curves, {row.scenario} ({where}), group {group}: median {row.metric_name} over "
+                f"seeds with a 95% bootstrap CI" + ("; dotted: the paper's final value" if paper else "") + "."
+            )
             out.setdefault(group, []).append(Figure(caption, base64.b64encode(png).decode()))
     return out
 
@@ -143,8 +188,16 @@ def _ddn_diagnostics(data: SuiteData, fig_dir: Path, reps: int) -> list[dict[str
     out = []
     for d in ddn_diagnostics(data, reps=reps):
         atomic_write_bytes(fig_dir / f"{_slug('ddn-pair', d.family, d.scenario, d.label)}.png", d.png)
-        out.append({"figure": Figure(d.caption, base64.b64encode(d.png).decode()), "label": d.label,
-                    "scenario": d.scenario, "family": d.family, "n": d.n_seeds, "summary": d.summary})
+        out.append(
+            {
+                "figure": Figure(d.caption, base64.b64encode(d.png).decode()),
+                "label": d.label,
+                "scenario": d.scenario,
+                "family": d.family,
+                "n": d.n_seeds,
+                "summary": d.summary,
+            }
+        )
     return out
 
 
@@ -162,14 +215,17 @@ def _paper_budget_text(data: SuiteData, numbers: PaperNumbers) -> str:
         if paper is None:
             continue
         steps = paper.budget_env_steps
-        parts.append(f"the {key.upper() if key == 'ddn' else 'BiDist'} paper: "
-                     + (f"{fmt_steps(steps)} env steps" if steps else "budget not given"))
+        parts.append(
+            f"the {key.upper() if key == 'ddn' else 'BiDist'} paper: "
+            + (f"{fmt_steps(steps)} env steps" if steps else "budget not given")
+        )
     return "; ".join(parts) or "n/a"
 
 
 def _eval_text(data: SuiteData) -> str:
-    pairs = sorted({(int(i), int(e)) for i, e in zip(data.runs["eval_interval"], data.runs["eval_episodes"])
-                    if i == i and e == e})
+    pairs = sorted(
+        {(int(i), int(e)) for i, e in zip(data.runs["eval_interval"], data.runs["eval_episodes"]) if i == i and e == e}
+    )
     if not pairs:
         return "evaluated every eval_interval env steps (none recorded yet)"
     return "; ".join(f"{e} greedy episodes every {fmt_steps(i)} env steps (and at the start and end)" for i, e in pairs)
@@ -180,8 +236,14 @@ def _breakable(text: Any) -> markupsafe.Markup:
     return markupsafe.Markup(str(markupsafe.escape(text)).replace("_", "_<wbr>"))
 
 
-def render_html(data: SuiteData, numbers: PaperNumbers, out_dir: Path, reps: int = REPS,
-                marl_eval_name: str = "marl_eval.json", verdicts: list[Verdict] | None = None) -> str:
+def render_html(
+    data: SuiteData,
+    numbers: PaperNumbers,
+    out_dir: Path,
+    reps: int = REPS,
+    marl_eval_name: str = "marl_eval.json",
+    verdicts: list[Verdict] | None = None,
+) -> str:
     if verdicts is None:
         verdicts = evaluate_claims(data, numbers, reps)
     ddn_data, bidist_data = _subset(data, bidist=False), _subset(data, bidist=True)
@@ -189,9 +251,13 @@ def render_html(data: SuiteData, numbers: PaperNumbers, out_dir: Path, reps: int
     fig_dir = out_dir / "figures"
     runs = data.run_dirs
     states = runs["state"].value_counts()
-    missing = runs[(runs["state"] != "done") | (runs["n_evals"] == 0)].sort_values(["group", "scenario", "label", "seed"])
+    missing = runs[(runs["state"] != "done") | (runs["n_evals"] == 0)].sort_values(
+        ["group", "scenario", "label", "seed"]
+    )
     seeds = sorted({s for s in runs["seed"].dropna()})
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined
+    )
     env.filters["score"] = lambda v, is_rate, digits=1: fmt_score(v, bool(is_rate), digits)
     env.filters["steps"] = lambda v: fmt_steps(int(v)) if v is not None and v == v else "n/a"
     env.filters["pvalue"] = fmt_p
@@ -202,8 +268,11 @@ def render_html(data: SuiteData, numbers: PaperNumbers, out_dir: Path, reps: int
         "suite_name": data.name,
         "suite_dir": str(data.suite_dir),
         "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "counts": {"total": len(runs), "done": int(states.get("done", 0)),
-                   "by_state": [(s, int(n)) for s, n in states.items()]},
+        "counts": {
+            "total": len(runs),
+            "done": int(states.get("done", 0)),
+            "by_state": [(s, int(n)) for s, n in states.items()],
+        },
         "empty": runs.empty,
         "partial": not runs.empty and len(missing) > 0,
         "problems": data.problems,
@@ -214,8 +283,10 @@ def render_html(data: SuiteData, numbers: PaperNumbers, out_dir: Path, reps: int
         "reference": reference_results(numbers, reps),
         "reproducibility": reproducibility(data.suite_dir),
         "outcome_counts": [(o, sum(v.verdict == o for v in verdicts)) for o in OUTCOMES],
-        "bars": [(numbers.papers[k].key.upper() if k == "ddn" else "BiDist" if k == "bidist" else k, b)
-                 for k, b in numbers.bars.items()],
+        "bars": [
+            (numbers.papers[k].key.upper() if k == "ddn" else "BiDist" if k == "bidist" else k, b)
+            for k, b in numbers.bars.items()
+        ],
         "ddn_tables": ddn_tables,
         "figures": _figures(ddn_data, ddn_tables, fig_dir, reps),
         "ddn_diagnostics": _ddn_diagnostics(ddn_data, fig_dir, reps),

@@ -46,8 +46,16 @@ def _iqm(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def _bootstrap(data: tuple[np.ndarray, ...], statistic, reps: int, seed: int, axis: int = 0) -> tuple:
-    ci = stats.bootstrap(data, statistic, n_resamples=reps, confidence_level=CONFIDENCE, method="percentile",
-                         rng=np.random.default_rng(seed), axis=axis, vectorized=True).confidence_interval
+    ci = stats.bootstrap(
+        data,
+        statistic,
+        n_resamples=reps,
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+        axis=axis,
+        vectorized=True,
+    ).confidence_interval
     return ci.low, ci.high
 
 
@@ -101,9 +109,11 @@ def probability_of_improvement(x, y, reps: int = REPS, seed: int = SEED) -> Impr
         lo, hi = np.quantile(boot, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
     return Improvement(p, float(lo), float(hi), len(x), len(y))
 
+
 @dataclass(frozen=True)
 class OneSidedTest:
     """H1: a run of X scores higher than a run of Y (P(X > Y) > 1/2)."""
+
     p: float  # nan when a side has fewer than two seeds (no test)
     exact: bool  # every split enumerated (else a Monte Carlo estimate over MAX_PERMUTATIONS splits)
     n_x: int
@@ -128,9 +138,17 @@ def one_sided_test(x, y, seed: int = SEED) -> OneSidedTest:
     x, y = x[np.isfinite(x)], y[np.isfinite(y)]
     if len(x) < 2 or len(y) < 2:
         return OneSidedTest(float("nan"), False, len(x), len(y))
-    res = stats.permutation_test((x, y), _poi_pairs, permutation_type="independent", alternative="greater",
-                                 n_resamples=MAX_PERMUTATIONS, vectorized=True, axis=-1, batch=2_000,
-                                 rng=np.random.default_rng(seed))
+    res = stats.permutation_test(
+        (x, y),
+        _poi_pairs,
+        permutation_type="independent",
+        alternative="greater",
+        n_resamples=MAX_PERMUTATIONS,
+        vectorized=True,
+        axis=-1,
+        batch=2_000,
+        rng=np.random.default_rng(seed),
+    )
     exact = math.comb(len(x) + len(y), len(x)) <= MAX_PERMUTATIONS
     return OneSidedTest(float(res.pvalue), exact, len(x), len(y))
 

@@ -40,21 +40,39 @@ class Layout:
 
 
 LAYOUTS: dict[str, Layout] = {
-    "main": Layout("main", "Main results: final test score per scenario and algorithm",
-                   "DDN's main comparison (SMAC win rates; Predator-Prey returns) against QMIX, VDN and WQMIX.",
-                   ("qmix", "vdn", "ow_wqmix", "cw_wqmix", "ddn")),
-    "ablation_state": Layout("ablation_state", "Ablation: personalized vs raw global state (paper Table 3)",
-                             "ddn = Personalization Fusion Block on; ddn_raw_state = the teacher reads the raw state.",
-                             ("ddn", "ddn_raw_state"), REFERENCE),
-    "ablation_distill": Layout("ablation_distill", "Ablation: distillation losses (paper Table 4)",
-                               "ddn = multi-level L_B + L_Q + L_F; ddn_distill_B = single-level L_B only.",
-                               ("ddn", "ddn_distill_B"), REFERENCE),
-    "ablation_idm": Layout("ablation_idm", "Ablation: internal distillation module (paper Table 5)",
-                           "ddn = with the intrinsic reward (IDM); ddn_no_idm = without.",
-                           ("ddn", "ddn_no_idm"), REFERENCE),
-    "mu_sweep": Layout("mu_sweep", "IDM mask probability sweep, mu in {0.1, 0.25, 0.5, 0.75, 0.9} (paper Table 5)",
-                       "The default ddn has mu = 0.75; it fills the 0.75 column when the sweep has no run of its own.",
-                       ("ddn_mu_0.1", "ddn_mu_0.25", "ddn_mu_0.5", "ddn_mu_0.75", "ddn_mu_0.9")),
+    "main": Layout(
+        "main",
+        "Main results: final test score per scenario and algorithm",
+        "DDN's main comparison (SMAC win rates; Predator-Prey returns) against QMIX, VDN and WQMIX.",
+        ("qmix", "vdn", "ow_wqmix", "cw_wqmix", "ddn"),
+    ),
+    "ablation_state": Layout(
+        "ablation_state",
+        "Ablation: personalized vs raw global state (paper Table 3)",
+        "ddn = Personalization Fusion Block on; ddn_raw_state = the teacher reads the raw state.",
+        ("ddn", "ddn_raw_state"),
+        REFERENCE,
+    ),
+    "ablation_distill": Layout(
+        "ablation_distill",
+        "Ablation: distillation losses (paper Table 4)",
+        "ddn = multi-level L_B + L_Q + L_F; ddn_distill_B = single-level L_B only.",
+        ("ddn", "ddn_distill_B"),
+        REFERENCE,
+    ),
+    "ablation_idm": Layout(
+        "ablation_idm",
+        "Ablation: internal distillation module (paper Table 5)",
+        "ddn = with the intrinsic reward (IDM); ddn_no_idm = without.",
+        ("ddn", "ddn_no_idm"),
+        REFERENCE,
+    ),
+    "mu_sweep": Layout(
+        "mu_sweep",
+        "IDM mask probability sweep, mu in {0.1, 0.25, 0.5, 0.75, 0.9} (paper Table 5)",
+        "The default ddn has mu = 0.75; it fills the 0.75 column when the sweep has no run of its own.",
+        ("ddn_mu_0.1", "ddn_mu_0.25", "ddn_mu_0.5", "ddn_mu_0.75", "ddn_mu_0.9"),
+    ),
 }
 # mu_sweep's 0.75 column falls back to the default ddn (same configuration).
 ALIASES: dict[tuple[str, str], str] = {("mu_sweep", "ddn_mu_0.75"): REFERENCE}
@@ -113,7 +131,9 @@ class Table:
     comparisons: list[Comparison]
 
 
-def cell_runs(data: SuiteData, group: str, family: str, scenario: str, label: str) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
+def cell_runs(
+    data: SuiteData, group: str, family: str, scenario: str, label: str
+) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
     """(all runs of the cell in any state, its finished runs, note) with the reference fallback."""
     runs = data.runs
     where = (runs["family"] == family) & (runs["scenario"] == scenario)
@@ -125,8 +145,13 @@ def cell_runs(data: SuiteData, group: str, family: str, scenario: str, label: st
     borrow = ALIASES.get((group, label)) or (label if label == layout.reference else None)
     if borrow is None:
         return own, done, None
-    others = runs[where & (runs["label"] == borrow) & (runs["state"] == "done") & (runs["n_evals"] > 0)
-                  & ~((runs["group"] == group) & (runs["label"] == label))]
+    others = runs[
+        where
+        & (runs["label"] == borrow)
+        & (runs["state"] == "done")
+        & (runs["n_evals"] > 0)
+        & ~((runs["group"] == group) & (runs["label"] == label))
+    ]
     group_budget = runs[where & (runs["group"] == group)]["env_steps_budget"].dropna()
     if len(group_budget):
         others = others[others["env_steps_budget"].isin(set(group_budget))]
@@ -144,8 +169,9 @@ def build_table(data: SuiteData, group: str, numbers: PaperNumbers, reps: int) -
     columns = [c for c in layout.columns if c in found or (layout.reference == c) or ((group, c) in ALIASES)]
     columns += sorted(c for c in found if c not in columns)
     rows: list[Row] = []
-    for family, scenario in sorted(set(zip(in_group["family"], in_group["scenario"])),
-                                   key=lambda fs: (family_key(fs[0]), fs[1])):
+    for family, scenario in sorted(
+        set(zip(in_group["family"], in_group["scenario"])), key=lambda fs: (family_key(fs[0]), fs[1])
+    ):
         metric = metric_for(family)
         row = Row(family, scenario, metric.column, metric.name, metric.is_rate)
         for label in columns:
@@ -154,10 +180,17 @@ def build_table(data: SuiteData, group: str, numbers: PaperNumbers, reps: int) -
                 continue
             budgets = sorted(set(done["env_steps_budget"].dropna().astype(int)))
             row.cells[label] = Cell(
-                label=label, agg=aggregate(done["final_score"], reps=reps), values=done["final_score"].tolist(),
-                seeds=done["seed"].tolist(), n_runs=len(own) if len(own) else len(done), n_done=len(done),
-                paper=numbers.cell(group, family, scenario, label), note=note,
-                budget=budgets[-1] if budgets else None, budgets=budgets)
+                label=label,
+                agg=aggregate(done["final_score"], reps=reps),
+                values=done["final_score"].tolist(),
+                seeds=done["seed"].tolist(),
+                n_runs=len(own) if len(own) else len(done),
+                n_done=len(done),
+                paper=numbers.cell(group, family, scenario, label),
+                note=note,
+                budget=budgets[-1] if budgets else None,
+                budgets=budgets,
+            )
         rows.append(row)
     columns = [c for c in columns if any(c in r.cells for r in rows)]
     return Table(layout, columns, rows, _comparisons(layout, columns, rows, reps))
@@ -177,9 +210,16 @@ def _comparisons(layout: Layout, columns: list[str], rows: list[Row], reps: int)
             cx, cy = row.cells.get(x), row.cells.get(y)
             if cx is None or cy is None or not cx.n_done or not cy.n_done:
                 continue
-            out.append(Comparison(row.family, row.scenario, x, y,
-                                  probability_of_improvement(cx.values, cy.values, reps=reps),
-                                  one_sided_test(cx.values, cy.values)))
+            out.append(
+                Comparison(
+                    row.family,
+                    row.scenario,
+                    x,
+                    y,
+                    probability_of_improvement(cx.values, cy.values, reps=reps),
+                    one_sided_test(cx.values, cy.values),
+                )
+            )
     return out
 
 
@@ -215,15 +255,24 @@ BIDIST_REFERENCE = "bidist"
 COPLAYER_KINDS = ("round_robin", "heldout", "random", "self_play")
 SCORE_KIND = "coplayer_score"
 LEGACY_HELDOUT = "heldout_population"
-KIND_TITLES = {"round_robin": "round robin (other algorithms)", "heldout": "held-out checkpoints",
-               "random": "uniform random", "self_play": "self-play", "score": "score", "gap": "gap"}
+KIND_TITLES = {
+    "round_robin": "round robin (other algorithms)",
+    "heldout": "held-out checkpoints",
+    "random": "uniform random",
+    "self_play": "self-play",
+    "score": "score",
+    "gap": "gap",
+}
 CROSSPLAY_LAYOUT = Layout(
-    "main", "Cross-play: focal per-capita return per evaluation and algorithm",
+    "main",
+    "Cross-play: focal per-capita return per evaluation and algorithm",
     "Each focal policy (rows: where it was evaluated) plays with co-players it never met in training: the "
     "suite's held-out population (policies trained in separate runs with other seeds) or, on Melting Pot "
     "scenarios, DeepMind's background bots. Cell: median over seeds of the focal per-capita return "
     "[95% bootstrap CI], IQM, n seeds.",
-    ("bidist", "mappo", "selfplay", "rpm", "opre", "randnet"), BIDIST_REFERENCE)
+    ("bidist", "mappo", "selfplay", "rpm", "opre", "randnet"),
+    BIDIST_REFERENCE,
+)
 
 
 def crossplay_groups(data: SuiteData) -> list[str]:
@@ -236,40 +285,81 @@ def crossplay_groups(data: SuiteData) -> list[str]:
 def heldout_members(data: SuiteData, family: str, scenario: str) -> list[str]:
     runs = data.run_dirs
     held = runs[(runs["group"] == HELDOUT_GROUP) & (runs["family"] == family) & (runs["scenario"] == scenario)]
-    return [f"{r.label} seed {r.seed}" + ("" if r.state == "done" else f" ({r.state})")
-            for r in held.sort_values(["label", "seed"]).itertuples()]
+    return [
+        f"{r.label} seed {r.seed}" + ("" if r.state == "done" else f" ({r.state})")
+        for r in held.sort_values(["label", "seed"]).itertuples()
+    ]
 
 
 def build_crossplay_table(data: SuiteData, group: str, reps: int) -> Table:
     """Rows: (family, where evaluated, population); columns: the group's labels; cells: the focal
     per-capita return of each seed's focal run (its crossplay.json), aggregated over seeds."""
-    layout = CROSSPLAY_LAYOUT if group == "main" else Layout(
-        group, f"BiDist cross-play, group {group}", CROSSPLAY_LAYOUT.description, CROSSPLAY_LAYOUT.columns,
-        BIDIST_REFERENCE)
+    layout = (
+        CROSSPLAY_LAYOUT
+        if group == "main"
+        else Layout(
+            group,
+            f"BiDist cross-play, group {group}",
+            CROSSPLAY_LAYOUT.description,
+            CROSSPLAY_LAYOUT.columns,
+            BIDIST_REFERENCE,
+        )
+    )
     focal = data.runs[(data.runs["group"] == group) & (data.runs["metric"] == FOCAL_RETURN.column)]
-    played = data.crossplay[(data.crossplay["group"] == group) & (data.crossplay["state"] == "done")
-                            & (data.crossplay["eval_state"] == "done") & ~data.crossplay["kind"].isin(COPLAYER_KINDS)]
+    played = data.crossplay[
+        (data.crossplay["group"] == group)
+        & (data.crossplay["state"] == "done")
+        & (data.crossplay["eval_state"] == "done")
+        & ~data.crossplay["kind"].isin(COPLAYER_KINDS)
+    ]
     found = list(dict.fromkeys(focal["label"]))
     columns = [c for c in layout.columns if c in found] + sorted(c for c in found if c not in layout.columns)
-    keys = sorted(set(zip(played["family"], played["scenario"], played["eval_scenario"], played["kind"],
-                          played["population_kind"].fillna("?"))),
-                  key=lambda k: (family_key(k[0]), k[1], k[3] not in (SCORE_KIND, LEGACY_HELDOUT), k[2]))
+    keys = sorted(
+        set(
+            zip(
+                played["family"],
+                played["scenario"],
+                played["eval_scenario"],
+                played["kind"],
+                played["population_kind"].fillna("?"),
+            )
+        ),
+        key=lambda k: (family_key(k[0]), k[1], k[3] not in (SCORE_KIND, LEGACY_HELDOUT), k[2]),
+    )
     rows: list[Row] = []
     for family, trained_on, where, kind, population in keys:
-        at = played[(played["family"] == family) & (played["scenario"] == trained_on) & (played["eval_scenario"] == where)
-                     & (played["kind"] == kind)]
-        row = Row(family, where, FOCAL_RETURN.column, FOCAL_RETURN.name, False, population=population,
-                  members=heldout_members(data, family, trained_on) if kind in (SCORE_KIND, LEGACY_HELDOUT) else [],
-                  trained_on=trained_on if where != trained_on else None)
+        at = played[
+            (played["family"] == family)
+            & (played["scenario"] == trained_on)
+            & (played["eval_scenario"] == where)
+            & (played["kind"] == kind)
+        ]
+        row = Row(
+            family,
+            where,
+            FOCAL_RETURN.column,
+            FOCAL_RETURN.name,
+            False,
+            population=population,
+            members=heldout_members(data, family, trained_on) if kind in (SCORE_KIND, LEGACY_HELDOUT) else [],
+            trained_on=trained_on if where != trained_on else None,
+        )
         for label in columns:
             own = focal[(focal["family"] == family) & (focal["scenario"] == trained_on) & (focal["label"] == label)]
             got = at[at["label"] == label].drop_duplicates("run_id").sort_values("seed")
             if not len(own):
                 continue
             budgets = sorted(set(got["env_steps_budget"].dropna().astype(int)))
-            row.cells[label] = Cell(label=label, agg=aggregate(got["value"], reps=reps), values=got["value"].tolist(),
-                                    seeds=got["seed"].tolist(), n_runs=len(own), n_done=len(got),
-                                    budget=budgets[-1] if budgets else None, budgets=budgets)
+            row.cells[label] = Cell(
+                label=label,
+                agg=aggregate(got["value"], reps=reps),
+                values=got["value"].tolist(),
+                seeds=got["seed"].tolist(),
+                n_runs=len(own),
+                n_done=len(got),
+                budget=budgets[-1] if budgets else None,
+                budgets=budgets,
+            )
         rows.append(row)
     columns = [c for c in columns if any(c in r.cells for r in rows)]
     comparisons = []
@@ -280,9 +370,16 @@ def build_crossplay_table(data: SuiteData, group: str, reps: int) -> Table:
                 y = row.cells.get(label)
                 if label == BIDIST_REFERENCE or x is None or y is None or not x.n_done or not y.n_done:
                     continue
-                comparisons.append(Comparison(row.family, row.scenario, BIDIST_REFERENCE, label,
-                                              probability_of_improvement(x.values, y.values, reps=reps),
-                                              one_sided_test(x.values, y.values)))
+                comparisons.append(
+                    Comparison(
+                        row.family,
+                        row.scenario,
+                        BIDIST_REFERENCE,
+                        label,
+                        probability_of_improvement(x.values, y.values, reps=reps),
+                        one_sided_test(x.values, y.values),
+                    )
+                )
     return Table(layout, columns, rows, comparisons)
 
 
@@ -308,8 +405,11 @@ def build_coplayer_table(data: SuiteData, group: str, reps: int) -> CoplayerTabl
     co-player kind (round robin, held-out checkpoints, uniform random, self-play), the score (mean
     over the unseen kinds) and the gap (self-play minus score, per seed); cells aggregate over seeds
     the focal per-capita return of each seed's crossplay.json."""
-    cp = data.crossplay[(data.crossplay["group"] == group) & (data.crossplay["state"] == "done")
-                        & (data.crossplay["eval_state"] == "done")]
+    cp = data.crossplay[
+        (data.crossplay["group"] == group)
+        & (data.crossplay["state"] == "done")
+        & (data.crossplay["eval_state"] == "done")
+    ]
     per_kind = cp[cp["kind"].isin(COPLAYER_KINDS)]
     score = cp[cp["kind"] == SCORE_KIND]
     kinds = [k for k in COPLAYER_KINDS if k in set(per_kind["kind"])]
@@ -317,8 +417,10 @@ def build_coplayer_table(data: SuiteData, group: str, reps: int) -> CoplayerTabl
     focal = data.runs[(data.runs["group"] == group) & (data.runs["metric"] == FOCAL_RETURN.column)]
     order = {c: i for i, c in enumerate(CROSSPLAY_LAYOUT.columns)}
     rows: list[CoplayerRow] = []
-    keys = sorted(set(zip(per_kind["family"], per_kind["scenario"], per_kind["label"])),
-                  key=lambda k: (family_key(k[0]), k[1], order.get(k[2], len(order)), k[2]))
+    keys = sorted(
+        set(zip(per_kind["family"], per_kind["scenario"], per_kind["label"])),
+        key=lambda k: (family_key(k[0]), k[1], order.get(k[2], len(order)), k[2]),
+    )
     for family, scenario, label in keys:
         own = focal[(focal["family"] == family) & (focal["scenario"] == scenario) & (focal["label"] == label)]
         mine = cp[(cp["family"] == family) & (cp["scenario"] == scenario) & (cp["label"] == label)]
@@ -333,12 +435,20 @@ def build_coplayer_table(data: SuiteData, group: str, reps: int) -> CoplayerTabl
         cells = {}
         for column, series in values.items():
             series = series.dropna().sort_index()
-            cells[column] = Cell(label=column, agg=aggregate(series, reps=reps), values=series.tolist(),
-                                 seeds=series.index.tolist(), n_runs=len(own.drop_duplicates("run_id")),
-                                 n_done=len(series))
+            cells[column] = Cell(
+                label=column,
+                agg=aggregate(series, reps=reps),
+                values=series.tolist(),
+                seeds=series.index.tolist(),
+                n_runs=len(own.drop_duplicates("run_id")),
+                n_done=len(series),
+            )
         rows.append(CoplayerRow(family, scenario, label, cells, len(own.drop_duplicates("run_id"))))
-    names = {k: str(per_kind[per_kind["kind"] == k]["population_kind"].dropna().iloc[0]) for k in kinds
-             if per_kind[per_kind["kind"] == k]["population_kind"].notna().any()}
+    names = {
+        k: str(per_kind[per_kind["kind"] == k]["population_kind"].dropna().iloc[0])
+        for k in kinds
+        if per_kind[per_kind["kind"] == k]["population_kind"].notna().any()
+    }
     if "score" in columns:
         names["score"] = "mean of the unseen kinds' returns (round robin, held-out checkpoints, uniform random)"
     if "gap" in columns:

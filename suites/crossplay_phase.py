@@ -92,15 +92,33 @@ def coplayer_members(spec: RunSpec, suite: Suite, store: SuiteStore) -> dict[str
     for kind in suite.heldout.coplayers:
         if kind == "round_robin":
             runs = sorted({r.id: r for r in same if is_focal_policy_run(r)}.values(), key=order)
-            out[kind] = [{"run_id": r.id, "algorithm": r.algorithm, "label": r.label, "seed": r.seed, "fraction": 1.0,
-                          "file": POLICY_FILE,
-                          "available": None if r.algorithm == spec.algorithm else finished(r, POLICY_FILE)}
-                         for r in runs]
+            out[kind] = [
+                {
+                    "run_id": r.id,
+                    "algorithm": r.algorithm,
+                    "label": r.label,
+                    "seed": r.seed,
+                    "fraction": 1.0,
+                    "file": POLICY_FILE,
+                    "available": None if r.algorithm == spec.algorithm else finished(r, POLICY_FILE),
+                }
+                for r in runs
+            ]
         elif kind == "heldout":
             runs = sorted((r for r in same if r.is_heldout), key=order)
-            out[kind] = [{"run_id": r.id, "algorithm": r.algorithm, "label": r.label, "seed": r.seed, "fraction": f,
-                          "file": policy_file(f), "available": finished(r, policy_file(f))}
-                         for r in runs for f in suite.heldout.checkpoints]
+            out[kind] = [
+                {
+                    "run_id": r.id,
+                    "algorithm": r.algorithm,
+                    "label": r.label,
+                    "seed": r.seed,
+                    "fraction": f,
+                    "file": policy_file(f),
+                    "available": finished(r, policy_file(f)),
+                }
+                for r in runs
+                for f in suite.heldout.checkpoints
+            ]
         elif kind == "random":
             out[kind] = [{"name": "uniform_random", "available": True}]
         else:  # self_play
@@ -121,8 +139,10 @@ def build_request(spec: RunSpec, suite: Suite, store: SuiteStore) -> tuple[dict[
         "coplayers": list(suite.heldout.coplayers),
         "members": coplayer_members(spec, suite, store),
         # The held-out runs whose final policy exists (what the report lists as the population).
-        "population": [{"run_id": m.id, "algorithm": m.algorithm, "label": m.label, "seed": m.seed}
-                       for m in sorted(done, key=lambda m: (m.algorithm, m.label, m.seed, m.id))],
+        "population": [
+            {"run_id": m.id, "algorithm": m.algorithm, "label": m.label, "seed": m.seed}
+            for m in sorted(done, key=lambda m: (m.algorithm, m.label, m.seed, m.id))
+        ],
         "population_expected": len(members),
         "episodes": suite.heldout.episodes or int(spec.budget["eval_episodes"]),
         "n_focal": suite.heldout.n_focal,
@@ -146,9 +166,12 @@ def plan_crossplay(items: list[PlanItem], suite: Suite, store: SuiteStore) -> Cr
             continue
         request, expected = build_request(spec, suite, store)
         if "heldout" in request["coplayers"] and not request["population"] and not request["bot_scenarios"]:
-            why = (f"none of the {expected} held-out run(s) of {spec.family}/{spec.scenario} has finished "
-                   f"(run them: --only group=heldout)" if expected else
-                   f"the suite has no held-out run on {spec.family}/{spec.scenario}")
+            why = (
+                f"none of the {expected} held-out run(s) of {spec.family}/{spec.scenario} has finished "
+                f"(run them: --only group=heldout)"
+                if expected
+                else f"the suite has no held-out run on {spec.family}/{spec.scenario}"
+            )
             plan.waiting.append((spec, why))
             continue
         existing = read_crossplay(store.run_dir(spec.id))
@@ -160,13 +183,22 @@ def plan_crossplay(items: list[PlanItem], suite: Suite, store: SuiteStore) -> Cr
 
 
 def describe_plan(plan: CrossplayPlan) -> str:
-    return (f"cross-play: {len(plan.jobs)} focal run(s) to evaluate, {len(plan.up_to_date)} up to date, "
-            f"{len(plan.waiting)} waiting for a held-out population")
+    return (
+        f"cross-play: {len(plan.jobs)} focal run(s) to evaluate, {len(plan.up_to_date)} up to date, "
+        f"{len(plan.waiting)} waiting for a held-out population"
+    )
 
 
-def execute_crossplay_phase(items: list[PlanItem], store: SuiteStore, backend: Backend, suite: Suite,
-                            provenance: dict[str, Any], retries: int = 2, threads: int | None = None,
-                            stream: TextIO | None = None) -> Summary:
+def execute_crossplay_phase(
+    items: list[PlanItem],
+    store: SuiteStore,
+    backend: Backend,
+    suite: Suite,
+    provenance: dict[str, Any],
+    retries: int = 2,
+    threads: int | None = None,
+    stream: TextIO | None = None,
+) -> Summary:
     """Evaluate every focal run of ``items`` that needs it, through ``backend`` (the caller holds
     the store's lock). Outcomes: done / failed / skipped (up to date) / waiting / interrupted."""
     started = time.monotonic()
@@ -180,8 +212,9 @@ def execute_crossplay_phase(items: list[PlanItem], store: SuiteStore, backend: B
     requests = {spec.id: request for spec, request in plan.jobs}
     specs = [spec for spec, _ in plan.jobs]
     totals = {spec.id: 1 + len(requests[spec.id]["bot_scenarios"]) for spec in specs}
-    progress = Progress(specs, already_done=0, total_runs=len(specs), stream=stream, totals=totals, unit="eval",
-                        what="cross-play")
+    progress = Progress(
+        specs, already_done=0, total_runs=len(specs), stream=stream, totals=totals, unit="eval", what="cross-play"
+    )
     progress.line(describe_plan(plan))
     submitted: dict[str, int] = {}
 
@@ -191,15 +224,39 @@ def execute_crossplay_phase(items: list[PlanItem], store: SuiteStore, backend: B
 
     def on_failed(spec: RunSpec, error: str | None) -> None:
         record = read_crossplay(store.run_dir(spec.id))
-        if not record or record.get("request_hash") != request_hash(requests[spec.id]) or record.get("state") != "failed":
+        if (
+            not record
+            or record.get("request_hash") != request_hash(requests[spec.id])
+            or record.get("state") != "failed"
+        ):
             # The worker died before recording its failure (killed, crashed): record it here.
-            atomic_write_json(store.run_dir(spec.id) / CROSSPLAY, {
-                "format": FORMAT, "state": "failed", "error": error, "request": requests[spec.id],
-                "request_hash": request_hash(requests[spec.id]), "finished_at": now(), "evaluations": []})
+            atomic_write_json(
+                store.run_dir(spec.id) / CROSSPLAY,
+                {
+                    "format": FORMAT,
+                    "state": "failed",
+                    "error": error,
+                    "request": requests[spec.id],
+                    "request_hash": request_hash(requests[spec.id]),
+                    "finished_at": now(),
+                    "evaluations": [],
+                },
+            )
 
-    final, stopping = run_jobs(specs, backend, suite, provenance, retries, threads, progress,
-                               prepare=prepare, on_failed=on_failed, attempts=lambda spec: submitted.get(spec.id, 0),
-                               task="crossplay", requests=requests)
+    final, stopping = run_jobs(
+        specs,
+        backend,
+        suite,
+        provenance,
+        retries,
+        threads,
+        progress,
+        prepare=prepare,
+        on_failed=on_failed,
+        attempts=lambda spec: submitted.get(spec.id, 0),
+        task="crossplay",
+        requests=requests,
+    )
     progress.close()
     summary.outcomes += [final[s.id] for s in specs if s.id in final]
     summary.interrupted = stopping and any(o.state in ("interrupted", "pending") for o in summary.outcomes)

@@ -25,18 +25,35 @@ FORMAT = 2  # 2: co-player kinds on a common partner schedule (1: one population
 HELDOUT, BOTS, COPLAYERS = "heldout_population", "meltingpot_scenario", "coplayers"
 POPULATION_KIND_BOTS = "DeepMind's Melting Pot scenario bots (background population of the asset bundle)"
 # Request fields that define the evaluation (their hash decides whether crossplay.json is up to date).
-HASHED = ("format", "focal", "focal_algorithm", "coplayers", "members", "population", "episodes", "n_focal", "num_envs",
-          "seed", "bot_scenarios")
-
+HASHED = (
+    "format",
+    "focal",
+    "focal_algorithm",
+    "coplayers",
+    "members",
+    "population",
+    "episodes",
+    "n_focal",
+    "num_envs",
+    "seed",
+    "bot_scenarios",
+)
 
 
 def request_hash(request: Mapping[str, Any]) -> str:
     return content_id({k: request.get(k) for k in HASHED})
 
 
-
-def evaluate_on_bot_scenario(focal_path: Path, scenario: str, env_options: Mapping[str, Any], episodes: int,
-                             seed: int, num_envs: int, greedy: bool, device: str) -> dict[str, Any]:
+def evaluate_on_bot_scenario(
+    focal_path: Path,
+    scenario: str,
+    env_options: Mapping[str, Any],
+    episodes: int,
+    seed: int,
+    num_envs: int,
+    greedy: bool,
+    device: str,
+) -> dict[str, Any]:
     """The focal policy in every focal slot of a Melting Pot scenario (DeepMind's bots in the others):
     the scenario's agents are exactly its focal players, so their mean return is the focal per-capita
     return."""
@@ -72,13 +89,16 @@ def _acting(focal_path: Path) -> tuple[bool, int]:
 
     blob = torch.load(focal_path, map_location="cpu", weights_only=False)
     cfg, spec = blob.get("config", {}), blob.get("spec", {})
-    greedy = greedy_eval(SimpleNamespace(eval_actions=cfg.get("eval_actions", "auto")),
-                         SimpleNamespace(has_won=bool(spec.get("has_won", False))))
+    greedy = greedy_eval(
+        SimpleNamespace(eval_actions=cfg.get("eval_actions", "auto")),
+        SimpleNamespace(has_won=bool(spec.get("has_won", False))),
+    )
     return greedy, int(cfg.get("eval_num_envs", 4))
 
 
-def execute_crossplay(run_dir: Path, sink: EventSink, request: dict[str, Any], threads: int = 1,
-                      device: str = "cpu") -> tuple[str, str | None]:
+def execute_crossplay(
+    run_dir: Path, sink: EventSink, request: dict[str, Any], threads: int = 1, device: str = "cpu"
+) -> tuple[str, str | None]:
     """The ``crossplay`` task of suites/worker.py: evaluate, write crossplay.json, report events."""
     lock_fd = lock_run_dir(run_dir)
     try:
@@ -96,9 +116,19 @@ def execute_crossplay(run_dir: Path, sink: EventSink, request: dict[str, Any], t
             return "interrupted", None
         except BaseException as exc:  # recorded; the driver decides on retries
             error = f"{type(exc).__name__}: {exc}"
-            atomic_write_json(run_dir / CROSSPLAY, {
-                "format": FORMAT, "state": "failed", "error": error, "traceback": traceback.format_exc(limit=-4),
-                "request": request, "request_hash": request_hash(request), "finished_at": now(), "evaluations": []})
+            atomic_write_json(
+                run_dir / CROSSPLAY,
+                {
+                    "format": FORMAT,
+                    "state": "failed",
+                    "error": error,
+                    "traceback": traceback.format_exc(limit=-4),
+                    "request": request,
+                    "request_hash": request_hash(request),
+                    "finished_at": now(),
+                    "evaluations": [],
+                },
+            )
             sink.emit({"event": "end", "run": run_id, "state": "failed", "error": error})
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
@@ -110,8 +140,9 @@ def execute_crossplay(run_dir: Path, sink: EventSink, request: dict[str, Any], t
         os.close(lock_fd)
 
 
-def _evaluate(run_dir: Path, spec: Mapping[str, Any], sink: EventSink, request: Mapping[str, Any], threads: int,
-              device: str) -> dict[str, Any]:
+def _evaluate(
+    run_dir: Path, spec: Mapping[str, Any], sink: EventSink, request: Mapping[str, Any], threads: int, device: str
+) -> dict[str, Any]:
     """Every co-player kind on the common partner schedule, then the Melting Pot scenarios with bots.
     ``evaluations`` holds one entry per co-player kind, one for the score (the mean over the unseen
     kinds, with the generalisation gap) and one per bot scenario."""
@@ -134,33 +165,74 @@ def _evaluate(run_dir: Path, spec: Mapping[str, Any], sink: EventSink, request: 
         seed = int(request["seed"]) + i
         try:
             if kind == COPLAYERS:
-                members = {k: [{**m, "path": (str(run_dir.parent / m["run_id"] / m["file"])
-                                              if m.get("available") and "run_id" in m else None)}
-                               for m in ms] for k, ms in request["members"].items()}
-                result = evaluate_schedule(focal_path, members, spec["family"], spec["scenario"], spec["env_options"],
-                                           episodes=int(request["episodes"]), seed=seed, num_envs=num_envs,
-                                           n_focal=request.get("n_focal"), greedy=greedy,
-                                           exclude_algorithm=request.get("focal_algorithm"), device=device)
+                members = {
+                    k: [
+                        {
+                            **m,
+                            "path": (
+                                str(run_dir.parent / m["run_id"] / m["file"])
+                                if m.get("available") and "run_id" in m
+                                else None
+                            ),
+                        }
+                        for m in ms
+                    ]
+                    for k, ms in request["members"].items()
+                }
+                result = evaluate_schedule(
+                    focal_path,
+                    members,
+                    spec["family"],
+                    spec["scenario"],
+                    spec["env_options"],
+                    episodes=int(request["episodes"]),
+                    seed=seed,
+                    num_envs=num_envs,
+                    n_focal=request.get("n_focal"),
+                    greedy=greedy,
+                    exclude_algorithm=request.get("focal_algorithm"),
+                    device=device,
+                )
                 by_kind = result["kinds"]
-                common = {k: result[k] for k in ("n_focal", "n_agents", "num_envs", "schedule_seed",
-                                                 "schedule_length", "actions")}
+                common = {
+                    k: result[k]
+                    for k in ("n_focal", "n_agents", "num_envs", "schedule_seed", "schedule_length", "actions")
+                }
                 for name, record in by_kind.items():
-                    evaluations.append({**record, "kind": name, "scenario": scenario, **common,
-                                        "state": "done" if record["state"] == "done" else "empty"})
+                    evaluations.append(
+                        {
+                            **record,
+                            "kind": name,
+                            "scenario": scenario,
+                            **common,
+                            "state": "done" if record["state"] == "done" else "empty",
+                        }
+                    )
                 score, gap = coplayer_score(by_kind)
-                evaluations.append({"kind": SCORE_KIND, "scenario": scenario, "state": "done" if score is not None
-                                    else "empty", "population_kind": SCORE_NAME, "focal_per_capita_return": score,
-                                    "generalisation_gap": gap, "population": list(request["population"]),
-                                    "episodes": sum(r.get("episodes", 0) for k, r in by_kind.items() if k != "self_play"),
-                                    **common})
+                evaluations.append(
+                    {
+                        "kind": SCORE_KIND,
+                        "scenario": scenario,
+                        "state": "done" if score is not None else "empty",
+                        "population_kind": SCORE_NAME,
+                        "focal_per_capita_return": score,
+                        "generalisation_gap": gap,
+                        "population": list(request["population"]),
+                        "episodes": sum(r.get("episodes", 0) for k, r in by_kind.items() if k != "self_play"),
+                        **common,
+                    }
+                )
             else:
-                result = evaluate_on_bot_scenario(focal_path, scenario, spec["env_options"], int(request["episodes"]),
-                                                  seed, num_envs, greedy, device)
+                result = evaluate_on_bot_scenario(
+                    focal_path, scenario, spec["env_options"], int(request["episodes"]), seed, num_envs, greedy, device
+                )
                 evaluations.append({"kind": kind, "scenario": scenario, "state": "done", **result})
         except StopRequested:
             raise
         except Exception as exc:  # one failing evaluation does not lose the others
-            evaluations.append({"kind": kind, "scenario": scenario, "state": "failed", "error": f"{type(exc).__name__}: {exc}"})
+            evaluations.append(
+                {"kind": kind, "scenario": scenario, "state": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            )
         sink.emit({"event": "progress", "run": spec["id"], "t": i + 1, "total": len(targets), "row": None})
     for name, reason in (request.get("bot_scenarios_unavailable") or {}).items():
         evaluations.append({"kind": BOTS, "scenario": name, "state": "unavailable", "reason": reason})
@@ -178,11 +250,18 @@ def _evaluate(run_dir: Path, spec: Mapping[str, Any], sink: EventSink, request: 
         "population_expected": request.get("population_expected"),
         # The headline: the mean over the unseen co-player kinds (round robin, held-out, random).
         "focal_per_capita_return": headline["focal_per_capita_return"] if headline else None,
-        "population_kind": headline["population_kind"] if headline else (
-            POPULATION_KIND_BOTS if any(e["kind"] == BOTS and e["state"] == "done" for e in evaluations) else None),
+        "population_kind": headline["population_kind"]
+        if headline
+        else (POPULATION_KIND_BOTS if any(e["kind"] == BOTS and e["state"] == "done" for e in evaluations) else None),
         # Per co-player kind: the focal per-capita return and its episodes (the report's columns).
-        "per_kind": {k: {"focal_per_capita_return": r.get("focal_per_capita_return"), "episodes": r.get("episodes", 0),
-                         "population_kind": KIND_NAMES[k]} for k, r in by_kind.items()},
+        "per_kind": {
+            k: {
+                "focal_per_capita_return": r.get("focal_per_capita_return"),
+                "episodes": r.get("episodes", 0),
+                "population_kind": KIND_NAMES[k],
+            }
+            for k, r in by_kind.items()
+        },
         "self_play_return": (by_kind.get("self_play") or {}).get("focal_per_capita_return"),
         "generalisation_gap": gap,
         "evaluations": evaluations,

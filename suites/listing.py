@@ -100,8 +100,10 @@ def print_algorithm_fields(name: str) -> None:
     cls = algorithm.config_cls
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
-    print(f"{name} ({algorithm.kind} learner, {cls.__module__}.{cls.__qualname__}); "
-          "manifest overrides or --set KEY=VALUE:")
+    print(
+        f"{name} ({algorithm.kind} learner, {cls.__module__}.{cls.__qualname__}); "
+        "manifest overrides or --set KEY=VALUE:"
+    )
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         doc = docs[f.name]

@@ -43,10 +43,30 @@ from marl.registry import get_algorithm, list_algorithms
 
 SUITES_DIR = Path(__file__).resolve().parent
 PAPERS = ("ddn", "bidist")
-TOP_KEYS = ("name", "paper", "description", "budget", "seeds", "overrides", "resources", "image",
-            "scenarios", "algorithms", "heldout")
-HELDOUT_KEYS = ("seeds", "algorithms", "budget", "episodes", "n_focal", "bot_scenarios", "coplayers", "checkpoints",
-                "num_envs")
+TOP_KEYS = (
+    "name",
+    "paper",
+    "description",
+    "budget",
+    "seeds",
+    "overrides",
+    "resources",
+    "image",
+    "scenarios",
+    "algorithms",
+    "heldout",
+)
+HELDOUT_KEYS = (
+    "seeds",
+    "algorithms",
+    "budget",
+    "episodes",
+    "n_focal",
+    "bot_scenarios",
+    "coplayers",
+    "checkpoints",
+    "num_envs",
+)
 # Co-player kinds of the cross-play evaluation (suites/crossplay_phase.py, docs/evaluation.md), each its own
 # column of the report: the other algorithms' final policies (round robin, never the focal run's own
 # algorithm), the held-out runs at several points of their training, a uniform-random policy (the
@@ -179,9 +199,17 @@ class RunSpec:
     snapshots: tuple[float, ...] = ()
 
     def content(self) -> dict[str, Any]:
-        content = {"suite": self.suite, "paper": self.paper, "family": self.family, "scenario": self.scenario,
-                   "env_options": self.env_options, "algorithm": self.algorithm, "overrides": self.overrides,
-                   "seed": self.seed, "budget": self.budget}
+        content = {
+            "suite": self.suite,
+            "paper": self.paper,
+            "family": self.family,
+            "scenario": self.scenario,
+            "env_options": self.env_options,
+            "algorithm": self.algorithm,
+            "overrides": self.overrides,
+            "seed": self.seed,
+            "budget": self.budget,
+        }
         if self.snapshots:
             content["snapshots"] = list(self.snapshots)
         return content
@@ -192,8 +220,13 @@ class RunSpec:
 
     def to_json(self) -> dict[str, Any]:
         """The spec.json of the run store contract (plus ``memberships``)."""
-        return {"id": self.id, **self.content(), "label": self.label, "group": self.group,
-                "memberships": [{"group": g, "label": lbl} for g, lbl in self.memberships]}
+        return {
+            "id": self.id,
+            **self.content(),
+            "label": self.label,
+            "group": self.group,
+            "memberships": [{"group": g, "label": lbl} for g, lbl in self.memberships],
+        }
 
     @property
     def is_heldout(self) -> bool:
@@ -233,8 +266,10 @@ def resolve_manifest(name_or_path: str) -> Path:
         return candidate
     shipped = SUITES_DIR / f"{name_or_path}.yaml"
     if not shipped.is_file():
-        raise ManifestError(name_or_path, [("", f"unknown suite; valid suites: {', '.join(list_suites())} "
-                                                 "(or a path to a .yaml manifest)")])
+        raise ManifestError(
+            name_or_path,
+            [("", f"unknown suite; valid suites: {', '.join(list_suites())} (or a path to a .yaml manifest)")],
+        )
     return shipped
 
 
@@ -247,8 +282,16 @@ def load_suite(name_or_path: str, check_availability: bool = True) -> Suite:
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ManifestError(path, [("", f"not a YAML text file (byte {exc.start} is not UTF-8 text); "
-                                        "a manifest is a .yaml text file like suites/smoke.yaml")]) from None
+        raise ManifestError(
+            path,
+            [
+                (
+                    "",
+                    f"not a YAML text file (byte {exc.start} is not UTF-8 text); "
+                    "a manifest is a .yaml text file like suites/smoke.yaml",
+                )
+            ],
+        ) from None
     except OSError as exc:
         raise ManifestError(path, [("", f"cannot be read: {exc.strerror or exc}")]) from None
     return load_suite_text(path, text, check_availability)
@@ -315,8 +358,11 @@ class _Validator:
         name = self.string(data, "name", "name") or "?"
         if name != "?" and not SUITE_NAME.fullmatch(name):
             # The name is the suite's directory under --out: no separators, nothing hidden.
-            self.fail("name", f"must be letters, digits, '_', '-' or '.' (not starting with '.' or '-'): it names "
-                              f"the suite's directory under --out; got {name!r}")
+            self.fail(
+                "name",
+                f"must be letters, digits, '_', '-' or '.' (not starting with '.' or '-'): it names "
+                f"the suite's directory under --out; got {name!r}",
+            )
         paper = self.string(data, "paper", "paper")
         if paper is not None and paper not in PAPERS:
             self.fail("paper", f"unknown paper {paper!r}; valid choices: {', '.join(PAPERS)}")
@@ -333,9 +379,19 @@ class _Validator:
         heldout = self.heldout(data.get("heldout"), seeds, scenarios, algorithms, names)
         if self.problems:
             raise ManifestError(self.path, self.problems)
-        suite = Suite(name=name, paper=paper or "", description=str(description).strip(), path=self.path,
-                      text=self.text, seeds=seeds, resources=resources, image=image,
-                      scenarios=tuple(scenarios), algorithms=tuple(algorithms), heldout=heldout)
+        suite = Suite(
+            name=name,
+            paper=paper or "",
+            description=str(description).strip(),
+            path=self.path,
+            text=self.text,
+            seeds=seeds,
+            resources=resources,
+            image=image,
+            scenarios=tuple(scenarios),
+            algorithms=tuple(algorithms),
+            heldout=heldout,
+        )
         runs = self.expand(suite)
         if self.problems:
             raise ManifestError(self.path, self.problems)
@@ -399,20 +455,30 @@ class _Validator:
             where = f"scenarios[{i}]"
             if not self.keys(item, where, SCENARIO_KEYS, required=("family", "scenario")):
                 continue
-            family, scenario = self.string(item, "family", f"{where}.family"), self.string(item, "scenario", f"{where}.scenario")
+            family, scenario = (
+                self.string(item, "family", f"{where}.family"),
+                self.string(item, "scenario", f"{where}.scenario"),
+            )
             if family is None or scenario is None:
                 continue
             if family not in envs.FAMILIES:
-                self.fail(f"{where}.family", f"unknown environment family {family!r}; valid choices: {', '.join(envs.FAMILIES)}")
+                self.fail(
+                    f"{where}.family",
+                    f"unknown environment family {family!r}; valid choices: {', '.join(envs.FAMILIES)}",
+                )
                 continue
             choices = envs.list_scenarios(family)
             if scenario not in choices:
-                self.fail(f"{where}.scenario", f"unknown {family} scenario {scenario!r}; valid choices: {', '.join(choices)}")
+                self.fail(
+                    f"{where}.scenario", f"unknown {family} scenario {scenario!r}; valid choices: {', '.join(choices)}"
+                )
                 continue
             if (family, scenario) in seen:
                 self.fail(f"{where}.scenario", f"scenario {family}/{scenario} is listed twice")
             seen.add((family, scenario))
-            options = self.env_options(family, scenario, self.mapping(item.get("options"), f"{where}.options"), f"{where}.options")
+            options = self.env_options(
+                family, scenario, self.mapping(item.get("options"), f"{where}.options"), f"{where}.options"
+            )
             overrides = {**top_overrides, **self.mapping(item.get("overrides"), f"{where}.overrides")}
             scenario_budget = self.budget(item.get("budget"), f"{where}.budget", base=budget)
             unavailable = envs.unavailable_reason(family, scenario) if self.check_availability else None
@@ -430,8 +496,9 @@ class _Validator:
         # Canonical types (1 -> 1.0 for float options) so equal options hash equally.
         return {key: getattr(parsed, key) for key in options}
 
-    def algorithms(self, value: Any, scenario_names: set[str], where: str = "algorithms",
-                   forced_group: str | None = None) -> list[AlgorithmEntry]:
+    def algorithms(
+        self, value: Any, scenario_names: set[str], where: str = "algorithms", forced_group: str | None = None
+    ) -> list[AlgorithmEntry]:
         if not isinstance(value, list) or not value:
             self.fail(where, f"must be a non-empty list of algorithm entries, got {value!r}")
             return []
@@ -472,15 +539,23 @@ class _Validator:
                 else:
                     for s in restrict:
                         if s not in scenario_names:
-                            self.fail(f"{at}.scenarios", f"{s!r} is not one of this manifest's scenarios: "
-                                                         f"{', '.join(sorted(scenario_names))}")
+                            self.fail(
+                                f"{at}.scenarios",
+                                f"{s!r} is not one of this manifest's scenarios: {', '.join(sorted(scenario_names))}",
+                            )
                     restrict = tuple(restrict)
             overrides = self.mapping(item.get("overrides"), f"{at}.overrides")
             entries.append(AlgorithmEntry(name, label, group, overrides, restrict, unavailable, kind))
         return entries
 
-    def heldout(self, value: Any, seeds: tuple[int, ...], scenarios: list[ScenarioEntry],
-                algorithms: list[AlgorithmEntry], scenario_names: set[str]) -> Heldout | None:
+    def heldout(
+        self,
+        value: Any,
+        seeds: tuple[int, ...],
+        scenarios: list[ScenarioEntry],
+        algorithms: list[AlgorithmEntry],
+        scenario_names: set[str],
+    ) -> Heldout | None:
         if value is None:
             return None
         if not self.keys(value, "heldout", HELDOUT_KEYS, required=("seeds",)):
@@ -488,22 +563,30 @@ class _Validator:
         held_seeds = self.seeds(value.get("seeds"), "heldout.seeds")
         overlap = sorted(set(held_seeds) & set(seeds))
         if overlap:
-            self.fail("heldout.seeds", f"seeds {overlap} are also focal seeds; held-out seeds must be disjoint from "
-                                       f"the suite's seeds {list(seeds)} (a co-player must never be a focal run's own "
-                                       "training)")
+            self.fail(
+                "heldout.seeds",
+                f"seeds {overlap} are also focal seeds; held-out seeds must be disjoint from "
+                f"the suite's seeds {list(seeds)} (a co-player must never be a focal run's own "
+                "training)",
+            )
         if "algorithms" in value:
             entries = self.algorithms(value["algorithms"], scenario_names, "heldout.algorithms", HELDOUT_GROUP)
             for i, entry in enumerate(entries):
                 if entry.kind is not None and entry.kind != POLICY_KIND:
-                    self.fail(f"heldout.algorithms[{i}].name", f"algorithm {entry.name!r} is of kind {entry.kind!r}; "
-                                                               f"held-out co-players must be policy learners (kind "
-                                                               f"{POLICY_KIND!r}, e.g. mappo)")
+                    self.fail(
+                        f"heldout.algorithms[{i}].name",
+                        f"algorithm {entry.name!r} is of kind {entry.kind!r}; "
+                        f"held-out co-players must be policy learners (kind "
+                        f"{POLICY_KIND!r}, e.g. mappo)",
+                    )
         else:  # default: the suite's own policy learners, with their overrides
-            entries = [dataclasses.replace(a, group=HELDOUT_GROUP) for a in algorithms
-                       if a.kind in (POLICY_KIND, None)]
+            entries = [dataclasses.replace(a, group=HELDOUT_GROUP) for a in algorithms if a.kind in (POLICY_KIND, None)]
             if algorithms and not entries:
-                self.fail("heldout.algorithms", "missing, and the suite has no policy learner to default to; name the "
-                                                "held-out co-players' algorithms (kind 'policy', e.g. mappo)")
+                self.fail(
+                    "heldout.algorithms",
+                    "missing, and the suite has no policy learner to default to; name the "
+                    "held-out co-players' algorithms (kind 'policy', e.g. mappo)",
+                )
         overrides: dict[str, int] = {}
         if value.get("budget") is not None:
             if self.keys(value["budget"], "heldout.budget", BUDGET_KEYS):
@@ -521,8 +604,9 @@ class _Validator:
         num_envs = DEFAULT_CROSSPLAY_ENVS
         if value.get("num_envs") is not None:
             num_envs = self.positive_int(value["num_envs"], "heldout.num_envs") or DEFAULT_CROSSPLAY_ENVS
-        return Heldout(held_seeds, tuple(entries), overrides, episodes, n_focal, tuple(bots), coplayers, checkpoints,
-                       num_envs)
+        return Heldout(
+            held_seeds, tuple(entries), overrides, episodes, n_focal, tuple(bots), coplayers, checkpoints, num_envs
+        )
 
     def coplayers(self, value: Any) -> tuple[str, ...]:
         """A non-empty list of co-player kinds (default: all of them), kept in COPLAYER_KINDS order."""
@@ -530,16 +614,23 @@ class _Validator:
         if value is None:
             return COPLAYER_KINDS
         if not isinstance(value, list) or not value:
-            self.fail(where, f"must be a non-empty list of co-player kinds ({', '.join(COPLAYER_KINDS)}), got {value!r}")
+            self.fail(
+                where, f"must be a non-empty list of co-player kinds ({', '.join(COPLAYER_KINDS)}), got {value!r}"
+            )
             return COPLAYER_KINDS
         for i, kind in enumerate(value):
             if kind not in COPLAYER_KINDS:
-                self.fail(f"{where}[{i}]", f"unknown co-player kind {kind!r}; valid choices: {', '.join(COPLAYER_KINDS)}")
+                self.fail(
+                    f"{where}[{i}]", f"unknown co-player kind {kind!r}; valid choices: {', '.join(COPLAYER_KINDS)}"
+                )
         if len(set(map(str, value))) != len(value):
             self.fail(where, f"co-player kinds must be distinct, got {value!r}")
         if not any(k in value for k in ("round_robin", "heldout", "random")):
-            self.fail(where, "needs at least one co-player the focal policy never met (round_robin, heldout or random); "
-                             "self_play alone measures no generalisation")
+            self.fail(
+                where,
+                "needs at least one co-player the focal policy never met (round_robin, heldout or random); "
+                "self_play alone measures no generalisation",
+            )
         return tuple(k for k in COPLAYER_KINDS if k in value)
 
     def checkpoints(self, value: Any) -> tuple[float, ...]:
@@ -548,14 +639,19 @@ class _Validator:
         if value is None:
             return DEFAULT_CHECKPOINTS
         if not isinstance(value, list) or not value:
-            self.fail(where, f"must be a non-empty list of fractions of training in (0, 1], e.g. [0.1, 0.5, 1.0]; "
-                             f"got {value!r}")
+            self.fail(
+                where,
+                f"must be a non-empty list of fractions of training in (0, 1], e.g. [0.1, 0.5, 1.0]; got {value!r}",
+            )
             return DEFAULT_CHECKPOINTS
         out = []
         for i, frac in enumerate(value):
             if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac <= 1:
-                self.fail(f"{where}[{i}]", f"must be a fraction of training in (0, 1] (0.1 = at 10% of the held-out "
-                                           f"run's env steps), got {frac!r}")
+                self.fail(
+                    f"{where}[{i}]",
+                    f"must be a fraction of training in (0, 1] (0.1 = at 10% of the held-out "
+                    f"run's env steps), got {frac!r}",
+                )
             else:
                 out.append(round(float(frac), 6))
         if len(set(out)) != len(out):
@@ -573,51 +669,88 @@ class _Validator:
         if not substrates:
             self.fail(where, "Melting Pot scenarios need a Melting Pot substrate among the suite's scenarios")
             return []
-        catalogue = [n for n in envs.list_scenarios("meltingpot") if n.rpartition("_")[0] in substrates
-                     and n.rpartition("_")[2].isdigit()]
+        catalogue = [
+            n
+            for n in envs.list_scenarios("meltingpot")
+            if n.rpartition("_")[0] in substrates and n.rpartition("_")[2].isdigit()
+        ]
         if value == "all":
             names = catalogue
         elif isinstance(value, list) and value and all(isinstance(n, str) for n in value):
             names = []
             for name in value:
                 if name not in catalogue:
-                    self.fail(where, f"{name!r} is not a Melting Pot scenario of this suite's substrates "
-                                     f"({', '.join(substrates)}); valid choices: {', '.join(catalogue)} (or 'all')")
+                    self.fail(
+                        where,
+                        f"{name!r} is not a Melting Pot scenario of this suite's substrates "
+                        f"({', '.join(substrates)}); valid choices: {', '.join(catalogue)} (or 'all')",
+                    )
                 else:
                     names.append(name)
         else:
             self.fail(where, f"must be 'all' or a non-empty list of Melting Pot scenario names, got {value!r}")
             return []
-        return [BotScenario(n, n.rpartition("_")[0],
-                            envs.unavailable_reason("meltingpot", n) if self.check_availability else None)
-                for n in dict.fromkeys(names)]
+        return [
+            BotScenario(
+                n, n.rpartition("_")[0], envs.unavailable_reason("meltingpot", n) if self.check_availability else None
+            )
+            for n in dict.fromkeys(names)
+        ]
 
     def expand(self, suite: Suite) -> list[RunSpec]:
         runs: dict[str, RunSpec] = {}
         self._expand(suite, suite.algorithms, suite.seeds, {}, "algorithms", runs)
         if suite.heldout is not None:
             where = "heldout.algorithms" if suite.heldout.algorithms else "algorithms"
-            self._expand(suite, suite.heldout.algorithms, suite.heldout.seeds, suite.heldout.budget, where, runs,
-                         suite.heldout.snapshots)
+            self._expand(
+                suite,
+                suite.heldout.algorithms,
+                suite.heldout.seeds,
+                suite.heldout.budget,
+                where,
+                runs,
+                suite.heldout.snapshots,
+            )
         return list(runs.values())
 
-    def _expand(self, suite: Suite, algorithms: tuple[AlgorithmEntry, ...], seeds: tuple[int, ...],
-                budget_overrides: dict[str, int], where: str, runs: dict[str, RunSpec],
-                snapshots: tuple[float, ...] = ()) -> None:
+    def _expand(
+        self,
+        suite: Suite,
+        algorithms: tuple[AlgorithmEntry, ...],
+        seeds: tuple[int, ...],
+        budget_overrides: dict[str, int],
+        where: str,
+        runs: dict[str, RunSpec],
+        snapshots: tuple[float, ...] = (),
+    ) -> None:
         for a_index, algo in enumerate(algorithms):
             for scenario in suite.scenarios:
-                if algo.scenarios is not None and not {scenario.scenario, f"{scenario.family}/{scenario.scenario}"} & set(algo.scenarios):
+                if algo.scenarios is not None and not {
+                    scenario.scenario,
+                    f"{scenario.family}/{scenario.scenario}",
+                } & set(algo.scenarios):
                     continue
                 overrides = self.resolve_overrides(algo, scenario, f"{where}[{a_index}].overrides")
                 if overrides is None:
                     continue
                 budget = {**scenario.budget.as_dict(), **budget_overrides}
                 for seed in seeds:
-                    spec = RunSpec(suite=suite.name, paper=suite.paper, family=scenario.family,
-                                   scenario=scenario.scenario, env_options=scenario.options, algorithm=algo.name,
-                                   label=algo.label, group=algo.group, overrides=overrides, seed=seed,
-                                   budget=budget, memberships=((algo.group, algo.label),),
-                                   unavailable=algo.unavailable or scenario.unavailable, snapshots=snapshots)
+                    spec = RunSpec(
+                        suite=suite.name,
+                        paper=suite.paper,
+                        family=scenario.family,
+                        scenario=scenario.scenario,
+                        env_options=scenario.options,
+                        algorithm=algo.name,
+                        label=algo.label,
+                        group=algo.group,
+                        overrides=overrides,
+                        seed=seed,
+                        budget=budget,
+                        memberships=((algo.group, algo.label),),
+                        unavailable=algo.unavailable or scenario.unavailable,
+                        snapshots=snapshots,
+                    )
                     existing = runs.get(spec.id)
                     if existing is not None:  # the same training fills another table cell
                         spec = dataclasses.replace(existing, memberships=existing.memberships + spec.memberships)
@@ -641,4 +774,7 @@ def algorithm_kind(name: str) -> tuple[str | None, str | None]:
     try:
         return get_algorithm(name).kind, None
     except Exception as exc:  # ImportError, or any error raised while importing the module
-        return None, f"algorithm {name!r} is registered but its module cannot be imported here ({type(exc).__name__}: {exc})"
+        return (
+            None,
+            f"algorithm {name!r} is registered but its module cannot be imported here ({type(exc).__name__}: {exc})",
+        )

@@ -66,14 +66,17 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")
 
 
-def one_run(algorithm: str, scenario: str, sets: list[str], seeds: list[int] | None,
-            budget: dict[str, int | None]) -> OneRun:
+def one_run(
+    algorithm: str, scenario: str, sets: list[str], seeds: list[int] | None, budget: dict[str, int | None]
+) -> OneRun:
     """The manifest of one algorithm on one scenario ``family/name``. Unknown algorithms, families,
     scenarios, fields and values are left to the manifest validator, which names the valid choices."""
     family, sep, name = scenario.partition("/")
     if not sep or not family or not name:
-        raise OneRunError(f"--scenario {scenario!r}: expected FAMILY/SCENARIO, e.g. smax/3m or "
-                          "predator_prey/stag_hunt (python reproduce.py --list shows them)")
+        raise OneRunError(
+            f"--scenario {scenario!r}: expected FAMILY/SCENARIO, e.g. smax/3m or "
+            "predator_prey/stag_hunt (python reproduce.py --list shows them)"
+        )
     from marl.registry import get_algorithm
 
     try:
@@ -83,8 +86,9 @@ def one_run(algorithm: str, scenario: str, sets: list[str], seeds: list[int] | N
     overrides, options = parse_sets(sets)
     source = yaml.safe_load((SUITES_DIR / f"{BUDGET_SOURCE[kind]}.yaml").read_text())["budget"]
     full_budget = {key: budget.get(key) if budget.get(key) is not None else source[key] for key in BUDGET_KEYS}
-    label = algorithm + "".join(f"+{k}={_show(v)}" for k, v in sorted({**overrides, **{
-        f"env.{k}": v for k, v in options.items()}}.items()))
+    label = algorithm + "".join(
+        f"+{k}={_show(v)}" for k, v in sorted({**overrides, **{f"env.{k}": v for k, v in options.items()}}.items())
+    )
     suite_name = _slug(f"run_{algorithm}_{family}_{name}")
     scenario_entry: dict[str, Any] = {"family": family, "scenario": name}
     if options:
@@ -96,7 +100,7 @@ def one_run(algorithm: str, scenario: str, sets: list[str], seeds: list[int] | N
         "name": suite_name,
         "paper": PAPER[kind],
         "description": f"One-run command: {algorithm} on {family}/{name} (budget from {BUDGET_SOURCE[kind]} "
-                       "unless set on the command line).",
+        "unless set on the command line).",
         "budget": full_budget,
         "seeds": list(seeds) if seeds else [0],
         "scenarios": [scenario_entry],

@@ -45,8 +45,10 @@ def filter_runs(suite: Suite, seeds: list[int] | None = None, only: list[str] | 
     if seeds is not None:
         unknown = sorted(set(seeds) - set(suite.all_seeds))
         if unknown:
-            raise UsageError(f"--seeds {','.join(map(str, unknown))}: not in suite {suite.name!r}'s seeds "
-                             f"{', '.join(map(str, suite.all_seeds))}")
+            raise UsageError(
+                f"--seeds {','.join(map(str, unknown))}: not in suite {suite.name!r}'s seeds "
+                f"{', '.join(map(str, suite.all_seeds))}"
+            )
         runs = [r for r in runs if r.seed in seeds]
     for term in only or []:
         if "=" in term:
@@ -58,18 +60,25 @@ def filter_runs(suite: Suite, seeds: list[int] | None = None, only: list[str] | 
             choices = sorted({str(_field(r, key)) for r in suite.runs})
             bad = sorted(wanted - set(choices))
             if bad:
-                raise UsageError(f"--only {term!r}: {', '.join(bad)} is not a {key} of suite {suite.name!r}; "
-                                 f"valid choices: {', '.join(choices)}")
+                raise UsageError(
+                    f"--only {term!r}: {', '.join(bad)} is not a {key} of suite {suite.name!r}; "
+                    f"valid choices: {', '.join(choices)}"
+                )
             runs = [r for r in runs if str(_field(r, key)) in wanted]
         else:
-            words = {r.scenario for r in suite.runs} | {r.algorithm for r in suite.runs} | \
-                    {lbl for r in suite.runs for _, lbl in r.memberships} | {g for r in suite.runs for g, _ in r.memberships}
+            words = (
+                {r.scenario for r in suite.runs}
+                | {r.algorithm for r in suite.runs}
+                | {lbl for r in suite.runs for _, lbl in r.memberships}
+                | {g for r in suite.runs for g, _ in r.memberships}
+            )
             if term not in words:
-                raise UsageError(f"--only {term!r} matches no scenario, algorithm, label or group of suite "
-                                 f"{suite.name!r}; valid words: {', '.join(sorted(words))} (or key=value with key in "
-                                 f"{', '.join(ONLY_KEYS)})")
-            runs = [r for r in runs if term in (r.scenario, r.algorithm)
-                    or any(term in m for m in r.memberships)]
+                raise UsageError(
+                    f"--only {term!r} matches no scenario, algorithm, label or group of suite "
+                    f"{suite.name!r}; valid words: {', '.join(sorted(words))} (or key=value with key in "
+                    f"{', '.join(ONLY_KEYS)})"
+                )
+            runs = [r for r in runs if term in (r.scenario, r.algorithm) or any(term in m for m in r.memberships)]
     if not runs:
         raise UsageError(f"the filters leave no run of suite {suite.name!r}")
     return runs
@@ -116,16 +125,28 @@ def format_plan(items: list[PlanItem], suite: Suite) -> str:
     for it in items:
         sp = it.spec
         cells = "; ".join(f"{lbl} ({grp})" for grp, lbl in sp.memberships)
-        rows.append((sp.id, f"{sp.family}/{sp.scenario}", sp.algorithm, cells, str(sp.seed),
-                     str(sp.budget["env_steps"]), describe_state(it, notes)))
+        rows.append(
+            (
+                sp.id,
+                f"{sp.family}/{sp.scenario}",
+                sp.algorithm,
+                cells,
+                str(sp.seed),
+                str(sp.budget["env_steps"]),
+                describe_state(it, notes),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
-    counts = collections.Counter("unavailable" if it.spec.unavailable and it.state.kind != "done" else it.state.kind
-                                 for it in items)
+    counts = collections.Counter(
+        "unavailable" if it.spec.unavailable and it.state.kind != "done" else it.state.kind for it in items
+    )
     lines.append("")
     lines.extend(f"[{n}] {reason}" for reason, n in notes.items())
-    lines.append(f"suite {suite.name!r} ({suite.paper}): {len(items)} runs - "
-                 + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    lines.append(
+        f"suite {suite.name!r} ({suite.paper}): {len(items)} runs - "
+        + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    )
     return "\n".join(lines)
 
 
@@ -159,12 +180,17 @@ class Summary:
 
     def format(self) -> str:
         counts = collections.Counter(o.state for o in self.outcomes)
-        lines = [f"{self.title}: {len(self.outcomes)} {self.noun} in {self.elapsed:.0f} s - "
-                 + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))]
+        lines = [
+            f"{self.title}: {len(self.outcomes)} {self.noun} in {self.elapsed:.0f} s - "
+            + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        ]
         for o in self.outcomes:
             if o.state in ("failed", "corrupt", "unavailable", "waiting"):
-                lines.append(f"  {o.state.upper()} {o.spec.id} {o.spec.describe()}"
-                             + (f" ({o.attempts} attempt(s))" if o.state == "failed" else "") + f": {o.error}")
+                lines.append(
+                    f"  {o.state.upper()} {o.spec.id} {o.spec.describe()}"
+                    + (f" ({o.attempts} attempt(s))" if o.state == "failed" else "")
+                    + f": {o.error}"
+                )
         if self.interrupted:
             lines.append("  interrupted: run the same command again to resume where it stopped")
         return "\n".join(lines)
@@ -197,8 +223,16 @@ class _Interrupts:
             self.kill()
 
 
-def execute(items: list[PlanItem], store: SuiteStore, backend: Backend, suite: Suite, provenance: dict[str, Any],
-            retries: int = 2, threads: int | None = None, stream: TextIO | None = None) -> Summary:
+def execute(
+    items: list[PlanItem],
+    store: SuiteStore,
+    backend: Backend,
+    suite: Suite,
+    provenance: dict[str, Any],
+    retries: int = 2,
+    threads: int | None = None,
+    stream: TextIO | None = None,
+) -> Summary:
     """Run every runnable item through ``backend`` (the caller holds the store's lock)."""
     started = time.monotonic()
     summary = Summary()
@@ -220,11 +254,18 @@ def execute(items: list[PlanItem], store: SuiteStore, backend: Backend, suite: S
     if skipped:
         progress.line(f"{skipped} run(s) already done: skipped")
     final, stopping = run_jobs(
-        [it.spec for it in todo], backend, suite, provenance, retries, threads, progress,
+        [it.spec for it in todo],
+        backend,
+        suite,
+        provenance,
+        retries,
+        threads,
+        progress,
         prepare=store.prepare,
         on_failed=lambda spec, error: _record_failure(store.run_dir(spec.id), error),
         attempts=lambda spec: _attempts(store.run_dir(spec.id)),
-        retryable=lambda spec: _retryable(store.run_dir(spec.id)))
+        retryable=lambda spec: _retryable(store.run_dir(spec.id)),
+    )
     progress.close()
     summary.outcomes.extend(final[it.spec.id] for it in todo if it.spec.id in final)
     summary.interrupted = stopping and any(o.state in ("interrupted", "pending") for o in summary.outcomes)
@@ -232,11 +273,21 @@ def execute(items: list[PlanItem], store: SuiteStore, backend: Backend, suite: S
     return summary
 
 
-def run_jobs(specs: list[RunSpec], backend: Backend, suite: Suite, provenance: dict[str, Any], retries: int,
-             threads: int | None, progress: Progress, prepare: Callable[[RunSpec], Path],
-             on_failed: Callable[[RunSpec, str | None], None], attempts: Callable[[RunSpec], int],
-             task: str = "train", requests: dict[str, dict[str, Any]] | None = None,
-             retryable: Callable[[RunSpec], bool] = lambda spec: True) -> tuple[dict[str, Outcome], bool]:
+def run_jobs(
+    specs: list[RunSpec],
+    backend: Backend,
+    suite: Suite,
+    provenance: dict[str, Any],
+    retries: int,
+    threads: int | None,
+    progress: Progress,
+    prepare: Callable[[RunSpec], Path],
+    on_failed: Callable[[RunSpec, str | None], None],
+    attempts: Callable[[RunSpec], int],
+    task: str = "train",
+    requests: dict[str, dict[str, Any]] | None = None,
+    retryable: Callable[[RunSpec], bool] = lambda spec: True,
+) -> tuple[dict[str, Outcome], bool]:
     """Submit one ``task`` job per spec (at most ``backend.slots()`` at once), retry failures that
     ``retryable`` allows, stop on Ctrl-C. Returns (an outcome per spec, whether it was stopped)."""
     queue = collections.deque(specs)
@@ -256,16 +307,18 @@ def run_jobs(specs: list[RunSpec], backend: Backend, suite: Suite, provenance: d
                 break
             if interrupts.count == 1 and not stopping:
                 stopping = True
-                progress.line("interrupt: stopping the running jobs at their next safe point "
-                              "(interrupt again to stop at once)")
+                progress.line(
+                    "interrupt: stopping the running jobs at their next safe point (interrupt again to stop at once)"
+                )
                 backend.request_stop()
             while queue and not stopping and len(active) < backend.slots():
                 spec = queue.popleft()
                 run_dir = prepare(spec)
                 tries[spec.id] += 1
                 active[spec.id] = spec
-                backend.submit(Job(spec, run_dir, job_threads, device, cpus, gpus, task,
-                                   (requests or {}).get(spec.id)), provenance)
+                backend.submit(
+                    Job(spec, run_dir, job_threads, device, cpus, gpus, task, (requests or {}).get(spec.id)), provenance
+                )
             for event in backend.poll(timeout=0.5):
                 if interrupts.count >= 2:
                     break  # killed: the workers' ends are our doing, not failures
@@ -277,10 +330,14 @@ def run_jobs(specs: list[RunSpec], backend: Backend, suite: Suite, provenance: d
                 if state == "failed":
                     on_failed(spec, error)
                     if not retryable(spec):
-                        progress.line(f"not retried: {spec.id} {spec.describe()} fails the same way on every try "
-                                      "(fix the manifest or the code, then rerun)")
+                        progress.line(
+                            f"not retried: {spec.id} {spec.describe()} fails the same way on every try "
+                            "(fix the manifest or the code, then rerun)"
+                        )
                     elif tries[spec.id] <= retries and not stopping:
-                        progress.line(f"retry  {spec.id} {spec.describe()} (attempt {tries[spec.id] + 1} of {retries + 1})")
+                        progress.line(
+                            f"retry  {spec.id} {spec.describe()} (attempt {tries[spec.id] + 1} of {retries + 1})"
+                        )
                         queue.append(spec)
                         continue
                 final[spec.id] = Outcome(spec, state, attempts(spec), error)
@@ -330,7 +387,9 @@ def render_report(suite_root: Path, say: Callable[[str], None] = print) -> Path 
             paths = full_report(suite_root)
             return Path(paths.get("html") or paths.get("pdf") or next(iter(paths.values())))
         except Exception as exc:  # the runs are safe on disk; say what broke and still give a table
-            say(f"report: rendering the full report failed ({type(exc).__name__}: {exc}); writing a minimal summary table")
+            say(
+                f"report: rendering the full report failed ({type(exc).__name__}: {exc}); writing a minimal summary table"
+            )
     return write_minimal_report(suite_root)
 
 
@@ -360,14 +419,26 @@ def write_minimal_report(suite_root: Path) -> Path:
         memberships = spec.get("memberships") or [{"group": spec["group"], "label": spec["label"]}]
         for m in memberships:
             cells[(m["group"], f"{spec['family']}/{spec['scenario']}", m["label"])].append(
-                {"win": float(last.get("test_win_rate") or "nan"), "ret": float(last.get("test_return_mean") or "nan"),
-                 "steps": float(last.get("env_steps") or 0)})
-    lines = [f"# {suite_root.name}: summary", "",
-             "Final greedy evaluation of each run; median over seeds (n = seeds done). Run states: "
-             + ", ".join(f"{n} {k}" for k, n in sorted(states.items())), ""]
+                {
+                    "win": float(last.get("test_win_rate") or "nan"),
+                    "ret": float(last.get("test_return_mean") or "nan"),
+                    "steps": float(last.get("env_steps") or 0),
+                }
+            )
+    lines = [
+        f"# {suite_root.name}: summary",
+        "",
+        "Final greedy evaluation of each run; median over seeds (n = seeds done). Run states: "
+        + ", ".join(f"{n} {k}" for k, n in sorted(states.items())),
+        "",
+    ]
     for group in sorted({g for g, _, _ in cells}):
-        lines += [f"## {group}", "", "| scenario | label | test win rate | test return | env steps | n |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            f"## {group}",
+            "",
+            "| scenario | label | test win rate | test return | env steps | n |",
+            "|---|---|---|---|---|---|",
+        ]
         for (g, scenario, label), values in sorted(cells.items()):
             if g != group:
                 continue

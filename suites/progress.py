@@ -35,9 +35,17 @@ def _fmt_row(row: dict[str, Any], has_won: bool) -> str:
 
 
 class Progress:
-    def __init__(self, specs: list[RunSpec], already_done: int, total_runs: int, stream: TextIO | None = None,
-                 log_interval: float = 30.0, totals: dict[str, int] | None = None, unit: str = "step",
-                 what: str = "runs"):
+    def __init__(
+        self,
+        specs: list[RunSpec],
+        already_done: int,
+        total_runs: int,
+        stream: TextIO | None = None,
+        log_interval: float = 30.0,
+        totals: dict[str, int] | None = None,
+        unit: str = "step",
+        what: str = "runs",
+    ):
         """``totals``: units of work per job (default: the run's env-step budget); ``unit`` names them."""
         self.stream = stream or sys.stderr
         self.specs = {s.id: s for s in specs}
@@ -49,8 +57,16 @@ class Progress:
         self.start = time.monotonic()
         self.first_steps: dict[str, int] = {}
         self.tty = self.stream.isatty()
-        self.bar = tqdm(total=self.total_steps, unit=unit, unit_scale=True, dynamic_ncols=True, file=self.stream,
-                        disable=not self.tty, desc=self._desc(), smoothing=0.1)
+        self.bar = tqdm(
+            total=self.total_steps,
+            unit=unit,
+            unit_scale=True,
+            dynamic_ncols=True,
+            file=self.stream,
+            disable=not self.tty,
+            desc=self._desc(),
+            smoothing=0.1,
+        )
         self.log_interval, self.last_log = log_interval, time.monotonic()
 
     def _desc(self) -> str:
@@ -88,7 +104,9 @@ class Progress:
             self.steps[run_id] = t
             if event.get("row"):
                 total = self.totals[run_id]
-                self.line(f"eval   {self._tag(run_id)}: {t}/{total} steps, {_fmt_row(event['row'], self.specs[run_id].family in WON_FAMILIES)}")
+                self.line(
+                    f"eval   {self._tag(run_id)}: {t}/{total} steps, {_fmt_row(event['row'], self.specs[run_id].family in WON_FAMILIES)}"
+                )
         elif kind == "end":
             state = event.get("state")
             if state == "done":
@@ -101,15 +119,19 @@ class Progress:
     def _refresh(self) -> None:
         self.bar.n = sum(self.steps.values())
         eta = self.eta()
-        self.bar.set_description(self._desc() + (f", ETA {_fmt_duration(eta)}" if eta is not None else ""), refresh=False)
+        self.bar.set_description(
+            self._desc() + (f", ETA {_fmt_duration(eta)}" if eta is not None else ""), refresh=False
+        )
         self.bar.refresh()
         if not self.tty and time.monotonic() - self.last_log >= self.log_interval:
             self.last_log = time.monotonic()
             pct = 100.0 * self.bar.n / max(1, self.total_steps)
             eta = self.eta()
-            self.line(f"overall: {self.what} {self.done_runs}/{self.total_runs}, {pct:.0f}% of {'env steps' if self.unit == 'step' else self.unit + 's'}, "
-                      f"elapsed {_fmt_duration(time.monotonic() - self.start)}"
-                      + (f", ETA {_fmt_duration(eta)}" if eta is not None else ""))
+            self.line(
+                f"overall: {self.what} {self.done_runs}/{self.total_runs}, {pct:.0f}% of {'env steps' if self.unit == 'step' else self.unit + 's'}, "
+                f"elapsed {_fmt_duration(time.monotonic() - self.start)}"
+                + (f", ETA {_fmt_duration(eta)}" if eta is not None else "")
+            )
 
     def tick(self) -> None:
         self._refresh()

@@ -41,6 +41,8 @@ def lock_run_dir(run_dir: Path) -> int:
         except BlockingIOError:
             if time.monotonic() > deadline:
                 os.close(fd)
-                raise RuntimeError(f"{run_dir} is still being written by another worker after "
-                                   f"{RUN_LOCK_WAIT_S:.0f} s (a worker left behind by a killed reproduce.py?)") from None
+                raise RuntimeError(
+                    f"{run_dir} is still being written by another worker after "
+                    f"{RUN_LOCK_WAIT_S:.0f} s (a worker left behind by a killed reproduce.py?)"
+                ) from None
             time.sleep(0.5)

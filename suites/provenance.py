@@ -20,10 +20,20 @@ def git_info(root: Path = REPO_ROOT) -> dict[str, Any]:
     if os.environ.get("SUITE_GIT_COMMIT"):
         return {"commit": os.environ["SUITE_GIT_COMMIT"], "dirty": os.environ.get("SUITE_GIT_DIRTY") == "1"}
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = (
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout.strip()
+            != ""
+        )
         return {"commit": commit, "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
@@ -54,8 +64,12 @@ def package_versions() -> dict[str, str | None]:
 
 
 def provenance_extra(backend: str) -> dict[str, Any]:
-    extra: dict[str, Any] = {"git": git_info(), "packages": package_versions(), "orchestrator_backend": backend,
-                             "orchestrator_host": socket.gethostname()}
+    extra: dict[str, Any] = {
+        "git": git_info(),
+        "packages": package_versions(),
+        "orchestrator_backend": backend,
+        "orchestrator_host": socket.gethostname(),
+    }
     extra.update(image_provenance())
     return extra
 

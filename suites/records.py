@@ -59,11 +59,18 @@ def finished_runs(suite_dir: Path) -> list[Path]:
 def run_entry(run_dir: Path) -> dict[str, Any]:
     spec, status = _read_json(run_dir / "spec.json"), _read_json(run_dir / "status.json")
     prov = _read_json(run_dir / "provenance.json") if (run_dir / "provenance.json").is_file() else {}
-    return {"id": spec["id"], "label": spec.get("label"), "algorithm": spec["algorithm"],
-            "scenario": f"{spec['family']}/{spec['scenario']}", "seed": spec["seed"],
-            "env_steps": spec["budget"]["env_steps"], "final_score": final_score(run_dir / "metrics.csv", spec["family"]),
-            "commit": (prov.get("git") or {}).get("commit"), "cpu": prov.get("cpu"),
-            "finished_at": status.get("finished_at")}
+    return {
+        "id": spec["id"],
+        "label": spec.get("label"),
+        "algorithm": spec["algorithm"],
+        "scenario": f"{spec['family']}/{spec['scenario']}",
+        "seed": spec["seed"],
+        "env_steps": spec["budget"]["env_steps"],
+        "final_score": final_score(run_dir / "metrics.csv", spec["family"]),
+        "commit": (prov.get("git") or {}).get("commit"),
+        "cpu": prov.get("cpu"),
+        "finished_at": status.get("finished_at"),
+    }
 
 
 def export(suite_dir: Path, kind: str, records: Path = RECORDS) -> list[str]:
@@ -95,15 +102,25 @@ def write_index(records: Path = RECORDS) -> dict[str, Any]:
         for suite_dir in sorted(p for p in (records / kind).glob("*") if p.is_dir()):
             runs = [run_entry(d) for d in sorted((suite_dir / "runs").glob("*")) if (d / "spec.json").is_file()]
             dates = sorted(r["finished_at"] for r in runs if r["finished_at"])
-            suites.append({"suite": suite_dir.name, "kind": kind, "path": str(suite_dir.relative_to(records)),
-                           "commits": sorted({r["commit"] for r in runs if r["commit"]}),
-                           "cpus": sorted({r["cpu"] for r in runs if r["cpu"]}),
-                           "first_finished": dates[0] if dates else None, "last_finished": dates[-1] if dates else None,
-                           "runs": [{k: v for k, v in r.items() if k not in ("commit", "cpu")} for r in runs]})
+            suites.append(
+                {
+                    "suite": suite_dir.name,
+                    "kind": kind,
+                    "path": str(suite_dir.relative_to(records)),
+                    "commits": sorted({r["commit"] for r in runs if r["commit"]}),
+                    "cpus": sorted({r["cpu"] for r in runs if r["cpu"]}),
+                    "first_finished": dates[0] if dates else None,
+                    "last_finished": dates[-1] if dates else None,
+                    "runs": [{k: v for k, v in r.items() if k not in ("commit", "cpu")} for r in runs],
+                }
+            )
     index = {"format": 1, "suites": suites}
     records.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(records / "index.yaml", "# Written by `python -m suites.records`; do not edit by hand.\n"
-                      + yaml.safe_dump(index, sort_keys=False, width=120))
+    atomic_write_text(
+        records / "index.yaml",
+        "# Written by `python -m suites.records`; do not edit by hand.\n"
+        + yaml.safe_dump(index, sort_keys=False, width=120),
+    )
     return index
 
 
@@ -123,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"records: {args.suite_dir} is not a suite directory (no runs/ inside)", file=sys.stderr)
         return 2
     ids = export(args.suite_dir, args.kind, args.records)
-    print(f"records: exported {len(ids)} finished run(s) of {args.suite_dir.name} to "
-          f"{args.records / args.kind / args.suite_dir.name}")
+    print(
+        f"records: exported {len(ids)} finished run(s) of {args.suite_dir.name} to "
+        f"{args.records / args.kind / args.suite_dir.name}"
+    )
     return 0
 
 

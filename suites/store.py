@@ -23,7 +23,13 @@ from typing import Any, Iterator
 from marl.run_io import atomic_write_json, atomic_write_text
 from suites.manifest import RunSpec, Suite, content_id, spec_content_from_json
 
-SPEC, STATUS, METRICS, CHECKPOINT, PROVENANCE = "spec.json", "status.json", "metrics.csv", "checkpoint.pt", "provenance.json"
+SPEC, STATUS, METRICS, CHECKPOINT, PROVENANCE = (
+    "spec.json",
+    "status.json",
+    "metrics.csv",
+    "checkpoint.pt",
+    "provenance.json",
+)
 STATES = ("pending", "running", "done", "failed")
 LOCK_NAME = ".lock"
 
@@ -74,7 +80,9 @@ def validate_run_dir(run_dir: Path) -> dict[str, Any]:
     try:
         spec = read_json_file(spec_path)
     except FileNotFoundError:
-        raise CorruptRunError(f"{spec_path} is missing but the directory holds {sorted(p.name for p in run_dir.iterdir())}") from None
+        raise CorruptRunError(
+            f"{spec_path} is missing but the directory holds {sorted(p.name for p in run_dir.iterdir())}"
+        ) from None
     except (OSError, json.JSONDecodeError) as exc:
         raise CorruptRunError(f"{spec_path} is unreadable ({exc})") from None
     if not isinstance(spec, dict):
@@ -86,8 +94,10 @@ def validate_run_dir(run_dir: Path) -> dict[str, Any]:
     if spec.get("id") != run_dir.name:
         raise CorruptRunError(f"{spec_path} says id {spec.get('id')!r} but lives in run dir {run_dir.name!r}")
     if content_id(content) != run_dir.name:
-        raise CorruptRunError(f"{spec_path} does not match its id {run_dir.name!r}: its content hashes to "
-                              f"{content_id(content)!r} (edited by hand?)")
+        raise CorruptRunError(
+            f"{spec_path} does not match its id {run_dir.name!r}: its content hashes to "
+            f"{content_id(content)!r} (edited by hand?)"
+        )
     status_path = run_dir / STATUS
     if status_path.exists():
         try:
@@ -118,8 +128,10 @@ class SuiteStore:
         if not deepest.is_dir():
             if deepest == self.out:
                 return f"--out {self.out} exists and is not a directory; choose another --out (or move it away)"
-            return (f"{deepest} exists and is not a directory, so the suite directory {self.root} cannot be "
-                    "created there; choose another --out (or move it away)")
+            return (
+                f"{deepest} exists and is not a directory, so the suite directory {self.root} cannot be "
+                "created there; choose another --out (or move it away)"
+            )
         if not write:
             return None
         # Every directory this run writes in: the suite's, or the nearest one that exists (it is created
@@ -130,8 +142,10 @@ class SuiteStore:
                 with tempfile.TemporaryFile(dir=directory):  # unnamed where the OS allows; removed at once
                     pass
             except OSError as exc:
-                return (f"cannot write in {directory} ({exc.strerror or exc}), so the run store under --out "
-                        f"{self.out} cannot be created or updated; choose a writable --out")
+                return (
+                    f"cannot write in {directory} ({exc.strerror or exc}), so the run store under --out "
+                    f"{self.out} cannot be created or updated; choose a writable --out"
+                )
         return None
 
     # Lock -----------------------------------------------------------------------------------
@@ -149,7 +163,8 @@ class SuiteStore:
             holder = path.read_text().strip() or "unknown process"
             raise StoreLockedError(
                 f"{self.root} is in use by another reproduce.py ({holder}); wait for it to finish, stop it, "
-                f"or use another --out directory") from None
+                f"or use another --out directory"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {now()}: {command}".encode())
         # Children must not inherit the lock: it is this process's, released when it dies.
@@ -219,8 +234,15 @@ def write_status(run_dir: Path, **fields: Any) -> dict[str, Any]:
         status = read_json_file(path)
     except (FileNotFoundError, json.JSONDecodeError):
         status = {}
-    base = {"state": "pending", "attempts": 0, "error": None, "started_at": None, "finished_at": None,
-            "backend": None, "host": None}
+    base = {
+        "state": "pending",
+        "attempts": 0,
+        "error": None,
+        "started_at": None,
+        "finished_at": None,
+        "backend": None,
+        "host": None,
+    }
     status = {**base, **status, **fields}
     atomic_write_json(path, status)
     return status

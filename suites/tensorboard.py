@@ -73,16 +73,19 @@ def _length_delimited(number: int, payload: bytes) -> bytes:
     return _field(number, 2, _varint(len(payload)) + payload)
 
 
-def encode_event(wall_time: float, step: int, scalars: dict[str, float] | None = None,
-                 file_version: str | None = None) -> bytes:
+def encode_event(
+    wall_time: float, step: int, scalars: dict[str, float] | None = None, file_version: str | None = None
+) -> bytes:
     """``Event{wall_time=1 (double), step=2 (int64), file_version=3 | summary=5}`` with
     ``Summary{value=1: Value{tag=1, simple_value=2 (float)}}``."""
     event = _field(1, 1, struct.pack("<d", wall_time)) + _field(2, 0, _varint(step & (2**64 - 1)))
     if file_version is not None:
         event += _length_delimited(3, file_version.encode())
     if scalars:
-        values = b"".join(_length_delimited(1, _length_delimited(1, tag.encode()) + _field(2, 5, struct.pack("<f", v)))
-                          for tag, v in scalars.items())
+        values = b"".join(
+            _length_delimited(1, _length_delimited(1, tag.encode()) + _field(2, 5, struct.pack("<f", v)))
+            for tag, v in scalars.items()
+        )
         event += _length_delimited(5, values)
     return event
 
@@ -187,8 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     root = Path(args.suite_dir)
     if not (root / "runs").is_dir():
-        print(f"suites.tensorboard: error: {root} is not a suite directory (no runs/ inside); "
-              "pass <out>/<suite>, e.g. results/quick", file=sys.stderr)
+        print(
+            f"suites.tensorboard: error: {root} is not a suite directory (no runs/ inside); "
+            "pass <out>/<suite>, e.g. results/quick",
+            file=sys.stderr,
+        )
         return 2
     try:
         while True:

@@ -31,8 +31,15 @@ from typing import Any, Callable, Mapping
 
 from envs.base import BackendUnavailableError, EnvError
 from marl.config import ConfigError
-from suites.protocol import (EVENT_PREFIX, EXIT_DONE, EXIT_FAILED, EXIT_INTERRUPTED, EventSink, StopRequested,
-                             lock_run_dir)
+from suites.protocol import (
+    EVENT_PREFIX,
+    EXIT_DONE,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EventSink,
+    StopRequested,
+    lock_run_dir,
+)
 from suites.provenance import cpu_model, image_provenance
 from suites.crossplay_worker import execute_crossplay
 from suites.store import SPEC, STATUS, read_json_file, write_status, now
@@ -63,9 +70,16 @@ class _Throttle:
 TASKS = ("train", "crossplay")
 
 
-def execute(run_dir: str | Path, sink: EventSink, backend: str, provenance_extra: Mapping[str, Any] | None = None,
-            threads: int = 1, device: str = "cpu", task: str = "train",
-            request: Mapping[str, Any] | None = None) -> tuple[str, str | None]:
+def execute(
+    run_dir: str | Path,
+    sink: EventSink,
+    backend: str,
+    provenance_extra: Mapping[str, Any] | None = None,
+    threads: int = 1,
+    device: str = "cpu",
+    task: str = "train",
+    request: Mapping[str, Any] | None = None,
+) -> tuple[str, str | None]:
     """Run the spec in ``run_dir`` to its budget (task "train"), or evaluate its finished policy in
     cross-play (task "crossplay", suites/crossplay_phase.py, with the driver's ``request``). Returns
     (state, error): state is "done", "failed" or "interrupted" (a training's status.json is then
@@ -74,8 +88,10 @@ def execute(run_dir: str | Path, sink: EventSink, backend: str, provenance_extra
     if task not in TASKS:
         raise ValueError(f"unknown worker task {task!r}; valid choices: {', '.join(TASKS)}")
     if not (run_dir / SPEC).is_file():
-        raise FileNotFoundError(f"{run_dir / SPEC} not found on host {socket.gethostname()}: the output directory "
-                                "must be visible to the workers (a shared filesystem for a multi-node Ray cluster)")
+        raise FileNotFoundError(
+            f"{run_dir / SPEC} not found on host {socket.gethostname()}: the output directory "
+            "must be visible to the workers (a shared filesystem for a multi-node Ray cluster)"
+        )
     if task == "crossplay":
         return execute_crossplay(run_dir, sink, dict(request or {}), threads, device)
     lock_fd = lock_run_dir(run_dir)
@@ -86,8 +102,17 @@ def execute(run_dir: str | Path, sink: EventSink, backend: str, provenance_extra
             return "interrupted", None
         previous = read_json_file(run_dir / STATUS) if (run_dir / STATUS).exists() else {}
         attempts = int(previous.get("attempts", 0))
-        write_status(run_dir, state="running", attempts=attempts + 1, error=None, retryable=None, started_at=now(),
-                     finished_at=None, backend=backend, host=socket.gethostname())
+        write_status(
+            run_dir,
+            state="running",
+            attempts=attempts + 1,
+            error=None,
+            retryable=None,
+            started_at=now(),
+            finished_at=None,
+            backend=backend,
+            host=socket.gethostname(),
+        )
         sink.emit({"event": "start", "run": run_id, "attempt": attempts + 1, "pid": os.getpid()})
         throttle = _Throttle()
 
@@ -99,9 +124,14 @@ def execute(run_dir: str | Path, sink: EventSink, backend: str, provenance_extra
                 raise StopRequested
 
         try:
-            _train(spec, run_dir, progress, threads, device,
-                   {**(provenance_extra or {}), "backend": backend, "host": socket.gethostname(),
-                    "cpu": cpu_model()})
+            _train(
+                spec,
+                run_dir,
+                progress,
+                threads,
+                device,
+                {**(provenance_extra or {}), "backend": backend, "host": socket.gethostname(), "cpu": cpu_model()},
+            )
         except StopRequested:
             write_status(run_dir, state="pending", attempts=attempts, finished_at=None)
             sink.emit({"event": "end", "run": run_id, "state": "interrupted", "error": None})
@@ -122,18 +152,34 @@ def execute(run_dir: str | Path, sink: EventSink, backend: str, provenance_extra
         os.close(lock_fd)
 
 
-def _train(spec: Mapping[str, Any], run_dir: Path, progress: Callable, threads: int, device: str,
-           provenance_extra: dict[str, Any]) -> None:
+def _train(
+    spec: Mapping[str, Any],
+    run_dir: Path,
+    progress: Callable,
+    threads: int,
+    device: str,
+    provenance_extra: dict[str, Any],
+) -> None:
     import torch
 
     from marl.trainer import Budget, train_run  # its kind's trainer (marl/trainer.py TRAINERS)
 
     torch.set_num_threads(max(1, threads))
     # The run id travels into provenance.json and into policy.pt's info (held-out members name their run).
-    train_run(spec["algorithm"], spec["family"], spec["scenario"], int(spec["seed"]), Budget(**spec["budget"]),
-              overrides=spec["overrides"], env_options=spec["env_options"], run_dir=run_dir, device=device,
-              progress=progress, provenance_extra={**provenance_extra, "run_id": spec["id"]},
-              snapshots=tuple(spec.get("snapshots") or ()))
+    train_run(
+        spec["algorithm"],
+        spec["family"],
+        spec["scenario"],
+        int(spec["seed"]),
+        Budget(**spec["budget"]),
+        overrides=spec["overrides"],
+        env_options=spec["env_options"],
+        run_dir=run_dir,
+        device=device,
+        progress=progress,
+        provenance_extra={**provenance_extra, "run_id": spec["id"]},
+        snapshots=tuple(spec.get("snapshots") or ()),
+    )
 
 
 # Command line (local subprocesses and Docker containers) ---------------------------------------
@@ -168,22 +214,26 @@ class StdoutSink(EventSink):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Execute one run of a suite in its run dir (used by reproduce.py's backends).")
+    parser = argparse.ArgumentParser(
+        description="Execute one run of a suite in its run dir (used by reproduce.py's backends)."
+    )
     parser.add_argument("run_dir")
     parser.add_argument("--backend", default="local")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--provenance", default="{}", help="JSON merged into provenance.json")
     parser.add_argument("--parent-pid", type=int, default=None, help="stop when this process is no longer the parent")
-    parser.add_argument("--task", default="train", choices=TASKS,
-                        help="train the run (default) or evaluate its policy in cross-play")
+    parser.add_argument(
+        "--task", default="train", choices=TASKS, help="train the run (default) or evaluate its policy in cross-play"
+    )
     parser.add_argument("--request", default="{}", help="crossplay: the driver's request (JSON)")
     args = parser.parse_args(argv)
     extra = json.loads(args.provenance)
     extra.update(image_provenance())  # the image's digest and version record, inside a container
     sink = StdoutSink(args.parent_pid, immediate=args.task == "crossplay")
-    state, _ = execute(args.run_dir, sink, args.backend, extra, args.threads, args.device, args.task,
-                       json.loads(args.request))
+    state, _ = execute(
+        args.run_dir, sink, args.backend, extra, args.threads, args.device, args.task, json.loads(args.request)
+    )
     return {"done": EXIT_DONE, "failed": EXIT_FAILED, "interrupted": EXIT_INTERRUPTED}[state]
 
 

@@ -49,7 +49,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         stack.pop()
@@ -74,7 +74,11 @@ def test_no_import_cycles():
 
 def test_the_two_learner_families_never_import_each_other():
     graph = import_graph()
-    crossing = [(a, b) for a, targets in graph.items() for b in targets
-                if (a.startswith("marl.value") and b.startswith("marl.policy"))
-                or (a.startswith("marl.policy") and b.startswith("marl.value"))]
+    crossing = [
+        (a, b)
+        for a, targets in graph.items()
+        for b in targets
+        if (a.startswith("marl.value") and b.startswith("marl.policy"))
+        or (a.startswith("marl.policy") and b.startswith("marl.value"))
+    ]
     assert not crossing, crossing

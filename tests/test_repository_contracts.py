@@ -15,7 +15,9 @@ def test_no_tracked_file_cites_a_document_outside_the_repository():
     files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     hits = []
     for name in files:
-        if not name.endswith((".py", ".md", ".yaml", ".yml", ".j2", ".sh", ".toml", ".txt")) or name.startswith("records/"):
+        if not name.endswith((".py", ".md", ".yaml", ".yml", ".j2", ".sh", ".toml", ".txt")) or name.startswith(
+            "records/"
+        ):
             continue
         if name == "tests/test_repository_contracts.py":
             continue

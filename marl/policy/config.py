@@ -23,7 +23,9 @@ from typing import Literal
 class PolicyLearnerConfig:
     """Choice fields are Literal types, checked by marl/config.py build_config (as the value learners')."""
 
-    profile: Literal["mappo"] = "mappo"  # hyperparameter set: the on-policy MAPPO reference defaults, but no LayerNorm (on-policy normalises inputs, hidden layer, GRU output; docs/methods.md)
+    profile: Literal["mappo"] = (
+        "mappo"  # hyperparameter set: the on-policy MAPPO reference defaults, but no LayerNorm (on-policy normalises inputs, hidden layer, GRU output; docs/methods.md)
+    )
     # Interaction: each iteration collects rollout_length steps from each of num_envs copies.
     num_envs: int = 8  # parallel environment copies per iteration (MAPPO n_rollout_threads)
     rollout_length: int = 200  # MAPPO's episode_length (steps per copy between updates)
@@ -45,7 +47,9 @@ class PolicyLearnerConfig:
     orthogonal_init: bool = True  # MAPPO: orthogonal weights, gain 0.01 on the policy head
     # PPO
     lr: float = 5e-4  # actor Adam learning rate (MAPPO's on-policy default; the Melting Pot line trained with 5e-5, docs/methods.md)
-    critic_lr: float = 5e-4  # critic Adam learning rate (MAPPO's on-policy default; the Melting Pot line trained with 5e-5)
+    critic_lr: float = (
+        5e-4  # critic Adam learning rate (MAPPO's on-policy default; the Melting Pot line trained with 5e-5)
+    )
     adam_eps: float = 1e-5  # Adam epsilon (MAPPO opti_eps)
     ppo_epochs: int = 15  # passes over each rollout (MAPPO's SMAC/Melting Pot setting)
     num_mini_batch: int = 1  # minibatches per epoch (MAPPO)

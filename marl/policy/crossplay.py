@@ -69,14 +69,26 @@ def focal_return_summary(focal_per_capita: torch.Tensor) -> dict[str, Any]:
 
 
 def _describe(p: LoadedPolicy) -> dict[str, Any]:
-    return {"path": p.path, "algorithm": p.algorithm, **{k: p.info[k] for k in ("seed", "env_steps", "run_id")
-                                                          if k in p.info}}
+    return {
+        "path": p.path,
+        "algorithm": p.algorithm,
+        **{k: p.info[k] for k in ("seed", "env_steps", "run_id") if k in p.info},
+    }
 
 
-def evaluate_crossplay(focal_path: str | Path, member_paths: Sequence[str | Path], family: str, scenario: str,
-                       env_options: Mapping[str, Any] | None = None, episodes: int = 16, seed: int = 0,
-                       num_envs: int = 4, n_focal: int | None = None, greedy: bool = False,
-                       device: str = "cpu") -> dict[str, Any]:
+def evaluate_crossplay(
+    focal_path: str | Path,
+    member_paths: Sequence[str | Path],
+    family: str,
+    scenario: str,
+    env_options: Mapping[str, Any] | None = None,
+    episodes: int = 16,
+    seed: int = 0,
+    num_envs: int = 4,
+    n_focal: int | None = None,
+    greedy: bool = False,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Play ``episodes`` episodes (at least; a multiple of the copies) of the focal policy against
     the population; returns the focal per-capita return and what it was measured against."""
     num_envs = max(1, min(num_envs, episodes))
@@ -160,8 +172,9 @@ def seat_arrangements(n_agents: int, n_focal: int) -> list[tuple[int, ...]]:
     return list(dict.fromkeys(out))
 
 
-def partner_schedule(members: Mapping[str, Sequence[Any]], n_agents: int, n_focal: int, episodes: int,
-                     num_envs: int, seed: int) -> list[dict[str, Any]]:
+def partner_schedule(
+    members: Mapping[str, Sequence[Any]], n_agents: int, n_focal: int, episodes: int, num_envs: int, seed: int
+) -> list[dict[str, Any]]:
     """The episodes of a cross-play evaluation, in order. For each kind (COPLAYER_KINDS order) with
     members, every (member, seat arrangement) pair in turn, repeated in whole cycles until the kind
     has at least ``episodes`` episodes (self-play: one arrangement, every seat the focal policy).
@@ -183,8 +196,7 @@ def partner_schedule(members: Mapping[str, Sequence[Any]], n_agents: int, n_foca
             for member, seats in pairs:
                 entries.append({"kind": kind, "member": member, "focal_seats": list(seats)})
     for i, entry in enumerate(entries):
-        entry.update(index=i, batch=i // num_envs, copy=i % num_envs,
-                     batch_seed=derive_seed(seed, 7, i // num_envs))
+        entry.update(index=i, batch=i // num_envs, copy=i % num_envs, batch_seed=derive_seed(seed, 7, i // num_envs))
     return entries
 
 
@@ -227,10 +239,20 @@ def _play_batch(env: Any, players: _BatchPlayers, seed: int, greedy: bool, devic
     return returns
 
 
-def evaluate_schedule(focal_path: str | Path, members: Mapping[str, Sequence[Mapping[str, Any]]], family: str,
-                      scenario: str, env_options: Mapping[str, Any] | None = None, episodes: int = 16,
-                      seed: int = 0, num_envs: int = 2, n_focal: int | None = None, greedy: bool = False,
-                      exclude_algorithm: str | None = None, device: str = "cpu") -> dict[str, Any]:
+def evaluate_schedule(
+    focal_path: str | Path,
+    members: Mapping[str, Sequence[Mapping[str, Any]]],
+    family: str,
+    scenario: str,
+    env_options: Mapping[str, Any] | None = None,
+    episodes: int = 16,
+    seed: int = 0,
+    num_envs: int = 2,
+    n_focal: int | None = None,
+    greedy: bool = False,
+    exclude_algorithm: str | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Play the partner schedule of ``members`` ({kind: [member]}; a member has ``path`` (None: not
     available) and ``algorithm``; ``random`` and ``self_play`` members need neither) with the focal
     policy. Entries whose member is of ``exclude_algorithm`` (round robin) or not available are
@@ -291,35 +313,51 @@ def evaluate_schedule(focal_path: str | Path, members: Mapping[str, Sequence[Map
         played = [e for e in entries if e["index"] in results]
         focal_returns = torch.tensor([float(results[e["index"]][e["focal_seats"]].mean()) for e in played])
         record: dict[str, Any] = {
-            "kind": kind, "population_kind": KIND_NAMES[kind], "state": "done" if played else "empty",
-            "scheduled": len(entries), "skipped_own_algorithm": sum(skip.get(e["index"]) == "own algorithm" for e in entries),
+            "kind": kind,
+            "population_kind": KIND_NAMES[kind],
+            "state": "done" if played else "empty",
+            "scheduled": len(entries),
+            "skipped_own_algorithm": sum(skip.get(e["index"]) == "own algorithm" for e in entries),
             "skipped_unavailable": sum(skip.get(e["index"]) == "not available" for e in entries),
             "episode_index": [e["index"] for e in played],
             **(focal_return_summary(focal_returns) if played else {"episodes": 0, "focal_per_capita_return": None}),
         }
         if kind != "self_play":
-            background = [float(results[e["index"]][[s for s in range(spec.n_agents) if s not in e["focal_seats"]]].mean())
-                          for e in played]
+            background = [
+                float(results[e["index"]][[s for s in range(spec.n_agents) if s not in e["focal_seats"]]].mean())
+                for e in played
+            ]
             record["background_per_capita_return"] = sum(background) / len(background) if background else None
             per_member = []
             for i, m in enumerate(members[kind]):
                 mine = [e for e in played if e["member"] == i]
                 desc = {k: m[k] for k in ("run_id", "algorithm", "label", "seed", "fraction", "name") if k in m}
                 vals = [float(results[e["index"]][e["focal_seats"]].mean()) for e in mine]
-                per_member.append({**desc, "episodes": len(vals),
-                                   "focal_per_capita_return": sum(vals) / len(vals) if vals else None})
+                per_member.append(
+                    {**desc, "episodes": len(vals), "focal_per_capita_return": sum(vals) / len(vals) if vals else None}
+                )
             record["population"] = [m for m in per_member if m["episodes"]]
             record["members_not_played"] = [m for m in per_member if not m["episodes"]]
         by_kind[kind] = record
-    return {"kinds": by_kind, "n_focal": n_focal, "n_agents": spec.n_agents, "num_envs": num_envs, "schedule_seed": seed,
-            "schedule_length": len(schedule), "actions": "greedy" if greedy else "sampled"}
+    return {
+        "kinds": by_kind,
+        "n_focal": n_focal,
+        "n_agents": spec.n_agents,
+        "num_envs": num_envs,
+        "schedule_seed": seed,
+        "schedule_length": len(schedule),
+        "actions": "greedy" if greedy else "sampled",
+    }
 
 
 def coplayer_score(by_kind: Mapping[str, Mapping[str, Any]]) -> tuple[float | None, float | None]:
     """(the cross-play score: the mean over the unseen kinds evaluated, the generalisation gap:
     self-play's return minus that score); None where an ingredient is missing."""
-    values = [float(by_kind[k]["focal_per_capita_return"]) for k in UNSEEN_KINDS
-              if k in by_kind and by_kind[k].get("focal_per_capita_return") is not None]
+    values = [
+        float(by_kind[k]["focal_per_capita_return"])
+        for k in UNSEEN_KINDS
+        if k in by_kind and by_kind[k].get("focal_per_capita_return") is not None
+    ]
     score = sum(values) / len(values) if values else None
     sp = by_kind.get("self_play", {}).get("focal_per_capita_return")
     gap = float(sp) - score if score is not None and sp is not None else None

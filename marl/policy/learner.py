@@ -36,8 +36,15 @@ from envs.base import EnvSpec
 from marl.policy.config import PolicyLearnerConfig
 from marl.policy.networks import ActInput, RecurrentActor, RecurrentCritic
 from marl.policy.runner import LEARNER, Episodes, Rollout
-from marl.policy.ppo import (ValueNorm, categorical_entropy, gae, masked_mean, normalize_advantages, surrogate_loss,
-                      value_loss)
+from marl.policy.ppo import (
+    ValueNorm,
+    categorical_entropy,
+    gae,
+    masked_mean,
+    normalize_advantages,
+    surrogate_loss,
+    value_loss,
+)
 
 KIND = "policy"
 
@@ -78,8 +85,10 @@ class PolicyLearner:
 
     def __init__(self, cfg: PolicyLearnerConfig, spec: EnvSpec, device: torch.device | str = "cpu"):
         if cfg.rollout_length % cfg.data_chunk_length:
-            raise ValueError(f"rollout_length ({cfg.rollout_length}) must be a multiple of data_chunk_length "
-                             f"({cfg.data_chunk_length})")
+            raise ValueError(
+                f"rollout_length ({cfg.rollout_length}) must be a multiple of data_chunk_length "
+                f"({cfg.data_chunk_length})"
+            )
         self.cfg, self.spec, self.device = cfg, spec, torch.device(device)
         self.actor = self.actor_builder(cfg, spec).to(self.device)
         self.critic = self.critic_builder(cfg, spec).to(self.device)
@@ -119,7 +128,9 @@ class PolicyLearner:
     def actor_sequence(self, inp: ActInput, h0: torch.Tensor, starts: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.actor.sequence(inp, h0, starts)
 
-    def extra_actor_losses(self, out: dict[str, torch.Tensor], inp: ActInput, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def extra_actor_losses(
+        self, out: dict[str, torch.Tensor], inp: ActInput, mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """Extra terms added to the actor's loss (name -> scalar, already weighted)."""
         return {}
 
@@ -140,9 +151,16 @@ class PolicyLearner:
     def advantages(self, r: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
         """(advantages, value targets in the critic's space), both [T, B, N]."""
         cfg = self.cfg
-        adv, returns = gae(r.rewards, self.denormalize(r.values), self.denormalize(r.last_values),
-                           r.terminated.unsqueeze(-1), r.truncated.unsqueeze(-1), self.denormalize(r.final_values),
-                           cfg.gamma, cfg.gae_lambda)
+        adv, returns = gae(
+            r.rewards,
+            self.denormalize(r.values),
+            self.denormalize(r.last_values),
+            r.terminated.unsqueeze(-1),
+            r.truncated.unsqueeze(-1),
+            self.denormalize(r.final_values),
+            cfg.gamma,
+            cfg.gae_lambda,
+        )
         if self.value_norm is not None:
             self.value_norm.update(returns[self.train_mask(r)])
             return adv, self.value_norm.normalize(returns)
@@ -159,8 +177,9 @@ class PolicyLearner:
         h0 = chunked(r.actor_h, L)[0, idx].reshape(len(idx) * N, -1)
         return inp, h0, rows(starts)
 
-    def minibatch_losses(self, r: Rollout, idx: torch.Tensor, adv: torch.Tensor,
-                         targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    def minibatch_losses(
+        self, r: Rollout, idx: torch.Tensor, adv: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """MAPPO's losses on the chunks ``idx`` of rollout ``r``: (actor loss, value loss, stats).
         ``adv`` (normalised) and ``targets`` are [T, B, N]. OPRE overrides this (its surrogate is on
         another mixture than the acting one, its value is factorised over the options)."""
@@ -178,15 +197,30 @@ class PolicyLearner:
         extras = self.extra_actor_losses(out, inp, mask)
         actor_loss = pol_loss - cfg.entropy_coef * entropy + sum(extras.values(), torch.zeros((), device=self.device))
 
-        values = self.critic.sequence(chunked(r.state, L)[:, idx], chunked(r.critic_h, L)[0, idx],
-                                      chunked(r.starts, L)[:, idx])
+        values = self.critic.sequence(
+            chunked(r.state, L)[:, idx], chunked(r.critic_h, L)[0, idx], chunked(r.starts, L)[:, idx]
+        )
         c_mask = chunked(mask_all, L)[:, idx]
-        v_loss = value_loss(values, chunked(r.values, L)[:, idx], chunked(targets, L)[:, idx], c_mask,
-                            cfg.clip_param, cfg.use_clipped_value_loss, cfg.use_huber_loss, cfg.huber_delta)
+        v_loss = value_loss(
+            values,
+            chunked(r.values, L)[:, idx],
+            chunked(targets, L)[:, idx],
+            c_mask,
+            cfg.clip_param,
+            cfg.use_clipped_value_loss,
+            cfg.use_huber_loss,
+            cfg.huber_delta,
+        )
         with torch.no_grad():
             approx_kl = masked_mean(old_logp - logp, mask)
-        stats = {"policy_loss": pol_loss, "value_loss": v_loss, "entropy": entropy, "clip_frac": clip_frac,
-                 "approx_kl": approx_kl, **extras}
+        stats = {
+            "policy_loss": pol_loss,
+            "value_loss": v_loss,
+            "entropy": entropy,
+            "clip_frac": clip_frac,
+            "approx_kl": approx_kl,
+            **extras,
+        }
         return actor_loss, v_loss, stats
 
     def train_step(self, r: Rollout, episodes: Episodes, generator: torch.Generator) -> dict[str, float]:

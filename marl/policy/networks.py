@@ -54,9 +54,19 @@ def preprocess_image(x: torch.Tensor, downsample: int) -> torch.Tensor:
 class ObsEncoder(nn.Module):
     """Image (CNN) or vector input, plus flattened extras and an optional one-hot id -> FC -> ReLU."""
 
-    def __init__(self, shape: tuple[int, ...], extra_dim: int, id_dim: int, hidden_dim: int,
-                 downsample: int = 8, channels: list[int] | tuple[int, ...] = (32,), kernel: int = 3, stride: int = 1,
-                 orthogonal: bool = True, pool: int = 1):
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        extra_dim: int,
+        id_dim: int,
+        hidden_dim: int,
+        downsample: int = 8,
+        channels: list[int] | tuple[int, ...] = (32,),
+        kernel: int = 3,
+        stride: int = 1,
+        orthogonal: bool = True,
+        pool: int = 1,
+    ):
         super().__init__()
         # ``downsample``: the pooling of what rollouts store (preprocess); ``pool``: a further pooling
         # inside the forward pass, after any ``image_transform`` (RandNet's pixel-level random layer
@@ -69,8 +79,10 @@ class ObsEncoder(nn.Module):
             c_in = C
             for c in channels:  # MAPPO's CNNBase: valid (unpadded) convolutions
                 if min(h, w) < kernel:
-                    raise ValueError(f"image of {H}x{W} downsampled by {downsample * pool} is {h}x{w}, smaller than the "
-                                     f"{kernel}x{kernel} kernel; lower 'downsample' or the number of conv layers")
+                    raise ValueError(
+                        f"image of {H}x{W} downsampled by {downsample * pool} is {h}x{w}, smaller than the "
+                        f"{kernel}x{kernel} kernel; lower 'downsample' or the number of conv layers"
+                    )
                 layers += [init_layer(nn.Conv2d(c_in, c, kernel, stride=stride), orthogonal=orthogonal), nn.ReLU()]
                 h, w = (h - kernel) // stride + 1, (w - kernel) // stride + 1
                 c_in = c
@@ -106,8 +118,13 @@ class ObsEncoder(nn.Module):
             img = F.avg_pool2d(img, self.pool)
         return self.cnn(img)
 
-    def forward(self, x: torch.Tensor, extra: torch.Tensor | None, ids: torch.Tensor | None,
-                image_transform: Callable | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        extra: torch.Tensor | None,
+        ids: torch.Tensor | None,
+        image_transform: Callable | None = None,
+    ) -> torch.Tensor:
         """x [M, *stored_shape], extra [M, E] or None, ids [M] long or None -> [M, hidden]."""
         parts = [self.image_features(x, image_transform)]
         if extra is not None and extra.shape[-1] > 0:
@@ -158,9 +175,18 @@ class RecurrentActor(nn.Module):
         self.hidden_dim = cfg.hidden_dim
         self.n_actions = spec.n_actions
         stored, pool = (1, cfg.downsample) if pool_in_encoder else (cfg.downsample, 1)
-        self.encoder = ObsEncoder(spec.obs_shape, extra_dim(spec), spec.n_agents if cfg.actor_agent_id else 0,
-                                  cfg.hidden_dim, stored, cfg.cnn_channels, cfg.cnn_kernel, 1, cfg.orthogonal_init,
-                                  pool=pool)
+        self.encoder = ObsEncoder(
+            spec.obs_shape,
+            extra_dim(spec),
+            spec.n_agents if cfg.actor_agent_id else 0,
+            cfg.hidden_dim,
+            stored,
+            cfg.cnn_channels,
+            cfg.cnn_kernel,
+            1,
+            cfg.orthogonal_init,
+            pool=pool,
+        )
         self.gru = nn.GRUCell(cfg.hidden_dim, cfg.hidden_dim)
         self.head = init_layer(nn.Linear(cfg.hidden_dim, n_outputs or spec.n_actions), 0.01, cfg.orthogonal_init)
 
@@ -209,8 +235,17 @@ class RecurrentCritic(nn.Module):
     def __init__(self, spec: EnvSpec, cfg):
         super().__init__()
         self.hidden_dim, self.n_agents = cfg.hidden_dim, spec.n_agents
-        self.state_encoder = ObsEncoder(spec.state_shape, 0, 0, cfg.hidden_dim, cfg.downsample, cfg.critic_cnn_channels,
-                                        cfg.cnn_kernel, cfg.critic_cnn_stride, cfg.orthogonal_init)
+        self.state_encoder = ObsEncoder(
+            spec.state_shape,
+            0,
+            0,
+            cfg.hidden_dim,
+            cfg.downsample,
+            cfg.critic_cnn_channels,
+            cfg.cnn_kernel,
+            cfg.critic_cnn_stride,
+            cfg.orthogonal_init,
+        )
         self.id_dim = spec.n_agents if cfg.critic_agent_id else 0
         self.fc = init_layer(nn.Linear(cfg.hidden_dim + self.id_dim, cfg.hidden_dim), orthogonal=cfg.orthogonal_init)
         self.gru = nn.GRUCell(cfg.hidden_dim, cfg.hidden_dim)

@@ -34,8 +34,19 @@ def policy_file(fraction: float) -> str:
     if not 0 < fraction <= 1:
         raise ValueError(f"a policy checkpoint is at a fraction of training in (0, 1], got {fraction!r}")
     return POLICY_FILE if fraction == 1.0 else f"policy_at_{fraction:g}.pt"
-_SPEC_KEYS = ("family", "scenario", "n_agents", "n_actions", "obs_shape", "state_shape", "extra_obs_shapes",
-              "shared_reward", "has_won")
+
+
+_SPEC_KEYS = (
+    "family",
+    "scenario",
+    "n_agents",
+    "n_actions",
+    "obs_shape",
+    "state_shape",
+    "extra_obs_shapes",
+    "shared_reward",
+    "has_won",
+)
 
 
 class PolicyLoadError(RuntimeError):
@@ -50,24 +61,37 @@ def spec_record(spec: EnvSpec) -> dict[str, Any]:
 
 
 def spec_from_record(rec: dict[str, Any]) -> EnvSpec:
-    return EnvSpec(family=rec["family"], scenario=rec["scenario"], num_envs=1, n_agents=rec["n_agents"],
-                   n_actions=rec["n_actions"], obs_shape=tuple(rec["obs_shape"]), state_shape=tuple(rec["state_shape"]),
-                   episode_limit=0, obs_dtype=torch.uint8 if len(rec["obs_shape"]) == 3 else torch.float32,
-                   extra_obs_shapes={k: tuple(v) for k, v in rec["extra_obs_shapes"].items()},
-                   shared_reward=rec["shared_reward"], has_won=rec["has_won"])
+    return EnvSpec(
+        family=rec["family"],
+        scenario=rec["scenario"],
+        num_envs=1,
+        n_agents=rec["n_agents"],
+        n_actions=rec["n_actions"],
+        obs_shape=tuple(rec["obs_shape"]),
+        state_shape=tuple(rec["state_shape"]),
+        episode_limit=0,
+        obs_dtype=torch.uint8 if len(rec["obs_shape"]) == 3 else torch.float32,
+        extra_obs_shapes={k: tuple(v) for k, v in rec["extra_obs_shapes"].items()},
+        shared_reward=rec["shared_reward"],
+        has_won=rec["has_won"],
+    )
 
 
-def save_policy(path: str | Path, algorithm: str, cfg: Any, spec: EnvSpec, actor: nn.Module,
-                info: dict[str, Any] | None = None) -> None:
+def save_policy(
+    path: str | Path, algorithm: str, cfg: Any, spec: EnvSpec, actor: nn.Module, info: dict[str, Any] | None = None
+) -> None:
     """Write a policy artifact atomically."""
-    atomic_torch_save(Path(path), {
-        "format": ARTIFACT_FORMAT,
-        "algorithm": algorithm,
-        "config": dataclasses.asdict(cfg),
-        "spec": spec_record(spec),
-        "actor": {k: v.detach().cpu().clone() for k, v in actor.state_dict().items()},
-        "info": dict(info or {}),
-    })
+    atomic_torch_save(
+        Path(path),
+        {
+            "format": ARTIFACT_FORMAT,
+            "algorithm": algorithm,
+            "config": dataclasses.asdict(cfg),
+            "spec": spec_record(spec),
+            "actor": {k: v.detach().cpu().clone() for k, v in actor.state_dict().items()},
+            "info": dict(info or {}),
+        },
+    )
 
 
 @dataclasses.dataclass
@@ -90,19 +114,26 @@ def load_policy(path: str | Path, device: torch.device | str = "cpu", expect: En
     try:
         blob = torch.load(path, map_location=device, weights_only=False)
     except Exception as exc:  # a torn or foreign file
-        raise PolicyLoadError(f"{path} is not a readable policy artifact ({type(exc).__name__}: {exc}); "
-                              "delete it and re-run the run that produced it") from exc
+        raise PolicyLoadError(
+            f"{path} is not a readable policy artifact ({type(exc).__name__}: {exc}); "
+            "delete it and re-run the run that produced it"
+        ) from exc
     if not isinstance(blob, dict) or blob.get("format") != ARTIFACT_FORMAT:
         raise PolicyLoadError(f"{path} is not a policy artifact of format {ARTIFACT_FORMAT}")
     algo = get_algorithm(blob["algorithm"])
     cfg = algo.make_config({k: v for k, v in blob["config"].items()})
     spec = spec_from_record(blob["spec"])
     if expect is not None:
-        mismatch = [k for k in ("obs_shape", "n_actions", "extra_obs_shapes")
-                    if _norm(getattr(spec, k)) != _norm(getattr(expect, k))]
+        mismatch = [
+            k
+            for k in ("obs_shape", "n_actions", "extra_obs_shapes")
+            if _norm(getattr(spec, k)) != _norm(getattr(expect, k))
+        ]
         if mismatch:
-            raise PolicyLoadError(f"policy {path} was trained on {spec.family}/{spec.scenario} and cannot act in "
-                                  f"{expect.family}/{expect.scenario}: different {', '.join(mismatch)}")
+            raise PolicyLoadError(
+                f"policy {path} was trained on {spec.family}/{spec.scenario} and cannot act in "
+                f"{expect.family}/{expect.scenario}: different {', '.join(mismatch)}"
+            )
     actor = algo.module.build_actor(cfg, spec).to(device)
     actor.load_state_dict(blob["actor"])
     actor.eval()

@@ -8,8 +8,16 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, last_values: torch.Tensor, terminated: torch.Tensor,
-        truncated: torch.Tensor, final_values: torch.Tensor, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    last_values: torch.Tensor,
+    terminated: torch.Tensor,
+    truncated: torch.Tensor,
+    final_values: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over a rollout of T steps with auto-reset.
 
     rewards, values, final_values: [T, ...]; last_values: [...] (the value of the observation after
@@ -34,9 +42,17 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, last_values: torch.Tensor, 
     return advantages, advantages + values
 
 
-def vtrace(rewards: torch.Tensor, values: torch.Tensor, last_values: torch.Tensor, terminated: torch.Tensor,
-           truncated: torch.Tensor, final_values: torch.Tensor, gamma: float, rho: torch.Tensor,
-           c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def vtrace(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    last_values: torch.Tensor,
+    terminated: torch.Tensor,
+    truncated: torch.Tensor,
+    final_values: torch.Tensor,
+    gamma: float,
+    rho: torch.Tensor,
+    c: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """V-trace (Espeholt et al., IMPALA 2018) over an auto-reset rollout, with :func:`gae`'s
     conventions for termination, truncation and the tail.
 
@@ -115,8 +131,9 @@ def normalize_advantages(adv: torch.Tensor, mask: torch.Tensor, eps: float = 1e-
     return (adv - mean) / (var.sqrt() + eps)
 
 
-def surrogate_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
-                   clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+def surrogate_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's clipped surrogate, negated for minimisation. Returns (loss, clip fraction)."""
     ratio = torch.exp(logp - old_logp)
     surr = torch.minimum(ratio * adv, ratio.clamp(1.0 - clip, 1.0 + clip) * adv)
@@ -129,10 +146,19 @@ def huber(x: torch.Tensor, delta: float) -> torch.Tensor:
     return torch.where(a <= delta, 0.5 * x**2, delta * (a - 0.5 * delta))
 
 
-def value_loss(values: torch.Tensor, old_values: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-               clip: float, use_clipped: bool = True, use_huber: bool = True, delta: float = 10.0) -> torch.Tensor:
+def value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float,
+    use_clipped: bool = True,
+    use_huber: bool = True,
+    delta: float = 10.0,
+) -> torch.Tensor:
     """MAPPO's value loss (all in normalised space when value normalisation is on): Huber (or
     squared) error, and with ``use_clipped`` the max of the clipped and unclipped errors."""
+
     def err(v: torch.Tensor) -> torch.Tensor:
         return huber(targets - v, delta) if use_huber else 0.5 * (targets - v) ** 2
 

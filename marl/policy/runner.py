@@ -125,8 +125,12 @@ class Episodes:
     @staticmethod
     def cat(parts: list["Episodes"], n_agents: int) -> "Episodes":
         if not parts:
-            return Episodes(torch.zeros(0, n_agents), torch.zeros(0, n_agents, dtype=torch.long),
-                            torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.long))
+            return Episodes(
+                torch.zeros(0, n_agents),
+                torch.zeros(0, n_agents, dtype=torch.long),
+                torch.zeros(0, dtype=torch.bool),
+                torch.zeros(0, dtype=torch.long),
+            )
         return Episodes(*(torch.cat([getattr(p, f) for p in parts]) for f in ("returns", "policy", "won", "lengths")))
 
     def per_capita(self, key: int = LEARNER) -> torch.Tensor:
@@ -185,8 +189,11 @@ class _Acting:
         log-prob (of the player that acted) and the hidden state is ``record_key``'s on every row."""
         out = self.out
         self.pre.clear()
-        extra = flatten_extra(out.obs_extra, 2, self.env.spec).reshape(self.B * self.N, -1) if out.obs_extra else \
-            torch.zeros(self.B * self.N, 0, device=self.device)
+        extra = (
+            flatten_extra(out.obs_extra, 2, self.env.spec).reshape(self.B * self.N, -1)
+            if out.obs_extra
+            else torch.zeros(self.B * self.N, 0, device=self.device)
+        )
         avail = out.avail_actions.reshape(self.B * self.N, -1)
         flat_assign = self.assignment.reshape(-1)
         keys = flat_assign.unique().tolist()
@@ -209,8 +216,13 @@ class _Acting:
                 h_in = h
             else:
                 rows = (flat_assign == key).nonzero().squeeze(-1)
-                inp = ActInput(obs_p[rows], extra[rows], self.ids[rows], avail[rows],
-                               state_p[torch.div(rows, self.N, rounding_mode="floor")])
+                inp = ActInput(
+                    obs_p[rows],
+                    extra[rows],
+                    self.ids[rows],
+                    avail[rows],
+                    state_p[torch.div(rows, self.N, rounding_mode="floor")],
+                )
                 h_in = h[rows]
             logits, h_out = module.act(inp, h_in)
             if rows is None and len(keys) > 1:  # the shadow player: it acts on its own rows only
@@ -259,8 +271,12 @@ class _Acting:
         episodes = None
         if bool(ended.any()):
             idx = ended.nonzero().squeeze(-1)
-            episodes = Episodes(self.ep_return[idx].clone(), self.assignment[idx].clone(), out.won[idx].clone(),
-                                self.ep_length[idx].clone())
+            episodes = Episodes(
+                self.ep_return[idx].clone(),
+                self.assignment[idx].clone(),
+                out.won[idx].clone(),
+                self.ep_length[idx].clone(),
+            )
             self.ep_return[idx] = 0.0
             self.ep_length[idx] = 0
             self.reassign(ended)
@@ -271,12 +287,21 @@ class _Acting:
 class RolloutCollector:
     """Fixed-length rollouts from B copies for the learner (with its critic)."""
 
-    def __init__(self, env: BatchedEnv, players: Players, actor: nn.Module, critic: nn.Module,
-                 generator: torch.Generator, device: torch.device | str = "cpu", record_all_slots: bool = False):
+    def __init__(
+        self,
+        env: BatchedEnv,
+        players: Players,
+        actor: nn.Module,
+        critic: nn.Module,
+        generator: torch.Generator,
+        device: torch.device | str = "cpu",
+        record_all_slots: bool = False,
+    ):
         self.env, self.actor, self.critic = env, actor, critic
         self.device = torch.device(device)
-        self.acting = _Acting(env, players, generator, False, self.device,
-                              shadow_key=LEARNER if record_all_slots else None)
+        self.acting = _Acting(
+            env, players, generator, False, self.device, shadow_key=LEARNER if record_all_slots else None
+        )
         self.B, self.N = env.spec.num_envs, env.spec.n_agents
 
     def start(self, seed: int) -> None:
@@ -292,9 +317,26 @@ class RolloutCollector:
     def collect(self, T: int) -> tuple[Rollout, Episodes]:
         acting, B, N = self.acting, self.B, self.N
         d_actor, d_critic = _downsample(self.actor), self.critic.state_encoder.downsample
-        buf: dict[str, list[torch.Tensor]] = {k: [] for k in (
-            "obs", "extra", "state", "avail", "actions", "logp", "values", "final_values", "rewards", "terminated",
-            "truncated", "starts", "policy", "actor_h", "critic_h")}
+        buf: dict[str, list[torch.Tensor]] = {
+            k: []
+            for k in (
+                "obs",
+                "extra",
+                "state",
+                "avail",
+                "actions",
+                "logp",
+                "values",
+                "final_values",
+                "rewards",
+                "terminated",
+                "truncated",
+                "starts",
+                "policy",
+                "actor_h",
+                "critic_h",
+            )
+        }
         finished: list[Episodes] = []
         for _ in range(T):
             out = acting.out
@@ -339,8 +381,14 @@ class RolloutCollector:
 
 
 @torch.no_grad()
-def play_episodes(env: BatchedEnv, players: Players, episodes_per_env: int, seed: int, greedy: bool,
-                  device: torch.device | str = "cpu") -> Episodes:
+def play_episodes(
+    env: BatchedEnv,
+    players: Players,
+    episodes_per_env: int,
+    seed: int,
+    greedy: bool,
+    device: torch.device | str = "cpu",
+) -> Episodes:
     """Play exactly ``episodes_per_env`` complete episodes in every copy of ``env`` (copies that
     finish early keep stepping, their extra episodes are discarded, so short episodes are not
     over-represented). Players are drawn per episode by ``players.assign``."""
@@ -357,6 +405,7 @@ def play_episodes(env: BatchedEnv, players: Players, episodes_per_env: int, seed
             idx = out.done.nonzero().squeeze(-1)
             keep = counts[idx] < episodes_per_env
             counts[idx] += 1
-            parts.append(Episodes(episodes.returns[keep], episodes.policy[keep], episodes.won[keep],
-                                  episodes.lengths[keep]))
+            parts.append(
+                Episodes(episodes.returns[keep], episodes.policy[keep], episodes.won[keep], episodes.lengths[keep])
+            )
     return Episodes.cat(parts, env.spec.n_agents)

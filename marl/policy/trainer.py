@@ -51,9 +51,15 @@ class PolicyTrainer(Trainer):
 
     def setup(self) -> None:
         self.test_episodes_per_env = math.ceil(self.budget.eval_episodes / self.test_env.spec.num_envs)
-        self.collector = RolloutCollector(self.env, self.learner, self.learner.actor, self.learner.critic,
-                                          self.generator, self.device,
-                                          record_all_slots=bool(self.learner.trains_all_slots))
+        self.collector = RolloutCollector(
+            self.env,
+            self.learner,
+            self.learner.actor,
+            self.learner.critic,
+            self.generator,
+            self.device,
+            record_all_slots=bool(self.learner.trains_all_slots),
+        )
         # Iterations (one PPO update each) until t_env reaches the budget: T x B env steps each.
         steps = self.cfg.rollout_length * self.env.spec.num_envs
         self.learner.set_budget(max(1, math.ceil(self.budget.env_steps / steps)))
@@ -88,8 +94,9 @@ class PolicyTrainer(Trainer):
         was_training = actor.training
         actor.eval()
         try:
-            return play_episodes(self.test_env, SelfPlayPlayers(actor), self.test_episodes_per_env, seed,
-                                 self.greedy_eval, self.device)
+            return play_episodes(
+                self.test_env, SelfPlayPlayers(actor), self.test_episodes_per_env, seed, self.greedy_eval, self.device
+            )
         finally:
             actor.train(was_training)
 
@@ -120,6 +127,16 @@ class PolicyTrainer(Trainer):
         self.save_policy(self.run_dir / POLICY_FILE, fraction=1.0)
 
     def save_policy(self, path: str | Path, fraction: float = 1.0) -> None:
-        save_policy(path, self.algo.name, self.cfg, self.env.spec, self.learner.eval_module(),
-                    {"seed": self.seed, "env_steps": self.t_env, "fraction": fraction,
-                     **{k: v for k, v in self.provenance_extra.items() if isinstance(v, (str, int, float))}})
+        save_policy(
+            path,
+            self.algo.name,
+            self.cfg,
+            self.env.spec,
+            self.learner.eval_module(),
+            {
+                "seed": self.seed,
+                "env_steps": self.t_env,
+                "fraction": fraction,
+                **{k: v for k, v in self.provenance_extra.items() if isinstance(v, (str, int, float))},
+            },
+        )

@@ -40,20 +40,38 @@ class EpisodeLayout:
 
     @classmethod
     def from_spec(cls, spec: EnvSpec) -> "EpisodeLayout":
-        return cls(spec.episode_limit, spec.n_agents, spec.n_actions, tuple(spec.obs_shape),
-                   tuple(spec.state_shape), spec.obs_dtype, spec.state_dtype,
-                   spec.obs_storage_dtype, spec.state_storage_dtype)
+        return cls(
+            spec.episode_limit,
+            spec.n_agents,
+            spec.n_actions,
+            tuple(spec.obs_shape),
+            tuple(spec.state_shape),
+            spec.obs_dtype,
+            spec.state_dtype,
+            spec.obs_storage_dtype,
+            spec.state_storage_dtype,
+        )
 
     def dtypes(self, compact: bool = False) -> dict[str, torch.dtype]:
         """Per field, the dtype handed out (and staged) or, with ``compact``, the one stored."""
-        full = {"obs": self.obs_dtype, "state": self.state_dtype, "avail_actions": torch.bool,
-                "actions": torch.long, "reward": torch.float32, "terminated": torch.bool, "filled": torch.bool}
+        full = {
+            "obs": self.obs_dtype,
+            "state": self.state_dtype,
+            "avail_actions": torch.bool,
+            "actions": torch.long,
+            "reward": torch.float32,
+            "terminated": torch.bool,
+            "filled": torch.bool,
+        }
         if not compact:
             return full
-        return {**full, "obs": self.obs_storage_dtype or self.obs_dtype,
-                "state": self.state_storage_dtype or self.state_dtype,
-                # an action index < A (-1 never reaches the buffer)
-                "actions": torch.int8 if self.n_actions <= 127 else torch.int16 if self.n_actions <= 32767 else torch.long}
+        return {
+            **full,
+            "obs": self.obs_storage_dtype or self.obs_dtype,
+            "state": self.state_storage_dtype or self.state_dtype,
+            # an action index < A (-1 never reaches the buffer)
+            "actions": torch.int8 if self.n_actions <= 127 else torch.int16 if self.n_actions <= 32767 else torch.long,
+        }
 
     def allocate(self, n: int, device: torch.device, compact: bool = False) -> dict[str, torch.Tensor]:
         T, N, A = self.max_len, self.n_agents, self.n_actions
@@ -90,15 +108,17 @@ class EpisodeReplayBuffer:
         if k == 0:
             return
         if k > self.capacity:  # keep only the newest
-            episodes = {name: v[-self.capacity:] for name, v in episodes.items()}
-            lengths, k = lengths[-self.capacity:], self.capacity
+            episodes = {name: v[-self.capacity :] for name, v in episodes.items()}
+            lengths, k = lengths[-self.capacity :], self.capacity
         idx = (self.insert_pos + torch.arange(k, device=self.device)) % self.capacity
         for name, tensor in self.data.items():
             value = episodes[name].to(self.device)
             stored = value.to(tensor.dtype)
             if stored.dtype != value.dtype and not torch.equal(stored.to(value.dtype), value):
-                raise ValueError(f"replay field {name!r}: values not exactly representable in its storage "
-                                 f"dtype {tensor.dtype} (the environment's spec declares a storage dtype too small)")
+                raise ValueError(
+                    f"replay field {name!r}: values not exactly representable in its storage "
+                    f"dtype {tensor.dtype} (the environment's spec declares a storage dtype too small)"
+                )
             tensor[idx] = stored
         self.lengths[idx] = lengths.to(self.device)
         self.insert_pos = (self.insert_pos + k) % self.capacity

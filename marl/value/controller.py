@@ -44,8 +44,9 @@ def epsilon_greedy(q: torch.Tensor, avail: torch.Tensor, epsilon: float, generat
 class AgentController:
     """Runs the shared recurrent agent for B environments x N agents in one batched call."""
 
-    def __init__(self, agent: RecurrentAgent, n_agents: int, n_actions: int, last_action: bool = True,
-                 agent_id: bool = True):
+    def __init__(
+        self, agent: RecurrentAgent, n_agents: int, n_actions: int, last_action: bool = True, agent_id: bool = True
+    ):
         self.agent, self.n_agents, self.n_actions = agent, n_agents, n_actions
         self.last_action, self.agent_id = last_action, agent_id
 
@@ -60,17 +61,25 @@ class AgentController:
         return self.inputs(obs, last_actions)
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, avail: torch.Tensor, last_actions: torch.Tensor, hidden: torch.Tensor,
-            epsilon: float, generator: torch.Generator,
-            state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def act(
+        self,
+        obs: torch.Tensor,
+        avail: torch.Tensor,
+        last_actions: torch.Tensor,
+        hidden: torch.Tensor,
+        epsilon: float,
+        generator: torch.Generator,
+        state: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """obs [B,N,O], avail [B,N,A], last_actions [B,N] (-1 at episode start), hidden [B*N,H],
         state [B,S] (read only by centralised controllers) -> (actions [B,N], new hidden [B*N,H])."""
         q, hidden = self.q_step(obs, last_actions, hidden, state)
         return epsilon_greedy(q, avail, epsilon, generator), hidden
 
     @torch.no_grad()
-    def q_step(self, obs: torch.Tensor, last_actions: torch.Tensor, hidden: torch.Tensor,
-               state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def q_step(
+        self, obs: torch.Tensor, last_actions: torch.Tensor, hidden: torch.Tensor, state: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step of the agent: (Q-values [B, N, A], new hidden [B*N, H])."""
         B = obs.shape[0]
         x = self.step_inputs(obs, last_actions, state).reshape(1, B * self.n_agents, -1)  # time-major, T = 1

@@ -49,15 +49,18 @@ def _load_extension(build: bool = True):
     directly: no ninja run and no build lock, so processes killed at any moment (the suite's
     interrupt tests) never leave a lock behind that would stall the next one."""
     import importlib.util
+
     built = BUILD_DIR / f"{EXT_NAME}.so"
     fresh = built.exists() and built.stat().st_mtime >= SOURCE.stat().st_mtime
     if not fresh:
         if not build:
             raise RuntimeError(f"not built ({built} missing or stale; run `make setup` or scripts/build_extensions.sh)")
         from torch.utils import cpp_extension
+
         BUILD_DIR.mkdir(parents=True, exist_ok=True)
-        return cpp_extension.load(name=EXT_NAME, sources=[str(SOURCE)], build_directory=str(BUILD_DIR),
-                                  extra_cflags=["-O3"], verbose=False)
+        return cpp_extension.load(
+            name=EXT_NAME, sources=[str(SOURCE)], build_directory=str(BUILD_DIR), extra_cflags=["-O3"], verbose=False
+        )
     spec = importlib.util.spec_from_file_location(EXT_NAME, built)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -80,8 +83,10 @@ def extension():
             if mode == "cpp":
                 raise RuntimeError(f"MARL_FAST_GRU=cpp but the C++ GRU extension is unavailable: {exc}") from exc
             reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
-            print(f"fast_gru: C++ extension unavailable ({reason}); using the PyTorch recurrence "
-                  "(same values, slower)", file=sys.stderr)
+            print(
+                f"fast_gru: C++ extension unavailable ({reason}); using the PyTorch recurrence (same values, slower)",
+                file=sys.stderr,
+            )
     _ext_state.update(module=module, reason=reason if module is None else "")
     return module
 
@@ -125,7 +130,7 @@ class _PackedGRURecurrence(torch.autograd.Function):
             b = a + k
             gh = torch.addmm(b_hh, h[:k], w_hh_t, out=gh_all[a:b])
             rz = torch.sigmoid(torch.add(gi[a:b, : 2 * H], gh[:, : 2 * H], out=rz_all[a:b]), out=rz_all[a:b])
-            n = torch.tanh(torch.addcmul(gi[a:b, 2 * H:], rz[:, :H], gh[:, 2 * H:], out=n_all[a:b]), out=n_all[a:b])
+            n = torch.tanh(torch.addcmul(gi[a:b, 2 * H :], rz[:, :H], gh[:, 2 * H :], out=n_all[a:b]), out=n_all[a:b])
             h = torch.lerp(n, h[:k], rz[:, H:], out=hs[a:b])  # n + z * (h - n)
             a = b
         ctx.save_for_backward(h0, w_hh, hs, gh_all, rz_all, n_all)
@@ -136,16 +141,18 @@ class _PackedGRURecurrence(torch.autograd.Function):
         h0, w_hh, hs, gh_all, rz_all, n_all = ctx.saved_tensors
         active = ctx.active
         if ctx.ext is not None:
-            d_gates, dh0, grad_w_hh, grad_b_hh = ctx.ext.gru_backward(grad_hs, h0, w_hh, hs, gh_all, rz_all,
-                                                                       n_all, active)
+            d_gates, dh0, grad_w_hh, grad_b_hh = ctx.ext.gru_backward(
+                grad_hs, h0, w_hh, hs, gh_all, rz_all, n_all, active
+            )
             return d_gates, dh0, grad_w_hh, grad_b_hh, None
         P, H = hs.shape
         starts = [0]
         for k in active[:-1]:
             starts.append(starts[-1] + k)
         # h_{t-1} of every packed row: the first k_t rows of the previous step (h0 at t = 0).
-        h_prev = torch.cat([h0[:active[0]]] + [hs[starts[t - 1]: starts[t - 1] + active[t]]
-                                               for t in range(1, len(active))])
+        h_prev = torch.cat(
+            [h0[: active[0]]] + [hs[starts[t - 1] : starts[t - 1] + active[t]] for t in range(1, len(active))]
+        )
         d_gh = grad_hs.new_empty(P, 3 * H)  # d(W_hh h + b_hh); its r, z parts equal the gates'
         d_an = grad_hs.new_empty(P, H)  # d(pre-activation of n)
         dh_next = torch.zeros_like(h0)  # rows inactive at t+1 get no gradient from there
@@ -153,14 +160,14 @@ class _PackedGRURecurrence(torch.autograd.Function):
             k, a = active[t], starts[t]
             b = a + k
             r, z = rz_all[a:b, :H], rz_all[a:b, H:]
-            n, hn = n_all[a:b], gh_all[a:b, 2 * H:]
+            n, hn = n_all[a:b], gh_all[a:b, 2 * H :]
             dh = grad_hs[a:b] + dh_next[:k]
             da_n = torch.mul(dh * (1 - z), 1 - n * n, out=d_an[a:b])
             torch.mul(da_n * hn, r * (1 - r), out=d_gh[a:b, :H])
-            torch.mul(dh * (h_prev[a:b] - n), z * (1 - z), out=d_gh[a:b, H:2 * H])
-            torch.mul(da_n, r, out=d_gh[a:b, 2 * H:])
+            torch.mul(dh * (h_prev[a:b] - n), z * (1 - z), out=d_gh[a:b, H : 2 * H])
+            torch.mul(da_n, r, out=d_gh[a:b, 2 * H :])
             dh_next[:k] = torch.addmm(dh * z, d_gh[a:b], w_hh)
-        d_gates = torch.cat([d_gh[:, :2 * H], d_an], dim=1)
+        d_gates = torch.cat([d_gh[:, : 2 * H], d_an], dim=1)
         grad_w_hh = d_gh.t() @ h_prev
         grad_b_hh = d_gh.sum(0)
         return d_gates, dh_next, grad_w_hh, grad_b_hh, None
@@ -197,8 +204,7 @@ def gru_packed(gi: torch.Tensor, h0: torch.Tensor, gru: torch.nn.GRU, active: li
     return _PackedGRURecurrence.apply(gi, h0, gru.weight_hh_l0, gru.bias_hh_l0, active)
 
 
-def gru_sequence(x: torch.Tensor, h0: torch.Tensor, gru: torch.nn.GRU,
-                 active: list[int] | None = None) -> torch.Tensor:
+def gru_sequence(x: torch.Tensor, h0: torch.Tensor, gru: torch.nn.GRU, active: list[int] | None = None) -> torch.Tensor:
     """Run a single-layer, time-major ``nn.GRU``'s parameters over x [T,R,I] from h0 [R,H];
     returns all hidden states [T,R,H]: the same function as ``gru(x, h0[None])[0]`` where rows are
     active, zeros elsewhere. ``active[t]`` (default: all rows) is the number of leading rows still
@@ -206,8 +212,9 @@ def gru_sequence(x: torch.Tensor, h0: torch.Tensor, gru: torch.nn.GRU,
     return gru_recurrence(F.linear(x, gru.weight_ih_l0, gru.bias_ih_l0), h0, gru, active)
 
 
-def gru_recurrence(gi: torch.Tensor, h0: torch.Tensor, gru: torch.nn.GRU,
-                   active: list[int] | None = None) -> torch.Tensor:
+def gru_recurrence(
+    gi: torch.Tensor, h0: torch.Tensor, gru: torch.nn.GRU, active: list[int] | None = None
+) -> torch.Tensor:
     """The recurrent part alone, from time-major input projections gi [T,R,3H] (W_ih x + b_ih);
     returns [T,R,H], zeros at inactive positions."""
     T, R = gi.shape[:2]
@@ -222,8 +229,9 @@ def gru_recurrence(gi: torch.Tensor, h0: torch.Tensor, gru: torch.nn.GRU,
 if __name__ == "__main__":  # python -m marl.value.fast_gru --build (scripts/build_extensions.sh)
     import argparse
 
-    parser = argparse.ArgumentParser(description="Build (if needed) and load the C++ GRU extension; "
-                                                 "print which recurrence is in use.")
+    parser = argparse.ArgumentParser(
+        description="Build (if needed) and load the C++ GRU extension; print which recurrence is in use."
+    )
     parser.add_argument("--build", action="store_true", help="build into build/fast_gru if missing or stale")
     args = parser.parse_args()
     try:

@@ -21,8 +21,14 @@ from marl.value.fast_gru import check_active, packed_index
 from marl.value.networks import QMixer, RecurrentAgent, VDNMixer, agent_input_dim
 
 
-def td_lambda_targets(reward: torch.Tensor, terminated: torch.Tensor, mask: torch.Tensor,
-                      target_q: torch.Tensor, gamma: float, td_lambda: float) -> torch.Tensor:
+def td_lambda_targets(
+    reward: torch.Tensor,
+    terminated: torch.Tensor,
+    mask: torch.Tensor,
+    target_q: torch.Tensor,
+    gamma: float,
+    td_lambda: float,
+) -> torch.Tensor:
     """TD(lambda) targets for every step of a batch of padded episodes.
 
     reward, terminated, mask [C, T]; target_q [C, T+1] = Q_tot^target at each observation (index
@@ -47,13 +53,18 @@ def td_lambda_targets(reward: torch.Tensor, terminated: torch.Tensor, mask: torc
 
 
 @torch.no_grad()
-def td_stats(loss: torch.Tensor, td: torch.Tensor, q_tot: torch.Tensor, y: torch.Tensor,
-             mask: torch.Tensor) -> dict[str, float]:
+def td_stats(
+    loss: torch.Tensor, td: torch.Tensor, q_tot: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
+) -> dict[str, float]:
     """Logged training statistics (PyMARL's names), averaged over real steps."""
     loss, td, q_tot = loss.detach(), td.detach(), q_tot.detach()
     n = mask.sum()
-    return {"loss": float(loss), "td_error_abs": float(td.abs().sum() / n),
-            "q_taken_mean": float((q_tot * mask).sum() / n), "target_mean": float((y * mask).sum() / n)}
+    return {
+        "loss": float(loss),
+        "td_error_abs": float(td.abs().sum() / n),
+        "q_taken_mean": float((q_tot * mask).sum() / n),
+        "target_mean": float((y * mask).sum() / n),
+    }
 
 
 def make_mixer(cfg: ValueLearnerConfig, spec: EnvSpec) -> nn.Module:
@@ -122,8 +133,9 @@ class QLearner:
         self.optimizer = make_optimizer(cfg, self.params)
         # `controller` is the policy that is evaluated (and deployed); `behaviour_controller` the one
         # that collects training data (the same, except for DDN with a teacher acting).
-        self.controller = AgentController(self.acting_agent(), self.n_agents, self.n_actions,
-                                          cfg.obs_last_action, cfg.obs_agent_id)
+        self.controller = AgentController(
+            self.acting_agent(), self.n_agents, self.n_actions, cfg.obs_last_action, cfg.obs_agent_id
+        )
         self.behaviour_controller = self.make_behaviour_controller()
         self.last_target_update_episode = 0
         self.updates = 0
@@ -156,13 +168,15 @@ class QLearner:
         obs = batch["obs"]
         C, T1, N = obs.shape[:3]
         # Build the inputs directly in time-major order: the concatenation is the only copy.
-        inputs = self.controller.inputs(obs.reshape(C, T1, N, -1).transpose(0, 1),
-                                        previous_actions(batch["actions"]).transpose(0, 1))
+        inputs = self.controller.inputs(
+            obs.reshape(C, T1, N, -1).transpose(0, 1), previous_actions(batch["actions"]).transpose(0, 1)
+        )
         out = agent(inputs.reshape(T1, C * N, -1), active=active_rows(batch["filled"], N), features=False)
         return out.q.view(T1, C, N, -1).transpose(0, 1)
 
-    def agent_q_pair(self, agent: RecurrentAgent, target: RecurrentAgent,
-                     batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def agent_q_pair(
+        self, agent: RecurrentAgent, target: RecurrentAgent, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``agent_q`` of the online agent (with gradient) and of its target (without), sharing
         one construction of the inputs: on a batch sorted longest first (as the buffer samples),
         the inputs are built for the rows inside their episodes only, once for both networks."""
@@ -177,8 +191,9 @@ class QLearner:
         active = check_active(active, T1, R)
         index = packed_index(active, R, obs.device)
         valid = observed(filled).t()  # [T+1, C]; a prefix of the episodes at each step
-        packed = self.controller.inputs(obs.reshape(C, T1, N, -1).transpose(0, 1)[valid],
-                                        previous_actions(batch["actions"]).transpose(0, 1)[valid])
+        packed = self.controller.inputs(
+            obs.reshape(C, T1, N, -1).transpose(0, 1)[valid], previous_actions(batch["actions"]).transpose(0, 1)[valid]
+        )
         packed = packed.reshape(index.shape[0], -1)
 
         def q_of(net: RecurrentAgent) -> torch.Tensor:
@@ -188,8 +203,7 @@ class QLearner:
         with torch.no_grad():
             return q, q_of(target)
 
-    def greedy_target_values(self, q_online: torch.Tensor, q_target: torch.Tensor,
-                             avail: torch.Tensor) -> torch.Tensor:
+    def greedy_target_values(self, q_online: torch.Tensor, q_target: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
         """Per-agent bootstrap values [C, T+1, N]: double-Q (target net evaluates the online net's
         greedy available action) or the plain max of the target net."""
         if self.cfg.double_q:
@@ -198,16 +212,21 @@ class QLearner:
         return masked_q(q_target, avail).max(-1).values
 
     def targets(self, batch: dict[str, torch.Tensor], target_tot: torch.Tensor) -> torch.Tensor:
-        return td_lambda_targets(batch["reward"], batch["terminated"], batch["filled"], target_tot,
-                                 self.cfg.gamma, self.cfg.td_lambda)
+        return td_lambda_targets(
+            batch["reward"], batch["terminated"], batch["filled"], target_tot, self.cfg.gamma, self.cfg.td_lambda
+        )
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         mask = batch["filled"].float()
         q, q_target = self.agent_q_pair(self.agent, self.target_agent, batch)
         chosen = q[:, :-1].gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1)
         with torch.no_grad():
-            target_tot = mix_where(self.target_mixer, self.greedy_target_values(q, q_target, batch["avail_actions"]),
-                                   batch["state"], observed(batch["filled"]))
+            target_tot = mix_where(
+                self.target_mixer,
+                self.greedy_target_values(q, q_target, batch["avail_actions"]),
+                batch["state"],
+                observed(batch["filled"]),
+            )
             y = self.targets(batch, target_tot)
         q_tot = mix_where(self.mixer, chosen, batch["state"][:, :-1], batch["filled"])
         td = (q_tot - y) * mask

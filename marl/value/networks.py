@@ -34,8 +34,13 @@ class RecurrentAgent(nn.Module):
         self.rnn = nn.GRU(hidden_dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, n_actions)
 
-    def forward(self, inputs: torch.Tensor, h0: torch.Tensor | None = None,
-                active: list[int] | None = None, features: bool = True) -> AgentOutput:
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        h0: torch.Tensor | None = None,
+        active: list[int] | None = None,
+        features: bool = True,
+    ) -> AgentOutput:
         """inputs [T, R, input_dim]; h0 [R, H] or None (zeros); ``active[t]`` = number of leading
         rows still inside their episode at step t (rows sorted by length, longest first), or None.
         Outputs at inactive positions are zeros (mask them). With ``active`` and ``features=False``
@@ -54,11 +59,18 @@ class RecurrentAgent(nn.Module):
         T, R = inputs.shape[:2]
         active = check_active(active, T, R)
         index = packed_index(active, R, inputs.device)
-        return self.forward_packed(inputs.reshape(T * R, -1).index_select(0, index), active, index, T, R, h0,
-                                   features)
+        return self.forward_packed(inputs.reshape(T * R, -1).index_select(0, index), active, index, T, R, h0, features)
 
-    def forward_packed(self, packed: torch.Tensor, active: list[int], index: torch.Tensor, T: int, R: int,
-                       h0: torch.Tensor | None = None, features: bool = True) -> AgentOutput:
+    def forward_packed(
+        self,
+        packed: torch.Tensor,
+        active: list[int],
+        index: torch.Tensor,
+        T: int,
+        R: int,
+        h0: torch.Tensor | None = None,
+        features: bool = True,
+    ) -> AgentOutput:
         """The same on inputs already packed ([P, input_dim], the rows inside their episode step
         after step, ``index`` = ``packed_index(active, R)``, ``active`` from ``check_active``):
         learners that build their inputs once for several networks skip the gather."""
@@ -79,8 +91,9 @@ class QMixer(nn.Module):
     """QMIX's monotonic mixer: Q_tot = f(Q_1..Q_N; s), with non-negative weights produced from the
     global state by hypernetworks (abs), so dQ_tot/dQ_i >= 0 (IGM holds)."""
 
-    def __init__(self, n_agents: int, state_dim: int, embed_dim: int = 32, hypernet_embed: int = 64,
-                 hypernet_layers: int = 2):
+    def __init__(
+        self, n_agents: int, state_dim: int, embed_dim: int = 32, hypernet_embed: int = 64, hypernet_layers: int = 2
+    ):
         super().__init__()
         self.n_agents, self.embed_dim = n_agents, embed_dim
 
@@ -88,7 +101,9 @@ class QMixer(nn.Module):
             if hypernet_layers == 1:
                 return nn.Linear(state_dim, out_dim)
             if hypernet_layers == 2:
-                return nn.Sequential(nn.Linear(state_dim, hypernet_embed), nn.ReLU(), nn.Linear(hypernet_embed, out_dim))
+                return nn.Sequential(
+                    nn.Linear(state_dim, hypernet_embed), nn.ReLU(), nn.Linear(hypernet_embed, out_dim)
+                )
             raise ValueError(f"hypernet_layers must be 1 or 2, got {hypernet_layers}")
 
         self.hyper_w1 = hyper(embed_dim * n_agents)
@@ -116,8 +131,9 @@ class VDNMixer(nn.Module):
         return agent_qs.sum(-1)
 
 
-def build_agent_inputs(obs: torch.Tensor, last_actions: torch.Tensor, n_actions: int,
-                       last_action: bool = True, agent_id: bool = True) -> torch.Tensor:
+def build_agent_inputs(
+    obs: torch.Tensor, last_actions: torch.Tensor, n_actions: int, last_action: bool = True, agent_id: bool = True
+) -> torch.Tensor:
     """PyMARL agent inputs: own observation ++ one-hot last action ++ one-hot agent id.
 
     obs [..., N, O] float; last_actions [..., N] long, where -1 means "no previous action"
@@ -134,6 +150,7 @@ def build_agent_inputs(obs: torch.Tensor, last_actions: torch.Tensor, n_actions:
     return torch.cat(parts, dim=-1)
 
 
-def agent_input_dim(obs_dim: int, n_agents: int, n_actions: int, last_action: bool = True,
-                    agent_id: bool = True) -> int:
+def agent_input_dim(
+    obs_dim: int, n_agents: int, n_actions: int, last_action: bool = True, agent_id: bool = True
+) -> int:
     return obs_dim + (n_actions if last_action else 0) + (n_agents if agent_id else 0)

@@ -86,8 +86,9 @@ class EpisodeRunner:
     def step(self, epsilon: float) -> CollectedEpisodes | None:
         """One joint step of all copies; returns the episodes that ended in it, if any."""
         out, stage, rows, t = self.out, self.stage, self.rows, self.t
-        actions, self.hidden = self.controller.act(out.obs, out.avail_actions, self.last_actions, self.hidden,
-                                                   epsilon, self.generator, state=out.state)
+        actions, self.hidden = self.controller.act(
+            out.obs, out.avail_actions, self.last_actions, self.hidden, epsilon, self.generator, state=out.state
+        )
         stage["actions"][rows, t] = actions
         nxt = self.env.step(actions)
         reward = team_reward(nxt, self.shared)
@@ -151,8 +152,9 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate_greedy(env: BatchedEnv, controller: AgentController, seed: int,
-                    device: torch.device | str = "cpu") -> EvalResult:
+def evaluate_greedy(
+    env: BatchedEnv, controller: AgentController, seed: int, device: torch.device | str = "cpu"
+) -> EvalResult:
     """Greedy test episodes: one episode per environment copy (so K copies give K episodes, with
     no bias towards short episodes). Win rate = fraction of those episodes won."""
     spec = env.spec
@@ -166,13 +168,15 @@ def evaluate_greedy(env: BatchedEnv, controller: AgentController, seed: int,
     won = torch.zeros(B, dtype=torch.bool, device=device)
     generator = torch.Generator(device=device)
     while bool(active.any()):
-        actions, hidden = controller.act(out.obs, out.avail_actions, last_actions, hidden, 0.0, generator,
-                                         state=out.state)
+        actions, hidden = controller.act(
+            out.obs, out.avail_actions, last_actions, hidden, 0.0, generator, state=out.state
+        )
         out = env.step(actions)
         returns += team_reward(out, spec.shared_reward) * active
         lengths += active.float()
         won |= out.won & active
         active &= ~out.done
         last_actions = actions
-    return EvalResult(float(won.float().mean()), float(returns.mean()), float(returns.std(unbiased=False)),
-                      float(lengths.mean()), B)
+    return EvalResult(
+        float(won.float().mean()), float(returns.mean()), float(returns.std(unbiased=False)), float(lengths.mean()), B
+    )

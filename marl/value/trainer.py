@@ -72,15 +72,24 @@ class ValueTrainer(Trainer):
 
     def evaluation_metrics(self) -> dict[str, Any]:
         result = evaluate_greedy(self.test_env, self.learner.controller, self.evaluation_seed(), self.device)
-        row = {"test_win_rate": result.win_rate, "test_return_mean": result.return_mean,
-               "test_return_std": result.return_std, "test_length_mean": result.length_mean,
-               "test_episodes": result.episodes}
+        row = {
+            "test_win_rate": result.win_rate,
+            "test_return_mean": result.return_mean,
+            "test_return_std": result.return_std,
+            "test_length_mean": result.length_mean,
+            "test_episodes": result.episodes,
+        }
         # Diagnostic policies (DDN's teacher) on the same test episodes; the training data and the
         # evaluated policy are untouched (the test environment is re-seeded per evaluation).
         for name, controller in self.learner.diagnostic_controllers().items():
             other = evaluate_greedy(self.test_env, controller, self.evaluation_seed(), self.device)
-            row.update({f"{name}_test_win_rate": other.win_rate, f"{name}_test_return_mean": other.return_mean,
-                        f"{name}_test_length_mean": other.length_mean})
+            row.update(
+                {
+                    f"{name}_test_win_rate": other.win_rate,
+                    f"{name}_test_return_mean": other.return_mean,
+                    f"{name}_test_length_mean": other.length_mean,
+                }
+            )
         return row
 
     def window_metrics(self) -> dict[str, Any]:

@@ -90,7 +90,7 @@ class LineStreamJob:
             line = line.rstrip("\n")
             if line.startswith(EVENT_PREFIX):
                 try:
-                    event = json.loads(line[len(EVENT_PREFIX):])
+                    event = json.loads(line[len(EVENT_PREFIX) :])
                 except json.JSONDecodeError:
                     self.tail.append(line)
                     continue
@@ -108,8 +108,14 @@ class LineStreamJob:
         if not self.ended:
             self.ended = True
             tail = "\n".join(self.tail)
-            self.events.put({"event": "end", "run": self.run_id, "state": "failed",
-                             "error": f"worker {description}" + (f"; its last output:\n{tail}" if tail else "")})
+            self.events.put(
+                {
+                    "event": "end",
+                    "run": self.run_id,
+                    "state": "failed",
+                    "error": f"worker {description}" + (f"; its last output:\n{tail}" if tail else ""),
+                }
+            )
 
 
 def drain(events: "queue.Queue[dict[str, Any]]", timeout: float, running: dict[str, Any]) -> list[dict[str, Any]]:

@@ -25,8 +25,14 @@ LABEL = "marl-repro-suite.run"
 class DockerBackend(Backend):
     name = "docker"
 
-    def __init__(self, workers: int | None = None, image: str | None = None, suite_root: Path | None = None,
-                 python: str = "python", **_: Any):
+    def __init__(
+        self,
+        workers: int | None = None,
+        image: str | None = None,
+        suite_root: Path | None = None,
+        python: str = "python",
+        **_: Any,
+    ):
         if not image:
             raise BackendError("the docker backend needs an image (the manifest's 'image' or --image)")
         self.workers = workers or max(1, os.cpu_count() or 1)
@@ -47,13 +53,17 @@ class DockerBackend(Backend):
             self.client = docker.from_env(timeout=30)
             self.client.ping()
         except DockerException as exc:
-            raise BackendError(f"cannot reach a Docker daemon at {host} ({exc}). Start Docker (or point DOCKER_HOST "
-                               f"at a running daemon), or use --backend local") from None
+            raise BackendError(
+                f"cannot reach a Docker daemon at {host} ({exc}). Start Docker (or point DOCKER_HOST "
+                f"at a running daemon), or use --backend local"
+            ) from None
         try:
             image = self.client.images.get(self.image_name)
         except ImageNotFound:
-            raise BackendError(f"Docker image {self.image_name!r} is not on the daemon at {host}; build it first "
-                               f"(see docker/), or choose another with --image") from None
+            raise BackendError(
+                f"Docker image {self.image_name!r} is not on the daemon at {host}; build it first "
+                f"(see docker/), or choose another with --image"
+            ) from None
         except DockerException as exc:
             raise BackendError(f"could not inspect Docker image {self.image_name!r}: {exc}") from None
         digests = image.attrs.get("RepoDigests") or []
@@ -68,8 +78,21 @@ class DockerBackend(Backend):
             raise BackendError("docker backend: the suite's output directory is not set")
         run_dir = Path(job.run_dir).resolve()
         inside = f"{MOUNT}/{run_dir.relative_to(Path(self.suite_root).resolve()).as_posix()}"
-        command = [self.python, "-m", "suites.worker", inside, "--backend", self.name, "--threads", str(job.threads),
-                   "--device", job.device, "--provenance", json.dumps(provenance), *job.worker_args()]
+        command = [
+            self.python,
+            "-m",
+            "suites.worker",
+            inside,
+            "--backend",
+            self.name,
+            "--threads",
+            str(job.threads),
+            "--device",
+            job.device,
+            "--provenance",
+            json.dumps(provenance),
+            *job.worker_args(),
+        ]
         args: dict[str, Any] = {
             "image": self.image_name,
             "command": command,
@@ -93,8 +116,14 @@ class DockerBackend(Backend):
         try:
             container = self.client.containers.run(**self.container_args(job, provenance))
         except DockerException as exc:
-            self.events.put({"event": "end", "run": job.spec.id, "state": "failed",
-                             "error": f"could not start a container of {self.image_name!r}: {exc}"})
+            self.events.put(
+                {
+                    "event": "end",
+                    "run": job.spec.id,
+                    "state": "failed",
+                    "error": f"could not start a container of {self.image_name!r}: {exc}",
+                }
+            )
             return
         self.containers[job.spec.id] = container
         start_thread(self._watch, job.spec.id, container)

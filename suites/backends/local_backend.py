@@ -38,11 +38,34 @@ class LocalBackend(Backend):
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
         env["PYTHONUNBUFFERED"] = "1"
-        cmd = [sys.executable, "-m", "suites.worker", str(job.run_dir), "--backend", self.name,
-               "--threads", str(job.threads), "--device", job.device, "--provenance", json.dumps(provenance),
-               "--parent-pid", str(os.getpid()), *job.worker_args()]
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, text=True, bufsize=1, start_new_session=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "suites.worker",
+            str(job.run_dir),
+            "--backend",
+            self.name,
+            "--threads",
+            str(job.threads),
+            "--device",
+            job.device,
+            "--provenance",
+            json.dumps(provenance),
+            "--parent-pid",
+            str(os.getpid()),
+            *job.worker_args(),
+        ]
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        )
         self.procs[job.spec.id] = proc
         start_thread(self._watch, job.spec.id, proc)
 

@@ -25,8 +25,7 @@ from suites.worker import execute
 
 # Not shipped to the workers: the virtualenv, results, caches, VCS data.
 # (Ray itself already leaves out .git and .venv.)
-WORKING_DIR_EXCLUDES = ["results", "runs", "out", ".benchmarks", ".pytest_cache", "**/__pycache__",
-                        "*.pt", "*.pyc"]
+WORKING_DIR_EXCLUDES = ["results", "runs", "out", ".benchmarks", ".pytest_cache", "**/__pycache__", "*.pt", "*.pyc"]
 # ray.init keeps retrying an address where nothing listens (GCS warnings for minutes), so check()
 # first tries a plain TCP connection to it, this long at most.
 PROBE_TIMEOUT_S = 5.0
@@ -72,8 +71,15 @@ class HubSink(EventSink):
         return self.stop
 
 
-def run_task(run_dir: str, hub: Any, provenance: dict[str, Any], threads: int, device: str, task: str = "train",
-             request: dict[str, Any] | None = None) -> tuple[str, str | None]:
+def run_task(
+    run_dir: str,
+    hub: Any,
+    provenance: dict[str, Any],
+    threads: int,
+    device: str,
+    task: str = "train",
+    request: dict[str, Any] | None = None,
+) -> tuple[str, str | None]:
     """The body of a run's Ray task (imported on the worker from the shipped working_dir)."""
     import os
 
@@ -91,16 +97,20 @@ def probe_address(address: str, origin: str = "--address", timeout: float = PROB
         host, port_text = hostport, str(RAY_CLIENT_PORT) if address.startswith("ray://") else ""
     host = host.strip("[]")  # [::1]:6379
     if not host or not port_text.isdigit():
-        raise BackendError(f"{origin} {address!r} is not a Ray address; use HOST:PORT of the head node (e.g. "
-                           "127.0.0.1:6379), ray://HOST:10001, or auto")
+        raise BackendError(
+            f"{origin} {address!r} is not a Ray address; use HOST:PORT of the head node (e.g. "
+            "127.0.0.1:6379), ray://HOST:10001, or auto"
+        )
     try:
         with socket.create_connection((host, int(port_text)), timeout=timeout):
             pass
     except OSError as exc:
         why = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
-        raise BackendError(f"no Ray cluster at {address} ({origin}): connecting to {host}:{port_text} failed ({why}). "
-                           "Start one there (ray start --head), fix the address, or leave out --address to start a "
-                           "local cluster") from None
+        raise BackendError(
+            f"no Ray cluster at {address} ({origin}): connecting to {host}:{port_text} failed ({why}). "
+            "Start one there (ray start --head), fix the address, or leave out --address to start a "
+            "local cluster"
+        ) from None
 
 
 class RayBackend(Backend):
@@ -118,7 +128,9 @@ class RayBackend(Backend):
         except ImportError as exc:
             raise BackendError(f"the ray backend needs the 'ray' package ({exc}); use --backend local") from None
         # ray.init(address=None) connects to $RAY_ADDRESS when it is set: probe that one too.
-        address, origin = (self.address, "--address") if self.address else (os.environ.get("RAY_ADDRESS"), "RAY_ADDRESS")
+        address, origin = (
+            (self.address, "--address") if self.address else (os.environ.get("RAY_ADDRESS"), "RAY_ADDRESS")
+        )
         if address and address not in ("auto", "local"):  # "auto" is found by Ray itself, from its own files
             probe_address(address, origin)
 
@@ -126,8 +138,12 @@ class RayBackend(Backend):
         import ray
 
         runtime_env = {"working_dir": str(REPO_ROOT), "excludes": WORKING_DIR_EXCLUDES}
-        kwargs: dict[str, Any] = {"runtime_env": runtime_env, "include_dashboard": False, "log_to_driver": False,
-                                  "configure_logging": False}
+        kwargs: dict[str, Any] = {
+            "runtime_env": runtime_env,
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "configure_logging": False,
+        }
         if self.address:
             kwargs["address"] = self.address
         else:
@@ -147,8 +163,12 @@ class RayBackend(Backend):
         return 1_000_000  # Ray queues tasks by their resource requests
 
     def submit(self, job: Job, provenance: dict[str, Any]) -> None:
-        task = self._task.options(num_cpus=job.cpus, num_gpus=job.gpus, max_retries=0,
-                                  name=f"{'run' if job.task == 'train' else job.task}-{job.spec.id}")
+        task = self._task.options(
+            num_cpus=job.cpus,
+            num_gpus=job.gpus,
+            max_retries=0,
+            name=f"{'run' if job.task == 'train' else job.task}-{job.spec.id}",
+        )
         ref = task.remote(str(job.run_dir), self.hub, provenance, job.threads, job.device, job.task, job.request)
         self.refs[ref] = job.spec.id
 

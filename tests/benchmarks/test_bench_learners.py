@@ -35,6 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from marl.value.trainer import ValueTrainer
 
 from marl.trainer import Budget
+
 # paper profile of suites/ddn_smax.yaml (the reference campaign's) is marked "paper".
 CASES = [
     ("smax", "3m", 8, "pymarl2"),
@@ -90,8 +91,9 @@ def _update_gflop(trainer, batch) -> float:
 def test_training_throughput(benchmark, algorithm, family, scenario, num_envs, profile):
     torch.set_num_threads(THREADS)
     overrides = {"profile": profile, "num_envs": num_envs}
-    trainer = ValueTrainer(algorithm, family, scenario, seed=0, budget=Budget(env_steps=10**9, eval_episodes=1),
-                           overrides=overrides)
+    trainer = ValueTrainer(
+        algorithm, family, scenario, seed=0, budget=Budget(env_steps=10**9, eval_episodes=1), overrides=overrides
+    )
     try:
         while not trainer.buffer.can_sample(trainer.cfg.batch_size):  # warm-up: fill one batch
             trainer.iteration()
@@ -111,34 +113,49 @@ def test_training_throughput(benchmark, algorithm, family, scenario, num_envs, p
 
         start = time.perf_counter()
         for _ in range(5):
-            trainer.learner.train_step(trainer.buffer.sample(trainer.cfg.batch_size, trainer.generator),
-                                       trainer.episode)
+            trainer.learner.train_step(
+                trainer.buffer.sample(trainer.cfg.batch_size, trainer.generator), trainer.episode
+            )
         updates_per_s = 5 / (time.perf_counter() - start)
 
-        update_gflop = sum(_update_gflop(trainer, trainer.buffer.sample(trainer.cfg.batch_size, trainer.generator))
-                           for _ in range(3)) / 3
+        update_gflop = (
+            sum(
+                _update_gflop(trainer, trainer.buffer.sample(trainer.cfg.batch_size, trainer.generator))
+                for _ in range(3)
+            )
+            / 3
+        )
         peak_gflops = _matmul_gflops(trainer.cfg.hidden_dim)
         steps_per_update = steps / n_updates
         floor_sps = steps_per_update / (update_gflop / peak_gflops + steps_per_update / raw_sps)
-        benchmark.extra_info.update({
-            "algorithm": algorithm, "family": family, "scenario": scenario, "num_envs": num_envs,
-            "profile": profile, "batch_size": trainer.cfg.batch_size, "torch_threads": THREADS,
-            "train_env_steps_per_s": round(train_sps, 1),
-            "raw_env_steps_per_s": round(raw_sps, 1),
-            "ratio_to_raw_env": round(train_sps / raw_sps, 4),
-            "updates_per_s": round(updates_per_s, 2),
-            "updates_in_measurement": n_updates,
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "env_steps_per_update": round(steps_per_update, 1),
-            "update_gflop": round(update_gflop, 3),
-            "matmul_gflops": round(peak_gflops, 1),
-            "update_efficiency": round(update_gflop * updates_per_s / peak_gflops, 3),
-            "compute_floor_env_steps_per_s": round(floor_sps, 1),
-            "ratio_to_compute_floor": round(train_sps / floor_sps, 3),
-        })
-        print(f"\n{algorithm} {family}/{scenario} x{num_envs} ({profile}): train {train_sps:.0f} env steps/s, "
-              f"raw {raw_sps:.0f} (ratio {train_sps / raw_sps:.3f}), {updates_per_s:.2f} updates/s, "
-              f"update {update_gflop:.2f} GFLOP at {update_gflop * updates_per_s:.1f} of {peak_gflops:.0f} GFLOP/s, "
-              f"compute floor {floor_sps:.0f} env steps/s (ratio {train_sps / floor_sps:.3f})")
+        benchmark.extra_info.update(
+            {
+                "algorithm": algorithm,
+                "family": family,
+                "scenario": scenario,
+                "num_envs": num_envs,
+                "profile": profile,
+                "batch_size": trainer.cfg.batch_size,
+                "torch_threads": THREADS,
+                "train_env_steps_per_s": round(train_sps, 1),
+                "raw_env_steps_per_s": round(raw_sps, 1),
+                "ratio_to_raw_env": round(train_sps / raw_sps, 4),
+                "updates_per_s": round(updates_per_s, 2),
+                "updates_in_measurement": n_updates,
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "env_steps_per_update": round(steps_per_update, 1),
+                "update_gflop": round(update_gflop, 3),
+                "matmul_gflops": round(peak_gflops, 1),
+                "update_efficiency": round(update_gflop * updates_per_s / peak_gflops, 3),
+                "compute_floor_env_steps_per_s": round(floor_sps, 1),
+                "ratio_to_compute_floor": round(train_sps / floor_sps, 3),
+            }
+        )
+        print(
+            f"\n{algorithm} {family}/{scenario} x{num_envs} ({profile}): train {train_sps:.0f} env steps/s, "
+            f"raw {raw_sps:.0f} (ratio {train_sps / raw_sps:.3f}), {updates_per_s:.2f} updates/s, "
+            f"update {update_gflop:.2f} GFLOP at {update_gflop * updates_per_s:.1f} of {peak_gflops:.0f} GFLOP/s, "
+            f"compute floor {floor_sps:.0f} env steps/s (ratio {train_sps / floor_sps:.3f})"
+        )
     finally:
         trainer.close()

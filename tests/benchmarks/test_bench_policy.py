@@ -46,8 +46,7 @@ THREADS = 1
 @pytest.mark.parametrize("substrate", SUBSTRATES)
 def test_policy_training_throughput(benchmark, algorithm, substrate):
     torch.set_num_threads(THREADS)
-    trainer = PolicyTrainer(algorithm, "meltingpot", substrate, seed=0,
-                            budget=Budget(env_steps=10**9, eval_episodes=1))
+    trainer = PolicyTrainer(algorithm, "meltingpot", substrate, seed=0, budget=Budget(env_steps=10**9, eval_episodes=1))
     try:
         trainer.iteration()  # warm-up (one-off allocations)
         timings = {"collect": 0.0, "update": 0.0}
@@ -60,6 +59,7 @@ def test_policy_training_throughput(benchmark, algorithm, substrate):
                     return fn(*args, **kwargs)
                 finally:
                     timings[name] += time.perf_counter() - start
+
             return wrapper
 
         trainer.collector.collect = timed("collect", collect)
@@ -92,25 +92,34 @@ def test_policy_training_throughput(benchmark, algorithm, substrate):
         peak_gflops = _matmul_gflops(cfg.hidden_dim)
         steps_per_iteration = steps / MEASURED_ITERATIONS
         floor_sps = steps_per_iteration / (steps_per_iteration / raw_sps + update_gflop / peak_gflops)
-        benchmark.extra_info.update({
-            "algorithm": algorithm, "family": "meltingpot", "scenario": substrate,
-            "n_agents": trainer.env.spec.n_agents, "num_envs": cfg.num_envs, "rollout_length": cfg.rollout_length,
-            "ppo_epochs": cfg.ppo_epochs, "torch_threads": THREADS,
-            "train_env_steps_per_s": round(train_sps, 1),
-            "collect_env_steps_per_s": round(collect_sps, 1),
-            "update_s": round(update_s, 3),
-            "raw_env_steps_per_s": round(raw_sps, 1),
-            "ratio_to_raw_env": round(train_sps / raw_sps, 4),
-            "collect_ratio_to_raw_env": round(collect_sps / raw_sps, 4),
-            "update_gflop": round(update_gflop, 2),
-            "matmul_gflops": round(peak_gflops, 1),
-            "update_efficiency": round(update_gflop / update_s / peak_gflops, 3),
-            "compute_floor_env_steps_per_s": round(floor_sps, 1),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        })
-        print(f"\n{algorithm} {substrate}: train {train_sps:.0f} env steps/s (collect {steps / timings['collect']:.0f}, "
-              f"update {timings['update'] / MEASURED_ITERATIONS:.2f} s/iter), raw {raw_sps:.0f} "
-              f"(ratio {train_sps / raw_sps:.3f}); update {update_gflop:.1f} GFLOP at "
-              f"{update_gflop / update_s:.1f} of {peak_gflops:.0f} GFLOP/s, compute floor {floor_sps:.0f} env steps/s")
+        benchmark.extra_info.update(
+            {
+                "algorithm": algorithm,
+                "family": "meltingpot",
+                "scenario": substrate,
+                "n_agents": trainer.env.spec.n_agents,
+                "num_envs": cfg.num_envs,
+                "rollout_length": cfg.rollout_length,
+                "ppo_epochs": cfg.ppo_epochs,
+                "torch_threads": THREADS,
+                "train_env_steps_per_s": round(train_sps, 1),
+                "collect_env_steps_per_s": round(collect_sps, 1),
+                "update_s": round(update_s, 3),
+                "raw_env_steps_per_s": round(raw_sps, 1),
+                "ratio_to_raw_env": round(train_sps / raw_sps, 4),
+                "collect_ratio_to_raw_env": round(collect_sps / raw_sps, 4),
+                "update_gflop": round(update_gflop, 2),
+                "matmul_gflops": round(peak_gflops, 1),
+                "update_efficiency": round(update_gflop / update_s / peak_gflops, 3),
+                "compute_floor_env_steps_per_s": round(floor_sps, 1),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            }
+        )
+        print(
+            f"\n{algorithm} {substrate}: train {train_sps:.0f} env steps/s (collect {steps / timings['collect']:.0f}, "
+            f"update {timings['update'] / MEASURED_ITERATIONS:.2f} s/iter), raw {raw_sps:.0f} "
+            f"(ratio {train_sps / raw_sps:.3f}); update {update_gflop:.1f} GFLOP at "
+            f"{update_gflop / update_s:.1f} of {peak_gflops:.0f} GFLOP/s, compute floor {floor_sps:.0f} env steps/s"
+        )
     finally:
         trainer.close()

@@ -86,7 +86,11 @@ def _cost_breakdown(env, gen, steps: int) -> dict[str, float]:
 @pytest.mark.parametrize("num_envs", [1, 32, 256])
 @pytest.mark.parametrize(
     "device, threads",
-    [("cpu", 1), ("cpu", 2), pytest.param("cuda", None, marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))],
+    [
+        ("cpu", 1),
+        ("cpu", 2),
+        pytest.param("cuda", None, marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+    ],
     ids=["cpu-1thread", "cpu-2threads", "cuda"],
 )
 def test_bench_predator_prey_step(benchmark, torch_threads, num_envs, device, threads):

@@ -136,9 +136,7 @@ def test_bench_smax_step(benchmark, scenario, num_envs):
         state["out"] = o
 
     # The raw loop runs as the (untimed) setup of each adapter round, so both see the same load.
-    benchmark.pedantic(
-        adapter_round, setup=lambda: raw_rates.append(raw.loop(steps)), rounds=ROUNDS, warmup_rounds=1
-    )
+    benchmark.pedantic(adapter_round, setup=lambda: raw_rates.append(raw.loop(steps)), rounds=ROUNDS, warmup_rounds=1)
     _record(benchmark, env, steps, raw_rates, "raw_jaxmarl_loop")
 
 

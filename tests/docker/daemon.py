@@ -29,8 +29,9 @@ def ensure_packages() -> None:
     """docker.io and debootstrap from apt when missing (needs root, ~15 s)."""
     if shutil.which("dockerd") and shutil.which("debootstrap"):
         return
-    subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *APT_PACKAGES], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["apt-get", "install", "-y", "--no-install-recommends", *APT_PACKAGES], check=True, stdout=subprocess.DEVNULL
+    )
 
 
 class PrivateDaemon:
@@ -46,10 +47,25 @@ class PrivateDaemon:
             return
         log = open(self.root / "dockerd.log", "ab")
         subprocess.Popen(
-            ["dockerd", "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
-             "--pidfile", str(self.pidfile), "-H", self.host, "--storage-driver=overlay2",
-             "--iptables=false", "--ip6tables=false", "--bridge=none"],
-            stdout=log, stderr=log, start_new_session=True)
+            [
+                "dockerd",
+                "--data-root",
+                str(self.root / "data"),
+                "--exec-root",
+                str(self.root / "exec"),
+                "--pidfile",
+                str(self.pidfile),
+                "-H",
+                self.host,
+                "--storage-driver=overlay2",
+                "--iptables=false",
+                "--ip6tables=false",
+                "--bridge=none",
+            ],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.docker("info", check=False, capture=True).returncode == 0:
@@ -77,10 +93,12 @@ class PrivateDaemon:
             time.sleep(0.2)
         os.kill(pid, signal.SIGKILL)
 
-    def docker(self, *args: str, check: bool = True, capture: bool = False,
-               timeout: float | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([docker_cli(), *args], env=self.env, check=check, text=True, timeout=timeout,
-                              capture_output=capture)
+    def docker(
+        self, *args: str, check: bool = True, capture: bool = False, timeout: float | None = None
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [docker_cli(), *args], env=self.env, check=check, text=True, timeout=timeout, capture_output=capture
+        )
 
     def has_image(self, tag: str) -> bool:
         return self.docker("image", "inspect", tag, check=False, capture=True).returncode == 0
@@ -91,11 +109,19 @@ class PrivateDaemon:
             return
         rootfs = self.root / "rootfs"
         shutil.rmtree(rootfs, ignore_errors=True)
-        subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(rootfs), DEBIAN_MIRROR], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["debootstrap", "--variant=minbase", "bookworm", str(rootfs), DEBIAN_MIRROR],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         shutil.rmtree(rootfs / "var/cache/apt/archives", ignore_errors=True)
         tar = subprocess.Popen(["tar", "--numeric-owner", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        subprocess.run([docker_cli(), "import", "-", BASE_TAG], stdin=tar.stdout, env=self.env, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [docker_cli(), "import", "-", BASE_TAG],
+            stdin=tar.stdout,
+            env=self.env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         tar.wait()
         shutil.rmtree(rootfs, ignore_errors=True)

@@ -27,8 +27,10 @@ ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "marl-repro-suite:smoke"
 
 pytestmark = [
-    pytest.mark.skipif(os.environ.get("DOCKER_SMOKE") != "1",
-                       reason="real-daemon image build, several minutes: run `make docker-smoke`"),
+    pytest.mark.skipif(
+        os.environ.get("DOCKER_SMOKE") != "1",
+        reason="real-daemon image build, several minutes: run `make docker-smoke`",
+    ),
     pytest.mark.skipif(os.geteuid() != 0, reason="starting a private dockerd needs root"),
     pytest.mark.timeout(3600),
 ]
@@ -41,9 +43,27 @@ def daemon():
     d.start()
     try:
         d.ensure_debian_base()
-        subprocess.run(["bash", "docker/build.sh", "--tag", IMAGE, "--base", BASE_TAG, "--python-from", "apt",
-                        "--torch", "cpu", "--no-sc2", "--no-meltingpot-assets", "--", "--network=host"],
-                       cwd=ROOT, env={**d.env, "DOCKER": docker_cli(), "DOCKER_BUILDKIT": "1"}, check=True)
+        subprocess.run(
+            [
+                "bash",
+                "docker/build.sh",
+                "--tag",
+                IMAGE,
+                "--base",
+                BASE_TAG,
+                "--python-from",
+                "apt",
+                "--torch",
+                "cpu",
+                "--no-sc2",
+                "--no-meltingpot-assets",
+                "--",
+                "--network=host",
+            ],
+            cwd=ROOT,
+            env={**d.env, "DOCKER": docker_cli(), "DOCKER_BUILDKIT": "1"},
+            check=True,
+        )
         yield d
     finally:
         d.stop()
@@ -54,8 +74,12 @@ def test_image_records_its_versions(daemon):
     info = json.loads(out)
     assert info["lock_sha256"] == hashlib.sha256((ROOT / "requirements.lock").read_bytes()).hexdigest()
     assert info["sc2_installed"] is False and info["sc2_build"] is None
-    assert info["meltingpot"] == {"version": "2.4.1", "mode": "offline", "assets_version": "2.3.0",
-                                  "assets_sha256": "null"}
+    assert info["meltingpot"] == {
+        "version": "2.4.1",
+        "mode": "offline",
+        "assets_version": "2.3.0",
+        "assets_sha256": "null",
+    }
     assert info["python"].startswith("3.11.") and info["torch_variant"] == "cpu"
     user = daemon.docker("run", "--rm", IMAGE, "id", "-u", capture=True).stdout.strip()
     assert user == "1000", "the image's default user is not root"
@@ -65,9 +89,28 @@ def test_image_records_its_versions(daemon):
 
 def test_smoke_suite_through_the_docker_backend(daemon, tmp_path):
     out = tmp_path / "results"
-    proc = subprocess.run([sys.executable, "reproduce.py", "--suite", "smoke", "--backend", "docker", "--image", IMAGE,
-                           "--out", str(out), "--workers", "2", "--no-report"],
-                          cwd=ROOT, env=daemon.env, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "reproduce.py",
+            "--suite",
+            "smoke",
+            "--backend",
+            "docker",
+            "--image",
+            IMAGE,
+            "--out",
+            str(out),
+            "--workers",
+            "2",
+            "--no-report",
+        ],
+        cwd=ROOT,
+        env=daemon.env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = sorted((out / "smoke" / "runs").iterdir())
     assert len(runs) == 6  # qmix on two scenarios + vdn, ow_wqmix, cw_wqmix, ddn on stag_hunt_small
@@ -84,7 +127,24 @@ def test_smoke_suite_through_the_docker_backend(daemon, tmp_path):
         rows = list(csv.DictReader(open(run / "metrics.csv")))
         assert rows and int(rows[-1]["env_steps"]) >= 600
     # Rerunning the same command finds every run done and starts no container.
-    again = subprocess.run([sys.executable, "reproduce.py", "--suite", "smoke", "--backend", "docker", "--image",
-                            IMAGE, "--out", str(out), "--dry-run"], cwd=ROOT, env=daemon.env, capture_output=True,
-                           text=True, timeout=300)
+    again = subprocess.run(
+        [
+            sys.executable,
+            "reproduce.py",
+            "--suite",
+            "smoke",
+            "--backend",
+            "docker",
+            "--image",
+            IMAGE,
+            "--out",
+            str(out),
+            "--dry-run",
+        ],
+        cwd=ROOT,
+        env=daemon.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0 and again.stdout.count("done") >= 6, again.stdout

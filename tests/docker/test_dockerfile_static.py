@@ -101,13 +101,19 @@ def fetch_env(tmp_path):
     payload.write_bytes(b"StarCraft II stand-in\n")
     sha = subprocess.run(["sha256sum", str(payload)], capture_output=True, text=True).stdout.split()[0]
     manifest = tmp_path / "downloads.txt"
-    manifest.write_text(f"# comment\n{sha}  good.zip  file://{payload}\n{'0' * 64}  bad.zip  file://{payload}\n"
-                        f"UNPINNED  new.tar.gz  file://{payload}\n")
+    manifest.write_text(
+        f"# comment\n{sha}  good.zip  file://{payload}\n{'0' * 64}  bad.zip  file://{payload}\n"
+        f"UNPINNED  new.tar.gz  file://{payload}\n"
+    )
 
     def run(name: str):
         dest = tmp_path / f"out-{name}"
-        proc = subprocess.run(["sh", str(DOCKER / "fetch.sh"), name, str(dest)], capture_output=True, text=True,
-                              env={"PATH": "/usr/bin:/bin", "DOWNLOADS_MANIFEST": str(manifest)})
+        proc = subprocess.run(
+            ["sh", str(DOCKER / "fetch.sh"), name, str(dest)],
+            capture_output=True,
+            text=True,
+            env={"PATH": "/usr/bin:/bin", "DOWNLOADS_MANIFEST": str(manifest)},
+        )
         return proc, dest
 
     return run
@@ -163,11 +169,13 @@ def test_runtime_contract(parsed):
 
 def test_entrypoint_runs_reproduce_or_a_given_program():
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
-    proc = subprocess.run(["sh", str(DOCKER / "entrypoint.sh"), "--help"], cwd=ROOT, capture_output=True, text=True,
-                          env=env, timeout=60)
+    proc = subprocess.run(
+        ["sh", str(DOCKER / "entrypoint.sh"), "--help"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=60
+    )
     assert proc.returncode == 0 and "reproduce.py" in proc.stdout and "--backend" in proc.stdout
-    proc = subprocess.run(["sh", str(DOCKER / "entrypoint.sh"), "echo", "worker"], capture_output=True, text=True,
-                          env=env)
+    proc = subprocess.run(
+        ["sh", str(DOCKER / "entrypoint.sh"), "echo", "worker"], capture_output=True, text=True, env=env
+    )
     assert proc.stdout == "worker\n"
 
 
@@ -181,12 +189,25 @@ def test_build_script_requires_licence_acceptance_for_sc2():
 
 def test_image_record_is_read_into_provenance(tmp_path, monkeypatch):
     record = tmp_path / "image.json"
-    build_args = {"INSTALL_SC2": "1", "BASE_IMAGE": "base@sha256:" + "a" * 64, "PYTHON_FROM": "apt",
-                  "LOCK_SHA256": "b" * 64, "TORCH_VARIANT": "cpu", "GIT_COMMIT": "c" * 40, "GIT_DIRTY": "0",
-                  "SC2_VERSION": "4.10", "SC2_BUILD": "75689", "SMACV2_COMMIT": "d" * 40,
-                  "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}
-    proc = subprocess.run([sys.executable, str(DOCKER / "image_info.py"), str(record)], capture_output=True,
-                          text=True, env={"PATH": "/usr/bin:/bin", **build_args})
+    build_args = {
+        "INSTALL_SC2": "1",
+        "BASE_IMAGE": "base@sha256:" + "a" * 64,
+        "PYTHON_FROM": "apt",
+        "LOCK_SHA256": "b" * 64,
+        "TORCH_VARIANT": "cpu",
+        "GIT_COMMIT": "c" * 40,
+        "GIT_DIRTY": "0",
+        "SC2_VERSION": "4.10",
+        "SC2_BUILD": "75689",
+        "SMACV2_COMMIT": "d" * 40,
+        "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python",
+    }
+    proc = subprocess.run(
+        [sys.executable, str(DOCKER / "image_info.py"), str(record)],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", **build_args},
+    )
     assert proc.returncode == 0, proc.stderr
     info = json.loads(record.read_text())
     assert info["sc2_build"] == 75689 and info["sc2_version"] == "4.10" and info["lock_sha256"] == "b" * 64

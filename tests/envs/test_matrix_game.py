@@ -22,7 +22,9 @@ def test_scenario_and_spec():
     out = env.reset(seed=3)
     assert out.obs.shape == (4, 2, 5) and out.obs.dtype == torch.float32 and bool((out.obs == 1).all())
     assert out.state.shape == (4, 5) and bool((out.state == 1).all())
-    assert out.avail_actions.shape == (4, 2, 3) and out.avail_actions.dtype == torch.bool and bool(out.avail_actions.all())
+    assert (
+        out.avail_actions.shape == (4, 2, 3) and out.avail_actions.dtype == torch.bool and bool(out.avail_actions.all())
+    )
     assert out.reward.shape == (4, 2) and not out.reward.any()
     assert not (out.terminated.any() or out.truncated.any() or out.won.any())
 

@@ -309,7 +309,11 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
     path = tmp_path / "orphan.py"
     path.write_text(script)
     proc = subprocess.run(
-        [sys.executable, str(path)], capture_output=True, text=True, timeout=300, cwd=os.getcwd(),
+        [sys.executable, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=os.getcwd(),
         env={**os.environ, "PYTHONPATH": os.getcwd()},
     )
     pids = [int(p) for p in proc.stdout.split()]

@@ -22,10 +22,13 @@ def small(num_envs: int = 1, seed: int = 0, device: str = "cpu", **options):
 def place(env, agents, prey, active=None, alive=None, steps=0):
     """Same layout in every copy; returns the observation output."""
     B = env.spec.num_envs
+
     def rep(x, dtype):
         return None if x is None else torch.tensor(x, dtype=dtype).expand(B, *torch.tensor(x).shape)
 
-    return env.set_positions(rep(agents, torch.long), rep(prey, torch.long), rep(active, torch.bool), rep(alive, torch.bool), steps)
+    return env.set_positions(
+        rep(agents, torch.long), rep(prey, torch.long), rep(active, torch.bool), rep(alive, torch.bool), steps
+    )
 
 
 def act(env, *per_agent):
@@ -303,7 +306,9 @@ def test_observation_contents_at_border_and_inside():
 
 def test_state_contents():
     env = small(n_agents=3, n_stags=2, n_hares=1)
-    out = place(env, [[0, 0], [2, 0], [4, 4]], [[1, 2], [3, 3], [0, 4]], active=[True, False, True], alive=[True, False, True])
+    out = place(
+        env, [[0, 0], [2, 0], [4, 4]], [[1, 2], [3, 3], [0, 4]], active=[True, False, True], alive=[True, False, True]
+    )
     expected = torch.zeros(5, 5, 3)
     expected[0, 0, AGENT] = expected[4, 4, AGENT] = 1
     expected[1, 2, STAG] = 1
@@ -438,5 +443,7 @@ def test_runs_on_cuda():
     out = env.step(torch.tensor([[CATCH, CATCH, STAY]] * 2, device="cuda"))
     assert out.reward[:, 0].tolist() == [10.0, 10.0] and out.terminated.all()
     for _ in range(60):
-        out = env.step(torch.rand(out.avail_actions.shape, device="cuda").masked_fill(~out.avail_actions, -1).argmax(-1))
+        out = env.step(
+            torch.rand(out.avail_actions.shape, device="cuda").masked_fill(~out.avail_actions, -1).argmax(-1)
+        )
     assert out.obs.shape == (2, 3, 75) and out.state.device.type == "cuda"

@@ -408,7 +408,9 @@ def test_importing_the_adapter_keeps_redirected_streams():
     import subprocess
     import sys
 
-    code = ("import io, sys; buf = io.StringIO(); sys.stderr = buf; out = sys.stdout\n"
-            "import envs.smax\n"
-            "assert sys.stderr is buf and sys.stdout is out, (sys.stderr, sys.stdout)")
+    code = (
+        "import io, sys; buf = io.StringIO(); sys.stderr = buf; out = sys.stdout\n"
+        "import envs.smax\n"
+        "assert sys.stderr is buf and sys.stdout is out, (sys.stderr, sys.stdout)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[2]))

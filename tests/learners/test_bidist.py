@@ -11,8 +11,17 @@ import math
 import pytest
 import torch
 
-from algorithms.bidist import (DISTILLED, Config, Learner, bernoulli_slots, burn_in_mask, forward_target,
-                              reverse_objective, sample_actions, sampled_score_objective)
+from algorithms.bidist import (
+    DISTILLED,
+    Config,
+    Learner,
+    bernoulli_slots,
+    burn_in_mask,
+    forward_target,
+    reverse_objective,
+    sample_actions,
+    sampled_score_objective,
+)
 from envs.base import EnvSpec
 from marl.config import ConfigError, build_config
 from marl.policy.runner import LEARNER, Episodes, Rollout
@@ -24,8 +33,16 @@ T, B, N, A, D = 20, 3, 2, 4, 6
 
 
 def vector_spec() -> EnvSpec:
-    return EnvSpec(family="test", scenario="vec", num_envs=B, n_agents=N, n_actions=A, obs_shape=(D,),
-                   state_shape=(5,), episode_limit=50)
+    return EnvSpec(
+        family="test",
+        scenario="vec",
+        num_envs=B,
+        n_agents=N,
+        n_actions=A,
+        obs_shape=(D,),
+        state_shape=(5,),
+        episode_limit=50,
+    )
 
 
 def make_learner(sharp: bool = False, **overrides) -> Learner:
@@ -46,13 +63,24 @@ def fixed_rollout(seed: int = 0) -> Rollout:
     terminated = torch.zeros(T, B, dtype=torch.bool)
     terminated[11, 1] = True
     return Rollout(
-        obs=torch.randn(T, B, N, D, generator=g), extra=torch.zeros(T, B, N, 0), state=torch.randn(T, B, 5, generator=g),
-        avail=torch.ones(T, B, N, A, dtype=torch.bool), actions=torch.randint(A, (T, B, N), generator=g),
-        logp=torch.full((T, B, N), -math.log(A)), values=torch.zeros(T, B, N), final_values=torch.zeros(T, B, N),
-        last_values=torch.zeros(B, N), rewards=torch.randn(T, B, N, generator=g), terminated=terminated,
-        truncated=torch.zeros(T, B, dtype=torch.bool), starts=starts,
-        policy=torch.zeros(T, B, N, dtype=torch.long), actor_h=torch.zeros(T, B, N, 64),
-        critic_h=torch.zeros(T, B, N, 64), env_steps=T * B)
+        obs=torch.randn(T, B, N, D, generator=g),
+        extra=torch.zeros(T, B, N, 0),
+        state=torch.randn(T, B, 5, generator=g),
+        avail=torch.ones(T, B, N, A, dtype=torch.bool),
+        actions=torch.randint(A, (T, B, N), generator=g),
+        logp=torch.full((T, B, N), -math.log(A)),
+        values=torch.zeros(T, B, N),
+        final_values=torch.zeros(T, B, N),
+        last_values=torch.zeros(B, N),
+        rewards=torch.randn(T, B, N, generator=g),
+        terminated=terminated,
+        truncated=torch.zeros(T, B, dtype=torch.bool),
+        starts=starts,
+        policy=torch.zeros(T, B, N, dtype=torch.long),
+        actor_h=torch.zeros(T, B, N, 64),
+        critic_h=torch.zeros(T, B, N, 64),
+        env_steps=T * B,
+    )
 
 
 def no_episodes() -> Episodes:
@@ -76,7 +104,7 @@ def test_default_mask_gives_theta_a_share_of_one_minus_p():
         assert set(keys.unique().tolist()) <= {LEARNER, DISTILLED}
         assert abs(float((keys == LEARNER).float().mean()) - (1 - p)) < 0.01
         # Slots are independent: P(both slots phi) = p^2 (those copies train nothing in theta).
-        assert abs(float((keys == DISTILLED).all(-1).float().mean()) - p ** 2) < 0.01
+        assert abs(float((keys == DISTILLED).all(-1).float().mean()) - p**2) < 0.01
 
 
 def test_bernoulli_mask_statistics_and_min_learner_slots():
@@ -85,7 +113,7 @@ def test_bernoulli_mask_statistics_and_min_learner_slots():
     assert set(keys.unique().tolist()) <= {LEARNER, DISTILLED}
     assert abs(float((keys == DISTILLED).float().mean()) - 0.3) < 0.01
     # Slots are independent: P(all four slots phi) = 0.3^4.
-    assert abs(float((keys == DISTILLED).all(-1).float().mean()) - 0.3 ** 4) < 0.003
+    assert abs(float((keys == DISTILLED).all(-1).float().mean()) - 0.3**4) < 0.003
 
     keys = bernoulli_slots(20000, 2, 0.8, 1, torch.Generator().manual_seed(2))
     assert bool(((keys == LEARNER).sum(-1) >= 1).all())
@@ -155,7 +183,7 @@ def test_at_phi_equal_to_theta_the_exact_gradient_vanishes_and_the_sampled_start
     with torch.no_grad():
         th = learner.actor.sequence(inp, learner.actor.initial_hidden(B * N), starts)["logits"]
     params = list(learner.phi.parameters())
-    norm = lambda gs: float(torch.sqrt(sum((g ** 2).sum() for g in gs)))  # noqa: E731
+    norm = lambda gs: float(torch.sqrt(sum((g**2).sum() for g in gs)))  # noqa: E731
     exact = torch.autograd.grad(masked_mean(kl_categorical(learner._phi_logits(inp, starts), th), mask), params)
     phi_logits = learner._phi_logits(inp, starts)
     a = sample_actions(phi_logits, torch.Generator().manual_seed(0))
@@ -260,8 +288,9 @@ def test_phase_schedule_interval_and_ablations():
     assert phases == [None, 0, None, 0, None, 1, None, 1, None, 0]
 
 
-@pytest.mark.parametrize("schedule, expected", [("alternate", [0, 1, 0, 1]), ("forward", [0, 0, 0, 0]),
-                                                ("reverse", [1, 1, 1, 1])])
+@pytest.mark.parametrize(
+    "schedule, expected", [("alternate", [0, 1, 0, 1]), ("forward", [0, 0, 0, 0]), ("reverse", [1, 1, 1, 1])]
+)
 def test_schedule_ablations_run_only_their_phase_at_the_default_interval(schedule, expected):
     learner = make_learner(schedule=schedule)
     r, g = fixed_rollout(), torch.Generator().manual_seed(0)
@@ -287,12 +316,15 @@ def test_mask_ablation_and_forced_learner_slots():
     assert masked.module(DISTILLED) is masked.phi and masked.module(LEARNER) is masked.actor
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"schedule": "both"}, "must be one of alternate, forward, reverse"),
-    ({"forward_history_weight": 1.0}, "forward_history_weight must be in"),
-    ({"reverse_kl_push": 0.0}, "reverse_kl_push must be positive"),
-    ({"reverse_steps": 0}, "reverse_steps must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"schedule": "both"}, "must be one of alternate, forward, reverse"),
+        ({"forward_history_weight": 1.0}, "forward_history_weight must be in"),
+        ({"reverse_kl_push": 0.0}, "reverse_kl_push must be positive"),
+        ({"reverse_steps": 0}, "reverse_steps must be at least 1"),
+    ],
+)
 def test_bad_distillation_settings_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):
         build_config(Config, overrides)
@@ -321,8 +353,14 @@ def test_short_run_on_smax_plays_phi_and_distills():
     from marl.policy.trainer import PolicyTrainer
     from marl.trainer import Budget
 
-    trainer = PolicyTrainer("bidist", "smax", "3m", 0, Budget(env_steps=480, eval_interval=10_000, eval_episodes=2),
-                            overrides={"num_envs": 4, "rollout_length": 20, "ppo_epochs": 1, "distill_interval": 2})
+    trainer = PolicyTrainer(
+        "bidist",
+        "smax",
+        "3m",
+        0,
+        Budget(env_steps=480, eval_interval=10_000, eval_episodes=2),
+        overrides={"num_envs": 4, "rollout_length": 20, "ppo_epochs": 1, "distill_interval": 2},
+    )
     rows = trainer.run()
     last = rows[-1]
     assert 0.2 < last["fictitious_fraction"] < 0.6  # p = 0.5, minus the forced learner slots

@@ -23,7 +23,6 @@ from marl.value.learner import previous_actions
 from marl.trainer import Budget, train_run
 
 
-
 @pytest.fixture(scope="module")
 def spec():
     return make_env("predator_prey", "stag_hunt_small", num_envs=1).spec
@@ -80,7 +79,9 @@ def test_fusion_equals_explicit_matrix_product():
     assert torch.allclose(fusion(local, state), explicit, atol=1e-5)
     # Hand check of one entry: sum_s S_s W[s, k] + B[k].
     c, t, n, k = 1, 2, 0, 3
-    manual = sum(float(state[c, t, s]) * float(W[c, t, n, s, k].detach()) for s in range(5)) + float(B[c, t, n, k].detach())
+    manual = sum(float(state[c, t, s]) * float(W[c, t, n, s, k].detach()) for s in range(5)) + float(
+        B[c, t, n, k].detach()
+    )
     assert float(fusion(local, state)[c, t, n, k].detach()) == pytest.approx(manual, abs=1e-5)
     # W depends on the agent's local inputs: two agents at the same step get different matrices.
     assert not torch.allclose(W[0, 0, 0], W[0, 0, 1])
@@ -132,8 +133,9 @@ def test_policy_kl_hand_values_and_unavailable_actions():
     assert float(masked_policy_kl(teacher + 2.0, teacher, avail, one, 1.0)) == pytest.approx(0.0, abs=1e-6)
     # A padded second step (mask 0) does not count.
     two_t, two_s = torch.cat([teacher, teacher * 7], 1), torch.cat([student, student - 4], 1)
-    assert float(masked_policy_kl(two_s, two_t, avail.expand(1, 2, 1, 3), torch.tensor([[1.0, 0.0]]), 1.0)) == \
-        pytest.approx(kl_two_actions(1.0), rel=1e-6)
+    assert float(
+        masked_policy_kl(two_s, two_t, avail.expand(1, 2, 1, 3), torch.tensor([[1.0, 0.0]]), 1.0)
+    ) == pytest.approx(kl_two_actions(1.0), rel=1e-6)
 
 
 def test_kl_form_of_the_q_distillation_is_the_learners_l_q(spec):
@@ -141,7 +143,9 @@ def test_kl_form_of_the_q_distillation_is_the_learners_l_q(spec):
     batch = random_batch(spec)
     loss, stats = learner.compute_loss(batch)
     student, teacher = dense_student_and_teacher(learner, batch)
-    expected = masked_policy_kl(student["q"][:, :-1], teacher["q"][:, :-1], batch["avail_actions"][:, :-1], batch["filled"].float(), 0.2)
+    expected = masked_policy_kl(
+        student["q"][:, :-1], teacher["q"][:, :-1], batch["avail_actions"][:, :-1], batch["filled"].float(), 0.2
+    )
     assert stats["distill_Q"] == pytest.approx(float(expected), rel=1e-4)
     with pytest.raises(ValueError, match="distill_q_loss.*mse, centred_mse, kl"):
         make_learner(spec, distill_q_loss="huber")
@@ -261,8 +265,9 @@ def test_acting_teacher_uses_the_training_path_inputs_and_the_student_is_still_e
 
     batch = random_batch(spec, C=2, T=3)
     C, T1, N = batch["obs"].shape[:3]
-    local = learner.controller.inputs(batch["obs"].reshape(C, T1, N, -1).transpose(0, 1),
-                                      previous_actions(batch["actions"]).transpose(0, 1))
+    local = learner.controller.inputs(
+        batch["obs"].reshape(C, T1, N, -1).transpose(0, 1), previous_actions(batch["actions"]).transpose(0, 1)
+    )
     state_tm = batch["state"].reshape(C, T1, -1).transpose(0, 1)
     inputs = learner.teacher_inputs(learner.fusion, local, state_tm, observed(batch["filled"]).t())
     expected = learner.run_agent(learner.agent, inputs, active_rows(batch["filled"], N)).q[:, 0]  # [C, N, A]
@@ -272,31 +277,49 @@ def test_acting_teacher_uses_the_training_path_inputs_and_the_student_is_still_e
         step_inputs = controller.step_inputs(batch["obs"][:, 0], torch.full((C, N), -1), batch["state"][:, 0])
         q = learner.agent(step_inputs.reshape(1, C * N, -1), torch.zeros(C * N, learner.agent.hidden_dim)).q
     assert torch.allclose(q.view(C, N, -1), expected, atol=1e-5)
-    actions, hidden = controller.act(batch["obs"][:, 0], batch["avail_actions"][:, 0], torch.full((C, N), -1),
-                                     controller.init_hidden(C, torch.device("cpu")), 0.0, torch.Generator(),
-                                     state=batch["state"][:, 0])
+    actions, hidden = controller.act(
+        batch["obs"][:, 0],
+        batch["avail_actions"][:, 0],
+        torch.full((C, N), -1),
+        controller.init_hidden(C, torch.device("cpu")),
+        0.0,
+        torch.Generator(),
+        state=batch["state"][:, 0],
+    )
     assert torch.equal(actions, expected.argmax(-1)) and hidden.shape == (C * N, learner.agent.hidden_dim)
     with pytest.raises(ValueError, match="global state"):
-        controller.act(batch["obs"][:, 0], batch["avail_actions"][:, 0], torch.full((C, N), -1),
-                       controller.init_hidden(C, torch.device("cpu")), 0.0, torch.Generator())
+        controller.act(
+            batch["obs"][:, 0],
+            batch["avail_actions"][:, 0],
+            torch.full((C, N), -1),
+            controller.init_hidden(C, torch.device("cpu")),
+            0.0,
+            torch.Generator(),
+        )
 
 
 # Learning ------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_ddn_student_learns_small_stag_hunt():
     """The student (the acting, decentralized network) learns to catch the stag in the 5x5,
     2-agent task. Uniformly random play returns ~0.09 per episode (a +10 capture in ~1% of
     episodes); with this seed DDN reaches ~2.5 greedy and ~2.8 in training after 60k steps."""
-    rows = train_run("ddn", "predator_prey", "stag_hunt_small", seed=0,
-                     budget=Budget(env_steps=60_000, eval_interval=15_000, eval_episodes=32),
-                     overrides={"num_envs": 8, "batch_size": 32, "epsilon_anneal_time": 20_000,
-                                "optimizer": "adam", "lr": 1e-3})
+    rows = train_run(
+        "ddn",
+        "predator_prey",
+        "stag_hunt_small",
+        seed=0,
+        budget=Budget(env_steps=60_000, eval_interval=15_000, eval_episodes=32),
+        overrides={"num_envs": 8, "batch_size": 32, "epsilon_anneal_time": 20_000, "optimizer": "adam", "lr": 1e-3},
+    )
     assert rows[-1]["test_return_mean"] >= 1.5  # greedy student: >15x random
     assert rows[-1]["train_return_mean"] >= 1.0  # epsilon-greedy training episodes: >10x random
 
 
 # Options of the teacher-student pair and their instruments (issue: DDN that holds its win rate) --
+
 
 def test_live_agents_and_q_regression_forms_hand_values():
     from algorithms.ddn import live_agents, q_distill_mse
@@ -323,8 +346,9 @@ def test_live_agents_and_q_regression_forms_hand_values():
 def test_greedy_agreement_and_realised_returns_hand_values():
     from algorithms.ddn import TeacherStudentStats, discounted_returns
 
-    avail = torch.tensor([[[[True, True, True], [True, False, False]],
-                           [[True, True, False], [True, True, True]]]])  # [1, T=2, N=2, A=3]
+    avail = torch.tensor(
+        [[[[True, True, True], [True, False, False]], [[True, True, False], [True, True, True]]]]
+    )  # [1, T=2, N=2, A=3]
     student = torch.tensor([[[[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]], [[5.0, 0.0, 9.0], [1.0, 0.0, 0.0]]]])
     teacher = torch.tensor([[[[0.0, 2.0, 0.0], [0.0, 0.0, 0.0]], [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]]])
     # Live agent-steps: (t0, a0) agree; (t1, a0) student 0 (9 is unavailable) vs teacher 1; (t1, a1) agree.
@@ -438,18 +462,22 @@ def test_gradient_clip_scope_and_logged_group_norms(spec, scope):
     learner.optimizer.zero_grad()
     loss.backward()
     groups = learner.param_groups()
-    before = {name: float(torch.cat([p.grad.flatten() for p in ps if p.grad is not None]).norm())
-              for name, ps in groups.items()}
+    before = {
+        name: float(torch.cat([p.grad.flatten() for p in ps if p.grad is not None]).norm())
+        for name, ps in groups.items()
+    }
     stats = learner.clip_gradients()
-    after = {name: float(torch.cat([p.grad.flatten() for p in ps if p.grad is not None]).norm())
-             for name, ps in groups.items()}
+    after = {
+        name: float(torch.cat([p.grad.flatten() for p in ps if p.grad is not None]).norm())
+        for name, ps in groups.items()
+    }
     assert set(groups) == {"teacher", "mixer", "student", "idm"}
     for name in groups:
         assert stats[f"grad_norm_{name}"] == pytest.approx(before[name], rel=1e-5)
-    assert stats["grad_norm"] == pytest.approx(sum(v ** 2 for v in before.values()) ** 0.5, rel=1e-5)
+    assert stats["grad_norm"] == pytest.approx(sum(v**2 for v in before.values()) ** 0.5, rel=1e-5)
     if scope == "joint":  # one coefficient: the groups keep their proportions, the total hits the clip
         assert stats["grad_clip_fired"] == 1.0
-        assert sum(v ** 2 for v in after.values()) ** 0.5 == pytest.approx(1e-3, rel=1e-3)
+        assert sum(v**2 for v in after.values()) ** 0.5 == pytest.approx(1e-3, rel=1e-3)
         ratio = {name: after[name] / before[name] for name in groups}
         assert max(ratio.values()) == pytest.approx(min(ratio.values()), rel=1e-4)
     else:  # each group at the clip by itself
@@ -521,16 +549,32 @@ def test_teacher_is_tested_beside_the_student_without_changing_the_run():
     budget = Budget(env_steps=1_200, eval_interval=600, eval_episodes=4)
     common = {"num_envs": 4, "batch_size": 4}
     on = train_run("ddn", "predator_prey", "stag_hunt_small", seed=3, budget=budget, overrides=common)
-    off = train_run("ddn", "predator_prey", "stag_hunt_small", seed=3, budget=budget,
-                    overrides={**common, "log_teacher_eval": False})
+    off = train_run(
+        "ddn",
+        "predator_prey",
+        "stag_hunt_small",
+        seed=3,
+        budget=budget,
+        overrides={**common, "log_teacher_eval": False},
+    )
     assert all("teacher_test_return_mean" in row for row in on)
     assert not any("teacher_test_return_mean" in row for row in off)
     for a, b in zip(on, off):
         assert a["test_return_mean"] == b["test_return_mean"] and a["loss"] == pytest.approx(b["loss"], nan_ok=True)
     last = on[-1]
-    for key in ("greedy_agreement", "teacher_overestimation", "realised_return_mean", "grad_norm_teacher",
-                "grad_norm_student", "grad_norm_mixer", "grad_norm_idm", "grad_clip_fired", "fused_state_rms",
-                "teacher_embedding_rms", "student_embedding_rms"):
+    for key in (
+        "greedy_agreement",
+        "teacher_overestimation",
+        "realised_return_mean",
+        "grad_norm_teacher",
+        "grad_norm_student",
+        "grad_norm_mixer",
+        "grad_norm_idm",
+        "grad_clip_fired",
+        "fused_state_rms",
+        "teacher_embedding_rms",
+        "student_embedding_rms",
+    ):
         assert key in last and last[key] == last[key], key  # present and not NaN
     assert 0.0 <= last["greedy_agreement"] <= 1.0
 
@@ -541,14 +585,22 @@ def _loss_and_grads(learner, batch):
     torch.manual_seed(7)
     loss, stats = learner.compute_loss(batch)
     loss.backward()
-    return float(loss.detach()), stats, {name: p.grad.clone() for name, p in
-                                         ((f"{i}", p) for i, p in enumerate(learner.params)) if p.grad is not None}
+    return (
+        float(loss.detach()),
+        stats,
+        {name: p.grad.clone() for name, p in ((f"{i}", p) for i, p in enumerate(learner.params)) if p.grad is not None},
+    )
 
 
-@pytest.mark.parametrize("overrides", [
-    {}, {"personalize": False}, {"teacher_local_obs": False, "distill_from": "target"},
-    {"distill_mask": "live", "distill_q_loss": "kl", "student_td_weight": 0.5},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"personalize": False},
+        {"teacher_local_obs": False, "distill_from": "target"},
+        {"distill_mask": "live", "distill_q_loss": "kl", "student_td_weight": 0.5},
+    ],
+)
 def test_packed_networks_pass_equals_the_padded_one(spec, overrides):
     """The shared packed pass (inputs, states and packing built once for teacher, target teacher
     and student, taken on batches sorted longest first) gives the padded path's loss, statistics
@@ -556,11 +608,12 @@ def test_packed_networks_pass_equals_the_padded_one(spec, overrides):
     learner = make_learner(spec, idm_mask_prob=1.0, **overrides)
     with torch.no_grad():  # make online and target teachers (and fusion blocks) differ
         for m in (learner.agent, learner.fusion):
-            for p in (m.parameters() if m is not None else []):
+            for p in m.parameters() if m is not None else []:
                 p.add_(0.1 * torch.randn_like(p))
     batch = with_dead_agent(spec, random_batch(spec, C=4, T=6))
     reversed_batch = {k: v.flip(0) for k, v in batch.items()}
     from marl.value.learner import active_rows
+
     assert active_rows(batch["filled"], spec.n_agents) is not None
     assert active_rows(reversed_batch["filled"], spec.n_agents) is None
     loss_p, stats_p, grads_p = _loss_and_grads(learner, batch)

@@ -39,7 +39,7 @@ def test_packed_rows_equal_running_each_sequence_on_its_own():
     inputs = [x, h0, *gru.parameters()]
     ref_loss = 0.0
     for i, length in enumerate(lengths):
-        out, _ = gru(x[:length, i:i + 1], h0[i:i + 1][None])
+        out, _ = gru(x[:length, i : i + 1], h0[i : i + 1][None])
         assert torch.allclose(ours[:length, i], out[:, 0], atol=1e-12)
         ref_loss = ref_loss + (out[:, 0] * weights[:length, i]).sum()
     for a, b in zip(_grads(ref_loss, inputs), _grads((ours * weights).sum(), inputs)):
@@ -120,6 +120,7 @@ def force_backend(monkeypatch, cpp_ext):
     def force(name: str) -> None:
         monkeypatch.setattr(fast_gru, "_ext_state", {"module": cpp_ext if name == "cpp" else None, "reason": "test"})
         assert fast_gru.backend() == name
+
     return force
 
 
@@ -247,13 +248,18 @@ def test_learner_updates_are_the_same_with_either_backend(force_backend, algorit
     C, T, N, A = 6, 12, spec.n_agents, spec.n_actions
     lengths = torch.tensor([12, 12, 9, 7, 3, 1])
     filled = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
-    batches = [{"obs": torch.randint(0, 2, (C, T + 1, N, *spec.obs_shape), generator=g).float(),
-                "state": torch.randint(0, 2, (C, T + 1, *spec.state_shape), generator=g).float(),
-                "avail_actions": torch.ones(C, T + 1, N, A, dtype=torch.bool),
-                "actions": torch.randint(0, A, (C, T, N), generator=g),
-                "reward": torch.randn(C, T, generator=g) * filled,
-                "terminated": filled & (torch.arange(T).unsqueeze(0) == lengths.unsqueeze(1) - 1),
-                "filled": filled} for _ in range(3)]
+    batches = [
+        {
+            "obs": torch.randint(0, 2, (C, T + 1, N, *spec.obs_shape), generator=g).float(),
+            "state": torch.randint(0, 2, (C, T + 1, *spec.state_shape), generator=g).float(),
+            "avail_actions": torch.ones(C, T + 1, N, A, dtype=torch.bool),
+            "actions": torch.randint(0, A, (C, T, N), generator=g),
+            "reward": torch.randn(C, T, generator=g) * filled,
+            "terminated": filled & (torch.arange(T).unsqueeze(0) == lengths.unsqueeze(1) - 1),
+            "filled": filled,
+        }
+        for _ in range(3)
+    ]
     params = {}
     for name in ("python", "cpp"):
         force_backend(name)
@@ -261,8 +267,11 @@ def test_learner_updates_are_the_same_with_either_backend(force_backend, algorit
         for episode, batch in enumerate(batches):
             torch.manual_seed(episode)  # DDN's IDM mask draws
             learner.train_step(batch, episode)
-        params[name] = {k: v.detach().clone() for m, mod in learner.modules().items()
-                        for k, v in ((f"{m}.{n}", p) for n, p in mod.named_parameters())}
+        params[name] = {
+            k: v.detach().clone()
+            for m, mod in learner.modules().items()
+            for k, v in ((f"{m}.{n}", p) for n, p in mod.named_parameters())
+        }
     for k in params["python"]:
         a, b = params["python"][k], params["cpp"][k]
         assert float((a - b).abs().max()) <= 1e-5 * max(1.0, float(a.abs().max())), k

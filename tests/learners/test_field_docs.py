@@ -20,8 +20,7 @@ class _Base:
     # over two lines (*choice*)
     b: float = 2.0
     # Section heading
-    c: list[int] = dataclasses.field(
-        default_factory=lambda: [1, 2])  # a multi-line default, comment on its last line
+    c: list[int] = dataclasses.field(default_factory=lambda: [1, 2])  # a multi-line default, comment on its last line
     d: str = "x"
 
 
@@ -42,20 +41,32 @@ def test_comments_on_the_line_or_above_are_read_and_bases_are_included():
 
 
 def test_every_field_of_every_learner_is_documented():
-    missing = {name: [f for f, d in field_docs(get_algorithm(name).config_cls).items() if not d.doc]
-               for name in list_algorithms()}
+    missing = {
+        name: [f for f, d in field_docs(get_algorithm(name).config_cls).items() if not d.doc]
+        for name in list_algorithms()
+    }
     assert not {k: v for k, v in missing.items() if v}, missing
 
 
 def test_list_algorithm_prints_every_field_with_its_meaning_and_choices_marked():
-    out = subprocess.run([sys.executable, str(REPO / "reproduce.py"), "--list", "ddn"], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "reproduce.py"), "--list", "ddn"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     cls = get_algorithm("ddn").config_cls
     for f in dataclasses.fields(cls):
         assert f"  {f.name} (" in out.stdout
     assert "acting (student|teacher|mixed) = 'student' [choice]" in out.stdout
     assert "which network collects training data" in out.stdout
-    bad = subprocess.run([sys.executable, str(REPO / "reproduce.py"), "--list", "ddnn"], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, str(REPO / "reproduce.py"), "--list", "ddnn"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "unknown algorithm 'ddnn'; valid choices: qmix" in bad.stderr

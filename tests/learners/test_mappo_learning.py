@@ -10,8 +10,15 @@ import envs
 from marl.policy.runner import play_episodes
 from marl.policy.trainer import PolicyTrainer, SelfPlayPlayers
 from marl.trainer import Budget
-SMAX_OVERRIDES = {"num_envs": 8, "rollout_length": 50, "data_chunk_length": 10, "ppo_epochs": 5, "lr": 1e-3,
-                  "critic_lr": 1e-3}
+
+SMAX_OVERRIDES = {
+    "num_envs": 8,
+    "rollout_length": 50,
+    "data_chunk_length": 10,
+    "ppo_epochs": 5,
+    "lr": 1e-3,
+    "critic_lr": 1e-3,
+}
 
 
 def _play(env, actor, greedy: bool, seed: int):
@@ -21,8 +28,14 @@ def _play(env, actor, greedy: bool, seed: int):
 
 @pytest.mark.slow
 def test_mappo_beats_the_untrained_policy_on_smax_3m():
-    trainer = PolicyTrainer("mappo", "smax", "3m", 0, Budget(env_steps=20_000, eval_interval=10_000, eval_episodes=16,
-                                                          checkpoint_interval=10**9), overrides=SMAX_OVERRIDES)
+    trainer = PolicyTrainer(
+        "mappo",
+        "smax",
+        "3m",
+        0,
+        Budget(env_steps=20_000, eval_interval=10_000, eval_episodes=16, checkpoint_interval=10**9),
+        overrides=SMAX_OVERRIDES,
+    )
     untrained = copy.deepcopy(trainer.learner.actor)
     rows = trainer.run()
     env = envs.make_env("smax", "3m", num_envs=8, seed=123)

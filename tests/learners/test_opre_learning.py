@@ -22,8 +22,14 @@ def _play(env, actor, greedy: bool, seed: int):
 
 @pytest.mark.slow
 def test_opre_beats_the_untrained_policy_on_smax_3m():
-    trainer = PolicyTrainer("opre", "smax", "3m", 0, Budget(env_steps=20_000, eval_interval=10_000, eval_episodes=16,
-                                                         checkpoint_interval=10**9), overrides=SMAX_OVERRIDES)
+    trainer = PolicyTrainer(
+        "opre",
+        "smax",
+        "3m",
+        0,
+        Budget(env_steps=20_000, eval_interval=10_000, eval_episodes=16, checkpoint_interval=10**9),
+        overrides=SMAX_OVERRIDES,
+    )
     untrained = copy.deepcopy(trainer.learner.eval_module())
     rows = trainer.run()
     env = envs.make_env("smax", "3m", num_envs=8, seed=123)
@@ -32,8 +38,10 @@ def test_opre_beats_the_untrained_policy_on_smax_3m():
         sampled_win, sampled_return = _play(env, trainer.learner.eval_module(), greedy=False, seed=99)
     finally:
         env.close()
-    print(f"OPRE 3m: untrained win {random_win:.2f} return {random_return:.2f}; trained sampled win "
-          f"{sampled_win:.2f} return {sampled_return:.2f}; last row {rows[-1]}")
+    print(
+        f"OPRE 3m: untrained win {random_win:.2f} return {random_return:.2f}; trained sampled win "
+        f"{sampled_win:.2f} return {sampled_return:.2f}; last row {rows[-1]}"
+    )
     # Observed (seed 0, 20k steps, 50 updates): untrained win 0.00, return 0.16; trained sampled win
     # 0.44, return 1.31 (MAPPO's test: 0.42-0.44, 1.29-1.32). p was then still near uniform per step
     # (per-step entropy 1.96, marginal 2.04, ln 8 = 2.08): at this budget the options barely separate.

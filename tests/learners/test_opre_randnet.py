@@ -28,14 +28,31 @@ FIELDS = ("obs", "extra", "agent_ids", "avail", "state")
 
 
 def vector_spec() -> EnvSpec:
-    return EnvSpec(family="test", scenario="vec", num_envs=2, n_agents=N, n_actions=A, obs_shape=(6,),
-                   state_shape=(5,), episode_limit=50)
+    return EnvSpec(
+        family="test",
+        scenario="vec",
+        num_envs=2,
+        n_agents=N,
+        n_actions=A,
+        obs_shape=(6,),
+        state_shape=(5,),
+        episode_limit=50,
+    )
 
 
 def image_spec() -> EnvSpec:
     # 40x40 RGB, stored at downsample 8 as 3 x 5 x 5 (Melting Pot's layout).
-    return EnvSpec(family="test", scenario="img", num_envs=2, n_agents=N, n_actions=A, obs_shape=(40, 40, 3),
-                   state_shape=(48, 48, 3), episode_limit=50, obs_dtype=torch.uint8)
+    return EnvSpec(
+        family="test",
+        scenario="img",
+        num_envs=2,
+        n_agents=N,
+        n_actions=A,
+        obs_shape=(40, 40, 3),
+        state_shape=(48, 48, 3),
+        episode_limit=50,
+        obs_dtype=torch.uint8,
+    )
 
 
 def vector_input(rows: int, seed: int, lead: tuple[int, ...] = ()) -> ActInput:
@@ -43,8 +60,13 @@ def vector_input(rows: int, seed: int, lead: tuple[int, ...] = ()) -> ActInput:
     avail = torch.ones(*lead, rows, A, dtype=torch.bool)
     avail[..., 0, 3] = False  # one unavailable action
     ids = torch.arange(rows) % N
-    return ActInput(torch.randn(*lead, rows, 6, generator=g), torch.zeros(*lead, rows, 0),
-                    ids.expand(*lead, rows).clone(), avail, torch.randn(*lead, rows, 5, generator=g))
+    return ActInput(
+        torch.randn(*lead, rows, 6, generator=g),
+        torch.zeros(*lead, rows, 0),
+        ids.expand(*lead, rows).clone(),
+        avail,
+        torch.randn(*lead, rows, 5, generator=g),
+    )
 
 
 def image_input(rows: int, seed: int, lead: tuple[int, ...] = (), full: bool = True) -> ActInput:
@@ -69,8 +91,9 @@ def opre_learner(**overrides) -> opre.Learner:
 
 def randnet_learner(vector: bool = False, **overrides) -> randnet.Learner:
     torch.manual_seed(0)
-    return randnet.Learner(build_config(randnet.Config, {"rollout_length": 20, **overrides}),
-                           vector_spec() if vector else image_spec())
+    return randnet.Learner(
+        build_config(randnet.Config, {"rollout_length": 20, **overrides}), vector_spec() if vector else image_spec()
+    )
 
 
 # OPRE (every test at OPRE's default settings unless it names the field it varies) -----------------
@@ -78,8 +101,13 @@ def randnet_learner(vector: bool = False, **overrides) -> randnet.Learner:
 K_DEFAULT = opre.Config().n_options
 
 
-def set_constant_heads(learner: opre.Learner, option_probs: torch.Tensor, q_probs: torch.Tensor,
-                       p_probs: torch.Tensor, option_values: torch.Tensor | None = None) -> None:
+def set_constant_heads(
+    learner: opre.Learner,
+    option_probs: torch.Tensor,
+    q_probs: torch.Tensor,
+    p_probs: torch.Tensor,
+    option_values: torch.Tensor | None = None,
+) -> None:
     """Zero the heads' weights and set their biases: pi_z, q and p are then the same at every input."""
     actor, critic = learner.actor, learner.critic
     with torch.no_grad():
@@ -125,8 +153,13 @@ def opre_rollout(learner: opre.Learner, seed: int = 0, T: int = 20) -> Rollout:
             keep = (~starts[t]).float()
             h = h * keep.repeat_interleave(N).unsqueeze(-1)
             ch = ch * keep.view(B, 1, 1)
-            inp = ActInput(obs[t].reshape(B * N, 6), torch.zeros(B * N, 0), torch.arange(N).repeat(B),
-                           avail[t].reshape(B * N, A), state[t].repeat_interleave(N, 0))
+            inp = ActInput(
+                obs[t].reshape(B * N, 6),
+                torch.zeros(B * N, 0),
+                torch.arange(N).repeat(B),
+                avail[t].reshape(B * N, A),
+                state[t].repeat_interleave(N, 0),
+            )
             buf["actor_h"].append(h.view(B, N, -1))
             buf["critic_h"].append(ch)
             logits, h = module.act(inp, h)
@@ -136,11 +169,21 @@ def opre_rollout(learner: opre.Learner, seed: int = 0, T: int = 20) -> Rollout:
             v, ch = critic.step(state[t], ch)
             buf["values"].append(v)
         last_values, _ = critic.step(torch.randn(B, 5, generator=g), ch)
-    return Rollout(obs=obs, extra=torch.zeros(T, B, N, 0), state=state, avail=avail,
-                   **{k: torch.stack(v) for k, v in buf.items()}, final_values=torch.zeros(T, B, N),
-                   last_values=last_values, rewards=torch.randn(T, B, N, generator=g), terminated=terminated,
-                   truncated=torch.zeros(T, B, dtype=torch.bool), starts=starts,
-                   policy=torch.zeros(T, B, N, dtype=torch.long), env_steps=T * B)
+    return Rollout(
+        obs=obs,
+        extra=torch.zeros(T, B, N, 0),
+        state=state,
+        avail=avail,
+        **{k: torch.stack(v) for k, v in buf.items()},
+        final_values=torch.zeros(T, B, N),
+        last_values=last_values,
+        rewards=torch.randn(T, B, N, generator=g),
+        terminated=terminated,
+        truncated=torch.zeros(T, B, dtype=torch.bool),
+        starts=starts,
+        policy=torch.zeros(T, B, N, dtype=torch.long),
+        env_steps=T * B,
+    )
 
 
 def test_opre_mixture_is_log_of_weighted_option_probabilities():
@@ -182,8 +225,9 @@ def test_opre_acts_in_training_with_q_mixture_by_hand():
     assert not torch.allclose(probs[1], p_mix, atol=1e-2)
     # The sequence form (PPO's recomputation) gives the same acting mixture.
     with torch.no_grad():
-        out = learner.actor.sequence(vector_input(M, 0, (2,)), learner.actor.initial_hidden(M),
-                                     torch.zeros(2, M, dtype=torch.bool))
+        out = learner.actor.sequence(
+            vector_input(M, 0, (2,)), learner.actor.initial_hidden(M), torch.zeros(2, M, dtype=torch.bool)
+        )
     assert torch.allclose(torch.softmax(out["logits"][1, 1:], -1), full.expand(M - 1, A), atol=1e-6)
 
 
@@ -223,8 +267,16 @@ def test_opre_without_correction_is_gae_with_the_ratio_against_mu():
     learner = opre_learner(off_policy_correction="none", use_value_norm=False)
     r = opre_rollout(learner)
     adv, targets = learner.advantages(r)
-    want_adv, want_returns = gae(r.rewards, r.values, r.last_values, r.terminated.unsqueeze(-1),
-                                 r.truncated.unsqueeze(-1), r.final_values, 0.99, 0.95)
+    want_adv, want_returns = gae(
+        r.rewards,
+        r.values,
+        r.last_values,
+        r.terminated.unsqueeze(-1),
+        r.truncated.unsqueeze(-1),
+        r.final_values,
+        0.99,
+        0.95,
+    )
     assert torch.allclose(adv, want_adv) and torch.allclose(targets, want_returns)
     assert learner._old_logp is r.logp and torch.equal(learner._rho, torch.ones_like(r.logp))
     # With V-trace and no value normalisation the targets are vtrace's with rho = min(1, pi_p / mu).
@@ -232,8 +284,17 @@ def test_opre_without_correction_is_gae_with_the_ratio_against_mu():
     vt.load_state_dict(learner.state_dict())
     adv, targets = vt.advantages(r)
     rho = (vt._old_logp - r.logp).exp().clamp(max=1.0)
-    want_t, want_a = vtrace(r.rewards, r.values, r.last_values, r.terminated.unsqueeze(-1), r.truncated.unsqueeze(-1),
-                            r.final_values, 0.99, rho, 0.95 * rho)
+    want_t, want_a = vtrace(
+        r.rewards,
+        r.values,
+        r.last_values,
+        r.terminated.unsqueeze(-1),
+        r.truncated.unsqueeze(-1),
+        r.final_values,
+        0.99,
+        rho,
+        0.95 * rho,
+    )
     assert torch.allclose(targets, want_t, atol=1e-5) and torch.allclose(adv, want_a, atol=1e-5)
 
 
@@ -279,20 +340,26 @@ def test_opre_factorised_value_by_hand_and_it_grounds_p():
     values, _ = critic.step(torch.randn(B, 5), critic.initial_hidden(B * N).view(B, N, -1))
     assert torch.allclose(values, torch.full((B, N), 2.8), atol=1e-5)
     L = 4
-    heads = critic.sequence_heads(torch.randn(L, B, 5), critic.initial_hidden(B * N).view(B, N, -1),
-                                  torch.zeros(L, B, dtype=torch.bool))
+    heads = critic.sequence_heads(
+        torch.randn(L, B, 5), critic.initial_hidden(B * N).view(B, N, -1), torch.zeros(L, B, dtype=torch.bool)
+    )
     assert torch.allclose(heads["values"], torch.full((L, B, N), 2.8), atol=1e-5)
     assert torch.allclose(heads["option_values"], v_z.expand(L, B, N, -1))
-    assert torch.allclose(critic.sequence(torch.randn(L, B, 5), critic.initial_hidden(B * N).view(B, N, -1),
-                                          torch.zeros(L, B, dtype=torch.bool)), heads["values"])
+    assert torch.allclose(
+        critic.sequence(
+            torch.randn(L, B, 5), critic.initial_hidden(B * N).view(B, N, -1), torch.zeros(L, B, dtype=torch.bool)
+        ),
+        heads["values"],
+    )
     # The value trains p: dV/d logit_z = p_z (V_z - V), summed over the L*B*N entries.
     heads["values"].sum().backward()
     assert torch.allclose(critic.p_head.bias.grad, L * B * N * p * (v_z - 2.8), atol=1e-4)
     assert torch.allclose(critic.v.bias.grad, L * B * N * p, atol=1e-4)
     frozen = opre_learner(value_trains_p=False)
     set_constant_heads(frozen, pi, q, p, option_values=v_z)
-    frozen.critic.sequence(torch.randn(L, B, 5), frozen.critic.initial_hidden(B * N).view(B, N, -1),
-                           torch.zeros(L, B, dtype=torch.bool)).sum().backward()
+    frozen.critic.sequence(
+        torch.randn(L, B, 5), frozen.critic.initial_hidden(B * N).view(B, N, -1), torch.zeros(L, B, dtype=torch.bool)
+    ).sum().backward()
     assert frozen.critic.p_head.bias.grad is None
 
 
@@ -305,8 +372,9 @@ def test_opre_option_entropy_and_kl_terms_by_hand_at_the_default_weights():
     h = lambda *x: -sum(v * math.log(v) for v in x)  # noqa: E731
     step = (h(0.5, 0.5) + h(0.9, 0.1)) / 2
     marginal = h(0.7, 0.3)  # mean of the two masked-in rows
-    kl = (0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1) + 0.9 * math.log(0.9 / 0.5)
-          + 0.1 * math.log(0.1 / 0.5)) / 2
+    kl = (
+        0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1) + 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)
+    ) / 2
     got_step, got_marginal = opre.option_entropy_terms(p, mask)
     assert got_step.item() == pytest.approx(step, rel=1e-5) and got_marginal.item() == pytest.approx(marginal, rel=1e-5)
     terms = opre.option_losses(cfg, p, q, mask)
@@ -320,9 +388,11 @@ def test_opre_policy_entropy_is_that_of_the_privileged_mixture_by_hand():
     p_mix = 0.5 * pi[1] + (0.5 / 7) * pi[0] + 6 * (0.5 / 7) * torch.full((A,), 0.25)
     h = lambda x: -(x * x.log()).sum().item()  # noqa: E731
     uniform, rest = torch.full((A,), 0.25), 0.5 / 7
-    expected = {"privileged_mixture": h(p_mix),
-                "per_option": 0.5 * h(pi[1]) + rest * h(pi[0]) + 6 * rest * h(uniform),
-                "acting_mixture": h(0.5 * pi[0] + rest * pi[1] + 6 * rest * uniform)}
+    expected = {
+        "privileged_mixture": h(p_mix),
+        "per_option": 0.5 * h(pi[1]) + rest * h(pi[0]) + 6 * rest * h(uniform),
+        "acting_mixture": h(0.5 * pi[0] + rest * pi[1] + 6 * rest * uniform),
+    }
     assert opre.Config().policy_entropy == "privileged_mixture"
     for choice, value in expected.items():
         learner = opre_learner(ppo_epochs=1, policy_entropy=choice)
@@ -368,14 +438,17 @@ def test_opre_test_time_actor_ignores_the_state():
         seq_inp = vector_input(M, 4, (3,))
         starts = torch.zeros(3, M, dtype=torch.bool)
         a = actor.sequence(seq_inp, h0, starts)["logits"]
-        seq_nan = ActInput(seq_inp.obs, seq_inp.extra, seq_inp.agent_ids, seq_inp.avail,
-                           torch.full_like(seq_inp.state, float("nan")))
+        seq_nan = ActInput(
+            seq_inp.obs, seq_inp.extra, seq_inp.agent_ids, seq_inp.avail, torch.full_like(seq_inp.state, float("nan"))
+        )
         assert torch.equal(actor.sequence(seq_nan, h0, starts)["logits"], a)
 
 
 @pytest.mark.parametrize("image", [False, True])
 def test_opre_policy_artifact_round_trip(tmp_path, image):
-    spec, make_input = (image_spec(), lambda *a: image_input(*a, full=False)) if image else (vector_spec(), vector_input)
+    spec, make_input = (
+        (image_spec(), lambda *a: image_input(*a, full=False)) if image else (vector_spec(), vector_input)
+    )
     torch.manual_seed(0)
     learner = opre.Learner(build_config(opre.Config, {"rollout_length": 20, "orthogonal_init": not image}), spec)
     with torch.no_grad():
@@ -414,7 +487,7 @@ def test_randnet_redraws_every_iteration_deterministically_from_the_generator():
         assert torch.equal(a.draw, b.draw) and a.clean == b.clean
         assert a.draw.shape == (3, 3, 3, 3)
         draws.append(a.draw.clone())
-    assert all(not torch.equal(x, y) for i, x in enumerate(draws) for y in draws[i + 1:])
+    assert all(not torch.equal(x, y) for i, x in enumerate(draws) for y in draws[i + 1 :])
     # The acting actor (the rollout's) uses the iteration's draw, or the clean image.
     assert a.module(LEARNER) is a.actor
     a.before_rollout(ga)
@@ -565,16 +638,27 @@ def test_fused_random_layer_and_pooling_equal_the_layer_then_the_pooling():
 
 def _image_rollout(T: int = 20, B: int = 2, seed: int = 0):
     from marl.policy.runner import Rollout
+
     g = torch.Generator().manual_seed(seed)
-    r = Rollout(obs=torch.randint(0, 256, (T, B, N, 3, 40, 40), generator=g, dtype=torch.uint8),
-                extra=torch.zeros(T, B, N, 0), state=torch.randint(0, 256, (T, B, 3, 6, 6), generator=g, dtype=torch.uint8),
-                avail=torch.ones(T, B, N, A, dtype=torch.bool), actions=torch.randint(0, A, (T, B, N), generator=g),
-                logp=torch.full((T, B, N), -math.log(A)), values=torch.randn(T, B, N, generator=g),
-                final_values=torch.zeros(T, B, N), last_values=torch.zeros(B, N),
-                rewards=torch.randn(T, B, N, generator=g), terminated=torch.zeros(T, B, dtype=torch.bool),
-                truncated=torch.zeros(T, B, dtype=torch.bool), starts=torch.zeros(T, B, dtype=torch.bool),
-                policy=torch.zeros(T, B, N, dtype=torch.long), actor_h=torch.zeros(T, B, N, 64),
-                critic_h=torch.zeros(T, B, N, 64), env_steps=T * B)
+    r = Rollout(
+        obs=torch.randint(0, 256, (T, B, N, 3, 40, 40), generator=g, dtype=torch.uint8),
+        extra=torch.zeros(T, B, N, 0),
+        state=torch.randint(0, 256, (T, B, 3, 6, 6), generator=g, dtype=torch.uint8),
+        avail=torch.ones(T, B, N, A, dtype=torch.bool),
+        actions=torch.randint(0, A, (T, B, N), generator=g),
+        logp=torch.full((T, B, N), -math.log(A)),
+        values=torch.randn(T, B, N, generator=g),
+        final_values=torch.zeros(T, B, N),
+        last_values=torch.zeros(B, N),
+        rewards=torch.randn(T, B, N, generator=g),
+        terminated=torch.zeros(T, B, dtype=torch.bool),
+        truncated=torch.zeros(T, B, dtype=torch.bool),
+        starts=torch.zeros(T, B, dtype=torch.bool),
+        policy=torch.zeros(T, B, N, dtype=torch.long),
+        actor_h=torch.zeros(T, B, N, 64),
+        critic_h=torch.zeros(T, B, N, 64),
+        env_steps=T * B,
+    )
     r.starts[0] = True
     r.starts[7, 1] = True
     return r
@@ -583,6 +667,7 @@ def _image_rollout(T: int = 20, B: int = 2, seed: int = 0):
 @pytest.mark.parametrize("clean_prob", [0.0, 1.0])
 def test_randnet_update_with_cached_pooled_images_equals_the_plain_update(clean_prob):
     from marl.policy.runner import Episodes
+
     r = _image_rollout()
     results = []
     for cache in (True, False):
@@ -593,7 +678,9 @@ def test_randnet_update_with_cached_pooled_images_equals_the_plain_update(clean_
         stats = learner.train_step(r, Episodes.cat([], N), torch.Generator().manual_seed(0))
         results.append((stats, learner.actor.state_dict()))
     (sa, pa), (sb, pb) = results
-    assert sa["feature_match_loss"] > 0 and sa["feature_match_loss"] == pytest.approx(sb["feature_match_loss"], rel=1e-4)
+    assert sa["feature_match_loss"] > 0 and sa["feature_match_loss"] == pytest.approx(
+        sb["feature_match_loss"], rel=1e-4
+    )
     assert sa["policy_loss"] == pytest.approx(sb["policy_loss"], rel=1e-4, abs=1e-6)
     for k in pa:
         assert torch.allclose(pa[k], pb[k], atol=1e-5), k
@@ -740,7 +827,7 @@ def test_randnet_vector_draws_are_xavier_normal_linear_maps_redrawn_every_iterat
         assert torch.equal(a.draw, b.draw) and not a.clean
         assert isinstance(a.actor.transform, randnet.RandomLinear) and a.actor.transform.weight is a.draw
         draws.append(a.draw.clone())
-    assert all(not torch.equal(x, y) for i, x in enumerate(draws) for y in draws[i + 1:])
+    assert all(not torch.equal(x, y) for i, x in enumerate(draws) for y in draws[i + 1 :])
     # The test-time draws are fixed at construction and differ from one another.
     mc = a.eval_module().draws
     assert not torch.equal(mc[0], mc[1])
@@ -804,8 +891,9 @@ def test_randnet_vector_transform_changes_the_features_and_is_matched(clean_prob
     out = learner.actor_sequence(inp, learner.actor.initial_hidden(M), starts)
     mask = torch.ones(L, M, dtype=torch.bool)
     fm = learner.extra_actor_losses(out, inp, mask)["feature_match_loss"]
-    assert fm.item() == pytest.approx(learner.cfg.feature_match_coef * (rand_h - clean_h).pow(2).mean().item(),
-                                      rel=1e-4)
+    assert fm.item() == pytest.approx(
+        learner.cfg.feature_match_coef * (rand_h - clean_h).pow(2).mean().item(), rel=1e-4
+    )
     fm.backward()
     assert fc.weight.grad.abs().sum() > 0
 
@@ -860,13 +948,27 @@ def test_short_opre_run_on_smax(tmp_path):
     from marl.policy.trainer import PolicyTrainer
     from marl.trainer import Budget
 
-    trainer = PolicyTrainer("opre", "smax", "3m", 0, Budget(env_steps=320, eval_interval=10_000, eval_episodes=2),
-                            overrides={"num_envs": 4, "rollout_length": 20, "ppo_epochs": 2}, run_dir=tmp_path)
+    trainer = PolicyTrainer(
+        "opre",
+        "smax",
+        "3m",
+        0,
+        Budget(env_steps=320, eval_interval=10_000, eval_episodes=2),
+        overrides={"num_envs": 4, "rollout_length": 20, "ppo_epochs": 2},
+        run_dir=tmp_path,
+    )
     rows_ = trainer.run()
     last = rows_[-1]
     assert last["env_steps"] == 320
-    for key in ("policy_loss", "value_loss", "option_kl_loss", "option_entropy_loss", "is_rho_mean",
-                "option_marginal_entropy", "test_return_mean"):
+    for key in (
+        "policy_loss",
+        "value_loss",
+        "option_kl_loss",
+        "option_entropy_loss",
+        "is_rho_mean",
+        "option_marginal_entropy",
+        "test_return_mean",
+    ):
         assert math.isfinite(last[key]), key
     assert last["option_kl_loss"] >= 0.0 and 0.0 < last["is_rho_mean"] <= 1.0
     # The real collector records the log-probs of q's mixture: the learner's actor recomputes them.
@@ -879,8 +981,13 @@ def test_short_opre_run_on_smax(tmp_path):
     assert torch.allclose(rows(chunked(r.logp, L)), mu, atol=1e-4)
     spec = trainer.env.spec
     M = 2 * spec.n_agents
-    inp = ActInput(torch.randn(M, *spec.obs_shape), torch.zeros(M, 0), torch.arange(M) % spec.n_agents,
-                   torch.ones(M, spec.n_actions, dtype=torch.bool), torch.full((M, *spec.state_shape), float("nan")))
+    inp = ActInput(
+        torch.randn(M, *spec.obs_shape),
+        torch.zeros(M, 0),
+        torch.arange(M) % spec.n_agents,
+        torch.ones(M, spec.n_actions, dtype=torch.bool),
+        torch.full((M, *spec.state_shape), float("nan")),
+    )
     _loaded_acts_like_learner(tmp_path, trainer, inp)
 
 
@@ -889,11 +996,16 @@ def test_short_randnet_run_on_meltingpot(tmp_path):
     from marl.policy.trainer import PolicyTrainer
     from marl.trainer import Budget
 
-    trainer = PolicyTrainer("randnet", "meltingpot", "prisoners_dilemma_in_the_matrix__repeated", 0,
-                            Budget(env_steps=240, eval_interval=10_000, eval_episodes=2),
-                            overrides={"num_envs": 2, "rollout_length": 20, "ppo_epochs": 2, "mc_samples": 4,
-                                       "eval_num_envs": 1},
-                            env_options={"max_episode_frames": 40}, run_dir=tmp_path)
+    trainer = PolicyTrainer(
+        "randnet",
+        "meltingpot",
+        "prisoners_dilemma_in_the_matrix__repeated",
+        0,
+        Budget(env_steps=240, eval_interval=10_000, eval_episodes=2),
+        overrides={"num_envs": 2, "rollout_length": 20, "ppo_epochs": 2, "mc_samples": 4, "eval_num_envs": 1},
+        env_options={"max_episode_frames": 40},
+        run_dir=tmp_path,
+    )
     rows = trainer.run()
     last = rows[-1]
     assert last["env_steps"] == 240
@@ -905,9 +1017,13 @@ def test_short_randnet_run_on_meltingpot(tmp_path):
     M = 2 * spec.n_agents
     g = torch.Generator().manual_seed(0)
     extra = sum(math.prod(s) for s in spec.extra_obs_shapes.values())
-    inp = ActInput(torch.randint(0, 256, (M, C, H, W), generator=g, dtype=torch.uint8),  # full resolution
-                   torch.rand(M, extra, generator=g), torch.arange(M) % spec.n_agents,
-                   torch.ones(M, spec.n_actions, dtype=torch.bool), torch.zeros(M, 0))
+    inp = ActInput(
+        torch.randint(0, 256, (M, C, H, W), generator=g, dtype=torch.uint8),  # full resolution
+        torch.rand(M, extra, generator=g),
+        torch.arange(M) % spec.n_agents,
+        torch.ones(M, spec.n_actions, dtype=torch.bool),
+        torch.zeros(M, 0),
+    )
     _loaded_acts_like_learner(tmp_path, trainer, inp)
 
 
@@ -915,9 +1031,15 @@ def test_short_randnet_run_on_smax(tmp_path):
     from marl.policy.trainer import PolicyTrainer
     from marl.trainer import Budget
 
-    trainer = PolicyTrainer("randnet", "smax", "3m", 0, Budget(env_steps=240, eval_interval=10_000, eval_episodes=2),
-                            overrides={"num_envs": 4, "rollout_length": 20, "ppo_epochs": 1, "mc_samples": 2},
-                            run_dir=tmp_path)
+    trainer = PolicyTrainer(
+        "randnet",
+        "smax",
+        "3m",
+        0,
+        Budget(env_steps=240, eval_interval=10_000, eval_episodes=2),
+        overrides={"num_envs": 4, "rollout_length": 20, "ppo_epochs": 1, "mc_samples": 2},
+        run_dir=tmp_path,
+    )
     rows = trainer.run()
     last = rows[-1]
     assert last["env_steps"] == 240
@@ -935,6 +1057,11 @@ def test_short_randnet_run_on_smax(tmp_path):
     g = torch.Generator().manual_seed(0)
     avail = torch.ones(M, spec.n_actions, dtype=torch.bool)
     avail[0, 1] = False
-    inp = ActInput(torch.randn(M, *spec.obs_shape, generator=g), torch.zeros(M, 0), torch.arange(M) % spec.n_agents,
-                   avail, torch.zeros(M, 0))
+    inp = ActInput(
+        torch.randn(M, *spec.obs_shape, generator=g),
+        torch.zeros(M, 0),
+        torch.arange(M) % spec.n_agents,
+        avail,
+        torch.zeros(M, 0),
+    )
     _loaded_acts_like_learner(tmp_path, trainer, inp)

@@ -39,8 +39,16 @@ def _surrogate(learner: PolicyLearner, r, adv) -> torch.Tensor:
 
 
 def test_one_ppo_update_lowers_the_surrogate_loss():
-    cfg = PolicyLearnerConfig(num_envs=4, rollout_length=20, data_chunk_length=10, hidden_dim=16, ppo_epochs=1,
-                              clip_param=1e9, entropy_coef=0.0, lr=5e-3)
+    cfg = PolicyLearnerConfig(
+        num_envs=4,
+        rollout_length=20,
+        data_chunk_length=10,
+        hidden_dim=16,
+        ppo_epochs=1,
+        clip_param=1e9,
+        entropy_coef=0.0,
+        lr=5e-3,
+    )
     learner, r, episodes = _smax_rollout(cfg, 20)
     adv, _ = copy.deepcopy(learner).advantages(r)  # before train_step updates the value normalisation
     adv = normalize_advantages(adv, r.learner_mask)
@@ -54,14 +62,17 @@ def test_one_ppo_update_lowers_the_surrogate_loss():
 
 
 def _params(learner: PolicyLearner) -> dict[str, torch.Tensor]:
-    return {**{f"actor.{k}": v for k, v in learner.actor.state_dict().items()},
-            **{f"critic.{k}": v for k, v in learner.critic.state_dict().items()},
-            **{f"vn.{k}": v for k, v in learner.value_norm.state_dict().items()}}
+    return {
+        **{f"actor.{k}": v for k, v in learner.actor.state_dict().items()},
+        **{f"critic.{k}": v for k, v in learner.critic.state_dict().items()},
+        **{f"vn.{k}": v for k, v in learner.value_norm.state_dict().items()},
+    }
 
 
 def test_entries_of_other_players_do_not_affect_the_update():
-    cfg = PolicyLearnerConfig(num_envs=4, rollout_length=20, data_chunk_length=10, hidden_dim=16, ppo_epochs=2,
-                              num_mini_batch=2)
+    cfg = PolicyLearnerConfig(
+        num_envs=4, rollout_length=20, data_chunk_length=10, hidden_dim=16, ppo_epochs=2, num_mini_batch=2
+    )
     learner, r, episodes = _smax_rollout(cfg, 20)
     r.policy[:, 1] = OTHER  # copy 1 was played by someone else
     changed = copy.deepcopy(r)

@@ -18,8 +18,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 POLICY_LEARNERS = ("mappo", "selfplay", "rpm", "opre", "randnet", "bidist")
 # Small enough for a test; intervals of 1 so every population mechanism acts within two updates.
 OVERRIDES = {
-    "mappo": {}, "opre": {}, "randnet": {"mc_samples": 2},
-    "selfplay": {"snapshot_interval": 1}, "rpm": {"save_interval": 1, "rpm_anneal_fraction": 0.0},
+    "mappo": {},
+    "opre": {},
+    "randnet": {"mc_samples": 2},
+    "selfplay": {"snapshot_interval": 1},
+    "rpm": {"save_interval": 1, "rpm_anneal_fraction": 0.0},
     "bidist": {"distill_interval": 1},
 }
 COMMON = {"num_envs": 2, "rollout_length": 20, "ppo_epochs": 1}

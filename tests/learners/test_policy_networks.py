@@ -1,7 +1,6 @@
 """The policy networks (marl/policy/networks.py): image preprocessing, the observation encoder's
 shapes, GRU resets at episode starts, and the actor's sequence pass equal to stepping it."""
 
-
 import pytest
 import torch
 from torch import nn
@@ -66,8 +65,16 @@ def test_run_gru_resets_exactly_at_episode_starts():
     cell = nn.GRUCell(3, 4)
     L, M = 6, 3
     feats, h0 = torch.randn(L, M, 3), torch.randn(M, 4)
-    starts = torch.tensor([[False, True, False], [False, False, False], [True, False, False],
-                           [False, False, True], [True, True, False], [False, False, False]])
+    starts = torch.tensor(
+        [
+            [False, True, False],
+            [False, False, False],
+            [True, False, False],
+            [False, False, True],
+            [True, True, False],
+            [False, False, False],
+        ]
+    )
     got = run_gru(cell, feats, h0, starts)
     for m in range(M):
         h = h0[m : m + 1]
@@ -79,8 +86,16 @@ def test_run_gru_resets_exactly_at_episode_starts():
 
 
 def _vector_spec(n_agents=2, n_actions=4, obs_dim=6, state_dim=5) -> EnvSpec:
-    return EnvSpec(family="test", scenario="vec", num_envs=1, n_agents=n_agents, n_actions=n_actions,
-                   obs_shape=(obs_dim,), state_shape=(state_dim,), episode_limit=10)
+    return EnvSpec(
+        family="test",
+        scenario="vec",
+        num_envs=1,
+        n_agents=n_agents,
+        n_actions=n_actions,
+        obs_shape=(obs_dim,),
+        state_shape=(state_dim,),
+        episode_limit=10,
+    )
 
 
 def test_actor_sequence_equals_stepping_act_with_resets():

@@ -48,12 +48,21 @@ def test_gae_broadcasts_per_copy_flags_over_agents():
     last_values = torch.randn(B, N)
     terminated = torch.rand(T, B) < 0.3
     truncated = (torch.rand(T, B) < 0.3) & ~terminated
-    adv, ret = gae(rewards, values, last_values, terminated.unsqueeze(-1), truncated.unsqueeze(-1), final_values,
-                   gamma, lam)
+    adv, ret = gae(
+        rewards, values, last_values, terminated.unsqueeze(-1), truncated.unsqueeze(-1), final_values, gamma, lam
+    )
     for b in range(B):
         for n in range(N):
-            a, r = gae(rewards[:, b, n], values[:, b, n], last_values[b, n], terminated[:, b], truncated[:, b],
-                       final_values[:, b, n], gamma, lam)
+            a, r = gae(
+                rewards[:, b, n],
+                values[:, b, n],
+                last_values[b, n],
+                terminated[:, b],
+                truncated[:, b],
+                final_values[:, b, n],
+                gamma,
+                lam,
+            )
             assert torch.allclose(adv[:, b, n], a) and torch.allclose(ret[:, b, n], r)
 
 
@@ -203,7 +212,8 @@ def test_kl_and_entropy_against_hand_computation_with_unavailable_actions():
     assert kl_categorical(p_logits, q_logits).item() == pytest.approx(expected, abs=1e-6)
     assert kl_categorical(p_logits, p_logits).item() == pytest.approx(0.0, abs=1e-7)
     assert kl_categorical(q_logits, p_logits).item() == pytest.approx(
-        0.75 * math.log(0.75 * 3) + 0.25 * math.log(0.25 * 1.5), abs=1e-6)
+        0.75 * math.log(0.75 * 3) + 0.25 * math.log(0.25 * 1.5), abs=1e-6
+    )
     assert torch.isfinite(kl_categorical(p_logits, q_logits)).all()
 
     assert categorical_entropy(torch.zeros(1, 4)).item() == pytest.approx(math.log(4))

@@ -1,7 +1,6 @@
 """Rollouts with a player per slot (marl/policy/runner.py): mixed players on SMAX, bootstrapping of
 truncated and unfinished episodes from the critic, Melting Pot images recomputed consistently."""
 
-
 import pytest
 import torch
 from torch import nn
@@ -81,8 +80,9 @@ def test_rollout_with_mixed_players_on_smax():
     cfg = PolicyLearnerConfig(num_envs=B, rollout_length=T, data_chunk_length=L, hidden_dim=16)
     learner = _sharpened(PolicyLearner(cfg, spec))
     other = CountingActor(spec.n_actions)
-    collector = RolloutCollector(env, MixedPlayers(learner.actor, other), learner.actor, learner.critic,
-                                 torch.Generator().manual_seed(1))
+    collector = RolloutCollector(
+        env, MixedPlayers(learner.actor, other), learner.actor, learner.critic, torch.Generator().manual_seed(1)
+    )
     collector.start(seed=3)
     r, episodes = collector.collect(T)
     assert r.env_steps == T * B and r.actions.shape == (T, B, N)
@@ -169,8 +169,9 @@ def test_rollout_on_melting_pot_images_recomputes_consistently():
     through the same rollout -> chunked re-computation path as vectors."""
     pytest.importorskip("meltingpot")
     T, B, L = 30, 2, 10
-    env = envs.make_env("meltingpot", "stag_hunt_in_the_matrix__repeated", num_envs=B, seed=0,
-                        max_episode_frames=12, envs_per_worker=2)
+    env = envs.make_env(
+        "meltingpot", "stag_hunt_in_the_matrix__repeated", num_envs=B, seed=0, max_episode_frames=12, envs_per_worker=2
+    )
     try:
         spec = env.spec
         torch.manual_seed(0)

@@ -12,13 +12,20 @@ from marl.trainer import CHECKPOINT, METRICS, Budget, train_run
 
 # The trainer: exact resume, the policy artifact ----------------------------------------------------
 
-SMALL = {"num_envs": 4, "rollout_length": 20, "data_chunk_length": 10, "hidden_dim": 16, "ppo_epochs": 2,
-         "num_mini_batch": 2}
+SMALL = {
+    "num_envs": 4,
+    "rollout_length": 20,
+    "data_chunk_length": 10,
+    "hidden_dim": 16,
+    "ppo_epochs": 2,
+    "num_mini_batch": 2,
+}
 
 
 def _comparable(rows_):
-    return [{k: (None if v != v else v) for k, v in r.items() if k not in ("wall_time", "env_steps_per_s")}
-            for r in rows_]
+    return [
+        {k: (None if v != v else v) for k, v in r.items() if k not in ("wall_time", "env_steps_per_s")} for r in rows_
+    ]
 
 
 def test_interrupted_policy_run_resumes_to_exactly_the_uninterrupted_result(tmp_path: Path):

@@ -24,8 +24,16 @@ N = 3  # agents in the unit-test spec
 
 
 def _spec(n_agents: int = N) -> EnvSpec:
-    return EnvSpec(family="test", scenario="test", num_envs=2, n_agents=n_agents, n_actions=4, obs_shape=(5,),
-                   state_shape=(6,), episode_limit=10)
+    return EnvSpec(
+        family="test",
+        scenario="test",
+        num_envs=2,
+        n_agents=n_agents,
+        n_actions=4,
+        obs_shape=(5,),
+        state_shape=(6,),
+        episode_limit=10,
+    )
 
 
 def _learner(algo: str, **overrides):
@@ -48,8 +56,12 @@ def _no_episodes() -> Episodes:
 
 def _episodes(returns, policy) -> Episodes:
     returns = torch.tensor(returns, dtype=torch.float32)
-    return Episodes(returns, torch.tensor(policy, dtype=torch.long), torch.zeros(len(returns), dtype=torch.bool),
-                    torch.full((len(returns),), 5, dtype=torch.long))
+    return Episodes(
+        returns,
+        torch.tensor(policy, dtype=torch.long),
+        torch.zeros(len(returns), dtype=torch.bool),
+        torch.full((len(returns),), 5, dtype=torch.long),
+    )
 
 
 def _update(learner, episodes=None, live_keys=()):
@@ -58,8 +70,9 @@ def _update(learner, episodes=None, live_keys=()):
     learner.updates += 1
     with torch.no_grad():
         next(learner.actor.parameters()).fill_(float(learner.updates))
-    return learner.after_update(_rollout(live_keys), episodes if episodes is not None else _no_episodes(),
-                                torch.Generator())
+    return learner.after_update(
+        _rollout(live_keys), episodes if episodes is not None else _no_episodes(), torch.Generator()
+    )
 
 
 def _mark(module) -> float:
@@ -86,6 +99,7 @@ def test_modules_export_the_algorithm_interface():
 
 
 # Self-play ----------------------------------------------------------------------------------------
+
 
 def test_selfplay_assignment_keeps_a_learner_slot_and_a_70_percent_recency_bias():
     g = torch.Generator().manual_seed(0)
@@ -169,9 +183,18 @@ def test_selfplay_state_dict_roundtrip_restores_the_pool_and_the_draws():
 
 # RPM ----------------------------------------------------------------------------------------------
 
+
 def _spec_named(scenario: str, n_agents: int = N) -> EnvSpec:
-    return EnvSpec(family="test", scenario=scenario, num_envs=2, n_agents=n_agents, n_actions=4, obs_shape=(5,),
-                   state_shape=(6,), episode_limit=10)
+    return EnvSpec(
+        family="test",
+        scenario=scenario,
+        num_envs=2,
+        n_agents=n_agents,
+        n_actions=4,
+        obs_shape=(5,),
+        state_shape=(6,),
+        episode_limit=10,
+    )
 
 
 def test_rpm_defaults_follow_the_paper_and_psi_is_per_substrate():
@@ -179,8 +202,12 @@ def test_rpm_defaults_follow_the_paper_and_psi_is_per_substrate():
     assert (cfg.rank_return, cfg.rpm_slots, cfg.train_slots, cfg.psi) == ("total", "all", "all", None)
     assert cfg.max_per_key == 100 and cfg.rpm_anneal_fraction == 0.25
     a = get_algorithm("rpm")
-    for scenario, psi in (("stag_hunt_in_the_matrix__repeated", 1.0), ("clean_up", 10.0),
-                          ("collaborative_cooking__asymmetric", 20.0), ("3m", rpm.PSI_DEFAULT)):
+    for scenario, psi in (
+        ("stag_hunt_in_the_matrix__repeated", 1.0),
+        ("clean_up", 10.0),
+        ("collaborative_cooking__asymmetric", 20.0),
+        ("3m", rpm.PSI_DEFAULT),
+    ):
         learner = a.make_learner(a.make_config({}, scenario=scenario), _spec_named(scenario))
         assert learner.psi == psi == rpm.substrate_psi(learner.cfg, scenario)
         assert learner.trains_all_slots
@@ -208,8 +235,11 @@ def test_rpm_rank_keys_by_hand():
     _update(learner, _episodes([[-1.0, -1.0, -1.0]], [[0, 0, 0]]))
     # No episode ended: the window of recent ranking episodes, mean(9, -3) = 3 -> floor(4) = 4.
     _update(learner)
-    assert {k: [learner.pool.meta[s - 1]["update"] for s in v] for k, v in learner.memory.items()} == \
-        {12: [1], -4: [2], 4: [3]}
+    assert {k: [learner.pool.meta[s - 1]["update"] for s in v] for k, v in learner.memory.items()} == {
+        12: [1],
+        -4: [2],
+        4: [3],
+    }
 
     # rank_episodes "all": both episodes rank, mean(9, 19) = 14 -> floor(18.67) = 18.
     learner = _learner("rpm", psi=0.75, save_interval=1, rank_episodes="all")
@@ -333,6 +363,7 @@ def test_rpm_state_dict_roundtrip_restores_the_memory_and_the_draws():
 
 # RPM's every-slot episodes and their data -------------------------------------------------------------
 
+
 class LinearMemoryPolicy(nn.Module):
     """A stand-in memory policy whose action distribution is known exactly: logits = obs @ W
     (stateless; a 1-d hidden state it never changes)."""
@@ -359,8 +390,18 @@ def _rpm_rollout(train_slots: str = "all", T: int = 40, B: int = 4, seed: int = 
     _needs("smax", "3m")
     env = envs.make_env("smax", "3m", num_envs=B, seed=seed)
     a = get_algorithm("rpm")
-    cfg = a.make_config({"num_envs": B, "rollout_length": T, "data_chunk_length": 10, "hidden_dim": 16,
-                         "ppo_epochs": 1, "rpm_prob_end": 0.5, "train_slots": train_slots}, scenario="3m")
+    cfg = a.make_config(
+        {
+            "num_envs": B,
+            "rollout_length": T,
+            "data_chunk_length": 10,
+            "hidden_dim": 16,
+            "ppo_epochs": 1,
+            "rpm_prob_end": 0.5,
+            "train_slots": train_slots,
+        },
+        scenario="3m",
+    )
     torch.manual_seed(seed)
     learner = a.make_learner(cfg, env.spec)
     with torch.no_grad():  # a non-uniform learner policy, so that log-prob checks mean something
@@ -368,8 +409,14 @@ def _rpm_rollout(train_slots: str = "all", T: int = 40, B: int = 4, seed: int = 
     memory = {k: LinearMemoryPolicy(env.spec.obs_shape[0], env.spec.n_actions, seed=k) for k in (1, 2, 3)}
     learner.memory = {0: [1], 1: [2], 2: [3]}
     learner.module = lambda key: learner.actor if key == LEARNER else memory[key]
-    collector = RolloutCollector(env, learner, learner.actor, learner.critic, torch.Generator().manual_seed(seed + 1),
-                                 record_all_slots=learner.trains_all_slots)
+    collector = RolloutCollector(
+        env,
+        learner,
+        learner.actor,
+        learner.critic,
+        torch.Generator().manual_seed(seed + 1),
+        record_all_slots=learner.trains_all_slots,
+    )
     collector.start(seed=seed)
     r, episodes = collector.collect(T)
     env.close()
@@ -406,8 +453,10 @@ def test_rpm_episodes_give_every_slot_a_memory_policy_and_record_its_behaviour()
 
 
 def _params_of(learner) -> dict[str, torch.Tensor]:
-    return {**{f"actor.{k}": v for k, v in learner.actor.state_dict().items()},
-            **{f"critic.{k}": v for k, v in learner.critic.state_dict().items()}}
+    return {
+        **{f"actor.{k}": v for k, v in learner.actor.state_dict().items()},
+        **{f"critic.{k}": v for k, v in learner.critic.state_dict().items()},
+    }
 
 
 def test_rpm_trains_on_every_slot_of_its_memory_episodes():
@@ -458,10 +507,17 @@ def _needs(family: str, scenario: str) -> None:
 
 
 def _trainer(algo: str, env_steps: int, run_dir=None, checkpoint_interval: int = 10**9) -> PolicyTrainer:
-    return PolicyTrainer(algo, "smax", "3m", seed=3,
-                         budget=Budget(env_steps=env_steps, eval_interval=10**9, eval_episodes=2,
-                                       checkpoint_interval=checkpoint_interval),
-                         overrides={**SMAX_OVERRIDES, **ALGO_OVERRIDES[algo]}, run_dir=run_dir)
+    return PolicyTrainer(
+        algo,
+        "smax",
+        "3m",
+        seed=3,
+        budget=Budget(
+            env_steps=env_steps, eval_interval=10**9, eval_episodes=2, checkpoint_interval=checkpoint_interval
+        ),
+        overrides={**SMAX_OVERRIDES, **ALGO_OVERRIDES[algo]},
+        run_dir=run_dir,
+    )
 
 
 @pytest.mark.parametrize("algo", ["selfplay", "rpm"])
@@ -521,12 +577,25 @@ MP_SCENARIO = "prisoners_dilemma_in_the_matrix__repeated"
 def test_rpm_on_meltingpot_ranks_snapshots_by_total_return():
     pytest.importorskip("meltingpot")
     _needs("meltingpot", MP_SCENARIO)
-    trainer = PolicyTrainer("rpm", "meltingpot", MP_SCENARIO, seed=1,
-                            budget=Budget(env_steps=160, eval_interval=10**9, eval_episodes=1),
-                            overrides={"num_envs": 2, "rollout_length": 20, "data_chunk_length": 10, "ppo_epochs": 1,
-                                       "eval_num_envs": 1, "save_interval": 1, "rpm_prob_start": 1.0,
-                                       "rpm_prob_end": 1.0, "psi": 0.5},
-                            env_options={"max_episode_frames": 30, "envs_per_worker": 2})
+    trainer = PolicyTrainer(
+        "rpm",
+        "meltingpot",
+        MP_SCENARIO,
+        seed=1,
+        budget=Budget(env_steps=160, eval_interval=10**9, eval_episodes=1),
+        overrides={
+            "num_envs": 2,
+            "rollout_length": 20,
+            "data_chunk_length": 10,
+            "ppo_epochs": 1,
+            "eval_num_envs": 1,
+            "save_interval": 1,
+            "rpm_prob_start": 1.0,
+            "rpm_prob_end": 1.0,
+            "psi": 0.5,
+        },
+        env_options={"max_episode_frames": 30, "envs_per_worker": 2},
+    )
     learner = trainer.learner
     window: list[float] = []  # total returns of the self-play episodes, as they end
     expected_keys: list[int] = []

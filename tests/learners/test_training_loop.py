@@ -27,9 +27,17 @@ class RecordingEnv:
     def step(self, actions):
         before = self.out
         self.out = self.env.step(actions)
-        self.log.append({"obs": before.obs.clone(), "avail": before.avail_actions.clone(), "actions": actions.clone(),
-                         "reward": self.out.reward[:, 0].clone(), "done": self.out.done.clone(),
-                         "terminated": self.out.terminated.clone(), "final_obs": self.out.final_obs.clone()})
+        self.log.append(
+            {
+                "obs": before.obs.clone(),
+                "avail": before.avail_actions.clone(),
+                "actions": actions.clone(),
+                "reward": self.out.reward[:, 0].clone(),
+                "done": self.out.done.clone(),
+                "terminated": self.out.terminated.clone(),
+                "final_obs": self.out.final_obs.clone(),
+            }
+        )
         return self.out
 
 
@@ -95,8 +103,9 @@ SMALL = {"num_envs": 4, "batch_size": 8, "buffer_size": 64, "epsilon_anneal_time
 
 def _comparable(rows):
     """Rows without wall-clock columns, NaN (no data yet) as None so that rows compare equal."""
-    return [{k: (None if v != v else v) for k, v in r.items() if k not in ("wall_time", "env_steps_per_s")}
-            for r in rows]
+    return [
+        {k: (None if v != v else v) for k, v in r.items() if k not in ("wall_time", "env_steps_per_s")} for r in rows
+    ]
 
 
 @pytest.mark.parametrize("algorithm", ["qmix", "ddn"])  # DDN also draws from torch's global RNG
@@ -133,8 +142,9 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path: Path):
     budget = Budget(env_steps=400, eval_interval=400, eval_episodes=2, checkpoint_interval=200)
     train_run("qmix", "predator_prey", "stag_hunt_small", 0, budget, overrides=SMALL, run_dir=tmp_path)
     with pytest.raises(RuntimeError, match="different configuration"):
-        train_run("qmix", "predator_prey", "stag_hunt_small", 0, budget, overrides={**SMALL, "lr": 0.1},
-                  run_dir=tmp_path)
+        train_run(
+            "qmix", "predator_prey", "stag_hunt_small", 0, budget, overrides={**SMALL, "lr": 0.1}, run_dir=tmp_path
+        )
 
 
 def test_metrics_rows_follow_the_evaluation_contract():

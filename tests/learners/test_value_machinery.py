@@ -137,7 +137,7 @@ def test_recurrent_agent_sequence_equals_stepwise():
     full = agent(x)
     h = torch.zeros(3, 8)
     for t in range(5):
-        step = agent(x[t:t + 1], h)  # the acting path (nn.GRU, one step)
+        step = agent(x[t : t + 1], h)  # the acting path (nn.GRU, one step)
         assert torch.allclose(step.q[0], full.q[t], atol=1e-6)
         h = step.hidden[-1]
 
@@ -208,6 +208,7 @@ def _played_episodes(n_envs: int = 3, episodes: int = 6):
     from marl.value.controller import AgentController
     from marl.value.networks import agent_input_dim
     from marl.value.runner import EpisodeRunner
+
     env = envs.make_env("predator_prey", "stag_hunt_small", num_envs=n_envs, seed=3, episode_limit=9)
     torch.manual_seed(0)
     spec = env.spec
@@ -223,8 +224,15 @@ def test_replay_stores_compact_dtypes_and_samples_todays_values():
     buf = EpisodeReplayBuffer(layout, capacity=got.count)
     buf.insert(got.data, got.lengths)
     stored = {k: v.dtype for k, v in buf.data.items()}
-    assert stored == {"obs": torch.uint8, "state": torch.uint8, "avail_actions": torch.bool, "actions": torch.int8,
-                      "reward": torch.float32, "terminated": torch.bool, "filled": torch.bool}
+    assert stored == {
+        "obs": torch.uint8,
+        "state": torch.uint8,
+        "avail_actions": torch.bool,
+        "actions": torch.int8,
+        "reward": torch.float32,
+        "terminated": torch.bool,
+        "filled": torch.bool,
+    }
     batch = buf.sample(got.count, torch.Generator().manual_seed(0))
     # The sampled batch is the uncompacted one, dtype for dtype and value for value.
     order = torch.argsort(got.lengths, descending=True, stable=True)
@@ -236,8 +244,9 @@ def test_replay_stores_compact_dtypes_and_samples_todays_values():
     T = batch["filled"].shape[1]
     remaining = list(range(got.count))
     for i in range(got.count):
-        match = [j for j in remaining
-                 if all(torch.equal(batch[k][i], got.data[k][j, : batch[k].shape[1]]) for k in batch)]
+        match = [
+            j for j in remaining if all(torch.equal(batch[k][i], got.data[k][j, : batch[k].shape[1]]) for k in batch)
+        ]
         assert match, f"sampled episode {i} is not one that was inserted"
         remaining.remove(match[0])
     assert T == int(got.lengths.max())
@@ -259,6 +268,7 @@ def test_replay_refuses_values_its_compact_dtype_cannot_hold():
 
 def test_predator_prey_paper_replay_fits_in_one_gigabyte():
     import envs
+
     spec = envs.make_env("predator_prey", "stag_hunt", num_envs=1, seed=0).spec
     layout = EpisodeLayout.from_spec(spec)
     nbytes = lambda data: sum(v.numel() * v.element_size() for v in data.values())  # noqa: E731
@@ -272,6 +282,7 @@ def test_online_and_target_agents_share_one_packed_input_construction():
     values and gradients, and an unsorted batch (padded path) gives the same loss."""
     import envs
     from marl.value.learner import QLearner
+
     spec = envs.make_env("predator_prey", "stag_hunt_small", num_envs=1).spec
     torch.manual_seed(0)
     learner = QLearner(build_config(ValueLearnerConfig, {"hidden_dim": 16}), spec)
@@ -282,13 +293,15 @@ def test_online_and_target_agents_share_one_packed_input_construction():
     C, T, N, A = 4, 6, spec.n_agents, spec.n_actions
     lengths = torch.tensor([6, 4, 4, 1])
     filled = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
-    batch = {"obs": torch.rand(C, T + 1, N, *spec.obs_shape, generator=g),
-             "state": torch.rand(C, T + 1, *spec.state_shape, generator=g),
-             "avail_actions": torch.ones(C, T + 1, N, A, dtype=torch.bool),
-             "actions": torch.randint(0, A, (C, T, N), generator=g),
-             "reward": torch.randn(C, T, generator=g) * filled,
-             "terminated": filled & (torch.arange(T).unsqueeze(0) == lengths.unsqueeze(1) - 1),
-             "filled": filled}
+    batch = {
+        "obs": torch.rand(C, T + 1, N, *spec.obs_shape, generator=g),
+        "state": torch.rand(C, T + 1, *spec.state_shape, generator=g),
+        "avail_actions": torch.ones(C, T + 1, N, A, dtype=torch.bool),
+        "actions": torch.randint(0, A, (C, T, N), generator=g),
+        "reward": torch.randn(C, T, generator=g) * filled,
+        "terminated": filled & (torch.arange(T).unsqueeze(0) == lengths.unsqueeze(1) - 1),
+        "filled": filled,
+    }
     q, q_target = learner.agent_q_pair(learner.agent, learner.target_agent, batch)
     ref_q, ref_target = learner.agent_q(learner.agent, batch), learner.agent_q(learner.target_agent, batch)
     assert not q_target.requires_grad and q.requires_grad

@@ -13,13 +13,17 @@ from marl.registry import get_algorithm
 from marl.trainer import Budget, train_run
 
 
-
 def test_registry_and_defaults():
     ow, cw = get_algorithm("ow_wqmix"), get_algorithm("cw_wqmix")
     assert ow.config_cls is OWQMixConfig and cw.config_cls is CWQMixConfig
     c = cw.make_config({})
-    assert (c.hysteretic_qmix, c.w, c.central_mixing_embed_dim, c.central_action_embed, c.central_rnn_hidden_dim) == \
-        (False, 0.1, 256, 1, 64)
+    assert (c.hysteretic_qmix, c.w, c.central_mixing_embed_dim, c.central_action_embed, c.central_rnn_hidden_dim) == (
+        False,
+        0.1,
+        256,
+        1,
+        64,
+    )
     assert ow.make_config({}).hysteretic_qmix is True
     assert ow.kind == "value"
 
@@ -56,10 +60,13 @@ def two_step_batch(n_actions: int = 3, C: int = 4) -> dict[str, torch.Tensor]:
     """C episodes of one non-terminal (truncated) step each, so targets bootstrap from t = 1."""
     torch.manual_seed(1)
     return {
-        "obs": torch.randn(C, 2, 2, 5), "state": torch.randn(C, 2, 5),
+        "obs": torch.randn(C, 2, 2, 5),
+        "state": torch.randn(C, 2, 5),
         "avail_actions": torch.ones(C, 2, 2, n_actions, dtype=torch.bool),
-        "actions": torch.randint(0, n_actions, (C, 1, 2)), "reward": torch.randn(C, 1),
-        "terminated": torch.zeros(C, 1, dtype=torch.bool), "filled": torch.ones(C, 1, dtype=torch.bool),
+        "actions": torch.randint(0, n_actions, (C, 1, 2)),
+        "reward": torch.randn(C, 1),
+        "terminated": torch.zeros(C, 1, dtype=torch.bool),
+        "filled": torch.ones(C, 1, dtype=torch.bool),
     }
 
 
@@ -81,8 +88,9 @@ def expected_quantities(learner, batch):
         chosen = q[:, 0].gather(-1, batch["actions"][:, 0].unsqueeze(-1)).squeeze(-1)
         q_tot = learner.mixer(chosen, batch["state"][:, 0])
         qc = learner.agent_q(learner.central_agent, batch)
-        q_star = learner.central_mixer(qc[:, 0].gather(-1, batch["actions"][:, 0].unsqueeze(-1)).squeeze(-1),
-                                       batch["state"][:, 0])
+        q_star = learner.central_mixer(
+            qc[:, 0].gather(-1, batch["actions"][:, 0].unsqueeze(-1)).squeeze(-1), batch["state"][:, 0]
+        )
     return y, q_tot, q_star, greedy, star_t
 
 
@@ -132,10 +140,16 @@ def test_update_targets_copies_central_networks():
 
 # Learning: the paper's matrix game with uniform exploration (epsilon = 1 throughout) --------------
 
+
 def greedy_return(name: str) -> float:
-    rows = train_run(name, "matrix_game", "wqmix_payoff", seed=0,
-                     budget=Budget(env_steps=32 * 150, eval_interval=10**9, eval_episodes=4),
-                     overrides={"epsilon_start": 1.0, "epsilon_finish": 1.0, "num_envs": 32})
+    rows = train_run(
+        name,
+        "matrix_game",
+        "wqmix_payoff",
+        seed=0,
+        budget=Budget(env_steps=32 * 150, eval_interval=10**9, eval_episodes=4),
+        overrides={"epsilon_start": 1.0, "epsilon_finish": 1.0, "num_envs": 32},
+    )
     return rows[-1]["test_return_mean"]
 
 

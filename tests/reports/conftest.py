@@ -36,16 +36,26 @@ def full_runs() -> list[FakeRun]:
     for (family, scenario, label), finals in MAIN.items():
         runs += [FakeRun(family, scenario, label, seed, f) for seed, f in enumerate(finals)]
     for group, label, config, finals in ABLATIONS:
-        runs += [FakeRun("smax", "3s_vs_5z", label, seed, f, group=group, algorithm="ddn", config=dict(config))
-                 for seed, f in enumerate(finals)]
+        runs += [
+            FakeRun("smax", "3s_vs_5z", label, seed, f, group=group, algorithm="ddn", config=dict(config))
+            for seed, f in enumerate(finals)
+        ]
     return runs
 
 
 def partial_runs() -> list[FakeRun]:
     return full_runs() + [
         FakeRun("smax", "3s_vs_5z", "qmix", 3, None, state="pending"),
-        FakeRun("smax", "3s_vs_5z", "ddn", 3, 0.2, state="failed", n_evals=2,
-                error="RuntimeError: simulated crash in the learner"),
+        FakeRun(
+            "smax",
+            "3s_vs_5z",
+            "ddn",
+            3,
+            0.2,
+            state="failed",
+            n_evals=2,
+            error="RuntimeError: simulated crash in the learner",
+        ),
         FakeRun("smax", "3s_vs_5z", "vdn", 3, 0.1, state="running", n_evals=3),
     ]
 

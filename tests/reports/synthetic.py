@@ -42,10 +42,20 @@ class FakeRun:
     kinds: dict[str, float] = field(default_factory=dict)
 
     def spec(self, suite: str) -> dict[str, Any]:
-        content = {"suite": suite, "paper": self.paper, "family": self.family, "scenario": self.scenario,
-                   "env_options": {}, "algorithm": self.algorithm or self.label.split("_mu_")[0].split("_raw")[0]
-                   .split("_distill")[0].split("_no_idm")[0], "label": self.label, "group": self.group,
-                   "overrides": {}, "seed": self.seed, "budget": {**BUDGET, "env_steps": self.env_steps}}
+        content = {
+            "suite": suite,
+            "paper": self.paper,
+            "family": self.family,
+            "scenario": self.scenario,
+            "env_options": {},
+            "algorithm": self.algorithm
+            or self.label.split("_mu_")[0].split("_raw")[0].split("_distill")[0].split("_no_idm")[0],
+            "label": self.label,
+            "group": self.group,
+            "overrides": {},
+            "seed": self.seed,
+            "budget": {**BUDGET, "env_steps": self.env_steps},
+        }
         content["id"] = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
         return content
 
@@ -57,13 +67,27 @@ def metric_rows(family: str, final: float, n_evals: int) -> list[dict[str, Any]]
     rows = []
     for i in range(n_evals):
         level = final * min(1.0, i / max(n_evals - 3, 1))
-        rows.append({"env_steps": i * BUDGET["eval_interval"] + (37 if i else 0), "episodes": 10 * i,
-                     "updates": 5 * i, "wall_time": 1.5 * i,
-                     "test_win_rate": level if rate else 0.0, "test_return_mean": level if not rate else 10 * level,
-                     "test_return_std": 0.1, "test_length_mean": 40.0, "test_episodes": 32,
-                     "train_return_mean": level, "train_win_rate": level if rate else 0.0, "epsilon": 0.05,
-                     "loss": 0.1, "td_error_abs": 0.1, "q_taken_mean": 1.0, "grad_norm": 1.0,
-                     "env_steps_per_s": 1000.0})
+        rows.append(
+            {
+                "env_steps": i * BUDGET["eval_interval"] + (37 if i else 0),
+                "episodes": 10 * i,
+                "updates": 5 * i,
+                "wall_time": 1.5 * i,
+                "test_win_rate": level if rate else 0.0,
+                "test_return_mean": level if not rate else 10 * level,
+                "test_return_std": 0.1,
+                "test_length_mean": 40.0,
+                "test_episodes": 32,
+                "train_return_mean": level,
+                "train_win_rate": level if rate else 0.0,
+                "epsilon": 0.05,
+                "loss": 0.1,
+                "td_error_abs": 0.1,
+                "q_taken_mean": 1.0,
+                "grad_norm": 1.0,
+                "env_steps_per_s": 1000.0,
+            }
+        )
     return rows
 
 
@@ -73,11 +97,27 @@ def policy_metric_rows(final: float, n_evals: int) -> list[dict[str, Any]]:
     rows = []
     for i in range(n_evals):
         level = final * min(1.0, i / max(n_evals - 3, 1))
-        rows.append({"env_steps": i * BUDGET["eval_interval"] + (37 if i else 0), "episodes": 4 * i, "updates": 2 * i,
-                     "wall_time": 2.0 * i, "test_return_mean": level, "test_return_std": 0.2, "test_length_mean": 300.0,
-                     "test_episodes": 4, "actor_grad_norm": 0.5, "approx_kl": 0.01, "clip_frac": 0.1,
-                     "critic_grad_norm": 1.0, "entropy": 2.0, "policy_loss": -0.01, "train_return_mean": level,
-                     "value_loss": 0.3, "env_steps_per_s": 150.0})
+        rows.append(
+            {
+                "env_steps": i * BUDGET["eval_interval"] + (37 if i else 0),
+                "episodes": 4 * i,
+                "updates": 2 * i,
+                "wall_time": 2.0 * i,
+                "test_return_mean": level,
+                "test_return_std": 0.2,
+                "test_length_mean": 300.0,
+                "test_episodes": 4,
+                "actor_grad_norm": 0.5,
+                "approx_kl": 0.01,
+                "clip_frac": 0.1,
+                "critic_grad_norm": 1.0,
+                "entropy": 2.0,
+                "policy_loss": -0.01,
+                "train_return_mean": level,
+                "value_loss": 0.3,
+                "env_steps_per_s": 150.0,
+            }
+        )
     return rows
 
 
@@ -89,46 +129,106 @@ def crossplay_record(run: FakeRun, members: list[dict[str, Any]]) -> dict[str, A
     """A crossplay.json as suites/crossplay_phase.py writes it."""
     evaluations = []
     if run.crossplay is not None:
-        evaluations.append({"kind": "heldout_population", "scenario": run.scenario, "state": "done",
-                            "focal_per_capita_return": run.crossplay, "population_kind": SUITE_POPULATION,
-                            "population": members, "episodes": 8, "n_focal": 1})
+        evaluations.append(
+            {
+                "kind": "heldout_population",
+                "scenario": run.scenario,
+                "state": "done",
+                "focal_per_capita_return": run.crossplay,
+                "population_kind": SUITE_POPULATION,
+                "population": members,
+                "episodes": 8,
+                "n_focal": 1,
+            }
+        )
     for scenario, value in run.bots.items():
-        evaluations.append({"kind": "meltingpot_scenario", "scenario": scenario, "state": "done",
-                            "focal_per_capita_return": value, "population_kind": BOT_POPULATION, "episodes": 8,
-                            "n_focal": 1})
+        evaluations.append(
+            {
+                "kind": "meltingpot_scenario",
+                "scenario": scenario,
+                "state": "done",
+                "focal_per_capita_return": value,
+                "population_kind": BOT_POPULATION,
+                "episodes": 8,
+                "n_focal": 1,
+            }
+        )
     for scenario in run.bots_unavailable:
-        evaluations.append({"kind": "meltingpot_scenario", "scenario": scenario, "state": "unavailable",
-                            "reason": f"Melting Pot scenario {scenario!r} needs the background bots' SavedModels"})
+        evaluations.append(
+            {
+                "kind": "meltingpot_scenario",
+                "scenario": scenario,
+                "state": "unavailable",
+                "reason": f"Melting Pot scenario {scenario!r} needs the background bots' SavedModels",
+            }
+        )
     if run.kinds:
         return coplayer_record(run, members, evaluations)
-    return {"format": 1, "state": "failed" if run.crossplay_error else "done", "error": run.crossplay_error,
-            "population": members, "population_expected": len(members),
-            "focal_per_capita_return": run.crossplay, "population_kind": SUITE_POPULATION if run.crossplay is not None
-            else None, "evaluations": [] if run.crossplay_error else evaluations}
+    return {
+        "format": 1,
+        "state": "failed" if run.crossplay_error else "done",
+        "error": run.crossplay_error,
+        "population": members,
+        "population_expected": len(members),
+        "focal_per_capita_return": run.crossplay,
+        "population_kind": SUITE_POPULATION if run.crossplay is not None else None,
+        "evaluations": [] if run.crossplay_error else evaluations,
+    }
 
 
-KIND_POPULATIONS = {"round_robin": "round robin: the other algorithms' final policies",
-                    "heldout": "held-out runs at several points of their training",
-                    "random": "uniform-random policy (the floor)", "self_play": "self-play: every seat the focal policy"}
+KIND_POPULATIONS = {
+    "round_robin": "round robin: the other algorithms' final policies",
+    "heldout": "held-out runs at several points of their training",
+    "random": "uniform-random policy (the floor)",
+    "self_play": "self-play: every seat the focal policy",
+}
 SCORE_POPULATION = "mean over co-player kinds (round robin, held-out checkpoints, uniform random)"
 
 
 def coplayer_record(run: FakeRun, members: list[dict[str, Any]], bots: list[dict[str, Any]]) -> dict[str, Any]:
     """A format-2 crossplay.json: one evaluation per co-player kind, the score, then the bot scenarios."""
-    evaluations = [{"kind": kind, "scenario": run.scenario, "state": "done", "focal_per_capita_return": value,
-                    "population_kind": KIND_POPULATIONS[kind], "episodes": 4, "n_focal": 1,
-                    "population": members if kind == "heldout" else []} for kind, value in run.kinds.items()]
+    evaluations = [
+        {
+            "kind": kind,
+            "scenario": run.scenario,
+            "state": "done",
+            "focal_per_capita_return": value,
+            "population_kind": KIND_POPULATIONS[kind],
+            "episodes": 4,
+            "n_focal": 1,
+            "population": members if kind == "heldout" else [],
+        }
+        for kind, value in run.kinds.items()
+    ]
     unseen = [v for k, v in run.kinds.items() if k != "self_play"]
     score = sum(unseen) / len(unseen)
     gap = run.kinds["self_play"] - score if "self_play" in run.kinds else None
-    evaluations.append({"kind": "coplayer_score", "scenario": run.scenario, "state": "done",
-                        "focal_per_capita_return": score, "generalisation_gap": gap,
-                        "population_kind": SCORE_POPULATION, "population": members, "episodes": 12, "n_focal": 1})
-    return {"format": 2, "state": "done", "error": None, "population": members, "population_expected": len(members),
-            "focal_per_capita_return": score, "population_kind": SCORE_POPULATION,
-            "per_kind": {k: {"focal_per_capita_return": v, "episodes": 4} for k, v in run.kinds.items()},
-            "self_play_return": run.kinds.get("self_play"), "generalisation_gap": gap,
-            "evaluations": evaluations + bots}
+    evaluations.append(
+        {
+            "kind": "coplayer_score",
+            "scenario": run.scenario,
+            "state": "done",
+            "focal_per_capita_return": score,
+            "generalisation_gap": gap,
+            "population_kind": SCORE_POPULATION,
+            "population": members,
+            "episodes": 12,
+            "n_focal": 1,
+        }
+    )
+    return {
+        "format": 2,
+        "state": "done",
+        "error": None,
+        "population": members,
+        "population_expected": len(members),
+        "focal_per_capita_return": score,
+        "population_kind": SCORE_POPULATION,
+        "per_kind": {k: {"focal_per_capita_return": v, "episodes": 4} for k, v in run.kinds.items()},
+        "self_play_return": run.kinds.get("self_play"),
+        "generalisation_gap": gap,
+        "evaluations": evaluations + bots,
+    }
 
 
 def write_suite(root: Path, name: str, runs: list[FakeRun], manifest: str | None = None) -> Path:
@@ -140,23 +240,50 @@ def write_suite(root: Path, name: str, runs: list[FakeRun], manifest: str | None
         spec = run.spec(name)
         d = suite / "runs" / spec["id"]
         atomic_write_json(d / "spec.json", spec)
-        atomic_write_json(d / "status.json", {"state": run.state, "attempts": 1 if run.state != "pending" else 0,
-                                              "error": run.error, "started_at": None, "finished_at": None,
-                                              "backend": "local", "host": "test"})
+        atomic_write_json(
+            d / "status.json",
+            {
+                "state": run.state,
+                "attempts": 1 if run.state != "pending" else 0,
+                "error": run.error,
+                "started_at": None,
+                "finished_at": None,
+                "backend": "local",
+                "host": "test",
+            },
+        )
         if run.crossplay is not None or run.bots or run.crossplay_error or run.bots_unavailable or run.kinds:
             held = [r for r in runs if r.group == "heldout" and r.scenario == run.scenario]
-            members = [{"run_id": r.spec(name)["id"], "algorithm": r.algorithm or r.label, "label": r.label,
-                        "seed": r.seed} for r in held]
+            members = [
+                {"run_id": r.spec(name)["id"], "algorithm": r.algorithm or r.label, "label": r.label, "seed": r.seed}
+                for r in held
+            ]
             atomic_write_json(d / "crossplay.json", crossplay_record(run, members))
         if run.final is not None:
-            rows = (policy_metric_rows(run.final, run.n_evals) if run.paper == "bidist"
-                    else metric_rows(run.family, run.final, run.n_evals))
+            rows = (
+                policy_metric_rows(run.final, run.n_evals)
+                if run.paper == "bidist"
+                else metric_rows(run.family, run.final, run.n_evals)
+            )
             atomic_write_csv(d / "metrics.csv", rows)
             config = asdict(get_algorithm(spec["algorithm"]).make_config(run.config, run.scenario))
-            atomic_write_json(d / "provenance.json", {
-                "env": {"family": run.family, "backend": "jaxmarl" if run.family == "smax" else "native",
-                        "version": "0.2.0"},
-                "env_spec": {"n_agents": 3}, "algorithm": spec["algorithm"], "config": config,
-                "torch": "2.13.0", "device": "cpu", "python": "3.11", "git_commit": "abc1234",
-                "packages": {"torch": "2.13.0", "jaxmarl": "0.2.0"}, "image_digest": None})
+            atomic_write_json(
+                d / "provenance.json",
+                {
+                    "env": {
+                        "family": run.family,
+                        "backend": "jaxmarl" if run.family == "smax" else "native",
+                        "version": "0.2.0",
+                    },
+                    "env_spec": {"n_agents": 3},
+                    "algorithm": spec["algorithm"],
+                    "config": config,
+                    "torch": "2.13.0",
+                    "device": "cpu",
+                    "python": "3.11",
+                    "git_commit": "abc1234",
+                    "packages": {"torch": "2.13.0", "jaxmarl": "0.2.0"},
+                    "image_digest": None,
+                },
+            )
     return suite

@@ -33,16 +33,38 @@ BOTS = {"bidist": [2.0, 2.2, 2.4], "mappo": [1.0, 1.1, 1.2]}  # on the Melting P
 
 def bidist_runs(crossplay: dict[str, list[float]] = CROSSPLAY) -> list[FakeRun]:
     # Every policy run uses mappo's config for its provenance: the report needs no learner module.
-    runs = [FakeRun("meltingpot", SUBSTRATE, label, seed, 2.0 + seed, paper="bidist", algorithm="mappo",
-                    crossplay=value, bots={BOT_SCENARIO: BOTS[label][seed]} if label in BOTS else {},
-                    bots_unavailable=[MISSING_BOTS])
-            for label, values in crossplay.items() for seed, value in enumerate(values)]
-    runs += [FakeRun("meltingpot", SUBSTRATE, "mappo", seed, 1.0, group="heldout", paper="bidist", algorithm="mappo")
-             for seed in (100, 101)]
+    runs = [
+        FakeRun(
+            "meltingpot",
+            SUBSTRATE,
+            label,
+            seed,
+            2.0 + seed,
+            paper="bidist",
+            algorithm="mappo",
+            crossplay=value,
+            bots={BOT_SCENARIO: BOTS[label][seed]} if label in BOTS else {},
+            bots_unavailable=[MISSING_BOTS],
+        )
+        for label, values in crossplay.items()
+        for seed, value in enumerate(values)
+    ]
+    runs += [
+        FakeRun("meltingpot", SUBSTRATE, "mappo", seed, 1.0, group="heldout", paper="bidist", algorithm="mappo")
+        for seed in (100, 101)
+    ]
     runs += [  # trained, not evaluated yet; and a failed evaluation: counted, never scored
         FakeRun("meltingpot", SUBSTRATE, "bidist", 3, 2.0, paper="bidist", algorithm="mappo"),
-        FakeRun("meltingpot", SUBSTRATE, "randnet", 3, 2.0, paper="bidist", algorithm="mappo",
-                crossplay_error="PolicyLoadError: simulated unreadable member"),
+        FakeRun(
+            "meltingpot",
+            SUBSTRATE,
+            "randnet",
+            3,
+            2.0,
+            paper="bidist",
+            algorithm="mappo",
+            crossplay_error="PolicyLoadError: simulated unreadable member",
+        ),
     ]
     return runs
 
@@ -52,7 +74,9 @@ def suite(tmp_path_factory):
     root = tmp_path_factory.mktemp("bidist")
     # A value-learner run in the same store: its win-rate columns and the policy runs' PPO columns mix.
     value_run = FakeRun("smax", "3m", "qmix", 0, 0.75)
-    return write_suite(root, "bidist_synth", bidist_runs() + [value_run], manifest="name: bidist_synth\npaper: bidist\n")
+    return write_suite(
+        root, "bidist_synth", bidist_runs() + [value_run], manifest="name: bidist_synth\npaper: bidist\n"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +109,10 @@ def test_collect_scores_policy_runs_by_crossplay_and_value_runs_by_metrics(suite
 def test_crossplay_table_has_the_hand_computed_medians(suite):
     table = build_crossplay_table(collect(suite), "main", REPS)
     assert table.columns == ["bidist", "mappo", "selfplay", "rpm", "opre", "randnet"]  # never the held-out runs
-    assert [(r.scenario, r.population) for r in table.rows] == [(SUBSTRATE, SUITE_POPULATION),
-                                                                (BOT_SCENARIO, BOT_POPULATION)]
+    assert [(r.scenario, r.population) for r in table.rows] == [
+        (SUBSTRATE, SUITE_POPULATION),
+        (BOT_SCENARIO, BOT_POPULATION),
+    ]
     held, bots = table.rows
     assert held.members == ["mappo seed 100", "mappo seed 101"] and held.trained_on is None
     expected = {"bidist": 3.5, "mappo": 1.5, "selfplay": 2.0, "rpm": 2.5, "opre": 0.8, "randnet": 1.2}
@@ -98,7 +124,9 @@ def test_crossplay_table_has_the_hand_computed_medians(suite):
     assert (held.cells["bidist"].n_done, held.cells["bidist"].n_runs) == (3, 4)  # seed 3: not evaluated
     assert (held.cells["randnet"].n_done, held.cells["randnet"].n_runs) == (3, 4)  # seed 3: evaluation failed
     assert bots.trained_on == SUBSTRATE and bots.members == []
-    assert bots.cells["bidist"].agg.median == pytest.approx(2.2) and bots.cells["mappo"].agg.median == pytest.approx(1.1)
+    assert bots.cells["bidist"].agg.median == pytest.approx(2.2) and bots.cells["mappo"].agg.median == pytest.approx(
+        1.1
+    )
     assert bots.cells["selfplay"].n_done == 0
     pairs = {(c.scenario, c.y): c.poi.p for c in table.comparisons}
     assert pairs[(SUBSTRATE, "rpm")] == 1.0 and pairs[(BOT_SCENARIO, "mappo")] == 1.0
@@ -110,10 +138,13 @@ def test_bidist_verdict_is_inconclusive_while_rivals_are_not_run(suite, numbers)
     # with 3 seeds at 40k env steps, on one of the claim's five substrates: the bar is not met
     verdict = next(v for v in evaluate_claims(collect(suite), numbers, REPS) if v.claim.id == "bidist_generalises")
     assert verdict.verdict == INCONCLUSIVE
-    assert verdict.missing == ["budget 40k of 10M env steps", "3 of 5 seeds",
-                               f"not run: randnet, opre, selfplay, rpm on {BOT_SCENARIO}",
-                               "not run on 4 of 5 scenarios: prisoners_dilemma_in_the_matrix__repeated, "
-                               "running_with_scissors_in_the_matrix__repeated, collaborative_cooking__asymmetric, clean_up"]
+    assert verdict.missing == [
+        "budget 40k of 10M env steps",
+        "3 of 5 seeds",
+        f"not run: randnet, opre, selfplay, rpm on {BOT_SCENARIO}",
+        "not run on 4 of 5 scenarios: prisoners_dilemma_in_the_matrix__repeated, "
+        "running_with_scissors_in_the_matrix__repeated, collaborative_cooking__asymmetric, clean_up",
+    ]
     assert any(f"co-players: {SUITE_POPULATION}" in m for m in verdict.measured_on)
     assert any(f"co-players: {BOT_POPULATION}" in m for m in verdict.measured_on)
     # what the runs show so far, not a verdict: a 3 vs 3 complete separation is p = 1/20 before Holm
@@ -123,7 +154,9 @@ def test_bidist_verdict_is_inconclusive_while_rivals_are_not_run(suite, numbers)
 
 def test_bidist_verdict_not_run_when_nothing_was_evaluated(tmp_path, numbers):
     # trained but never evaluated in cross-play: not run, and the reason says what is missing
-    pending = [FakeRun("meltingpot", SUBSTRATE, lb, 0, 1.0, paper="bidist", algorithm="mappo") for lb in ("bidist", "mappo")]
+    pending = [
+        FakeRun("meltingpot", SUBSTRATE, lb, 0, 1.0, paper="bidist", algorithm="mappo") for lb in ("bidist", "mappo")
+    ]
     data = collect(write_suite(tmp_path, "pending", pending))
     verdict = next(v for v in evaluate_claims(data, numbers, REPS) if v.claim.id == "bidist_generalises")
     assert verdict.verdict == NOT_RUN
@@ -132,7 +165,7 @@ def test_bidist_verdict_not_run_when_nothing_was_evaluated(tmp_path, numbers):
 
 def test_bidist_section_of_the_html(suite):
     html = render_html(collect(suite), load_paper_numbers(), suite / "report", REPS)
-    section = html[html.index('id="bidist"'):html.index('id="missing"')]
+    section = html[html.index('id="bidist"') : html.index('id="missing"')]
     assert "Not run." not in section
     assert escape(SUITE_POPULATION) in section and escape(BOT_POPULATION) in section
     assert "members: mappo seed 100, mappo seed 101" in section and "Held-out population" in section
@@ -143,7 +176,7 @@ def test_bidist_section_of_the_html(suite):
     assert section.count("data:image/png;base64,") == 1  # the self-play learning curves of the substrate
     assert "self-play" in section
     # the value run's DDN table still renders beside it
-    assert "3m" in html[:html.index('id="bidist"')]
+    assert "3m" in html[: html.index('id="bidist"')]
 
 
 # Co-player kinds (format 2 crossplay.json): a column per kind, the score and the gap ------------------
@@ -159,9 +192,20 @@ KIND_COLUMNS = ["round_robin", "heldout", "random", "self_play"]
 @pytest.fixture(scope="module")
 def coplayer_suite(tmp_path_factory):
     root = tmp_path_factory.mktemp("coplayers")
-    runs = [FakeRun("meltingpot", SUBSTRATE, label, seed, 2.0, paper="bidist", algorithm="mappo",
-                    kinds=dict(zip(KIND_COLUMNS, values)))
-            for label, per_seed in KINDS.items() for seed, values in enumerate(per_seed)]
+    runs = [
+        FakeRun(
+            "meltingpot",
+            SUBSTRATE,
+            label,
+            seed,
+            2.0,
+            paper="bidist",
+            algorithm="mappo",
+            kinds=dict(zip(KIND_COLUMNS, values)),
+        )
+        for label, per_seed in KINDS.items()
+        for seed, values in enumerate(per_seed)
+    ]
     runs += [FakeRun("meltingpot", SUBSTRATE, "mappo", 100, 1.0, group="heldout", paper="bidist", algorithm="mappo")]
     runs += [FakeRun("meltingpot", SUBSTRATE, "mappo", 3, 2.0, paper="bidist", algorithm="mappo")]  # not evaluated
     return write_suite(root, "coplay_synth", runs, manifest="name: coplay_synth\npaper: bidist\n")
@@ -172,8 +216,13 @@ def test_crossplay_json_per_kind_breakdown_is_collected(coplayer_suite):
     cp = data.crossplay
     assert sorted(set(cp["kind"])) == sorted(KIND_COLUMNS + ["coplayer_score"])
     bidist0 = cp[(cp["label"] == "bidist") & (cp["seed"] == 0)].set_index("kind")["value"]
-    assert bidist0.to_dict() == {"round_robin": 3.0, "heldout": 4.0, "random": 2.0, "self_play": 5.0,
-                                 "coplayer_score": pytest.approx(3.0)}
+    assert bidist0.to_dict() == {
+        "round_robin": 3.0,
+        "heldout": 4.0,
+        "random": 2.0,
+        "self_play": 5.0,
+        "coplayer_score": pytest.approx(3.0),
+    }
     runs = data.runs.set_index(["label", "seed"])
     assert runs.loc[("bidist", 0), "final_score"] == pytest.approx(3.0)  # the score: mean of the unseen kinds
 
@@ -192,7 +241,9 @@ def test_coplayer_table_has_a_column_per_kind_the_score_and_the_gap(coplayer_sui
         assert row.cells["score"].values == pytest.approx(scores)
         assert row.cells["gap"].values == pytest.approx([v[3] - s for v, s in zip(per_seed, scores)])
     # hand-computed medians: bidist score per seed 3.0, 3.5, 2.5 -> 3.0; gap 2.0, 2.5, 1.5 -> 2.0
-    assert bidist.cells["score"].agg.median == pytest.approx(3.0) and bidist.cells["gap"].agg.median == pytest.approx(2.0)
+    assert bidist.cells["score"].agg.median == pytest.approx(3.0) and bidist.cells["gap"].agg.median == pytest.approx(
+        2.0
+    )
     # mappo: scores 1.5, 2.5, 2.0 -> 2.0; gaps 4.5, 4.5, 6.0 -> 4.5 (in distribution with itself, not with others)
     assert mappo.cells["score"].agg.median == pytest.approx(2.0) and mappo.cells["gap"].agg.median == pytest.approx(4.5)
     assert (mappo.cells["heldout"].n_done, mappo.n_runs) == (3, 4)  # seed 3: not evaluated yet
@@ -204,14 +255,21 @@ def test_coplayer_table_has_a_column_per_kind_the_score_and_the_gap(coplayer_sui
 
 def test_coplayer_table_in_the_html(coplayer_suite):
     html = render_html(collect(coplayer_suite), load_paper_numbers(), coplayer_suite / "report", REPS)
-    section = html[html.index('id="coplayers-main"'):html.index('id="missing"')]
-    table = section[section.index("<table"):section.index("</table>")]
-    header = table[:table.index("</tr>")]
-    for title in ("round robin (other algorithms)", "held-out checkpoints", "uniform random", "self-play", "score", "gap"):
+    section = html[html.index('id="coplayers-main"') : html.index('id="missing"')]
+    table = section[section.index("<table") : section.index("</table>")]
+    header = table[: table.index("</tr>")]
+    for title in (
+        "round robin (other algorithms)",
+        "held-out checkpoints",
+        "uniform random",
+        "self-play",
+        "score",
+        "gap",
+    ):
         assert f"<th>{title}</th>" in header
-    bidist_row = table[table.index("<td>bidist</td>"):table.index("<td>mappo</td>")]
+    bidist_row = table[table.index("<td>bidist</td>") : table.index("<td>mappo</td>")]
     # medians per column: 3.00, 4.00, 2.00, 5.00, score 3.00, gap 2.00
     assert [c.split("</b>")[0] for c in bidist_row.split("<b>")[1:]] == ["3.00", "4.00", "2.00", "5.00", "3.00", "2.00"]
-    mappo_row = table[table.index("<td>mappo</td>"):]
+    mappo_row = table[table.index("<td>mappo</td>") :]
     assert "n=3 of 4" in mappo_row and "<b>4.50</b>" in mappo_row
     assert "same partner schedule" in section

@@ -22,11 +22,14 @@ def test_the_shipped_evidence_loads_and_cites_only_committed_runs():
             assert not missing, f"{algorithm}.{name} cites runs without a committed record: {sorted(missing)}"
 
 
-@pytest.mark.parametrize("body,message", [
-    ({"ddn": {"acting_typo": {"value": "student", "evidence": "x", "runs": []}}}, "no such config field"),
-    ({"ddn": {"acting": {"value": "student", "runs": []}}}, "missing evidence"),
-    ({"ddn": {"acting": {"value": "student", "evidence": "x", "runs": "abc"}}}, "runs must be a list"),
-])
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ({"ddn": {"acting_typo": {"value": "student", "evidence": "x", "runs": []}}}, "no such config field"),
+        ({"ddn": {"acting": {"value": "student", "runs": []}}}, "missing evidence"),
+        ({"ddn": {"acting": {"value": "student", "evidence": "x", "runs": "abc"}}}, "runs must be a list"),
+    ],
+)
 def test_bad_evidence_entries_are_errors(tmp_path, body, message):
     path = tmp_path / "choice_evidence.yaml"
     path.write_text(yaml.safe_dump(body))
@@ -36,8 +39,9 @@ def test_bad_evidence_entries_are_errors(tmp_path, body, message):
 
 def test_method_choices_carry_the_evidence_of_their_field(tmp_path, monkeypatch):
     path = tmp_path / "choice_evidence.yaml"
-    path.write_text(yaml.safe_dump({"ddn": {"acting": {"value": "mixed", "evidence": "held on 3 seeds",
-                                                       "runs": ["r1"]}}}))
+    path.write_text(
+        yaml.safe_dump({"ddn": {"acting": {"value": "mixed", "evidence": "held on 3 seeds", "runs": ["r1"]}}})
+    )
     monkeypatch.setattr("reports.configuration.choice_evidence", lambda: choice_evidence(path))
     root = write_suite(tmp_path / "store", "s", [FakeRun("smax", "3m", "ddn", 0, final=0.5)])
     fields = {f.name: f for f in method_choices(collect(root))["ddn"]}

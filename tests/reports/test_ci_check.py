@@ -71,16 +71,38 @@ def tiny(tmp_path_factory):
 
 
 def test_checker_passes_on_the_real_learner(tiny, capsys):
-    code = check.main(["--manifest", str(tiny / "m.yaml"), "--bands", str(tiny / "bands.yaml"),
-                       "--out", str(tiny / "real"), "--reps", "500"])
+    code = check.main(
+        [
+            "--manifest",
+            str(tiny / "m.yaml"),
+            "--bands",
+            str(tiny / "bands.yaml"),
+            "--out",
+            str(tiny / "real"),
+            "--reps",
+            "500",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "matrix_game/wqmix_payoff/ow_wqmix" in out and "within their bands" in out
 
 
 def test_checker_fails_on_a_weakened_learner(tiny, capsys):
-    code = check.main(["--manifest", str(tiny / "m.yaml"), "--bands", str(tiny / "bands.yaml"),
-                       "--out", str(tiny / "weak"), "--override", "lr=0", "--reps", "500"])
+    code = check.main(
+        [
+            "--manifest",
+            str(tiny / "m.yaml"),
+            "--bands",
+            str(tiny / "bands.yaml"),
+            "--out",
+            str(tiny / "weak"),
+            "--override",
+            "lr=0",
+            "--reps",
+            "500",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 1, out
     assert "REGRESSION" in out

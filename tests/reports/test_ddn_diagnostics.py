@@ -18,9 +18,17 @@ def add_instruments(run_dir, teacher_level: float, agreement: float) -> None:
     path = run_dir / "metrics.csv"
     rows = list(csv.DictReader(path.open()))
     for row in rows:
-        row.update(teacher_test_win_rate=teacher_level, teacher_test_return_mean=0.0, greedy_agreement=agreement,
-                   realised_return_mean=0.8, teacher_overestimation=0.2, grad_norm_teacher=1.0,
-                   grad_norm_mixer=2.0, grad_norm_student=0.5, grad_norm_idm=0.1)
+        row.update(
+            teacher_test_win_rate=teacher_level,
+            teacher_test_return_mean=0.0,
+            greedy_agreement=agreement,
+            realised_return_mean=0.8,
+            teacher_overestimation=0.2,
+            grad_norm_teacher=1.0,
+            grad_norm_mixer=2.0,
+            grad_norm_student=0.5,
+            grad_norm_idm=0.1,
+        )
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -52,5 +60,6 @@ def test_report_shows_the_pair_section_and_skips_uninstrumented_runs(suite, tmp_
     assert "DDN: the teacher and the student" in html and "teacher (on the state)" not in html  # legend is in the PNG
     assert html.count('alt="ddn on 3s_vs_5z') == 1
     plain = write_suite(tmp_path / "plain", "plain", [FakeRun("smax", "3m", "ddn", 0, final=0.5)])
-    assert "DDN: the teacher and the student" not in render_html(collect(plain), load_paper_numbers(),
-                                                                 tmp_path / "out2", reps=200)
+    assert "DDN: the teacher and the student" not in render_html(
+        collect(plain), load_paper_numbers(), tmp_path / "out2", reps=200
+    )

@@ -28,8 +28,9 @@ def _reference_records(tmp_path, name, runs):
     root = write_suite(tmp_path / "store", name, runs, manifest=f"name: {name}\n")
     for d in (root / "runs").iterdir():
         prov = json.loads((d / "provenance.json").read_text())
-        (d / "provenance.json").write_text(json.dumps({**prov, "git": {"commit": "feedc0ffee12", "dirty": False},
-                                                       "cpu": "Test CPU"}))
+        (d / "provenance.json").write_text(
+            json.dumps({**prov, "git": {"commit": "feedc0ffee12", "dirty": False}, "cpu": "Test CPU"})
+        )
     records = tmp_path / "records"
     export(root, "reference", records)
     return records
@@ -55,8 +56,8 @@ def test_the_report_shows_paper_reference_and_this_suite_side_by_side(tmp_path, 
     html = render.render_html(collect(quick), numbers, quick / "report", REPS)
     text = visible(html)
     assert "Paper, reference, this suite" in text
-    table = text[text.index("Paper, reference, this suite"):text.index("Verdicts on the papers' claims")]
-    row = table[table.index("DDN reaches a 97.01%"):]
+    table = text[text.index("Paper, reference, this suite") : text.index("Verdicts on the papers' claims")]
+    row = table[table.index("DDN reaches a 97.01%") :]
     row = row[: row.index("DDN :", 5)]
     assert "97.01%" in row and "at 2M env steps" in row  # the paper
     assert "reproduced (the paper's number lies inside our interval" in row and "5 seeds per arm, 2M env steps" in row
@@ -74,8 +75,9 @@ def test_without_reference_records_each_claim_says_so(tmp_path, numbers, monkeyp
 def test_reproducibility_check_finds_equal_prefixes_and_the_first_divergence(tmp_path, numbers, monkeypatch):
     from tests.reports.synthetic import FakeRun
 
-    ref_runs = [FakeRun("smax", "3s_vs_5z", "qmix", s, final=0.2 * (s + 1), n_evals=10, env_steps=2_000_000)
-                for s in range(3)]
+    ref_runs = [
+        FakeRun("smax", "3s_vs_5z", "qmix", s, final=0.2 * (s + 1), n_evals=10, env_steps=2_000_000) for s in range(3)
+    ]
     records = _reference_records(tmp_path, "ddn_smax_reference", ref_runs)
     ref_dir = records / "reference" / "ddn_smax_reference" / "runs"
     by_seed = {json.loads((d / "spec.json").read_text())["seed"]: d for d in ref_dir.iterdir()}

@@ -21,9 +21,22 @@ def open_in_chromium(html: Path, screenshot: Path, height: int = 6000) -> list[s
     logs console output and uncaught errors as CONSOLE lines on stderr with --enable-logging)."""
     chromium = require_tool("chromium")
     proc = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--enable-logging=stderr",
-         "--v=0", f"--window-size=1200,{height}", f"--screenshot={screenshot}", html.resolve().as_uri()],
-        capture_output=True, text=True, timeout=120)
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--enable-logging=stderr",
+            "--v=0",
+            f"--window-size=1200,{height}",
+            f"--screenshot={screenshot}",
+            html.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert screenshot.exists(), f"chromium wrote no screenshot (rc {proc.returncode}):\n{proc.stderr[-2000:]}"
     return [m.group(1) for line in proc.stderr.splitlines() if (m := CONSOLE.search(line))]
 
@@ -52,8 +65,17 @@ def test_html_opens_in_chromium_without_console_errors(rendered, suite):
 def test_html_content(rendered):
     full = rendered["full"]["html"].read_text()
     assert full.count("data:image/png;base64,") == 6  # a learning-curve figure per (group, scenario)
-    for heading in ("Verdicts on the papers", "Main results", "paper Table 3", "paper Table 4", "paper Table 5",
-                    "BiDist", "Metric definitions", "Method choices in force", "Provenance"):
+    for heading in (
+        "Verdicts on the papers",
+        "Main results",
+        "paper Table 3",
+        "paper Table 4",
+        "paper Table 5",
+        "BiDist",
+        "Metric definitions",
+        "Method choices in force",
+        "Provenance",
+    ):
         assert heading in full
     assert "97.01%" in full and "82.16%" in full  # the paper's numbers beside ours
     assert "Partial suite" not in full and "None: every run of the suite finished" in full
@@ -72,8 +94,9 @@ def test_html_content(rendered):
 
 def pdf_text(pdf: Path) -> str:
     pdftotext = require_tool("pdftotext")
-    return subprocess.run([pdftotext, "-layout", str(pdf), "-"], capture_output=True, text=True, check=True,
-                          timeout=60).stdout
+    return subprocess.run(
+        [pdftotext, "-layout", str(pdf), "-"], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
 
 
 def test_pdf_pages_render_and_hold_the_tables(rendered):
@@ -87,10 +110,29 @@ def test_pdf_pages_render_and_hold_the_tables(rendered):
     first = np.asarray(Image.open(pages[0]).convert("L"), dtype=float)
     assert first.std() > 10
     text = pdf_text(pdf)
-    for needle in ("Verdicts on the papers", "Main results", "qmix", "ow_wqmix", "ddn_raw_state", "ddn_no_idm",
-                   "ddn_distill_B", "ddn_mu_0.9", "60.0%", "95.0%", "82.0%", "97.01%", "paper 82.16%",
-                   "inconclusive", "decided by", "not run", "Missing runs", "simulated crash", "Metric definitions",
-                   "Method choices in force", "Provenance"):
+    for needle in (
+        "Verdicts on the papers",
+        "Main results",
+        "qmix",
+        "ow_wqmix",
+        "ddn_raw_state",
+        "ddn_no_idm",
+        "ddn_distill_B",
+        "ddn_mu_0.9",
+        "60.0%",
+        "95.0%",
+        "82.0%",
+        "97.01%",
+        "paper 82.16%",
+        "inconclusive",
+        "decided by",
+        "not run",
+        "Missing runs",
+        "simulated crash",
+        "Metric definitions",
+        "Method choices in force",
+        "Provenance",
+    ):
         assert needle in text, f"{needle!r} missing from the PDF text"
     # the hand-computed main-table row of the SMAX stand-in, in column order
     row = re.search(r"3s_vs_5z.*?60\.0%.*?45\.0%.*?60\.0%.*?58\.0%.*?95\.0%", text, re.S)
@@ -110,11 +152,14 @@ def test_bidist_section_says_not_run_until_a_bidist_run_finished(tmp_path, rende
     from tests.reports.synthetic import FakeRun, write_suite
 
     full = rendered["full"]["html"].read_text()  # a DDN suite: no BiDist run at all
-    section = full[full.index('id="bidist"'):full.index('id="missing"')]
+    section = full[full.index('id="bidist"') : full.index('id="missing"')]
     assert "Not run." in section and "bidist_quick" in section
-    suite = write_suite(tmp_path, "bidist", [FakeRun("meltingpot", "clean_up", "mappo", 0, None, state="pending",
-                                                     paper="bidist", algorithm="mappo")])
+    suite = write_suite(
+        tmp_path,
+        "bidist",
+        [FakeRun("meltingpot", "clean_up", "mappo", 0, None, state="pending", paper="bidist", algorithm="mappo")],
+    )
     html = render_html(collect(suite), load_paper_numbers(), suite / "report", REPS)
-    section = html[html.index('id="bidist"'):html.index('id="missing"')]
+    section = html[html.index('id="bidist"') : html.index('id="missing"')]
     assert "No cross-play result yet." in section and "training pending" in section
-    assert "mappo" in html[html.index('id="missing"'):]  # the pending run is listed as missing
+    assert "mappo" in html[html.index('id="missing"') :]  # the pending run is listed as missing

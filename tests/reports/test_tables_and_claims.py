@@ -30,6 +30,7 @@ def cell(table, family, scenario, label):
 
 # Statistics ------------------------------------------------------------------------------------
 
+
 def test_final_score_is_the_mean_of_the_last_three_evaluations():
     assert final_score([0.0, 0.1, 0.2, 0.5, 0.6, 0.7]) == pytest.approx(0.6)
     assert final_score([0.4, 0.8]) == pytest.approx(0.6)  # fewer evaluations: all of them
@@ -95,6 +96,7 @@ def test_median_difference_with_its_interval():
 
 # Collection and tables ------------------------------------------------------------------------
 
+
 def test_collect_reads_every_run_and_its_evaluations(suites):
     data = collect(suites["partial"])
     assert len(data.runs) == 7 * 3 + 6 * 3 + 3
@@ -110,7 +112,9 @@ def test_main_table_cells_are_the_hand_computed_medians(suites, numbers):
     table = build_table(collect(suites["full"]), "main", numbers, REPS)
     assert table.columns == ["qmix", "vdn", "ow_wqmix", "cw_wqmix", "ddn"]
     assert [(r.family, r.scenario, r.metric) for r in table.rows] == [
-        ("smax", "3s_vs_5z", "test_win_rate"), ("predator_prey", "stag_hunt", "test_return_mean")]
+        ("smax", "3s_vs_5z", "test_win_rate"),
+        ("predator_prey", "stag_hunt", "test_return_mean"),
+    ]
     expected = {"qmix": 0.6, "vdn": 0.45, "ow_wqmix": 0.6, "cw_wqmix": 0.58, "ddn": 0.95}
     for label, median in expected.items():
         c = cell(table, "smax", "3s_vs_5z", label)
@@ -151,7 +155,9 @@ def test_partial_suite_scores_finished_runs_and_counts_the_rest(suites, numbers)
 
 
 def test_memberships_put_one_run_in_several_cells(tmp_path, numbers):
-    suite = write_suite(tmp_path, "shared", [FakeRun("smax", "3s_vs_5z", "ddn", s, f) for s, f in enumerate([0.8, 0.9])])
+    suite = write_suite(
+        tmp_path, "shared", [FakeRun("smax", "3s_vs_5z", "ddn", s, f) for s, f in enumerate([0.8, 0.9])]
+    )
     for spec_path in (suite / "runs").glob("*/spec.json"):  # as the orchestrator stores a shared training
         spec = json.loads(spec_path.read_text())
         spec["memberships"] = [{"group": "main", "label": "ddn"}, {"group": "mu_sweep", "label": "ddn_mu_0.75"}]
@@ -174,12 +180,18 @@ def test_learning_curves_align_evaluations_on_the_interval_grid(suites):
 
 # Verdicts ---------------------------------------------------------------------------------------
 
+
 def test_verdicts_on_the_full_suite_are_inconclusive_below_the_bar(suites, numbers):
     # 3 seeds per arm at 40k env steps: short of DDN's bar (5 seeds, 2M) on every claim with runs
     verdicts = {v.claim.id: v for v in evaluate_claims(collect(suites["full"]), numbers, REPS)}
     assert set(verdicts) == {c.id for c in numbers.claims}
-    for claim in ("ddn_3s_vs_5z", "ddn_beats_baselines_3s_vs_5z", "personalization_3s_vs_5z",
-                  "multilevel_distillation", "idm_3s_vs_5z"):
+    for claim in (
+        "ddn_3s_vs_5z",
+        "ddn_beats_baselines_3s_vs_5z",
+        "personalization_3s_vs_5z",
+        "multilevel_distillation",
+        "idm_3s_vs_5z",
+    ):
         v = verdicts[claim]
         assert v.verdict == INCONCLUSIVE and v.missing == ["budget 40k of 2M env steps", "3 of 5 seeds"], claim
         assert v.headline == "inconclusive (budget 40k of 2M env steps; 3 of 5 seeds)"
@@ -204,7 +216,9 @@ def test_verdicts_on_the_full_suite_are_inconclusive_below_the_bar(suites, numbe
 
 
 def test_value_claim_fails_outside_the_tolerance(tmp_path, numbers):
-    runs = [FakeRun("smax", "3s_vs_5z", "ddn", s, f, env_steps=2_000_000) for s, f in enumerate([0.5, 0.55, 0.6, 0.65, 0.7])]
+    runs = [
+        FakeRun("smax", "3s_vs_5z", "ddn", s, f, env_steps=2_000_000) for s, f in enumerate([0.5, 0.55, 0.6, 0.65, 0.7])
+    ]
     verdicts = {v.claim.id: v for v in evaluate_claims(collect(write_suite(tmp_path, "weak", runs)), numbers, REPS)}
     value = verdicts["ddn_3s_vs_5z"]
     assert value.verdict == NOT_REPRODUCED
@@ -215,16 +229,27 @@ def test_value_claim_fails_outside_the_tolerance(tmp_path, numbers):
 
 
 def test_smac_runs_take_precedence_over_the_stand_in(tmp_path, numbers):
-    runs = [FakeRun("smac", "3s_vs_5z", "ddn", s, f, env_steps=2_000_000) for s, f in enumerate([0.95, 0.96, 0.97, 0.98, 0.99])]
-    runs += [FakeRun("smax", "3s_vs_5z", "ddn", s, f, env_steps=2_000_000) for s, f in enumerate([0.1, 0.2, 0.3, 0.4, 0.5])]
-    verdict = next(v for v in evaluate_claims(collect(write_suite(tmp_path, "both", runs)), numbers, REPS)
-                   if v.claim.id == "ddn_3s_vs_5z")
+    runs = [
+        FakeRun("smac", "3s_vs_5z", "ddn", s, f, env_steps=2_000_000)
+        for s, f in enumerate([0.95, 0.96, 0.97, 0.98, 0.99])
+    ]
+    runs += [
+        FakeRun("smax", "3s_vs_5z", "ddn", s, f, env_steps=2_000_000) for s, f in enumerate([0.1, 0.2, 0.3, 0.4, 0.5])
+    ]
+    verdict = next(
+        v
+        for v in evaluate_claims(collect(write_suite(tmp_path, "both", runs)), numbers, REPS)
+        if v.claim.id == "ddn_3s_vs_5z"
+    )
     assert verdict.verdict == REPRODUCED and not verdict.on_stand_in and verdict.measured_on == ["SMAC (StarCraft II)"]
 
 
 def test_unfinished_runs_are_named_in_a_not_run_reason(suites, numbers, tmp_path):
-    suite = write_suite(tmp_path, "crashed", [FakeRun("smax", "3s_vs_5z", "ddn", 0, 0.2, state="failed",
-                                                      error="ValueError: boom", n_evals=1)])
+    suite = write_suite(
+        tmp_path,
+        "crashed",
+        [FakeRun("smax", "3s_vs_5z", "ddn", 0, 0.2, state="failed", error="ValueError: boom", n_evals=1)],
+    )
     verdict = next(v for v in evaluate_claims(collect(suite), numbers, REPS) if v.claim.id == "ddn_3s_vs_5z")
     assert verdict.verdict == NOT_RUN and "1 failed" in verdict.reason and "ValueError: boom" in verdict.reason
 
@@ -246,6 +271,7 @@ def test_paper_numbers_file_is_complete(numbers):
 
 
 # marl-eval export --------------------------------------------------------------------------------
+
 
 def test_marl_eval_export_follows_its_raw_data_schema(suites, rendered):
     raw = json.loads(rendered["partial"]["marl_eval"].read_text())

@@ -32,8 +32,10 @@ def numbers():
 
 
 def arm(label, finals, scenario="3s_vs_5z", family="smax", group="main", env_steps=DDN_BUDGET, **kw) -> list[FakeRun]:
-    return [FakeRun(family, scenario, label, seed, f, group=group, env_steps=env_steps, **kw)
-            for seed, f in enumerate(finals)]
+    return [
+        FakeRun(family, scenario, label, seed, f, group=group, env_steps=env_steps, **kw)
+        for seed, f in enumerate(finals)
+    ]
 
 
 def judge(tmp_path, numbers, runs, claim_id):
@@ -46,6 +48,7 @@ def baselines(finals, **kw) -> list[FakeRun]:
 
 
 # value --------------------------------------------------------------------------------------------
+
 
 def test_value_claim_reproduced_at_the_bar(tmp_path, numbers):
     v = judge(tmp_path, numbers, arm("ddn", HIGH), "ddn_3s_vs_5z")
@@ -61,11 +64,14 @@ def test_value_claim_not_reproduced_says_on_which_side(tmp_path, numbers):
     assert "excludes the paper's number" in v.reason and "ours minus paper: -37.0 pts" in v.reason
 
 
-@pytest.mark.parametrize("finals, env_steps, missing", [
-    (HIGH[:2], DDN_BUDGET, ["2 of 5 seeds"]),  # a bootstrap interval of a median over 2 seeds says nothing
-    (HIGH, 80_000, ["budget 80k of 2M env steps"]),
-    ([0.0, 0.0], 80_000, ["budget 80k of 2M env steps", "2 of 5 seeds"]),
-])
+@pytest.mark.parametrize(
+    "finals, env_steps, missing",
+    [
+        (HIGH[:2], DDN_BUDGET, ["2 of 5 seeds"]),  # a bootstrap interval of a median over 2 seeds says nothing
+        (HIGH, 80_000, ["budget 80k of 2M env steps"]),
+        ([0.0, 0.0], 80_000, ["budget 80k of 2M env steps", "2 of 5 seeds"]),
+    ],
+)
 def test_value_claim_inconclusive_below_the_bar(tmp_path, numbers, finals, env_steps, missing):
     v = judge(tmp_path, numbers, arm("ddn", finals, env_steps=env_steps), "ddn_3s_vs_5z")
     assert v.verdict == INCONCLUSIVE and v.missing == missing
@@ -79,6 +85,7 @@ def test_value_claim_not_run(tmp_path, numbers):
 
 
 # better -------------------------------------------------------------------------------------------
+
 
 def test_better_reproduced_at_5_vs_5_with_its_p_value(tmp_path, numbers):
     v = judge(tmp_path, numbers, arm("ddn", HIGH) + baselines(LOW), "ddn_beats_baselines_3s_vs_5z")
@@ -101,25 +108,37 @@ def test_better_reversed_at_5_vs_5_is_not_reproduced_the_other_way(tmp_path, num
 
 def test_better_not_significant_points_the_same_way(tmp_path, numbers):
     # P(ddn > rival) = 15/25 = 0.6: above one half, far from significant
-    v = judge(tmp_path, numbers, arm("ddn", [0.5, 0.6, 0.7, 0.8, 0.9]) + baselines([0.45, 0.55, 0.65, 0.75, 0.85]),
-              "ddn_beats_baselines_3s_vs_5z")
+    v = judge(
+        tmp_path,
+        numbers,
+        arm("ddn", [0.5, 0.6, 0.7, 0.8, 0.9]) + baselines([0.45, 0.55, 0.65, 0.75, 0.85]),
+        "ddn_beats_baselines_3s_vs_5z",
+    )
     assert v.verdict == NOT_REPRODUCED and v.headline == "not reproduced (not significant, data point the same way)"
 
 
 def test_better_holm_correction_decides(tmp_path, numbers):
     # each rival alone: p = 5/252 = 0.020 < 0.05; Holm over three: 0.060 for every one
-    v = judge(tmp_path, numbers, arm("ddn", HIGH) + baselines([0.5, 0.6, 0.62, 0.7, 0.95]),
-              "ddn_beats_baselines_3s_vs_5z")
+    v = judge(
+        tmp_path, numbers, arm("ddn", HIGH) + baselines([0.5, 0.6, 0.62, 0.7, 0.95]), "ddn_beats_baselines_3s_vs_5z"
+    )
     comps = v.rows[0].result.comparisons
     assert all(c.test.p == pytest.approx(5 / 252) and c.p_holm == pytest.approx(15 / 252) for c in comps)
     assert v.verdict == NOT_REPRODUCED and v.headline == "not reproduced (not significant, data point the same way)"
 
 
 def test_better_mixed_rivals_are_named(tmp_path, numbers):
-    runs = arm("ddn", HIGH) + arm("qmix", LOW) + arm("ow_wqmix", [0.85, 0.9, 0.93, 0.96, 0.98]) + arm("cw_wqmix", [1.0] * 5)
+    runs = (
+        arm("ddn", HIGH)
+        + arm("qmix", LOW)
+        + arm("ow_wqmix", [0.85, 0.9, 0.93, 0.96, 0.98])
+        + arm("cw_wqmix", [1.0] * 5)
+    )
     v = judge(tmp_path, numbers, runs, "ddn_beats_baselines_3s_vs_5z")
     assert v.verdict == NOT_REPRODUCED
-    assert v.qualifier == "not significant, data point the same way (vs ow_wqmix); data point the other way (vs cw_wqmix)"
+    assert (
+        v.qualifier == "not significant, data point the same way (vs ow_wqmix); data point the other way (vs cw_wqmix)"
+    )
 
 
 def test_better_with_a_missing_rival_is_inconclusive(tmp_path, numbers):
@@ -135,16 +154,21 @@ def test_better_2_vs_2_complete_separation_is_inconclusive(tmp_path, numbers):
 
 
 def test_better_uneven_seeds_name_each_arm(tmp_path, numbers):
-    v = judge(tmp_path, numbers, arm("ddn", HIGH) + arm("qmix", LOW[:3]) + arm("ow_wqmix", LOW) + arm("cw_wqmix", LOW),
-              "ddn_beats_baselines_3s_vs_5z")
+    v = judge(
+        tmp_path,
+        numbers,
+        arm("ddn", HIGH) + arm("qmix", LOW[:3]) + arm("ow_wqmix", LOW) + arm("cw_wqmix", LOW),
+        "ddn_beats_baselines_3s_vs_5z",
+    )
     assert v.verdict == INCONCLUSIVE and v.missing == ["3 of 5 seeds (ddn 5, qmix 3, ow_wqmix 5, cw_wqmix 5)"]
 
 
 def test_ablation_better_borrows_the_default_ddn(tmp_path, numbers):
     runs = arm("ddn", HIGH) + arm("ddn_raw_state", LOW, group="ablation_state", algorithm="ddn")
     assert judge(tmp_path, numbers, runs, "personalization_3s_vs_5z").verdict == REPRODUCED
-    runs = arm("ddn", HIGH, group="ablation_state", env_steps=1_000_000) + arm("ddn_raw_state", LOW,
-                                                                               group="ablation_state", algorithm="ddn")
+    runs = arm("ddn", HIGH, group="ablation_state", env_steps=1_000_000) + arm(
+        "ddn_raw_state", LOW, group="ablation_state", algorithm="ddn"
+    )
     v = judge(tmp_path, numbers, runs, "personalization_3s_vs_5z")
     assert v.verdict == INCONCLUSIVE and v.missing == ["budget 1M of 2M env steps"]  # the weakest arm sets it
 
@@ -189,10 +213,34 @@ def bidist_suite(substrates, labels=BIDIST_ARMS, seeds=5, env_steps=BIDIST_BUDGE
     for substrate in substrates:
         for label in labels:
             values = high if label == "bidist" else low
-            runs += [FakeRun("meltingpot", substrate, label, s, 1.0, paper="bidist", algorithm="mappo",
-                             crossplay=10 * values[s], env_steps=env_steps) for s in range(seeds)]
-        runs += [FakeRun("meltingpot", substrate, "mappo", s, 1.0, group="heldout", paper="bidist", algorithm="mappo",
-                         env_steps=env_steps) for s in (100, 101)]
+            runs += [
+                FakeRun(
+                    "meltingpot",
+                    substrate,
+                    label,
+                    s,
+                    1.0,
+                    paper="bidist",
+                    algorithm="mappo",
+                    crossplay=10 * values[s],
+                    env_steps=env_steps,
+                )
+                for s in range(seeds)
+            ]
+        runs += [
+            FakeRun(
+                "meltingpot",
+                substrate,
+                "mappo",
+                s,
+                1.0,
+                group="heldout",
+                paper="bidist",
+                algorithm="mappo",
+                env_steps=env_steps,
+            )
+            for s in (100, 101)
+        ]
     return runs
 
 
@@ -206,8 +254,10 @@ def test_crossplay_claim_outcomes(tmp_path, numbers):
     assert v.verdict == NOT_REPRODUCED and "data point the other way" in v.qualifier
     v = judge(tmp_path, numbers, bidist_suite(claim.scenarios[:2]), claim.id)  # three substrates not run
     assert v.verdict == INCONCLUSIVE
-    assert v.missing == ["not run on 3 of 5 scenarios: running_with_scissors_in_the_matrix__repeated, "
-                         "collaborative_cooking__asymmetric, clean_up"]
+    assert v.missing == [
+        "not run on 3 of 5 scenarios: running_with_scissors_in_the_matrix__repeated, "
+        "collaborative_cooking__asymmetric, clean_up"
+    ]
     v = judge(tmp_path, numbers, bidist_suite(claim.scenarios, labels=BIDIST_ARMS[:4]), claim.id)
     assert v.verdict == INCONCLUSIVE and v.missing == ["not run: selfplay, rpm"]
     # refuted on one substrate with the bar met, short of it on another: refuted
@@ -219,6 +269,7 @@ def test_crossplay_claim_outcomes(tmp_path, numbers):
 
 # The quick suites: every claim with runs is inconclusive, and says why ------------------------------
 
+
 def manifest_runs(name: str, final: float) -> list[FakeRun]:
     """Finished runs of a shipped manifest at its own budgets and seeds, every final score ``final``;
     BiDist manifests: focal runs with a cross-play score, and their held-out population."""
@@ -228,12 +279,37 @@ def manifest_runs(name: str, final: float) -> list[FakeRun]:
         steps = (sc.get("budget") or {}).get("env_steps", m["budget"]["env_steps"])
         for alg in m["algorithms"]:
             label = alg.get("label", alg["name"])
-            runs += [FakeRun(sc["family"], sc["scenario"], label, seed, final, group=alg.get("group", "main"),
-                             algorithm=alg["name"] if paper == "ddn" else "mappo", paper=paper, env_steps=steps,
-                             crossplay=final if paper == "bidist" else None) for seed in m["seeds"]]
+            runs += [
+                FakeRun(
+                    sc["family"],
+                    sc["scenario"],
+                    label,
+                    seed,
+                    final,
+                    group=alg.get("group", "main"),
+                    algorithm=alg["name"] if paper == "ddn" else "mappo",
+                    paper=paper,
+                    env_steps=steps,
+                    crossplay=final if paper == "bidist" else None,
+                )
+                for seed in m["seeds"]
+            ]
         held = m.get("heldout") or {}
-        runs += [FakeRun(sc["family"], sc["scenario"], alg, seed, final, group="heldout", paper=paper, algorithm="mappo",
-                         env_steps=steps) for alg in held.get("algorithms", []) for seed in held.get("seeds", [])]
+        runs += [
+            FakeRun(
+                sc["family"],
+                sc["scenario"],
+                alg,
+                seed,
+                final,
+                group="heldout",
+                paper=paper,
+                algorithm="mappo",
+                env_steps=steps,
+            )
+            for alg in held.get("algorithms", [])
+            for seed in held.get("seeds", [])
+        ]
     return runs
 
 
@@ -284,6 +360,7 @@ def test_bidist_quick_report_has_no_verdict(tmp_path, numbers):
 
 # The data file's bars and the suites that decide the claims ------------------------------------
 
+
 def test_every_claim_has_a_bar_and_its_deciding_suites_meet_it(numbers):
     assert numbers.bars["ddn"].min_seeds == 5 and numbers.bars["ddn"].min_budget == 2_000_000
     assert numbers.bars["bidist"].min_seeds == 5 and numbers.bars["bidist"].budget_why
@@ -295,8 +372,7 @@ def test_every_claim_has_a_bar_and_its_deciding_suites_meet_it(numbers):
             assert len(m["seeds"]) >= claim.bar.min_seeds, (claim.id, name)
             cells = {(alg.get("group", "main"), alg.get("label", alg["name"])) for alg in m["algorithms"]}
             assert {(claim.group, a) for a in claim.arms} <= cells, (claim.id, name)
-            scenarios = {sc["scenario"]: sc for sc in m["scenarios"]
-                         if sc["family"] in (paper.family, paper.stand_in)}
+            scenarios = {sc["scenario"]: sc for sc in m["scenarios"] if sc["family"] in (paper.family, paper.stand_in)}
             needed = claim.scenarios or tuple(scenarios)
             for scenario in needed:
                 assert scenario in scenarios, (claim.id, name, scenario)
@@ -320,6 +396,7 @@ def test_the_data_file_refuses_a_claim_without_a_bar(tmp_path):
 
 
 # The terminal summary ---------------------------------------------------------------------------
+
 
 def test_summary_lines_use_the_report_words(tmp_path, numbers):
     suite = write_suite(tmp_path, "quick", manifest_runs("quick", 0.0))

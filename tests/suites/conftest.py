@@ -35,8 +35,14 @@ def reproduce_cmd(*args: str) -> list[str]:
 
 
 def run_reproduce(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(reproduce_cmd(*args), cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        reproduce_cmd(*args),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:

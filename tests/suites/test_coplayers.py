@@ -13,8 +13,14 @@ import pytest
 import torch
 
 import envs
-from marl.policy.crossplay import (KIND_NAMES, UniformRandomActor, coplayer_score, evaluate_schedule, partner_schedule,
-                            seat_arrangements)
+from marl.policy.crossplay import (
+    KIND_NAMES,
+    UniformRandomActor,
+    coplayer_score,
+    evaluate_schedule,
+    partner_schedule,
+    seat_arrangements,
+)
 from marl.policy.networks import ActInput
 from marl.policy.population import POLICY_FILE, load_policy, policy_file, save_policy
 from marl.registry import get_algorithm
@@ -75,8 +81,13 @@ def test_manifest_defaults_and_the_heldout_runs_snapshots(tmp_path):
 
 
 BAD = [
-    ({"coplayers": ["round_robin", "bots"]}, ["heldout.coplayers[1]: unknown co-player kind 'bots'",
-                                              "valid choices: round_robin, heldout, random, self_play"]),
+    (
+        {"coplayers": ["round_robin", "bots"]},
+        [
+            "heldout.coplayers[1]: unknown co-player kind 'bots'",
+            "valid choices: round_robin, heldout, random, self_play",
+        ],
+    ),
     ({"coplayers": []}, ["heldout.coplayers: must be a non-empty list of co-player kinds"]),
     ({"coplayers": "random"}, ["heldout.coplayers: must be a non-empty list"]),
     ({"coplayers": ["random", "random"]}, ["heldout.coplayers: co-player kinds must be distinct"]),
@@ -118,11 +129,18 @@ def test_partner_schedule_and_eval_seeds_are_identical_across_focal_methods(tmp_
 
     assert strip(req_a["members"]) == strip(req_b["members"])
     rr = req_a["members"]["round_robin"]
-    assert [(m["algorithm"], m["seed"]) for m in rr] == [("bidist", 0), ("bidist", 1), ("mappo", 0), ("mappo", 1),
-                                                          ("selfplay", 0), ("selfplay", 1)]
+    assert [(m["algorithm"], m["seed"]) for m in rr] == [
+        ("bidist", 0),
+        ("bidist", 1),
+        ("mappo", 0),
+        ("mappo", 1),
+        ("selfplay", 0),
+        ("selfplay", 1),
+    ]
     held = req_a["members"]["heldout"]
     assert [(m["seed"], m["fraction"], m["file"]) for m in held] == [
-        (s, f, policy_file(f)) for s in (100, 101) for f in (0.1, 0.5, 1.0)]
+        (s, f, policy_file(f)) for s in (100, 101) for f in (0.1, 0.5, 1.0)
+    ]
     sched_a = partner_schedule(req_a["members"], 2, 1, req_a["episodes"], req_a["num_envs"], req_a["seed"])
     sched_b = partner_schedule(req_b["members"], 2, 1, req_b["episodes"], req_b["num_envs"], req_b["seed"])
     assert sched_a == sched_b
@@ -153,14 +171,20 @@ def test_round_robin_excludes_the_focal_algorithm_and_every_method_plays_the_sam
     spec = env.spec
     env.close()
     algorithms = {"mappo0": "mappo", "mappo1": "mappo", "selfplay0": "selfplay", "held0": "mappo"}
-    paths = {name: _artifact(tmp_path / f"{name}.pt", algo, i, spec) for i, (name, algo) in enumerate(algorithms.items())}
+    paths = {
+        name: _artifact(tmp_path / f"{name}.pt", algo, i, spec) for i, (name, algo) in enumerate(algorithms.items())
+    }
     members = {
-        "round_robin": [{"run_id": "m0", "algorithm": "mappo", "path": paths["mappo0"]},
-                        {"run_id": "m1", "algorithm": "mappo", "path": paths["mappo1"]},
-                        {"run_id": "s0", "algorithm": "selfplay", "path": paths["selfplay0"]},
-                        {"run_id": "b0", "algorithm": "bidist", "path": None}],  # not finished
-        "heldout": [{"run_id": "h", "algorithm": "mappo", "seed": 100, "fraction": f, "path": paths["held0"]}
-                    for f in (0.1, 0.5, 1.0)],
+        "round_robin": [
+            {"run_id": "m0", "algorithm": "mappo", "path": paths["mappo0"]},
+            {"run_id": "m1", "algorithm": "mappo", "path": paths["mappo1"]},
+            {"run_id": "s0", "algorithm": "selfplay", "path": paths["selfplay0"]},
+            {"run_id": "b0", "algorithm": "bidist", "path": None},
+        ],  # not finished
+        "heldout": [
+            {"run_id": "h", "algorithm": "mappo", "seed": 100, "fraction": f, "path": paths["held0"]}
+            for f in (0.1, 0.5, 1.0)
+        ],
         "random": [{"name": "uniform_random"}],
         "self_play": [{"name": "self"}],
     }
@@ -193,14 +217,19 @@ def test_uniform_random_coplayer_draws_every_available_action_equally():
     actor = UniformRandomActor(4, seed=3)
     rows = 20000
     avail = torch.tensor([[True, False, True, True]]).repeat(rows, 1)
-    inp = ActInput(torch.zeros(rows, 1), torch.zeros(rows, 0), torch.zeros(rows, dtype=torch.long), avail,
-                   torch.zeros(rows, 1))
+    inp = ActInput(
+        torch.zeros(rows, 1), torch.zeros(rows, 0), torch.zeros(rows, dtype=torch.long), avail, torch.zeros(rows, 1)
+    )
     logits, h = actor.act(inp, actor.initial_hidden(rows))
     assert h.shape == (rows, 1) and torch.isinf(logits[:, 1]).all()
     greedy = torch.bincount(logits.argmax(-1), minlength=4).float() / rows  # greedy acting: argmax of Gumbel noise
     generator = torch.Generator().manual_seed(1)
-    sampled = torch.bincount(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(-1),
-                             minlength=4).float() / rows
+    sampled = (
+        torch.bincount(
+            torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(-1), minlength=4
+        ).float()
+        / rows
+    )
     for freq in (greedy, sampled):
         assert freq[1] == 0.0
         assert torch.allclose(freq[[0, 2, 3]], torch.full((3,), 1 / 3), atol=0.015), freq  # ~4 standard errors
@@ -217,9 +246,15 @@ def test_heldout_checkpoint_fractions_are_saved_and_loaded(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     budget = Budget(env_steps=200, eval_interval=200, eval_episodes=2, checkpoint_interval=200)
-    train_run("mappo", *GAME, seed=3, budget=budget, run_dir=run_dir,
-              overrides={"num_envs": 2, "rollout_length": 10, "ppo_epochs": 1, "eval_num_envs": 2},
-              snapshots=(0.1, 0.5))
+    train_run(
+        "mappo",
+        *GAME,
+        seed=3,
+        budget=budget,
+        run_dir=run_dir,
+        overrides={"num_envs": 2, "rollout_length": 10, "ppo_epochs": 1, "eval_num_envs": 2},
+        snapshots=(0.1, 0.5),
+    )
     assert sorted(p.name for p in run_dir.glob("policy*.pt")) == ["policy.pt", "policy_at_0.1.pt", "policy_at_0.5.pt"]
     steps = {}
     for fraction in (0.1, 0.5, 1.0):
@@ -252,8 +287,9 @@ def test_a_resumed_heldout_run_saves_the_same_checkpoints_as_an_uninterrupted_on
             raise Killed
 
     with pytest.raises(Killed):  # killed at 120 env steps: 0.1 saved before, 0.75 (150) not yet
-        train_run(*args, overrides=small, run_dir=tmp_path / "b", snapshots=(0.1, 0.75),
-                  progress=kill_after_the_checkpoint)
+        train_run(
+            *args, overrides=small, run_dir=tmp_path / "b", snapshots=(0.1, 0.75), progress=kill_after_the_checkpoint
+        )
     assert (tmp_path / "b" / policy_file(0.1)).is_file() and not (tmp_path / "b" / policy_file(0.75)).exists()
     train_run(*args, overrides=small, run_dir=tmp_path / "b", snapshots=(0.1, 0.75))  # resumes from 100
     for fraction in (0.1, 0.75, 1.0):

@@ -64,8 +64,18 @@ def test_backend_needs_an_image():
 @pytest.mark.skipif(not _daemon_reachable(), reason="no Docker daemon reachable (see the README, Docker)")
 def test_missing_image_on_a_real_daemon(tmp_path, tiny_manifest, capsys):
     out = tmp_path / "out"
-    code = reproduce.main(["--suite", str(tiny_manifest), "--out", str(out), "--backend", "docker",
-                           "--image", "marl-repro-suite:does-not-exist"])
+    code = reproduce.main(
+        [
+            "--suite",
+            str(tiny_manifest),
+            "--out",
+            str(out),
+            "--backend",
+            "docker",
+            "--image",
+            "marl-repro-suite:does-not-exist",
+        ]
+    )
     assert code == 2
     assert "Docker image 'marl-repro-suite:does-not-exist' is not on the daemon" in capsys.readouterr().err
     assert not out.exists()

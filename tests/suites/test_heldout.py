@@ -62,12 +62,18 @@ def _manifest(tmp_path: Path, **changes: Any) -> Path:
 BAD_HELDOUT = [
     ({"seeds": [1, 100]}, ["heldout.seeds", "seeds [1] are also focal seeds", "must be disjoint"]),
     ({"seeds": "100"}, ["heldout.seeds: must be a non-empty list of non-negative integers"]),
-    ({"seeds": [100], "algorithms": ["mapo"]}, ["heldout.algorithms[0].name: unknown algorithm 'mapo'",
-                                                "valid choices: qmix"]),
-    ({"seeds": [100], "algorithms": ["qmix"]}, ["heldout.algorithms[0].name", "of kind 'value'",
-                                                "must be policy learners"]),
-    ({"seeds": [100], "algorithms": [{"name": "mappo", "group": "x"}]},
-     ["heldout.algorithms[0].group: held-out runs are always in group 'heldout'"]),
+    (
+        {"seeds": [100], "algorithms": ["mapo"]},
+        ["heldout.algorithms[0].name: unknown algorithm 'mapo'", "valid choices: qmix"],
+    ),
+    (
+        {"seeds": [100], "algorithms": ["qmix"]},
+        ["heldout.algorithms[0].name", "of kind 'value'", "must be policy learners"],
+    ),
+    (
+        {"seeds": [100], "algorithms": [{"name": "mappo", "group": "x"}]},
+        ["heldout.algorithms[0].group: held-out runs are always in group 'heldout'"],
+    ),
     ({"seeds": [100], "episodes": 0}, ["heldout.episodes: must be a positive integer, got 0"]),
     ({"seeds": [100], "n_focal": "one"}, ["heldout.n_focal: must be a positive integer"]),
     ({"seeds": [100], "budget": {"env_step": 5}}, ["heldout.budget.env_step: unknown key"]),
@@ -75,8 +81,13 @@ BAD_HELDOUT = [
     ({"algorithms": ["mappo"]}, ["heldout.seeds: missing (required)"]),
     ({"seeds": [100], "bot_scenarios": "all"}, ["heldout.bot_scenarios", "need a Melting Pot substrate"]),
     ([100], ["heldout: must be a mapping"]),
-    ({"seeds": [100], "coplayers": ["round_robin", "bots"]},
-     ["heldout.coplayers[1]: unknown co-player kind 'bots'", "valid choices: round_robin, heldout, random, self_play"]),
+    (
+        {"seeds": [100], "coplayers": ["round_robin", "bots"]},
+        [
+            "heldout.coplayers[1]: unknown co-player kind 'bots'",
+            "valid choices: round_robin, heldout, random, self_play",
+        ],
+    ),
     ({"seeds": [100], "checkpoints": [0.1, 2.0]}, ["heldout.checkpoints[1]: must be a fraction of training in (0, 1]"]),
 ]
 
@@ -112,8 +123,16 @@ def test_expansion_adds_heldout_runs_with_their_seeds_and_budget(tmp_path):
 
 
 def test_heldout_algorithms_default_to_the_suites_policy_learners(tmp_path):
-    suite = load_suite(str(_manifest(tmp_path, algorithms=["qmix", {"name": "mappo", "overrides": {"lr": 1e-4}}],
-                                     overrides={"num_envs": 2}, heldout={"seeds": [7]})))
+    suite = load_suite(
+        str(
+            _manifest(
+                tmp_path,
+                algorithms=["qmix", {"name": "mappo", "overrides": {"lr": 1e-4}}],
+                overrides={"num_envs": 2},
+                heldout={"seeds": [7]},
+            )
+        )
+    )
     held = [r for r in suite.runs if r.is_heldout]
     assert [(r.algorithm, r.seed, r.overrides["lr"]) for r in held] == [("mappo", 7, 1e-4)]
 
@@ -136,7 +155,9 @@ def test_crossplay_jobs_reach_the_worker_through_every_backend(tmp_path):
     root = tmp_path / "out" / "tinypol"
     job = Job(spec, root / "runs" / spec.id, 1, "cpu", 1.0, 0.0, task="crossplay", request={"focal": spec.id})
     cmd = DockerBackend(image="img", suite_root=root).container_args(job, {})["command"]
-    assert cmd[cmd.index("--task") + 1] == "crossplay" and json.loads(cmd[cmd.index("--request") + 1]) == {"focal": spec.id}
+    assert cmd[cmd.index("--task") + 1] == "crossplay" and json.loads(cmd[cmd.index("--request") + 1]) == {
+        "focal": spec.id
+    }
     assert Job(spec, job.run_dir, 1, "cpu", 1.0, 0.0).worker_args() == []  # training: the worker's default
 
 
@@ -240,7 +261,9 @@ def test_crossplay_phase_writes_skips_and_reevaluates_when_the_population_change
     assert evals["coplayer_score"]["focal_per_capita_return"] == pytest.approx(score)
     assert record["focal_per_capita_return"] == pytest.approx(score) and math.isfinite(score)
     assert record["generalisation_gap"] == pytest.approx(record["self_play_return"] - score)
-    assert held["focal_per_capita_return"] == pytest.approx(sum(held["episode_focal_returns"]) / held["episodes"], abs=1e-3)
+    assert held["focal_per_capita_return"] == pytest.approx(
+        sum(held["episode_focal_returns"]) / held["episodes"], abs=1e-3
+    )
     first = (store.run_dir(by_seed[0].id) / CROSSPLAY).read_bytes()
 
     # Rerun: up to date, nothing evaluated, nothing rewritten.

@@ -12,8 +12,20 @@ from suites.manifest import ManifestError, RunSpec, content_id, list_suites, loa
 from suites.orchestrator import UsageError, filter_runs
 from tests.suites.conftest import TINY, write_manifest
 
-SHIPPED = ("smoke", "quick", "ddn_smac", "ddn_smax", "ddn_smax_curves", "ddn_stability", "ddn_tuning", "ddn_ablations", "ddn_predator_prey",
-           "bidist_meltingpot", "bidist_quick", "bidist_stag_hunt")
+SHIPPED = (
+    "smoke",
+    "quick",
+    "ddn_smac",
+    "ddn_smax",
+    "ddn_smax_curves",
+    "ddn_stability",
+    "ddn_tuning",
+    "ddn_ablations",
+    "ddn_predator_prey",
+    "bidist_meltingpot",
+    "bidist_quick",
+    "bidist_stag_hunt",
+)
 
 
 def _with(path: tuple, value) -> dict:
@@ -31,16 +43,32 @@ def _with(path: tuple, value) -> dict:
 _DELETE = object()
 
 BAD_MANIFESTS = [
-    (("algorithms", 0, "name"), "qmixx", ["algorithms[0].name", "unknown algorithm 'qmixx'", "valid choices: qmix, vdn"]),
-    (("scenarios", 0, "scenario"), "stag_hunt_huge", ["scenarios[0].scenario", "unknown predator_prey scenario",
-                                                      "valid choices: stag_hunt, stag_hunt_small"]),
-    (("scenarios", 0, "family"), "starcraft", ["scenarios[0].family", "unknown environment family 'starcraft'",
-                                               "predator_prey, smax, smac"]),
-    (("scenarios", 0, "options"), {"grid_size": 5}, ["scenarios[0].options", "unknown option(s) ['grid_size']",
-                                                     "grid_height (int)"]),
+    (
+        ("algorithms", 0, "name"),
+        "qmixx",
+        ["algorithms[0].name", "unknown algorithm 'qmixx'", "valid choices: qmix, vdn"],
+    ),
+    (
+        ("scenarios", 0, "scenario"),
+        "stag_hunt_huge",
+        ["scenarios[0].scenario", "unknown predator_prey scenario", "valid choices: stag_hunt, stag_hunt_small"],
+    ),
+    (
+        ("scenarios", 0, "family"),
+        "starcraft",
+        ["scenarios[0].family", "unknown environment family 'starcraft'", "predator_prey, smax, smac"],
+    ),
+    (
+        ("scenarios", 0, "options"),
+        {"grid_size": 5},
+        ["scenarios[0].options", "unknown option(s) ['grid_size']", "grid_height (int)"],
+    ),
     (("scenarios", 0, "options"), {"n_agents": "two"}, ["scenarios[0].options", "'n_agents'", "must be int"]),
-    (("algorithms", 0, "overrides"), {"learning_rate": 0.1}, ["algorithms[0].overrides", "unknown key(s) ['learning_rate']",
-                                                              "valid keys: profile"]),
+    (
+        ("algorithms", 0, "overrides"),
+        {"learning_rate": 0.1},
+        ["algorithms[0].overrides", "unknown key(s) ['learning_rate']", "valid keys: profile"],
+    ),
     (("algorithms", 0, "overrides"), {"batch_size": "big"}, ["algorithms[0].overrides", "'batch_size' must be int"]),
     (("overrides",), {"profile": "pymarl3"}, ["unknown profile 'pymarl3'", "valid profiles: pymarl, pymarl2"]),
     (("seeds",), [], ["seeds: must be a non-empty list"]),
@@ -53,13 +81,22 @@ BAD_MANIFESTS = [
     (("paper",), "dqn", ["paper: unknown paper 'dqn'; valid choices: ddn, bidist"]),
     (("algorithms",), [], ["algorithms: must be a non-empty list"]),
     (("colour",), "blue", ["colour: unknown key; valid keys: name, paper"]),
-    (("algorithms",), [{"name": "qmix"}, {"name": "qmix"}], ["algorithms[1].label", "label 'qmix' appears twice in group 'main'"]),
-    (("algorithms", 0, "scenarios"), ["3m"], ["algorithms[0].scenarios", "'3m' is not one of this manifest's scenarios"]),
+    (
+        ("algorithms",),
+        [{"name": "qmix"}, {"name": "qmix"}],
+        ["algorithms[1].label", "label 'qmix' appears twice in group 'main'"],
+    ),
+    (
+        ("algorithms", 0, "scenarios"),
+        ["3m"],
+        ["algorithms[0].scenarios", "'3m' is not one of this manifest's scenarios"],
+    ),
 ]
 
 
-@pytest.mark.parametrize("path,value,expected", BAD_MANIFESTS, ids=[".".join(map(str, b[0])) + "=" + repr(b[1])[:20]
-                                                                      for b in BAD_MANIFESTS])
+@pytest.mark.parametrize(
+    "path,value,expected", BAD_MANIFESTS, ids=[".".join(map(str, b[0])) + "=" + repr(b[1])[:20] for b in BAD_MANIFESTS]
+)
 def test_bad_manifest_is_refused_with_a_specific_message_and_nothing_written(tmp_path, capsys, path, value, expected):
     manifest = write_manifest(tmp_path / "bad.yaml", _with(path, value))
     out = tmp_path / "out"
@@ -123,8 +160,20 @@ def test_help_has_examples(capsys):
     with pytest.raises(SystemExit):
         reproduce.main(["--help"])
     text = capsys.readouterr().out
-    for flag in ("--suite", "--backend", "--workers", "--out", "--dry-run", "--list", "--report-only", "--seeds",
-                 "--only", "--skip-unavailable", "examples:", "make reproduce"):
+    for flag in (
+        "--suite",
+        "--backend",
+        "--workers",
+        "--out",
+        "--dry-run",
+        "--list",
+        "--report-only",
+        "--seeds",
+        "--only",
+        "--skip-unavailable",
+        "examples:",
+        "make reproduce",
+    ):
         assert flag in text
 
 
@@ -190,9 +239,15 @@ def test_ddn_smac_is_the_papers_matrix_and_needs_starcraft_here():
 def test_ddn_ablations_groups_labels_and_shared_ddn_runs():
     suite = load_suite("ddn_ablations")
     cells = {(g, lbl) for r in suite.runs for g, lbl in r.memberships}
-    expected = {("ablation_state", "ddn"), ("ablation_state", "ddn_raw_state"), ("ablation_distill", "ddn"),
-                ("ablation_distill", "ddn_distill_B"), ("ablation_idm", "ddn"), ("ablation_idm", "ddn_no_idm"),
-                *{("mu_sweep", f"ddn_mu_{mu}") for mu in ("0.1", "0.25", "0.5", "0.75", "0.9")}}
+    expected = {
+        ("ablation_state", "ddn"),
+        ("ablation_state", "ddn_raw_state"),
+        ("ablation_distill", "ddn"),
+        ("ablation_distill", "ddn_distill_B"),
+        ("ablation_idm", "ddn"),
+        ("ablation_idm", "ddn_no_idm"),
+        *{("mu_sweep", f"ddn_mu_{mu}") for mu in ("0.1", "0.25", "0.5", "0.75", "0.9")},
+    }
     assert cells == expected
     by_label = {r.label: r for r in suite.runs if r.seed == 0 and r.scenario == "MMM2"}
     assert by_label["ddn_raw_state"].overrides["personalize"] is False
@@ -241,12 +296,19 @@ def test_bidist_stag_hunt_runs_the_seeds_ablations_from_the_manifest():
     for r in focal:
         for group, label in r.memberships:
             by_label.setdefault((group, label), []).append(r)
-    assert set(by_label) == {("main", "bidist"), ("ablation_bidist", "bidist"), ("ablation_bidist", "bidist_forward_only"),
-                             ("ablation_bidist", "bidist_reverse_only"), ("ablation_bidist", "bidist_no_mask")}
+    assert set(by_label) == {
+        ("main", "bidist"),
+        ("ablation_bidist", "bidist"),
+        ("ablation_bidist", "bidist_forward_only"),
+        ("ablation_bidist", "bidist_reverse_only"),
+        ("ablation_bidist", "bidist_no_mask"),
+    }
     # The unmodified BiDist is one run per seed, in both tables.
     assert [r.id for r in by_label[("main", "bidist")]] == [r.id for r in by_label[("ablation_bidist", "bidist")]]
-    cfg = {k: build_config(Config, by_label[("ablation_bidist", k)][0].overrides)
-           for k in ("bidist", "bidist_forward_only", "bidist_reverse_only", "bidist_no_mask")}
+    cfg = {
+        k: build_config(Config, by_label[("ablation_bidist", k)][0].overrides)
+        for k in ("bidist", "bidist_forward_only", "bidist_reverse_only", "bidist_no_mask")
+    }
     assert (cfg["bidist"].schedule, cfg["bidist"].use_mask) == ("alternate", True)
     assert (cfg["bidist_forward_only"].schedule, cfg["bidist_forward_only"].use_mask) == ("forward", True)
     assert (cfg["bidist_reverse_only"].schedule, cfg["bidist_reverse_only"].use_mask) == ("reverse", True)
@@ -271,9 +333,16 @@ def test_smac_runs_are_unavailable_here_and_refused_up_front(tmp_path, capsys):
 
     if unavailable_reason("smac", "3m") is None:
         pytest.skip("StarCraft II is installed here")
-    manifest = write_manifest(tmp_path / "sc2.yaml", {
-        **TINY, "scenarios": [{"family": "smac", "scenario": "3m"},
-                              {"family": "predator_prey", "scenario": "stag_hunt_small"}]})
+    manifest = write_manifest(
+        tmp_path / "sc2.yaml",
+        {
+            **TINY,
+            "scenarios": [
+                {"family": "smac", "scenario": "3m"},
+                {"family": "predator_prey", "scenario": "stag_hunt_small"},
+            ],
+        },
+    )
     out = tmp_path / "out"
     assert reproduce.main(["--suite", str(manifest), "--out", str(out), "--dry-run"]) == 0
     listing = capsys.readouterr().out
@@ -293,6 +362,17 @@ def test_dry_run_writes_nothing_and_list_names_everything(tmp_path, capsys, tiny
     assert not out.exists()
     assert reproduce.main(["--list"]) == 0
     listing = capsys.readouterr().out
-    for text in ("smoke", "ddn_ablations", "qmix", "ddn", "bidist", "bidist_quick", "mappo        kind policy",
-                 "predator_prey: 2 scenarios, 2 available here", "local", "ray", "docker"):
+    for text in (
+        "smoke",
+        "ddn_ablations",
+        "qmix",
+        "ddn",
+        "bidist",
+        "bidist_quick",
+        "mappo        kind policy",
+        "predator_prey: 2 scenarios, 2 available here",
+        "local",
+        "ray",
+        "docker",
+    ):
         assert text in listing, text

@@ -11,9 +11,22 @@ import yaml
 from suites.one_run import OneRunError, one_run, parse_sets
 from tests.suites.conftest import read_metrics, run_reproduce
 
-TINY_FLAGS = ["--algorithm", "qmix", "--scenario", "predator_prey/stag_hunt_small", "--set", "batch_size=8",
-              "--set", "env.episode_limit=20", "--env-steps", "600", "--eval-interval", "300",
-              "--eval-episodes", "2"]
+TINY_FLAGS = [
+    "--algorithm",
+    "qmix",
+    "--scenario",
+    "predator_prey/stag_hunt_small",
+    "--set",
+    "batch_size=8",
+    "--set",
+    "env.episode_limit=20",
+    "--env-steps",
+    "600",
+    "--eval-interval",
+    "300",
+    "--eval-episodes",
+    "2",
+]
 
 
 def test_sets_split_into_learner_overrides_and_env_options_read_as_yaml():
@@ -22,9 +35,16 @@ def test_sets_split_into_learner_overrides_and_env_options_read_as_yaml():
     assert options == {"n_agents": 3}
 
 
-@pytest.mark.parametrize("sets,message", [(["lr"], "expected KEY=VALUE"), (["=1"], "expected KEY=VALUE"),
-                                          (["env.=1"], "no option name"), (["lr=1", "lr=2"], "given twice"),
-                                          (["lr=[1"], "not valid YAML")])
+@pytest.mark.parametrize(
+    "sets,message",
+    [
+        (["lr"], "expected KEY=VALUE"),
+        (["=1"], "expected KEY=VALUE"),
+        (["env.=1"], "no option name"),
+        (["lr=1", "lr=2"], "given twice"),
+        (["lr=[1"], "not valid YAML"),
+    ],
+)
 def test_bad_sets_are_refused(sets, message):
     with pytest.raises(OneRunError, match=message):
         parse_sets(sets)
@@ -65,13 +85,16 @@ def test_one_run_trains_writes_a_run_dir_and_report_only_reads_it(tmp_path):
     assert (suite_dir / "report" / "report.html").is_file()
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--algorithm", "qmix"], "needs both --algorithm and --scenario"),
-    (["--env-steps", "10"], "--env-steps only apply to a one-run command"),
-    (["--suite", "smoke", "--algorithm", "qmix", "--scenario", "smax/3m"], "exclude each other"),
-    (["--algorithm", "qmx", "--scenario", "smax/3m"], "unknown algorithm 'qmx'; valid choices: qmix"),
-    (["--algorithm", "qmix", "--scenario", "smax/3m", "--set", "lr_rate=1"], "unknown key(s) ['lr_rate']"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--algorithm", "qmix"], "needs both --algorithm and --scenario"),
+        (["--env-steps", "10"], "--env-steps only apply to a one-run command"),
+        (["--suite", "smoke", "--algorithm", "qmix", "--scenario", "smax/3m"], "exclude each other"),
+        (["--algorithm", "qmx", "--scenario", "smax/3m"], "unknown algorithm 'qmx'; valid choices: qmix"),
+        (["--algorithm", "qmix", "--scenario", "smax/3m", "--set", "lr_rate=1"], "unknown key(s) ['lr_rate']"),
+    ],
+)
 def test_bad_one_run_flags_are_refused_and_nothing_written(tmp_path, capsys, flags, message):
     import reproduce
 

@@ -80,8 +80,9 @@ def test_smoke_suite_end_to_end_on_local(tmp_path):
 
 def test_smoke_suite_end_to_end_on_a_local_ray_cluster(tmp_path):
     out = tmp_path / "out"
-    result = run_reproduce("--suite", "smoke", "--out", str(out), "--backend", "ray", "--workers", "2", "--no-report",
-                           timeout=400)
+    result = run_reproduce(
+        "--suite", "smoke", "--out", str(out), "--backend", "ray", "--workers", "2", "--no-report", timeout=400
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     _check_complete(out / "smoke", "smoke")
     assert {s["backend"] for s in _statuses(out / "smoke").values()} == {"ray"}
@@ -91,8 +92,13 @@ def test_smoke_suite_end_to_end_on_a_local_ray_cluster(tmp_path):
 def _interrupt_and_resume(tmp_path: Path, reference: tuple[Path, Path], interrupt) -> None:
     manifest, ref_root = reference
     out = tmp_path / "out"
-    proc = subprocess.Popen(reproduce_cmd("--suite", str(manifest), "--out", str(out), "--workers", "2", "--no-report"),
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        reproduce_cmd("--suite", str(manifest), "--out", str(out), "--workers", "2", "--no-report"),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     # Wait for a random point of the training (after some run has reported progress).
     deadline = time.monotonic() + 120
     seen = 0
@@ -158,8 +164,9 @@ def test_a_failing_run_is_retried_recorded_and_does_not_stop_the_others(tmp_path
     run_dir.mkdir(parents=True)
     (run_dir / SPEC).write_text(json.dumps(victim.to_json()))
     (run_dir / CHECKPOINT).write_bytes(b"not a checkpoint")
-    result = run_reproduce("--suite", str(manifest), "--out", str(tmp_path / "out"), "--workers", "2",
-                           "--retries", "1", "--no-report")
+    result = run_reproduce(
+        "--suite", str(manifest), "--out", str(tmp_path / "out"), "--workers", "2", "--retries", "1", "--no-report"
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     statuses = _statuses(tmp_path / "out" / "tiny")
     assert statuses[victim.id]["state"] == "failed" and statuses[victim.id]["attempts"] == 2
@@ -185,8 +192,9 @@ def test_a_run_failing_on_a_bad_config_is_reported_at_once_not_retried(tmp_path)
     store.prepare(unreadable)
     (store.run_dir(unreadable.id) / CHECKPOINT).write_bytes(b"not a checkpoint")
     progress = io.StringIO()
-    summary = execute(plan([bad, unreadable], store), store, LocalBackend(workers=2), suite, {}, retries=2,
-                      stream=progress)
+    summary = execute(
+        plan([bad, unreadable], store), store, LocalBackend(workers=2), suite, {}, retries=2, stream=progress
+    )
     outcomes = {o.spec.id: o for o in summary.outcomes}
     assert outcomes[bad.id].state == "failed" and outcomes[bad.id].attempts == 1
     assert "ConfigError" in outcomes[bad.id].error and "'mixer' must be one of qmix, vdn" in outcomes[bad.id].error
@@ -194,7 +202,9 @@ def test_a_run_failing_on_a_bad_config_is_reported_at_once_not_retried(tmp_path)
     assert status["retryable"] is False and status["attempts"] == 1
     assert f"not retried: {bad.id}" in progress.getvalue()
     assert outcomes[unreadable.id].state == "failed" and outcomes[unreadable.id].attempts == 3  # 1 + 2 retries
-    assert f"retry  {unreadable.id}" in progress.getvalue() and f"not retried: {unreadable.id}" not in progress.getvalue()
+    assert (
+        f"retry  {unreadable.id}" in progress.getvalue() and f"not retried: {unreadable.id}" not in progress.getvalue()
+    )
     # The next attempt of a run starts without the earlier verdict.
     store.prepare(bad)
     assert json.loads((store.run_dir(bad.id) / STATUS).read_text())["retryable"] is None
@@ -207,8 +217,9 @@ def test_a_corrupt_run_dir_is_reported_and_left_untouched(tmp_path, reference):
     victim = out / "tiny" / "runs" / runs[0].id
     victim.mkdir(parents=True)
     (victim / SPEC).write_text('{"id": "' + runs[0].id + '", "suite": "ti')  # truncated
-    result = run_reproduce("--suite", str(manifest), "--out", str(out), "--workers", "2", "--no-report",
-                           "--seeds", "0,1")
+    result = run_reproduce(
+        "--suite", str(manifest), "--out", str(out), "--workers", "2", "--no-report", "--seeds", "0,1"
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"CORRUPT run dir {victim}" in result.stderr and "spec.json is unreadable" in result.stderr
     assert (victim / SPEC).read_text() == '{"id": "' + runs[0].id + '", "suite": "ti'

@@ -16,15 +16,19 @@ from tests.reports.synthetic import FakeRun, write_suite
 
 @pytest.fixture
 def suite(tmp_path):
-    runs = [FakeRun("smax", "3m", "ddn", 0, final=0.5), FakeRun("smax", "3m", "qmix", 0, final=0.75),
-            FakeRun("smax", "3m", "qmix", 1, final=None, state="running")]
+    runs = [
+        FakeRun("smax", "3m", "ddn", 0, final=0.5),
+        FakeRun("smax", "3m", "qmix", 0, final=0.75),
+        FakeRun("smax", "3m", "qmix", 1, final=None, state="running"),
+    ]
     root = write_suite(tmp_path / "store", "mysuite", runs, manifest="name: mysuite\n")
     for d in (root / "runs").iterdir():
         (d / "checkpoint.pt").write_bytes(b"x" * 100)
         if (d / "provenance.json").is_file():  # as the worker writes it: git commit and CPU model
             prov = json.loads((d / "provenance.json").read_text())
-            (d / "provenance.json").write_text(json.dumps({**prov, "git": {"commit": "abc1234", "dirty": False},
-                                                           "cpu": "Some CPU"}))
+            (d / "provenance.json").write_text(
+                json.dumps({**prov, "git": {"commit": "abc1234", "dirty": False}, "cpu": "Some CPU"})
+            )
     return root
 
 
@@ -80,6 +84,7 @@ def test_no_record_file_is_ignored_by_git(suite, tmp_path):
     files = [p.relative_to(tmp_path / "records") for p in (tmp_path / "records").rglob("*") if p.is_file()]
     assert any(f.name == "metrics.csv" for f in files)
     as_committed = [str(RECORDS / f) for f in files]
-    ignored = subprocess.run(["git", "check-ignore", "--no-index", *as_committed], cwd=RECORDS.parent,
-                             capture_output=True, text=True).stdout.split()
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", *as_committed], cwd=RECORDS.parent, capture_output=True, text=True
+    ).stdout.split()
     assert not ignored, f"record files ignored by .gitignore: {ignored}"

@@ -15,7 +15,9 @@ def test_second_lock_holder_gets_a_clear_message(tmp_path, tiny_manifest, capsys
     first = SuiteStore(tmp_path / "out", "tiny")
     first.acquire(command="reproduce.py --suite tiny")
     try:
-        with pytest.raises(StoreLockedError, match=r"is in use by another reproduce.py \(pid \d+ on .* reproduce.py --suite tiny\)"):
+        with pytest.raises(
+            StoreLockedError, match=r"is in use by another reproduce.py \(pid \d+ on .* reproduce.py --suite tiny\)"
+        ):
             SuiteStore(tmp_path / "out", "tiny").acquire()
         # The CLI refuses before starting any run and leaves the store as it was.
         assert reproduce.main(["--suite", str(tiny_manifest), "--out", str(tmp_path / "out")]) == 2
@@ -32,8 +34,10 @@ def test_lock_is_released_when_the_holder_is_killed(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys, time; sys.path.insert(0, '.'); from suites.store import SuiteStore; "
-            f"s = SuiteStore({str(tmp_path)!r}, 'tiny'); s.acquire(); print('locked', flush=True); time.sleep(60)")
+    code = (
+        "import sys, time; sys.path.insert(0, '.'); from suites.store import SuiteStore; "
+        f"s = SuiteStore({str(tmp_path)!r}, 'tiny'); s.acquire(); print('locked', flush=True); time.sleep(60)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "locked"
@@ -60,8 +64,19 @@ def test_prepare_writes_spec_and_pending_status(prepared):
     store, spec, run_dir = prepared
     stored = json.loads((run_dir / SPEC).read_text())
     assert stored["id"] == spec.id == run_dir.name
-    for key in ("suite", "paper", "family", "scenario", "env_options", "algorithm", "label", "group", "overrides",
-                "seed", "budget"):
+    for key in (
+        "suite",
+        "paper",
+        "family",
+        "scenario",
+        "env_options",
+        "algorithm",
+        "label",
+        "group",
+        "overrides",
+        "seed",
+        "budget",
+    ):
         assert key in stored
     assert stored["memberships"] == [{"group": "main", "label": "qmix"}]
     status = json.loads((run_dir / STATUS).read_text())
@@ -74,16 +89,23 @@ def test_prepare_writes_spec_and_pending_status(prepared):
     assert (state.kind, state.attempts, state.error) == ("failed", 1, "boom")
 
 
-@pytest.mark.parametrize("damage,message", [
-    (lambda d: (d / SPEC).write_text('{"id": "abc'), "spec.json is unreadable"),
-    (lambda d: (d / SPEC).write_text(json.dumps({**json.loads((d / SPEC).read_text()), "seed": 99})),
-     "does not match its id"),
-    (lambda d: (d / SPEC).write_text(json.dumps({**json.loads((d / SPEC).read_text()), "id": "000000000000"})),
-     "says id '000000000000' but lives in run dir"),
-    (lambda d: (d / SPEC).unlink(), "spec.json is missing but the directory holds"),
-    (lambda d: (d / STATUS).write_text('{"state": "sleeping"}'), "status.json has no valid state"),
-    (lambda d: (d / STATUS).write_text(""), "status.json is unreadable"),
-])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda d: (d / SPEC).write_text('{"id": "abc'), "spec.json is unreadable"),
+        (
+            lambda d: (d / SPEC).write_text(json.dumps({**json.loads((d / SPEC).read_text()), "seed": 99})),
+            "does not match its id",
+        ),
+        (
+            lambda d: (d / SPEC).write_text(json.dumps({**json.loads((d / SPEC).read_text()), "id": "000000000000"})),
+            "says id '000000000000' but lives in run dir",
+        ),
+        (lambda d: (d / SPEC).unlink(), "spec.json is missing but the directory holds"),
+        (lambda d: (d / STATUS).write_text('{"state": "sleeping"}'), "status.json has no valid state"),
+        (lambda d: (d / STATUS).write_text(""), "status.json is unreadable"),
+    ],
+)
 def test_corrupt_run_dirs_are_reported_specifically(prepared, damage, message):
     store, spec, run_dir = prepared
     damage(run_dir)

@@ -34,13 +34,17 @@ def test_crc32c_known_value():
 
 def test_events_read_back_by_tensorflow_and_only_new_rows_are_appended(tmp_path):
     run = tmp_path / "runs" / "abc"
-    rows = [{"env_steps": 1000, "test_win_rate": 0.25, "loss": 1.5, "phase": "train", "grad": ""},
-            {"env_steps": 2000, "test_win_rate": 0.5, "loss": 0.75, "phase": "train", "grad": "nan"}]
+    rows = [
+        {"env_steps": 1000, "test_win_rate": 0.25, "loss": 1.5, "phase": "train", "grad": ""},
+        {"env_steps": 2000, "test_win_rate": 0.5, "loss": 0.75, "phase": "train", "grad": "nan"},
+    ]
     _write_metrics(run, rows)
     assert sync_run(run) == 2
     assert sync_run(run) == 0  # nothing new
-    assert _read_events(run) == [(1000, {"test_win_rate": 0.25, "loss": 1.5}),
-                                 (2000, {"test_win_rate": 0.5, "loss": 0.75})]  # text, empty, nan skipped
+    assert _read_events(run) == [
+        (1000, {"test_win_rate": 0.25, "loss": 1.5}),
+        (2000, {"test_win_rate": 0.5, "loss": 0.75}),
+    ]  # text, empty, nan skipped
     _write_metrics(run, rows + [{"env_steps": 3000, "test_win_rate": 1.0, "loss": 0.5, "phase": "x", "grad": "2"}])
     assert sync_run(run) == 1
     assert [step for step, _ in _read_events(run)] == [1000, 2000, 3000]
@@ -56,8 +60,9 @@ def test_the_command_refuses_what_is_not_a_suite_dir(tmp_path, capsys):
 
 def test_the_flag_writes_event_files_for_every_run_of_a_suite(tmp_path, tiny_manifest):
     out = tmp_path / "out"
-    result = run_reproduce("--suite", str(tiny_manifest), "--out", str(out), "--seeds", "0", "--tensorboard",
-                           "--no-report")
+    result = run_reproduce(
+        "--suite", str(tiny_manifest), "--out", str(out), "--seeds", "0", "--tensorboard", "--no-report"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = (out / "tiny" / "runs").iterdir()
     with open(run / "metrics.csv", newline="") as f:
