@@ -111,3 +111,14 @@ def test_reproducibility_check_finds_equal_prefixes_and_the_first_divergence(tmp
     html = render.render_html(collect(suite), numbers, suite / "report", REPS)
     assert html.count('data-repro="identical"') == 1 and html.count('data-repro="diverged"') == 1
     assert html.count('data-repro="none"') == 1
+
+
+def test_a_suite_without_any_matching_run_says_so_in_one_line(tmp_path, numbers, monkeypatch):
+    from tests.reports.synthetic import FakeRun
+
+    records = _reference_records(tmp_path, "ref", [FakeRun("smax", "3m", "qmix", 0, final=0.5, env_steps=2_000_000)])
+    monkeypatch.setattr(render, "reproducibility", lambda d: reproducibility(d, records))
+    suite = write_suite(tmp_path, "other", [FakeRun("smax", "3s_vs_5z", "ddn", s, final=0.1) for s in (0, 1)])
+    html = render.render_html(collect(suite), numbers, suite / "report", REPS)
+    assert 'data-repro="none-matched"' in html and "None of this suite's 2 runs" in html
+    assert 'data-repro="none"' not in html
