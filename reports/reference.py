@@ -10,13 +10,15 @@ campaign has committed a suite that touches a claim, its reference cell says so.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from reports.claims import INCONCLUSIVE, NOT_REPRODUCED, NOT_RUN, REPRODUCED, Verdict, evaluate_claims
-from reports.collect import collect
+from reports.collect import collect, metric_for
 from reports.paper import PaperNumbers
 
 RECORDS = Path(__file__).resolve().parents[1] / "records"
@@ -85,8 +87,6 @@ def _same_configuration(spec: dict) -> str:
     """What must match for a run to be the first steps of a reference run: everything but the suite
     it belongs to, how long it trains and how often it checkpoints (which does not change results:
     resume equality); the evaluation schedule must match, or no two evaluations line up."""
-    import json
-
     budget = spec.get("budget") or {}
     key = {
         k: v
@@ -140,27 +140,28 @@ class ReproCheck:
         )
 
 
-def _reference_runs(records: Path) -> list[tuple[str, dict, dict, "object"]]:
+def _read_run(run_dir: Path) -> tuple[dict, dict, pd.DataFrame] | None:
+    """(spec, provenance, metrics as text) of a run dir, or None when one of them is unreadable;
+    metrics stay text so values compare at the printed precision."""
+    try:
+        spec = json.loads((run_dir / "spec.json").read_text())
+        prov_path = run_dir / "provenance.json"
+        prov = json.loads(prov_path.read_text()) if prov_path.is_file() else {}
+        metrics = pd.read_csv(run_dir / "metrics.csv", dtype=str)
+    except (OSError, ValueError):
+        return None
+    return spec, prov, metrics
+
+
+def _reference_runs(records: Path) -> list[tuple[str, dict, dict, pd.DataFrame]]:
     """(suite, spec, provenance, metrics frame) of every committed reference run."""
-    import json
-
-    import pandas as pd
-
     out = []
     for entry in reference_suites(records):
         runs = records / entry["path"] / "runs"
         for run_dir in sorted(runs.iterdir()) if runs.is_dir() else []:
-            try:
-                spec = json.loads((run_dir / "spec.json").read_text())
-                prov = (
-                    json.loads((run_dir / "provenance.json").read_text())
-                    if (run_dir / "provenance.json").is_file()
-                    else {}
-                )
-                metrics = pd.read_csv(run_dir / "metrics.csv", dtype=str)
-            except (OSError, ValueError):
-                continue
-            out.append((entry["suite"], {**spec, "id": run_dir.name}, prov, metrics))
+            if (run := _read_run(run_dir)) is not None:
+                spec, prov, metrics = run
+                out.append((entry["suite"], {**spec, "id": run_dir.name}, prov, metrics))
     return out
 
 
@@ -168,15 +169,11 @@ def reproducibility(suite_dir: Path, records: Path = RECORDS) -> list[ReproCheck
     """Each run of the suite against the reference run with its configuration (seed included), on
     the score column of its family: equal to the printed precision, or where it first differs and
     whether it stays within the reference seeds' range."""
-    import json
-
-    import pandas as pd
-
-    from reports.collect import metric_for
-
+    if Path(suite_dir).resolve().is_relative_to((records / "reference").resolve()):
+        return []  # the reference itself
     refs = _reference_runs(records)
-    if not refs or Path(suite_dir).resolve().is_relative_to((records / "reference").resolve()):
-        return []  # nothing to compare with, or the reference itself
+    if not refs:
+        return []  # nothing to compare with
     by_config = {_same_configuration(spec): (suite, spec, prov, m) for suite, spec, prov, m in refs}
     # The seed band: reference runs that differ only by seed.
     bands: dict[str, list] = {}
@@ -185,14 +182,9 @@ def reproducibility(suite_dir: Path, records: Path = RECORDS) -> list[ReproCheck
     checks = []
     runs = Path(suite_dir) / "runs"
     for run_dir in sorted(runs.iterdir()) if runs.is_dir() else []:
-        try:
-            spec = json.loads((run_dir / "spec.json").read_text())
-            mine = pd.read_csv(run_dir / "metrics.csv", dtype=str)
-            prov = (
-                json.loads((run_dir / "provenance.json").read_text()) if (run_dir / "provenance.json").is_file() else {}
-            )
-        except (OSError, ValueError, KeyError):
+        if (run := _read_run(run_dir)) is None:
             continue
+        spec, prov, mine = run
         check = ReproCheck(run_dir.name, spec.get("label", ""), spec.get("scenario", ""), int(spec.get("seed", -1)))
         checks.append(check)
         match = by_config.get(_same_configuration(spec))
