@@ -418,14 +418,17 @@ class Learner(QLearner):
             own = local if self.cfg.teacher_local_obs else local[..., self.obs_dim :]
             return fused, torch.cat([fused, own], dim=-1).reshape(P, -1)
 
-        def run(agent: RecurrentAgent, packed: torch.Tensor) -> AgentOutput:
-            out = agent.forward_packed(packed, active, index, T1, R)
-            return AgentOutput(*(x.view(T1, C, N, -1).transpose(0, 1) for x in out))
+        def run(agent: RecurrentAgent, packed: torch.Tensor, features: bool = True) -> AgentOutput:
+            out = agent.forward_packed(packed, active, index, T1, R, features=features)
+            return AgentOutput(*(None if x is None else x.view(T1, C, N, -1).transpose(0, 1) for x in out))
 
         fused, teacher_in = teacher_input(self.fusion)
         teacher = run(self.agent, teacher_in)
         with torch.no_grad():
-            target_teacher = run(self.target_agent, teacher_input(self.target_fusion)[1])
+            # The target teacher's features are read only when the student is distilled from it:
+            # otherwise only its Q-values are scattered back to the padded layout.
+            target_features = self.cfg.distill_from == "target"
+            target_teacher = run(self.target_agent, teacher_input(self.target_fusion)[1], target_features)
         student = run(self.student, local.reshape(P, -1))
         return teacher, target_teacher, student, fused
 
