@@ -285,6 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         backend.check()
     except BackendError as exc:
         return _fail(str(exc))
+    if args.backend != "ray":  # local and docker runs share this machine's memory (a cluster's nodes have their own)
+        from suites.memory import memory_problem
+
+        problem = memory_problem([it.spec for it in items if it.state.kind not in ("done", "corrupt")], backend.slots())
+        if problem:
+            return _fail(problem)
     # The backend starts before anything is written: a cluster that cannot be reached leaves no trace.
     try:
         backend.start()

@@ -152,6 +152,13 @@ CASES = [
     ("typo-only-flag", None, ["--only", "algorithm=qmxi"], ["qmxi", "valid choices: qmix"]),
     ("typo-suite-name", "no_such_suite", [], ["unknown suite; valid suites:", "quick"]),
     ("typo-backend", None, ["--backend", "rey"], ["invalid choice: 'rey'", "local", "ray", "docker"]),
+    # A replay no machine here can hold (it would fill, and be killed, hours in): refused up front.
+    (
+        "replay-larger-than-memory",
+        _manifest(TINY, _set(("overrides",), {"batch_size": 8, "buffer_size": 10**9})),
+        [],
+        ["qmix on predator_prey/stag_hunt_small", "GiB of replay", "buffer_size", "nothing was started"],
+    ),
 ]
 
 
