@@ -83,18 +83,20 @@ def reference_results(numbers: PaperNumbers, reps: int, records: Path = RECORDS)
 # The reproducibility check: a suite's runs that are the first steps of reference runs ----------
 
 
-def _same_configuration(spec: dict) -> str:
-    """What must match for a run to be the first steps of a reference run: everything but the suite
-    it belongs to, how long it trains and how often it checkpoints (which does not change results:
-    resume equality); the evaluation schedule must match, or no two evaluations line up."""
+def _same_configuration(spec: dict, provenance: dict | None = None) -> str:
+    """What must match for a run to be the first steps of a reference run: everything that shapes
+    its training but not the suite it belongs to or how long it trains. The learner's config is the
+    resolved one in force (provenance.json: a default changed between two commits is a different
+    configuration, however the overrides were spelled), else the spec's overrides. The evaluation
+    schedule must match, or no two evaluations line up, and so must the checkpoint interval: a
+    checkpoint stores the in-flight episodes truncated and re-seeds the training environments
+    (marl/value/trainer.py), so runs that checkpoint at other steps part there."""
     budget = spec.get("budget") or {}
-    key = {
-        k: v
-        for k, v in spec.items()
-        if k in ("paper", "family", "scenario", "env_options", "algorithm", "overrides", "seed")
-    }
-    key["evaluation"] = {k: budget.get(k) for k in ("eval_interval", "eval_episodes")}
-    return json.dumps(key, sort_keys=True)
+    key = {k: v for k, v in spec.items() if k in ("paper", "family", "scenario", "env_options", "algorithm", "seed")}
+    config = (provenance or {}).get("config")
+    key["config"] = config if isinstance(config, dict) else {"overrides": spec.get("overrides")}
+    key["schedule"] = {k: budget.get(k) for k in ("eval_interval", "eval_episodes", "checkpoint_interval")}
+    return json.dumps(key, sort_keys=True, default=str)
 
 
 def _platform(provenance: dict) -> tuple[str, str]:
@@ -174,11 +176,11 @@ def reproducibility(suite_dir: Path, records: Path = RECORDS) -> list[ReproCheck
     refs = _reference_runs(records)
     if not refs:
         return []  # nothing to compare with
-    by_config = {_same_configuration(spec): (suite, spec, prov, m) for suite, spec, prov, m in refs}
+    by_config = {_same_configuration(spec, prov): (suite, spec, prov, m) for suite, spec, prov, m in refs}
     # The seed band: reference runs that differ only by seed.
     bands: dict[str, list] = {}
-    for _, spec, _, m in refs:
-        bands.setdefault(_same_configuration({**spec, "seed": None}), []).append(m)
+    for _, spec, prov, m in refs:
+        bands.setdefault(_same_configuration({**spec, "seed": None}, prov), []).append(m)
     checks = []
     runs = Path(suite_dir) / "runs"
     for run_dir in sorted(runs.iterdir()) if runs.is_dir() else []:
@@ -187,7 +189,7 @@ def reproducibility(suite_dir: Path, records: Path = RECORDS) -> list[ReproCheck
         spec, prov, mine = run
         check = ReproCheck(run_dir.name, spec.get("label", ""), spec.get("scenario", ""), int(spec.get("seed", -1)))
         checks.append(check)
-        match = by_config.get(_same_configuration(spec))
+        match = by_config.get(_same_configuration(spec, prov))
         if match is None:
             continue
         suite, ref_spec, ref_prov, ref = match
@@ -197,7 +199,7 @@ def reproducibility(suite_dir: Path, records: Path = RECORDS) -> list[ReproCheck
         if column not in mine or column not in ref:
             continue
         ref_at = dict(zip(ref["env_steps"], ref[column]))
-        band_frames = bands.get(_same_configuration({**spec, "seed": None}), [])
+        band_frames = bands.get(_same_configuration({**spec, "seed": None}, prov), [])
         for step, value in zip(mine["env_steps"], mine[column]):
             if step not in ref_at:
                 continue

@@ -122,3 +122,34 @@ def test_a_suite_without_any_matching_run_says_so_in_one_line(tmp_path, numbers,
     html = render.render_html(collect(suite), numbers, suite / "report", REPS)
     assert 'data-repro="none-matched"' in html and "None of this suite's 2 runs" in html
     assert 'data-repro="none"' not in html
+
+
+def test_a_run_matches_a_reference_run_by_the_config_in_force_and_its_checkpoint_interval(tmp_path):
+    from tests.reports.synthetic import FakeRun
+
+    records = _reference_records(
+        tmp_path, "ref", [FakeRun("smax", "3s_vs_5z", "qmix", 0, final=0.5, n_evals=6, env_steps=2_000_000)]
+    )
+    ref_dir = next((records / "reference" / "ref" / "runs").iterdir())
+    suite = write_suite(tmp_path, "quick", [FakeRun("smax", "3s_vs_5z", "qmix", 0, final=0.5, n_evals=3)])
+    run_dir = next((suite / "runs").iterdir())
+    (run_dir / "metrics.csv").write_text("\n".join((ref_dir / "metrics.csv").read_text().splitlines()[:4]) + "\n")
+
+    def check() -> str:
+        (result,) = reproducibility(suite, records)
+        return result.text
+
+    assert check().startswith("identical to reference run")
+    spec_path, prov_path = run_dir / "spec.json", run_dir / "provenance.json"
+    spec, prov = json.loads(spec_path.read_text()), json.loads(prov_path.read_text())
+    # Overrides spelled otherwise (here: the default written out) with the same config in force: a match.
+    spec_path.write_text(json.dumps({**spec, "overrides": {"lr": prov["config"]["lr"]}}))
+    assert check().startswith("identical to reference run")
+    # The same overrides with another config in force (a default changed between commits): no match.
+    prov_path.write_text(json.dumps({**prov, "config": {**prov["config"], "lr": prov["config"]["lr"] * 2}}))
+    assert check() == "no reference run has this configuration"
+    prov_path.write_text(json.dumps(prov))
+    # Another checkpoint interval: checkpoints truncate in-flight episodes and re-seed the envs.
+    budget = {**spec["budget"], "checkpoint_interval": spec["budget"]["checkpoint_interval"] + 1}
+    spec_path.write_text(json.dumps({**spec, "budget": budget}))
+    assert check() == "no reference run has this configuration"
