@@ -25,6 +25,7 @@ SHIPPED = (
     "bidist_meltingpot",
     "bidist_quick",
     "bidist_stag_hunt",
+    "reference_ddn",
 )
 
 
