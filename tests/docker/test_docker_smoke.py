@@ -85,6 +85,11 @@ def test_image_records_its_versions(daemon):
     assert user == "1000", "the image's default user is not root"
     helptext = daemon.docker("run", "--rm", IMAGE, capture=True).stdout
     assert "reproduce.py" in helptext, "the entry point is reproduce.py"
+    # The fused GRU extension was built into the image and loads without a compiler (as uid 1000).
+    ready = daemon.docker(
+        "run", "--rm", "-e", "MARL_FAST_GRU=cpp", IMAGE, "python", "-m", "marl.value.fast_gru", capture=True
+    ).stdout
+    assert "C++ extension ready" in ready, ready
 
 
 def test_smoke_suite_through_the_docker_backend(daemon, tmp_path):

@@ -167,6 +167,17 @@ def test_runtime_contract(parsed):
     assert instructions(parsed, "WORKDIR")[-1] == "/opt/marl-repro/src"
 
 
+def test_the_image_builds_the_fused_gru_extension_or_fails(parsed):
+    runs = [r for r in instructions(parsed, "RUN") if "marl.value.fast_gru --build" in r]
+    assert len(runs) == 1, "the image builds marl/value/fast_gru.py's C++ extension once"
+    # After the project is copied (the source is in src/), with the build required to succeed.
+    order = [(i["instruction"], i["value"]) for i in parsed.structure]
+    copy_src = max(k for k, (name, value) in enumerate(order) if name == "COPY" and value.startswith("src/ "))
+    build = next(k for k, (name, value) in enumerate(order) if name == "RUN" and "fast_gru --build" in value)
+    assert build > copy_src and "MARL_FAST_GRU=cpp" in runs[0]
+    assert "g++" in runs[0] and "ninja-build" in runs[0] and "purge" in runs[0]  # compiler gone in the same layer
+
+
 def test_entrypoint_runs_reproduce_or_a_given_program():
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
     proc = subprocess.run(
