@@ -63,7 +63,7 @@ from marl.policy.networks import (
     run_gru,
 )
 from marl.policy.runner import Rollout
-from marl.policy.ppo import categorical_entropy, gae, kl_categorical, masked_mean, surrogate_loss, value_loss, vtrace
+from marl.policy.ppo import categorical_entropy, kl_categorical, masked_mean, vtrace
 
 __all__ = [
     "KIND",
@@ -290,43 +290,31 @@ class Learner(PolicyLearner):
         _, _, _, _, logp = self._forward(r, torch.arange((T // L) * B, device=self.device))
         return unchunked(logp.view(L, -1, N), T, B)
 
-    def advantages(self, r: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
-        """V-trace (or GAE) advantages and value targets for pi_p from mu's data; also records the
-        proximal log-probs the surrogate's ratio is taken against and the truncated ratios rho."""
+    def estimate_returns(self, r: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """V-trace (or, without the correction, GAE) advantages and value targets for pi_p from mu's
+        data; also records the proximal log-probs the surrogate's ratio is taken against and the
+        truncated ratios rho."""
         cfg = self.cfg
-        dn = self.denormalize
         if cfg.off_policy_correction == "none":
             self._old_logp = r.logp  # the ratio pi_p_new / mu
             self._rho = torch.ones_like(r.logp)
-            adv, returns = gae(
-                r.rewards,
-                dn(r.values),
-                dn(r.last_values),
-                r.terminated.unsqueeze(-1),
-                r.truncated.unsqueeze(-1),
-                dn(r.final_values),
-                cfg.gamma,
-                cfg.gae_lambda,
-            )
-        else:
-            self._old_logp = self.privileged_logp(r)
-            ratio = (self._old_logp - r.logp).clamp(max=30.0).exp()
-            self._rho = ratio.clamp(max=cfg.rho_bar)
-            c = cfg.gae_lambda * ratio.clamp(max=cfg.c_bar)
-            returns, adv = vtrace(
-                r.rewards,
-                dn(r.values),
-                dn(r.last_values),
-                r.terminated.unsqueeze(-1),
-                r.truncated.unsqueeze(-1),
-                dn(r.final_values),
-                cfg.gamma,
-                self._rho,
-                c,
-            )
-        if self.value_norm is not None:
-            self.value_norm.update(returns[self.train_mask(r)])
-            return adv, self.value_norm.normalize(returns)
+            return super().estimate_returns(r)
+        dn = self.denormalize
+        self._old_logp = self.privileged_logp(r)
+        ratio = (self._old_logp - r.logp).clamp(max=30.0).exp()
+        self._rho = ratio.clamp(max=cfg.rho_bar)
+        c = cfg.gae_lambda * ratio.clamp(max=cfg.c_bar)
+        returns, adv = vtrace(
+            r.rewards,
+            dn(r.values),
+            dn(r.last_values),
+            r.terminated.unsqueeze(-1),
+            r.truncated.unsqueeze(-1),
+            dn(r.final_values),
+            cfg.gamma,
+            self._rho,
+            c,
+        )
         return adv, returns
 
     def minibatch_losses(
@@ -336,7 +324,7 @@ class Learner(PolicyLearner):
         inp, out, c_out, priv, logp = self._forward(r, idx)
         mask = rows(chunked(self.train_mask(r), L)[:, idx])
         old_logp = rows(chunked(self._old_logp, L)[:, idx])
-        pol_loss, clip_frac = surrogate_loss(logp, old_logp, rows(chunked(adv, L)[:, idx]), mask, cfg.clip_param)
+        stats = self.ppo_terms(r, idx, adv, targets, logp, old_logp, c_out["values"])
         p_logits = rows(c_out["p_logits"])
         if cfg.policy_entropy == "privileged_mixture":
             entropy = masked_mean(categorical_entropy(priv), mask)
@@ -346,20 +334,10 @@ class Learner(PolicyLearner):
             per_option = categorical_entropy(out["option_logits"])  # [L, M, K]
             entropy = masked_mean((F.softmax(p_logits.detach(), -1) * per_option).sum(-1), mask)
         terms = option_losses(cfg, p_logits, out["q_logits"], mask)
-        actor_loss = pol_loss - cfg.entropy_coef * entropy + terms["option_kl_loss"] + terms["option_entropy_loss"]
-        c_mask = chunked(self.train_mask(r), L)[:, idx]
-        v_loss = value_loss(
-            c_out["values"],
-            chunked(r.values, L)[:, idx],
-            chunked(targets, L)[:, idx],
-            c_mask,
-            cfg.clip_param,
-            cfg.use_clipped_value_loss,
-            cfg.use_huber_loss,
-            cfg.huber_delta,
+        actor_loss = (
+            stats["policy_loss"] - cfg.entropy_coef * entropy + terms["option_kl_loss"] + terms["option_entropy_loss"]
         )
         with torch.no_grad():
-            approx_kl = masked_mean(old_logp - logp, mask)
             acting_logp = (
                 torch.log_softmax(out["logits"], -1)
                 .gather(-1, rows(chunked(r.actions, L)[:, idx]).unsqueeze(-1))
@@ -367,14 +345,5 @@ class Learner(PolicyLearner):
             )
             acting_approx_kl = masked_mean(rows(chunked(r.logp, L)[:, idx]) - acting_logp, mask)
             rho = masked_mean(rows(chunked(self._rho, L)[:, idx]), mask)
-        stats = {
-            "policy_loss": pol_loss,
-            "value_loss": v_loss,
-            "entropy": entropy,
-            "clip_frac": clip_frac,
-            "approx_kl": approx_kl,
-            "acting_approx_kl": acting_approx_kl,
-            "is_rho_mean": rho,
-            **terms,
-        }
-        return actor_loss, v_loss, stats
+        stats.update(entropy=entropy, acting_approx_kl=acting_approx_kl, is_rho_mean=rho, **terms)
+        return actor_loss, stats["value_loss"], stats

@@ -150,8 +150,16 @@ class PolicyLearner:
 
     def advantages(self, r: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
         """(advantages, value targets in the critic's space), both [T, B, N]."""
+        adv, returns = self.estimate_returns(r)
+        if self.value_norm is not None:
+            self.value_norm.update(returns[self.train_mask(r)])
+            return adv, self.value_norm.normalize(returns)
+        return adv, returns
+
+    def estimate_returns(self, r: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """GAE advantages and lambda-returns in the rewards' scale (OPRE: V-trace)."""
         cfg = self.cfg
-        adv, returns = gae(
+        return gae(
             r.rewards,
             self.denormalize(r.values),
             self.denormalize(r.last_values),
@@ -161,10 +169,6 @@ class PolicyLearner:
             cfg.gamma,
             cfg.gae_lambda,
         )
-        if self.value_norm is not None:
-            self.value_norm.update(returns[self.train_mask(r)])
-            return adv, self.value_norm.normalize(returns)
-        return adv, returns
 
     def chunk_input(self, r: Rollout, idx: torch.Tensor) -> tuple[ActInput, torch.Tensor, torch.Tensor]:
         """Actor input for chunks ``idx``: ActInput with [L, k*N, ...] fields, h0 [k*N, H], starts [L, k*N]."""
@@ -192,15 +196,36 @@ class PolicyLearner:
         actions = rows(chunked(r.actions, L)[:, idx])
         logp = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
         old_logp = rows(chunked(r.logp, L)[:, idx])
-        pol_loss, clip_frac = surrogate_loss(logp, old_logp, rows(chunked(adv, L)[:, idx]), mask, cfg.clip_param)
-        entropy = masked_mean(categorical_entropy(out["logits"]), mask)
-        extras = self.extra_actor_losses(out, inp, mask)
-        actor_loss = pol_loss - cfg.entropy_coef * entropy + sum(extras.values(), torch.zeros((), device=self.device))
-
         values = self.critic.sequence(
             chunked(r.state, L)[:, idx], chunked(r.critic_h, L)[0, idx], chunked(r.starts, L)[:, idx]
         )
-        c_mask = chunked(mask_all, L)[:, idx]
+        stats = self.ppo_terms(r, idx, adv, targets, logp, old_logp, values)
+        entropy = stats["entropy"] = masked_mean(categorical_entropy(out["logits"]), mask)
+        extras = self.extra_actor_losses(out, inp, mask)
+        actor_loss = (
+            stats["policy_loss"]
+            - cfg.entropy_coef * entropy
+            + sum(extras.values(), torch.zeros((), device=self.device))
+        )
+        return actor_loss, stats["value_loss"], {**stats, **extras}
+
+    def ppo_terms(
+        self,
+        r: Rollout,
+        idx: torch.Tensor,
+        adv: torch.Tensor,
+        targets: torch.Tensor,
+        logp: torch.Tensor,
+        old_logp: torch.Tensor,
+        values: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """PPO's clipped surrogate (``logp`` against ``old_logp``, rows of chunks ``idx``) and clipped
+        value loss (``values`` [L, k, N] against ``targets``), with their statistics: what MAPPO
+        and OPRE share (they differ in which policy's log-probs and which value enter)."""
+        cfg, L = self.cfg, self.cfg.data_chunk_length
+        c_mask = chunked(self.train_mask(r), L)[:, idx]
+        mask = rows(c_mask)
+        pol_loss, clip_frac = surrogate_loss(logp, old_logp, rows(chunked(adv, L)[:, idx]), mask, cfg.clip_param)
         v_loss = value_loss(
             values,
             chunked(r.values, L)[:, idx],
@@ -213,15 +238,7 @@ class PolicyLearner:
         )
         with torch.no_grad():
             approx_kl = masked_mean(old_logp - logp, mask)
-        stats = {
-            "policy_loss": pol_loss,
-            "value_loss": v_loss,
-            "entropy": entropy,
-            "clip_frac": clip_frac,
-            "approx_kl": approx_kl,
-            **extras,
-        }
-        return actor_loss, v_loss, stats
+        return {"policy_loss": pol_loss, "value_loss": v_loss, "clip_frac": clip_frac, "approx_kl": approx_kl}
 
     def train_step(self, r: Rollout, episodes: Episodes, generator: torch.Generator) -> dict[str, float]:
         """One PPO update on rollout ``r`` (then the subclass's ``after_update``)."""
