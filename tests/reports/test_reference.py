@@ -153,3 +153,43 @@ def test_a_run_matches_a_reference_run_by_the_config_in_force_and_its_checkpoint
     budget = {**spec["budget"], "checkpoint_interval": spec["budget"]["checkpoint_interval"] + 1}
     spec_path.write_text(json.dumps({**spec, "budget": budget}))
     assert check() == "no reference run has this configuration"
+
+
+def _check_reference_set(records, tmp_path, numbers, monkeypatch) -> int:
+    """Every reference suite under ``records`` loads without problems and renders as its own
+    report, and a user's report shows each claim's reference cell from it (or, while none is
+    committed, says so for every claim). Returns the number of reference suites."""
+    from reports.reference import reference_suites
+
+    monkeypatch.setattr(render, "reference_results", lambda n, reps: reference_results(n, reps, records))
+    entries = reference_suites(records)
+    refs = reference_results(numbers, REPS, records)
+    quick = write_suite(tmp_path, "quick", manifest_runs("quick", 0.0))
+    text = visible(render.render_html(collect(quick), numbers, quick / "report", REPS))
+    if not entries:
+        assert not refs
+        assert text.count("no reference result committed yet for this claim") == len(numbers.claims)
+    for entry in entries:
+        data = collect(records / entry["path"])
+        assert not data.problems, data.problems
+        assert len(data.run_dirs) == len(entry["runs"]) > 0
+        html = render.render_html(data, numbers, tmp_path / entry["suite"], REPS)
+        for commit in entry["commits"]:
+            assert commit[:7] in html, (entry["suite"], commit)
+    assert refs or not entries
+    for ref in refs.values():
+        assert f"records/reference/{ref.suite}: commit" in text
+    return len(entries)
+
+
+def test_the_committed_reference_records_load_and_render(tmp_path, numbers, monkeypatch):
+    """The shipped reference set, as CI checks it (no training)."""
+    from reports.reference import RECORDS
+
+    _check_reference_set(RECORDS, tmp_path, numbers, monkeypatch)
+
+
+def test_the_reference_set_check_reads_a_committed_suite(tmp_path, numbers, monkeypatch):
+    decided = arm("ddn", HIGH) + [r for b in BASELINES for r in arm(b, LOW)]
+    records = _reference_records(tmp_path, "ddn_smax_reference", decided)
+    assert _check_reference_set(records, tmp_path / "check", numbers, monkeypatch) == 1
