@@ -315,7 +315,7 @@ def test_bidist_stag_hunt_runs_the_seeds_ablations_from_the_manifest():
     assert (cfg["bidist_reverse_only"].schedule, cfg["bidist_reverse_only"].use_mask) == ("reverse", True)
     assert (cfg["bidist_no_mask"].schedule, cfg["bidist_no_mask"].use_mask) == ("alternate", False)
     assert {r.seed for r in focal} == set(suite.seeds)
-    # Skipping the ablations keeps the main comparison and its held-out population: 3 labels x 2 seeds fewer.
+    # Skipping the ablations keeps the main comparison and its held-out population: 3 labels x 5 seeds fewer.
     kept = filter_runs(suite, only=["group=main,heldout"])
     assert len(suite.runs) - len(kept) == 3 * len(suite.seeds) and any(r.is_heldout for r in kept)
 
@@ -377,3 +377,20 @@ def test_dry_run_writes_nothing_and_list_names_everything(tmp_path, capsys, tiny
         "docker",
     ):
         assert text in listing, text
+
+
+def test_bidist_stag_hunt_is_the_comparison_of_the_six_learners():
+    """The BiDist issue's design: the six learners on 5 seeds (OPRE and RandNet too: one command, one
+    cross-play population), held-out MAPPO seeds 100-102 at 10/50/100% of training, the four
+    co-player kinds, at the pilot's budget; ``--only group=main,heldout`` is the comparison."""
+    suite = load_suite("bidist_stag_hunt")
+    runs = filter_runs(suite, only=["group=main,heldout"])
+    per_algorithm = {}
+    for r in runs:
+        if not r.is_heldout:
+            per_algorithm.setdefault(r.algorithm, set()).add(r.seed)
+    assert per_algorithm == {a: {0, 1, 2, 3, 4} for a in ("bidist", "mappo", "selfplay", "rpm", "opre", "randnet")}
+    assert sorted(r.seed for r in runs if r.is_heldout) == [100, 101, 102]
+    assert all(r.budget["env_steps"] == 600_000 for r in runs) and len(runs) == 33
+    assert suite.heldout.coplayers == ("round_robin", "heldout", "random", "self_play")
+    assert suite.heldout.checkpoints == (0.1, 0.5, 1.0)
