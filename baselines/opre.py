@@ -322,9 +322,10 @@ class Learner(PolicyLearner):
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         cfg, L = self.cfg, self.cfg.data_chunk_length
         inp, out, c_out, priv, logp = self._forward(r, idx)
-        mask = rows(chunked(self.train_mask(r), L)[:, idx])
+        c_mask = chunked(self.train_mask(r), L)[:, idx]
+        mask = rows(c_mask)
         old_logp = rows(chunked(self._old_logp, L)[:, idx])
-        stats = self.ppo_terms(r, idx, adv, targets, logp, old_logp, c_out["values"])
+        stats = self.ppo_terms(r, idx, c_mask, adv, targets, logp, old_logp, c_out["values"])
         p_logits = rows(c_out["p_logits"])
         if cfg.policy_entropy == "privileged_mixture":
             entropy = masked_mean(categorical_entropy(priv), mask)

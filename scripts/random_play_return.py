@@ -19,6 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import envs  # noqa: E402
+from marl.value.controller import uniform_available_actions  # noqa: E402
 
 
 def random_play_returns(family: str, scenario: str, episodes: int, num_envs: int = 2, seed: int = 12345) -> list[float]:
@@ -29,8 +30,7 @@ def random_play_returns(family: str, scenario: str, episodes: int, num_envs: int
         running = torch.zeros(num_envs, env.spec.n_agents)
         finished: list[float] = []
         while len(finished) < episodes:
-            noise = torch.rand(out.avail_actions.shape, generator=generator)
-            out = env.step(noise.masked_fill(~out.avail_actions, -1.0).argmax(-1))
+            out = env.step(uniform_available_actions(out.avail_actions, generator))
             running += out.reward
             for i in (out.terminated | out.truncated).nonzero().flatten().tolist():
                 finished.append(float(running[i].mean()))

@@ -188,9 +188,9 @@ class PolicyLearner:
         ``adv`` (normalised) and ``targets`` are [T, B, N]. OPRE overrides this (its surrogate is on
         another mixture than the acting one, its value is factorised over the options)."""
         cfg, L = self.cfg, self.cfg.data_chunk_length
-        mask_all = self.train_mask(r)
         inp, h0, starts = self.chunk_input(r, idx)
-        mask = rows(chunked(mask_all, L)[:, idx])
+        c_mask = chunked(self.train_mask(r), L)[:, idx]
+        mask = rows(c_mask)
         out = self.actor_sequence(inp, h0, starts)
         logp_all = torch.log_softmax(out["logits"], -1)
         actions = rows(chunked(r.actions, L)[:, idx])
@@ -199,7 +199,7 @@ class PolicyLearner:
         values = self.critic.sequence(
             chunked(r.state, L)[:, idx], chunked(r.critic_h, L)[0, idx], chunked(r.starts, L)[:, idx]
         )
-        stats = self.ppo_terms(r, idx, adv, targets, logp, old_logp, values)
+        stats = self.ppo_terms(r, idx, c_mask, adv, targets, logp, old_logp, values)
         entropy = stats["entropy"] = masked_mean(categorical_entropy(out["logits"]), mask)
         extras = self.extra_actor_losses(out, inp, mask)
         actor_loss = (
@@ -213,6 +213,7 @@ class PolicyLearner:
         self,
         r: Rollout,
         idx: torch.Tensor,
+        c_mask: torch.Tensor,
         adv: torch.Tensor,
         targets: torch.Tensor,
         logp: torch.Tensor,
@@ -220,10 +221,10 @@ class PolicyLearner:
         values: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         """PPO's clipped surrogate (``logp`` against ``old_logp``, rows of chunks ``idx``) and clipped
-        value loss (``values`` [L, k, N] against ``targets``), with their statistics: what MAPPO
-        and OPRE share (they differ in which policy's log-probs and which value enter)."""
+        value loss (``values`` [L, k, N] against ``targets``) over the training entries ``c_mask``
+        ([L, k, N], the chunks' train mask), with their statistics: what MAPPO and OPRE share (they
+        differ in which policy's log-probs and which value enter)."""
         cfg, L = self.cfg, self.cfg.data_chunk_length
-        c_mask = chunked(self.train_mask(r), L)[:, idx]
         mask = rows(c_mask)
         pol_loss, clip_frac = surrogate_loss(logp, old_logp, rows(chunked(adv, L)[:, idx]), mask, cfg.clip_param)
         v_loss = value_loss(

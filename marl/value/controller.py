@@ -28,15 +28,20 @@ def masked_q(q: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
     return q.masked_fill(~avail, float("-inf"))
 
 
+def uniform_available_actions(avail: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A uniformly random *available* action per row: avail [..., A] -> actions [...] (the argmax
+    of uniform noise restricted to the available actions)."""
+    noise = torch.rand(avail.shape, generator=generator, device=avail.device)
+    return noise.masked_fill(~avail, -1.0).argmax(-1)
+
+
 def epsilon_greedy(q: torch.Tensor, avail: torch.Tensor, epsilon: float, generator: torch.Generator) -> torch.Tensor:
     """Greedy over available actions; with probability epsilon (per agent) a uniformly random
     *available* action instead. q, avail [..., A] -> actions [...]."""
     greedy = masked_q(q, avail).argmax(-1)
     if epsilon <= 0.0:
         return greedy
-    # argmax of uniform noise restricted to available actions = uniform over available actions.
-    noise = torch.rand(avail.shape, generator=generator, device=avail.device)
-    random_actions = noise.masked_fill(~avail, -1.0).argmax(-1)
+    random_actions = uniform_available_actions(avail, generator)
     explore = torch.rand(greedy.shape, generator=generator, device=avail.device) < epsilon
     return torch.where(explore, random_actions, greedy)
 

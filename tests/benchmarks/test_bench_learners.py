@@ -32,6 +32,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from marl.value.controller import uniform_available_actions
 from marl.value.trainer import ValueTrainer
 
 from marl.trainer import Budget
@@ -62,8 +63,7 @@ def _raw_env_steps_per_s(env, steps: int) -> float:
     n = max(steps // env.spec.num_envs, 1)
     start = time.perf_counter()
     for _ in range(n):
-        noise = torch.rand(out.avail_actions.shape, generator=generator)
-        out = env.step(noise.masked_fill(~out.avail_actions, -1.0).argmax(-1))
+        out = env.step(uniform_available_actions(out.avail_actions, generator))
     return n * env.spec.num_envs / (time.perf_counter() - start)
 
 
