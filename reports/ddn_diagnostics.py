@@ -13,6 +13,11 @@ bootstrap band:
 4. gradient norms per network group (teacher, mixer, student, IDM), before clipping, log scale.
 
 Runs from before the instruments existed have none of these columns and are skipped.
+
+Beside the figure, on win-rate tasks, each finished seed is checked against the bar a student must
+meet to *hold* its win rate (the DDN issue's, scaled to the budget): the mean greedy test win rate
+of the evaluations in the last 10% of the budget is at least 0.9, and no evaluation in the last
+25% is below 0.7 (at 2M steps: the evaluations from 1.8M, and those after 1.5M).
 """
 
 from __future__ import annotations
@@ -31,8 +36,49 @@ from reports.collect import SuiteData, metric_for  # noqa: E402
 from reports.stats import curve_band  # noqa: E402
 
 DPI = 110
+HOLD_MEAN, HOLD_MEAN_FROM = 0.9, 0.9  # mean of the evaluations from 90% of the budget >= 0.9
+HOLD_FLOOR, HOLD_FLOOR_AFTER = 0.7, 0.75  # and none after 75% of the budget below 0.7
 TEACHER_COLUMNS = {"test_win_rate": "teacher_test_win_rate", "test_return_mean": "teacher_test_return_mean"}
 GRAD_GROUPS = ("teacher", "mixer", "student", "idm")
+
+
+@dataclass
+class HoldCheck:
+    """One seed's student against the hold bar; ``holds`` is None for a run short of its budget."""
+
+    seed: int
+    tail_mean: float  # mean test win rate of the evaluations from HOLD_MEAN_FROM of the budget
+    n_below: int  # evaluations after HOLD_FLOOR_AFTER of the budget below HOLD_FLOOR
+    n_after: int  # evaluations after HOLD_FLOOR_AFTER of the budget
+    lowest: float  # the lowest of those
+    holds: bool | None
+
+
+def hold_check(seed: int, env_steps: np.ndarray, win_rate: np.ndarray, budget: float) -> HoldCheck:
+    """The hold bar on one run's evaluations (raw env steps, win rates in [0, 1])."""
+    ok = np.isfinite(win_rate)
+    env_steps, win_rate = env_steps[ok], win_rate[ok]
+    tail = win_rate[env_steps >= HOLD_MEAN_FROM * budget]
+    after = win_rate[env_steps > HOLD_FLOOR_AFTER * budget]
+    finished = len(env_steps) > 0 and env_steps.max() >= budget and len(tail) > 0
+    tail_mean = float(tail.mean()) if len(tail) else float("nan")
+    n_below = int((after < HOLD_FLOOR).sum())
+    holds = bool(tail_mean >= HOLD_MEAN and n_below == 0) if finished else None
+    lowest = float(after.min()) if len(after) else float("nan")
+    return HoldCheck(int(seed), tail_mean, n_below, int(len(after)), lowest, holds)
+
+
+def hold_checks(data: SuiteData, run_ids: list[str], column: str) -> list[HoldCheck]:
+    """The hold bar per seed of these runs, judged on the budget in each run's spec."""
+    budgets = data.run_dirs.set_index("run_id")["env_steps_budget"]
+    out = []
+    for run_id, ev in data.evals[data.evals["run_id"].isin(run_ids)].groupby("run_id", sort=False):
+        budget = budgets.get(run_id)
+        if column not in ev or budget is None or not np.isfinite(float(budget)):
+            continue
+        steps, values = ev["env_steps"].to_numpy(dtype=float), ev[column].to_numpy(dtype=float)
+        out.append(hold_check(ev["seed"].iloc[0], steps, values, float(budget)))
+    return sorted(out, key=lambda h: h.seed)
 
 
 @dataclass
@@ -44,6 +90,7 @@ class DiagnosticFigure:
     caption: str
     png: bytes
     summary: dict[str, float]  # medians over seeds of the last evaluations (for the table beside it)
+    holds: list[HoldCheck]  # per seed, on win-rate tasks (empty elsewhere)
 
 
 def seed_curves(data: SuiteData, run_ids: list[str], column: str) -> pd.DataFrame:
@@ -146,5 +193,6 @@ def ddn_diagnostics(data: SuiteData, reps: int = 2000, last: int = 20) -> list[D
             "the time limit closed by the target value); the gap is its overestimation. Bottom right: "
             "gradient norm per network group before clipping."
         )
-        out.append(DiagnosticFigure(family, scenario, label, int(student.shape[1]), caption, png, summary))
+        holds = hold_checks(data, ids, score) if metric.is_rate else []
+        out.append(DiagnosticFigure(family, scenario, label, int(student.shape[1]), caption, png, summary, holds))
     return out

@@ -196,6 +196,7 @@ def _ddn_diagnostics(data: SuiteData, fig_dir: Path, reps: int) -> list[dict[str
                 "family": d.family,
                 "n": d.n_seeds,
                 "summary": d.summary,
+                "holds": d.holds,
             }
         )
     return out

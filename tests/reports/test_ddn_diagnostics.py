@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import numpy as np
 import pytest
 
 from reports.collect import collect
@@ -63,3 +64,34 @@ def test_report_shows_the_pair_section_and_skips_uninstrumented_runs(suite, tmp_
     assert "DDN: the teacher and the student" not in render_html(
         collect(plain), load_paper_numbers(), tmp_path / "out2", reps=200
     )
+
+
+def test_hold_bar_hand_values():
+    from reports.ddn_diagnostics import hold_check
+
+    steps = np.arange(0, 2_000_001, 100_000, dtype=float)  # 21 evaluations, budget 2M
+    wins = np.full(steps.shape, 0.95)
+    assert hold_check(7, steps, wins, 2e6).holds is True
+    # One evaluation after 1.5M below 0.7: fails, however high the mean of the last 10%.
+    dip = wins.copy()
+    dip[steps == 1_600_000] = 0.5
+    check = hold_check(7, steps, dip, 2e6)
+    assert (check.holds, check.n_below, check.n_after, check.lowest) == (False, 1, 5, 0.5)
+    # At 1.5M exactly it is not "after 1.5M": holds.
+    early = wins.copy()
+    early[steps == 1_500_000] = 0.0
+    assert hold_check(7, steps, early, 2e6).holds is True
+    # The mean from 1.8M (1.8M, 1.9M, 2.0M) must reach 0.9: (0.95 + 0.95 + 0.75) / 3 < 0.9.
+    low = wins.copy()
+    low[-1] = 0.75
+    check = hold_check(7, steps, low, 2e6)
+    assert check.tail_mean == pytest.approx((0.95 + 0.95 + 0.75) / 3) and check.holds is False
+    # A run short of its budget is not judged.
+    assert hold_check(7, steps[:15], wins[:15], 2e6).holds is None
+
+
+def test_pair_section_counts_the_seeds_that_hold(suite):
+    figs = ddn_diagnostics(collect(suite), reps=200, last=3)
+    # Synthetic students end at 0.3-0.5, below the bar: finished, judged, none holds.
+    assert [h.holds for h in figs[0].holds] == [False, False, False]
+    assert [h.seed for h in figs[0].holds] == [0, 1, 2]
