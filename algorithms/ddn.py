@@ -21,7 +21,8 @@ Networks
   (outputs detached): L_B = MSE(embeddings after FC+ReLU), L_Q, L_F = MSE(GRU hiddens). The seed's
   plain form averages all three over real steps, agents and features, L_Q an MSE over all actions,
   from the online teacher, with the student collecting the data. The defaults, chosen on tuning
-  seeds (``reports/choice_evidence.yaml``), differ: the teacher collects the data (``acting``), L_Q
+  seeds (``reports/choice_evidence.yaml``), differ: teacher and student each collect half of the
+  episodes (``acting`` "mixed", drawn per episode), L_Q
   is the KL between the teacher's and the student's Boltzmann policies over available actions
   (``distill_q_loss``), only live agents count (``distill_mask``), and the targets come from the
   target teacher (``distill_from``).
@@ -75,9 +76,10 @@ class Config(ValueLearnerConfig):
     # global state (as PTDE's first stage). Test episodes always use the student.
     # "mixed": per episode (each environment copy), the teacher acts with probability
     # ``acting_teacher_prob``, the student otherwise, for the whole episode (DAgger-like).
-    # Default "teacher": chosen on the tuning seeds (reports/choice_evidence.yaml); the student acting
-    # (the seed is silent) collapsed after its peak under every L_Q form.
-    acting: Acting = "teacher"  # which network collects training data (choice; the seed does not say)
+    # Default "mixed": chosen on the tuning seeds (reports/choice_evidence.yaml). The student alone
+    # acting (the teacher a passive learner) collapsed after its peak; the teacher alone acting
+    # left the student tested on states the replay never holds (its dips while the teacher held).
+    acting: Acting = "mixed"  # which network collects training data (choice; the seed does not say)
     acting_teacher_prob: float = 0.5  # share of teacher-acted episodes under acting "mixed" (choice)
     # Personalization Fusion Block
     personalize: bool = True  # False: the teacher reads the raw global state (seed Table 3 ablation)

@@ -60,7 +60,7 @@ def test_list_algorithm_prints_every_field_with_its_meaning_and_choices_marked()
     cls = get_algorithm("ddn").config_cls
     for f in dataclasses.fields(cls):
         assert f"  {f.name} (" in out.stdout
-    assert "acting (student|teacher|mixed) = 'teacher' [choice]" in out.stdout
+    assert "acting (student|teacher|mixed) = 'mixed' [choice]" in out.stdout
     assert "which network collects training data" in out.stdout
     bad = subprocess.run(
         [sys.executable, str(REPO / "reproduce.py"), "--list", "ddnn"],
