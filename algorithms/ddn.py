@@ -22,10 +22,9 @@ Networks
   plain form averages all three over real steps, agents and features, L_Q an MSE over all actions,
   from the online teacher, with the student collecting the data. The defaults, chosen on tuning
   seeds (``reports/choice_evidence.yaml``), differ: teacher and student each collect half of the
-  episodes (``acting`` "mixed", drawn per episode), L_Q
-  is the KL between the teacher's and the student's Boltzmann policies over available actions
-  (``distill_q_loss``), only live agents count (``distill_mask``), and the targets come from the
-  target teacher (``distill_from``).
+  episodes (``acting`` "mixed", drawn per episode), L_Q is the KL between the teacher's and the
+  student's Boltzmann policies over available actions (``distill_q_loss``), only live agents count
+  (``distill_mask``), and the targets come from the target teacher (``distill_from``).
 * **Internal Distillation Module** (RND on the global state): fixed random target f and trained
   predictor f^; r_I(t) = idm_scale * mean_k (f^(s_{t+1}) - f(s_{t+1}))_k^2, i.e. the novelty of the
   state the transition reaches (as in RND; s_{t+1} is in the buffer for every real step, the final

@@ -390,9 +390,11 @@ def with_dead_agent(spec, batch):
     return {**batch, "avail_actions": avail}
 
 
-@pytest.mark.parametrize("distill_from", ["online", "target"])
-def test_live_masked_distillation_from_either_teacher_matches_hand_computation(spec, distill_from):
-    learner = make_learner(spec, idm=False, distill_mask="live", distill_q_loss="mse", distill_from=distill_from)
+def live_masked_case(spec, **overrides):
+    """A live-masked learner whose online and target teachers differ, its losses on a batch with
+    a dead agent (agent 1), and the dense student and source teacher (the one ``distill_from``
+    names) of agent 0, the only live agent, over the real steps; ``m`` the real-step mask [C, T]."""
+    learner = make_learner(spec, idm=False, **overrides)
     with torch.no_grad():  # make online and target teachers differ
         for p in learner.agent.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -400,43 +402,48 @@ def test_live_masked_distillation_from_either_teacher_matches_hand_computation(s
     _, stats = learner.compute_loss(batch)
     with torch.no_grad():
         student = dense_outputs(learner, learner.student, batch, batch["obs"])
-        if distill_from == "target":
+        if learner.cfg.distill_from == "target":
             teacher = dense_teacher(learner, batch, learner.target_agent, learner.target_fusion)
         else:
             teacher = dense_teacher(learner, batch, learner.agent, learner.fusion)
-    m = batch["filled"].float()  # agent 0 is live, agent 1 dead: only agent 0 counts
-    avail0 = batch["avail_actions"][:, :-1, 0].float()
-    for name, key in (("B", "embedding"), ("F", "hidden"), ("Q", "q")):
-        s, t = student[key][:, :-1, 0], teacher[key][:, :-1, 0]
-        per_step = ((s - t) ** 2 * avail0).sum(-1) / avail0.sum(-1) if key == "q" else ((s - t) ** 2).mean(-1)
+    live = {key: (student[key][:, :-1, 0], teacher[key][:, :-1, 0]) for key in ("embedding", "hidden", "q")}
+    return learner, batch, stats, live, batch["filled"].float()
+
+
+def assert_feature_terms_on_the_live_agent(stats, live, m):
+    for name, key in (("B", "embedding"), ("F", "hidden")):
+        s, t = live[key]
+        per_step = ((s - t) ** 2).mean(-1)
         assert stats[f"distill_{name}"] == pytest.approx(float((per_step * m).sum() / m.sum()), rel=1e-4)
+
+
+@pytest.mark.parametrize("distill_from", ["online", "target"])
+def test_live_masked_distillation_from_either_teacher_matches_hand_computation(spec, distill_from):
+    _, batch, stats, live, m = live_masked_case(
+        spec, distill_mask="live", distill_q_loss="mse", distill_from=distill_from
+    )
+    assert_feature_terms_on_the_live_agent(stats, live, m)
+    avail0 = batch["avail_actions"][:, :-1, 0].float()
+    s, t = live["q"]
+    per_step = ((s - t) ** 2 * avail0).sum(-1) / avail0.sum(-1)
+    assert stats["distill_Q"] == pytest.approx(float((per_step * m).sum() / m.sum()), rel=1e-4)
 
 
 def test_default_distillation_matches_hand_computation(spec):
     """At the defaults (chosen on the tuning seeds: teacher and student each act in half the
-    episodes, L_Q as the policy KL, live agents only, from
-    the target teacher) each distillation term is its hand-computed value against a dense,
-    independently computed target teacher; a dead agent contributes nothing."""
+    episodes, L_Q as the policy KL, live agents only, from the target teacher) each distillation
+    term is its hand-computed value against a dense, independently computed target teacher; a
+    dead agent contributes nothing."""
     cfg = Config()
     assert (cfg.acting, cfg.distill_q_loss, cfg.distill_mask, cfg.distill_from) == ("mixed", "kl", "live", "target")
     assert cfg.acting_teacher_prob == 0.5
-    learner = make_learner(spec, idm=False)
-    with torch.no_grad():  # make online and target teachers differ
-        for p in learner.agent.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    batch = with_dead_agent(spec, random_batch(spec))
-    _, stats = learner.compute_loss(batch)
-    with torch.no_grad():
-        student = dense_outputs(learner, learner.student, batch, batch["obs"])
-        teacher = dense_teacher(learner, batch, learner.target_agent, learner.target_fusion)
-    m = batch["filled"].float()
-    for name, key in (("B", "embedding"), ("F", "hidden")):
-        per_step = ((student[key][:, :-1, 0] - teacher[key][:, :-1, 0]) ** 2).mean(-1)
-        assert stats[f"distill_{name}"] == pytest.approx(float((per_step * m).sum() / m.sum()), rel=1e-4)
+    _, batch, stats, live, m = live_masked_case(spec)
+    assert_feature_terms_on_the_live_agent(stats, live, m)
     # L_Q: KL(softmax(Q_T / tau) || softmax(Q_S / tau)) of agent 0 over its available actions.
     tau, avail0 = cfg.distill_temperature, batch["avail_actions"][:, :-1, 0]
-    log_t = (teacher["q"][:, :-1, 0] / tau).masked_fill(~avail0, -float("inf")).log_softmax(-1)
-    log_s = (student["q"][:, :-1, 0] / tau).masked_fill(~avail0, -float("inf")).log_softmax(-1)
+    s, t = live["q"]
+    log_t = (t / tau).masked_fill(~avail0, -float("inf")).log_softmax(-1)
+    log_s = (s / tau).masked_fill(~avail0, -float("inf")).log_softmax(-1)
     kl = torch.where(avail0, log_t.exp() * (log_t - log_s), torch.zeros_like(log_t)).sum(-1)
     assert stats["distill_Q"] == pytest.approx(float((kl * m).sum() / m.sum()), rel=1e-4)
 
