@@ -615,6 +615,14 @@ class MixedController(AgentController):
         if bool(starts.any()):
             draw = torch.rand(B, generator=generator, device=obs.device) < self.prob
             self.teacher_rows = torch.where(starts, draw, self.teacher_rows)
+        # Only the network that acts is run when one acts in every copy (always so with one env,
+        # the paper profile's): the same values as running both and selecting.
+        if bool(self.teacher_rows.all()):
+            q, new_hidden = self.teacher.q_step(obs, last_actions, hidden, state)
+            return epsilon_greedy(q, avail, epsilon, generator), new_hidden
+        if not bool(self.teacher_rows.any()):
+            q, new_hidden = self.q_step(obs, last_actions, hidden, state)
+            return epsilon_greedy(q, avail, epsilon, generator), new_hidden
         q_s, h_s = self.q_step(obs, last_actions, hidden, state)
         q_t, h_t = self.teacher.q_step(obs, last_actions, hidden, state)
         rows = self.teacher_rows.view(B, 1, 1)

@@ -42,6 +42,11 @@ def td_lambda_targets(
     """
     T = reward.shape[1]
     not_term = 1.0 - terminated.float()
+    if td_lambda == 0.0:
+        # One-step targets need no recursion: the same expression at every step at once (the
+        # loop's (1 - 0) Q + 0 G terms are exact, so the values are bitwise those of the loop).
+        one_step = reward + gamma * not_term * target_q[:, 1:]
+        return torch.where(mask, one_step, target_q[:, :T])
     returns = torch.empty_like(reward)
     g_next = target_q[:, T]
     for t in range(T - 1, -1, -1):

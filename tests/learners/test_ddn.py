@@ -576,6 +576,15 @@ def test_mixed_acting_draws_the_acting_network_once_per_episode(spec):
     mixed.act(obs, avail, mid_episode, hidden, 0.0, g, state=state)
     assert torch.equal(mixed.teacher_rows[256:], first[256:])
     assert not torch.equal(mixed.teacher_rows[:256], first[:256])
+    # Copies split between the networks: each copy gets exactly its own network's step.
+    rows, no_start = mixed.teacher_rows.clone(), torch.zeros(B, N, dtype=torch.long)
+    actions, new_hidden = mixed.act(obs, avail, no_start, hidden, 0.0, g, state=state)
+    q_t, h_t = TeacherController(learner).q_step(obs, no_start, hidden, state)
+    q_s, h_s = learner.controller.q_step(obs, no_start, hidden, state)
+    assert torch.equal(actions, torch.where(rows.view(B, 1), q_t.argmax(-1), q_s.argmax(-1)))
+    assert torch.equal(
+        new_hidden.view(B, N, -1), torch.where(rows.view(B, 1, 1), h_t.view(B, N, -1), h_s.view(B, N, -1))
+    )
     with pytest.raises(ValueError, match="acting_teacher_prob"):
         make_learner(spec, acting="mixed", acting_teacher_prob=1.5)
 

@@ -65,6 +65,25 @@ def test_td_lambda_zero_is_one_step_target():
     assert torch.allclose(y[0, :3], torch.tensor([1.0 + 0.5 * 20.0, 2.0 + 0.5 * 30.0, 3.0]))
 
 
+def test_td_lambda_zero_shortcut_equals_the_recursion_bitwise():
+    """lambda = 0 takes a loop-free path; it must give exactly the backward recursion's values
+    (padding included) on random episodes of mixed lengths, terminal and truncated."""
+    g = torch.Generator().manual_seed(0)
+    C, T, gamma = 16, 30, 0.99
+    lengths = torch.randint(1, T + 1, (C,), generator=g)
+    mask = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
+    terminated = torch.zeros(C, T, dtype=torch.bool)
+    ends = torch.rand(C, generator=g) < 0.5
+    terminated[torch.arange(C)[ends], lengths[ends] - 1] = True
+    reward = torch.randn(C, T, generator=g) * mask
+    q = torch.randn(C, T + 1, generator=g)
+    expected = torch.empty(C, T)
+    for t in range(T):  # the recursion with lambda = 0 written out: no G_{t+1} term survives
+        one = reward[:, t] + gamma * (1.0 - terminated[:, t].float()) * ((1.0 - 0.0) * q[:, t + 1])
+        expected[:, t] = torch.where(mask[:, t], one, q[:, t])
+    assert torch.equal(td_lambda_targets(reward, terminated, mask, q, gamma, 0.0), expected)
+
+
 def test_td_lambda_hand_computed_truncated_episode():
     # Episode of length 2, truncated (not terminal): bootstraps from Q at the final observation.
     gamma, lam = 0.9, 0.5
