@@ -9,9 +9,11 @@ allocated).
 
 Estimate per run = replay (its compact storage dtypes) + ``BASE_BYTES``, the rest of a value run's
 resident memory: interpreter, PyTorch, JAX for SMAX, the update's activations (kept by the
-allocator, marl/allocator.py). Measured: a DDN run on SMAX 3s_vs_5z (``pymarl2`` profile, replay
-0.78 GiB, almost full) held 2.2 GB resident after 340k env steps. Policy learners keep one rollout
-and are not counted.
+allocator, marl/allocator.py). Measured (tests/benchmarks/test_bench_memory.py, a fresh process
+with its replay full, updates, an evaluation and a checkpoint): the rest is 0.7-1.1 GB (DDN on
+SMAX 3s_vs_5z and Predator-Prey stag hunt, QMIX on stag hunt); a DDN run on 3s_vs_5z that had
+trained 1.3M steps held 2.4 GB resident with a 0.78 GiB replay, hence the margin. Policy learners
+keep one rollout and are not counted.
 
 The check sums the estimates of the ``slots`` largest pending runs (the most that can run at once)
 and compares them with MemAvailable (/proc/meminfo). Off Linux nothing is checked.

@@ -140,11 +140,16 @@ class EpisodeReplayBuffer:
             batch[name] = tensor[idx, :steps].to(self.out_dtypes[name])
         return batch
 
-    # Checkpointing: only the filled part is saved.
+    # Checkpointing: only the filled part is saved. A full buffer's tensors are saved as they are
+    # (no copy of the whole replay at every checkpoint); a partial one's filled prefix is cloned,
+    # since torch.save writes a view's whole storage.
     def state_dict(self) -> dict:
+        def filled(v: torch.Tensor) -> torch.Tensor:
+            return v if self.size == self.capacity else v[: self.size].clone()
+
         return {
-            "data": {k: v[: self.size].clone() for k, v in self.data.items()},
-            "lengths": self.lengths[: self.size].clone(),
+            "data": {k: filled(v) for k, v in self.data.items()},
+            "lengths": filled(self.lengths),
             "insert_pos": self.insert_pos,
             "size": self.size,
         }

@@ -200,6 +200,29 @@ def test_replay_state_dict_roundtrip():
         assert torch.equal(other.data[k][:2], buf.data[k][:2])
 
 
+def test_full_replay_checkpoints_without_a_copy(tmp_path):
+    """A full buffer's state is its own tensors (no second replay in memory at a checkpoint), and
+    it round-trips through the streamed atomic save; a partial one saves only its filled prefix."""
+    from marl.run_io import atomic_torch_save
+
+    layout = _layout()
+    buf = EpisodeReplayBuffer(layout, capacity=2)
+    buf.insert(*_episodes(layout, [3], tag=1.0))
+    partial = buf.state_dict()
+    assert all(v.shape[0] == 1 and v.data_ptr() != buf.data[k].data_ptr() for k, v in partial["data"].items())
+    buf.insert(*_episodes(layout, [4, 2], tag=2.0))  # wraps: full
+    state = buf.state_dict()
+    assert all(v.data_ptr() == buf.data[k].data_ptr() for k, v in state["data"].items())
+    atomic_torch_save(tmp_path / "ckpt.pt", {"buffer": state})
+    other = EpisodeReplayBuffer(layout, capacity=2)
+    other.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=False)["buffer"])
+    assert (other.size, other.insert_pos) == (buf.size, buf.insert_pos)
+    assert torch.equal(other.lengths, buf.lengths)
+    for k in buf.data:
+        assert torch.equal(other.data[k], buf.data[k])
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temp file left behind
+
+
 def test_build_config_profiles_and_errors():
     cfg = build_config(ValueLearnerConfig, {"profile": "pymarl2"})
     assert (cfg.optimizer, cfg.lr, cfg.batch_size, cfg.num_envs, cfg.td_lambda) == ("adam", 1e-3, 128, 8, 0.6)

@@ -1,0 +1,111 @@
+"""Peak resident memory of one value run with its replay full, per paper-suite configuration.
+
+Each case runs in a fresh child process (so the peak is that run's alone, not the test session's):
+it builds the run's trainer as the suite does (learner config, environment), collects real
+episodes until it has a few, fills the replay to its capacity with copies of them (the same bytes
+a full replay holds: every row is padded to the episode limit), runs updates, saves a checkpoint
+into a temporary run directory, and reports the kernel's high-water mark (VmHWM) at each stage:
+
+* ``replay_gb``: the replay's storage (its compact dtypes), the figure suites/memory.py checks;
+* ``rss_full_replay_gb``: resident memory once the replay is full (before any update);
+* ``peak_after_updates_gb``: high-water mark after ``UPDATES`` updates (activations, allocator)
+  and one greedy evaluation of the suite's ``eval_episodes`` (the test environment's copies, and
+  DDN's teacher test);
+* ``peak_after_checkpoint_gb``: after one checkpoint (a run's peak: checkpoints recur every
+  ``checkpoint_interval`` env steps);
+* ``base_gb``: the peak minus the replay: what suites/memory.py's ``BASE_BYTES`` stands for.
+
+The SMAX maps whose replay alone exceeds 2 GB at PyMARL's 5000 episodes are listed by
+``replay_gb`` only (from the config, on the meta device; see suites/memory.py).
+
+Run: ``.venv/bin/python -m pytest tests/benchmarks/test_bench_memory.py --benchmark-only``
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+UPDATES = 5
+
+# (algorithm, family, scenario, profile, eval episodes): the paper suites' value runs this
+# machine can build.
+CASES = [
+    ("ddn", "smax", "3s_vs_5z", "pymarl2", 32),  # reference_ddn, ddn_tuning
+    ("ddn", "smax", "3s_vs_5z", "pymarl", 32),  # ddn_smax (the paper's profile)
+    ("ddn", "predator_prey", "stag_hunt", "pymarl", 16),  # ddn_predator_prey
+    ("qmix", "predator_prey", "stag_hunt", "pymarl", 16),
+]
+
+CHILD = r"""
+import json, sys, tempfile, torch
+from marl.trainer import Budget
+from marl.value.trainer import ValueTrainer
+
+def hwm_gb(field="VmHWM"):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 2**20
+
+algorithm, family, scenario, profile, updates, eval_episodes = sys.argv[1:7]
+torch.set_num_threads(1)
+run_dir = tempfile.mkdtemp()
+trainer = ValueTrainer(algorithm, family, scenario, seed=0, run_dir=run_dir,
+                       budget=Budget(env_steps=10**9, eval_episodes=int(eval_episodes)), overrides={"profile": profile})
+buf = trainer.buffer
+episodes = []
+while sum(e.count for e in episodes) < 8:
+    episodes.append(trainer.runner.collect(1, trainer.epsilon, 0))
+while len(buf) < buf.capacity:
+    for e in episodes:
+        buf.insert(e.data, e.lengths)
+replay = sum(t.numel() * t.element_size() for t in buf.data.values()) / 2**30
+full = hwm_gb("VmRSS")
+for _ in range(int(updates)):
+    trainer.learner.train_step(buf.sample(trainer.cfg.batch_size, trainer.generator), trainer.episode)
+trainer.evaluation_metrics()
+after_updates = hwm_gb()
+trainer._save_checkpoint()
+after_checkpoint = hwm_gb()
+print(json.dumps({"replay_gb": replay, "rss_full_replay_gb": full, "peak_after_updates_gb": after_updates,
+                  "peak_after_checkpoint_gb": after_checkpoint, "base_gb": after_checkpoint - replay}))
+trainer.close()
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc (Linux)")
+@pytest.mark.parametrize(
+    "algorithm,family,scenario,profile,eval_episodes", CASES, ids=["-".join(map(str, c[:4])) for c in CASES]
+)
+def test_peak_memory_of_a_full_replay_run(benchmark, algorithm, family, scenario, profile, eval_episodes):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+    def child() -> dict:
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, algorithm, family, scenario, profile, str(UPDATES), str(eval_episodes)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    result = benchmark.pedantic(child, rounds=1, iterations=1)
+    benchmark.extra_info.update(
+        {
+            "algorithm": algorithm,
+            "family": family,
+            "scenario": scenario,
+            "profile": profile,
+            "eval_episodes": eval_episodes,
+        }
+        | {k: round(v, 3) for k, v in result.items()}
+    )
+    print(f"\n{algorithm} {family}/{scenario} ({profile}): " + ", ".join(f"{k} {v:.2f}" for k, v in result.items()))
