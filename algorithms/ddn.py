@@ -619,13 +619,12 @@ class MixedController(AgentController):
         # the paper profile's): the same values as running both and selecting.
         if bool(self.teacher_rows.all()):
             q, new_hidden = self.teacher.q_step(obs, last_actions, hidden, state)
-            return epsilon_greedy(q, avail, epsilon, generator), new_hidden
-        if not bool(self.teacher_rows.any()):
+        elif not bool(self.teacher_rows.any()):
             q, new_hidden = self.q_step(obs, last_actions, hidden, state)
-            return epsilon_greedy(q, avail, epsilon, generator), new_hidden
-        q_s, h_s = self.q_step(obs, last_actions, hidden, state)
-        q_t, h_t = self.teacher.q_step(obs, last_actions, hidden, state)
-        rows = self.teacher_rows.view(B, 1, 1)
-        q = torch.where(rows, q_t, q_s)
-        new_hidden = torch.where(rows.view(B, 1, 1), h_t.view(B, N, -1), h_s.view(B, N, -1)).view(B * N, -1)
+        else:
+            q_s, h_s = self.q_step(obs, last_actions, hidden, state)
+            q_t, h_t = self.teacher.q_step(obs, last_actions, hidden, state)
+            rows = self.teacher_rows.view(B, 1, 1)
+            q = torch.where(rows, q_t, q_s)
+            new_hidden = torch.where(rows, h_t.view(B, N, -1), h_s.view(B, N, -1)).view(B * N, -1)
         return epsilon_greedy(q, avail, epsilon, generator), new_hidden

@@ -15,8 +15,8 @@ into a temporary run directory, and reports the kernel's high-water mark (VmHWM)
   ``checkpoint_interval`` env steps);
 * ``base_gb``: the peak minus the replay: what suites/memory.py's ``BASE_BYTES`` stands for.
 
-The SMAX maps whose replay alone exceeds 2 GB at PyMARL's 5000 episodes are listed by
-``replay_gb`` only (from the config, on the meta device; see suites/memory.py).
+Maps this machine cannot hold a full replay of are not measured here; their replay size follows
+from the config alone (suites/memory.py's ``replay_bytes``, on the meta device).
 
 Run: ``.venv/bin/python -m pytest tests/benchmarks/test_bench_memory.py --benchmark-only``
 """
@@ -48,7 +48,7 @@ import json, sys, tempfile, torch
 from marl.trainer import Budget
 from marl.value.trainer import ValueTrainer
 
-def hwm_gb(field="VmHWM"):
+def status_gb(field="VmHWM"):
     for line in open("/proc/self/status"):
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 2**20
@@ -66,13 +66,13 @@ while len(buf) < buf.capacity:
     for e in episodes:
         buf.insert(e.data, e.lengths)
 replay = sum(t.numel() * t.element_size() for t in buf.data.values()) / 2**30
-full = hwm_gb("VmRSS")
+full = status_gb("VmRSS")
 for _ in range(int(updates)):
     trainer.learner.train_step(buf.sample(trainer.cfg.batch_size, trainer.generator), trainer.episode)
 trainer.evaluation_metrics()
-after_updates = hwm_gb()
+after_updates = status_gb()
 trainer._save_checkpoint()
-after_checkpoint = hwm_gb()
+after_checkpoint = status_gb()
 print(json.dumps({"replay_gb": replay, "rss_full_replay_gb": full, "peak_after_updates_gb": after_updates,
                   "peak_after_checkpoint_gb": after_checkpoint, "base_gb": after_checkpoint - replay}))
 trainer.close()
