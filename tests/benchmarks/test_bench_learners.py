@@ -19,6 +19,11 @@ For each (algorithm, scenario, parallel envs) this measures, in one run:
   any implementation of the same algorithm (pymarl2's 128-episode batch per 8 new episodes,
   synchronous collection) can reach on this core.
 
+Where CUDA is available, ``test_training_throughput_cuda`` measures three of the cases (3s_vs_5z x8,
+Predator-Prey x8, the paper profile) with the learner on the GPU and the environment on the CPU
+(``device`` in each row); the CPU rows of the same session give the speed-up as a ratio, and the
+roofline's ``matmul_gflops`` is then the GPU's on the same product.
+
 Run with ``make bench`` (JSON under results/benchmarks/) or
 ``.venv/bin/python -m pytest tests/benchmarks/test_bench_learners.py --benchmark-only``.
 """
@@ -59,7 +64,7 @@ THREADS = 1  # one learner per core: the suite runs one run per worker process
 
 def _raw_env_steps_per_s(env, steps: int) -> float:
     out = env.reset(seed=0)
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator(device=out.avail_actions.device).manual_seed(0)
     n = max(steps // env.spec.num_envs, 1)
     start = time.perf_counter()
     for _ in range(n):
@@ -67,16 +72,23 @@ def _raw_env_steps_per_s(env, steps: int) -> float:
     return n * env.spec.num_envs / (time.perf_counter() - start)
 
 
-def _matmul_gflops(hidden: int = 64) -> float:
-    """Single-thread speed of the update's dominant product: packed agent rows times a GRU's
-    input/recurrent weights ([8192, H] @ [H, 3H])."""
-    a, b = torch.randn(8192, hidden), torch.randn(hidden, 3 * hidden)
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _matmul_gflops(hidden: int = 64, device: torch.device = torch.device("cpu")) -> float:
+    """Speed of the update's dominant product on ``device`` (one thread on the CPU): packed agent
+    rows times a GRU's input/recurrent weights ([8192, H] @ [H, 3H])."""
+    a, b = torch.randn(8192, hidden, device=device), torch.randn(hidden, 3 * hidden, device=device)
     for _ in range(5):
         a @ b
-    n = 50
+    n = 50 if device.type == "cpu" else 500
+    _sync(device)
     start = time.perf_counter()
     for _ in range(n):
         a @ b
+    _sync(device)
     return 2 * 8192 * hidden * 3 * hidden * n / (time.perf_counter() - start) / 1e9
 
 
@@ -89,10 +101,32 @@ def _update_gflop(trainer, batch) -> float:
 @pytest.mark.parametrize("algorithm", ["qmix", "ddn"])
 @pytest.mark.parametrize("family,scenario,num_envs,profile", CASES, ids=[_case_id(c) for c in CASES])
 def test_training_throughput(benchmark, algorithm, family, scenario, num_envs, profile):
+    _measure_training(benchmark, algorithm, family, scenario, num_envs, profile, torch.device("cpu"))
+
+
+# The learner on a GPU (the environment stays on the CPU: SMAX's JAX and Predator-Prey's torch
+# step there); the same cases' CPU rows of the same session give the GPU's speed-up as a ratio.
+CUDA_CASES = [CASES[1], CASES[3], CASES[5]]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("algorithm", ["qmix", "ddn"])
+@pytest.mark.parametrize("family,scenario,num_envs,profile", CUDA_CASES, ids=[_case_id(c) for c in CUDA_CASES])
+def test_training_throughput_cuda(benchmark, algorithm, family, scenario, num_envs, profile):
+    _measure_training(benchmark, algorithm, family, scenario, num_envs, profile, torch.device("cuda"))
+
+
+def _measure_training(benchmark, algorithm, family, scenario, num_envs, profile, device: torch.device):
     torch.set_num_threads(THREADS)
     overrides = {"profile": profile, "num_envs": num_envs}
     trainer = ValueTrainer(
-        algorithm, family, scenario, seed=0, budget=Budget(env_steps=10**9, eval_episodes=1), overrides=overrides
+        algorithm,
+        family,
+        scenario,
+        seed=0,
+        budget=Budget(env_steps=10**9, eval_episodes=1),
+        overrides=overrides,
+        device=str(device),
     )
     try:
         while not trainer.buffer.can_sample(trainer.cfg.batch_size):  # warm-up: fill one batch
@@ -101,9 +135,11 @@ def test_training_throughput(benchmark, algorithm, family, scenario, num_envs, p
 
         def measured():
             t0, updates0 = trainer.t_env, trainer.learner.updates
+            _sync(device)
             start = time.perf_counter()
             for _ in range(MEASURED_ROUNDS):
                 trainer.iteration()
+            _sync(device)
             elapsed = time.perf_counter() - start
             return (trainer.t_env - t0) / elapsed, trainer.t_env - t0, trainer.learner.updates - updates0
 
@@ -111,11 +147,13 @@ def test_training_throughput(benchmark, algorithm, family, scenario, num_envs, p
         steps_measured = MEASURED_ROUNDS * num_envs * trainer.env.spec.episode_limit // 4
         raw_sps = _raw_env_steps_per_s(trainer.env, steps_measured)
 
+        _sync(device)
         start = time.perf_counter()
         for _ in range(5):
             trainer.learner.train_step(
                 trainer.buffer.sample(trainer.cfg.batch_size, trainer.generator), trainer.episode
             )
+        _sync(device)
         updates_per_s = 5 / (time.perf_counter() - start)
 
         update_gflop = (
@@ -125,7 +163,7 @@ def test_training_throughput(benchmark, algorithm, family, scenario, num_envs, p
             )
             / 3
         )
-        peak_gflops = _matmul_gflops(trainer.cfg.hidden_dim)
+        peak_gflops = _matmul_gflops(trainer.cfg.hidden_dim, device)
         steps_per_update = steps / n_updates
         floor_sps = steps_per_update / (update_gflop / peak_gflops + steps_per_update / raw_sps)
         benchmark.extra_info.update(
@@ -135,6 +173,7 @@ def test_training_throughput(benchmark, algorithm, family, scenario, num_envs, p
                 "scenario": scenario,
                 "num_envs": num_envs,
                 "profile": profile,
+                "device": device.type,
                 "batch_size": trainer.cfg.batch_size,
                 "torch_threads": THREADS,
                 "train_env_steps_per_s": round(train_sps, 1),
@@ -152,7 +191,7 @@ def test_training_throughput(benchmark, algorithm, family, scenario, num_envs, p
             }
         )
         print(
-            f"\n{algorithm} {family}/{scenario} x{num_envs} ({profile}): train {train_sps:.0f} env steps/s, "
+            f"\n{algorithm} {family}/{scenario} x{num_envs} ({profile}, {device.type}): train {train_sps:.0f} env steps/s, "
             f"raw {raw_sps:.0f} (ratio {train_sps / raw_sps:.3f}), {updates_per_s:.2f} updates/s, "
             f"update {update_gflop:.2f} GFLOP at {update_gflop * updates_per_s:.1f} of {peak_gflops:.0f} GFLOP/s, "
             f"compute floor {floor_sps:.0f} env steps/s (ratio {train_sps / floor_sps:.3f})"
