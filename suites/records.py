@@ -2,14 +2,24 @@
 
 A record is what a finished run leaves that is worth sharing (docs/run-store.md): spec.json,
 status.json, provenance.json, metrics.csv and, where present, crossplay.json, plus the suite's
-manifest.yaml; never checkpoints or replay. The report reads a record folder like any suite
-directory, so ``python reproduce.py --suite NAME --out records/reference --report-only`` renders it.
+manifest.yaml; never checkpoints or replay. A policy learner's run also keeps its policy artifacts
+(``policy.pt`` and the ``policy_at_<f>.pt`` snapshots: the actor's weights, about 0.2 MB on Melting
+Pot's stag hunt): they are the co-players of the cross-play phase, which needs every member's policy
+on the machine that evaluates. The report reads a record folder like any suite directory, so
+``python reproduce.py --suite NAME --out records/reference --report-only`` renders it.
+
+A campaign too long for one machine spans several: ``import`` copies a record folder's runs into a
+run store (never over a run dir already there), where the orchestrator counts them as finished, so
+the same suite command trains only what is missing and, once every member's policy is there, runs
+the cross-play phase over the whole population; ``export`` then brings the new runs and every
+crossplay.json back into the records.
 
 ``records/index.yaml`` lists each exported suite: its kind (``reference``: the papers' headline
 comparisons at their budgets, seeds 0-4; ``tuning``: runs on seeds 100+ that chose a default), the
 commits and machines its runs came from, the dates, and each run's final score.
 
     python -m suites.records export /path/to/out/ddn_tuning --kind tuning
+    python -m suites.records import records/reference/bidist_stag_hunt --out /path/to/out
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 RECORDS = REPO_ROOT / "records"
 KINDS = ("reference", "tuning")
 COMPACT = ("spec.json", "status.json", "provenance.json", "metrics.csv", "crossplay.json")
+POLICY_ARTIFACTS = ("policy.pt", "policy_at_*.pt")  # marl/policy/population.py policy_file
 
 
 def _read_json(path: Path) -> Any:
@@ -54,6 +65,12 @@ def finished_runs(suite_dir: Path) -> list[Path]:
         if status.is_file() and (run_dir / "metrics.csv").is_file() and _read_json(status).get("state") == "done":
             out.append(run_dir)
     return out
+
+
+def record_files(run_dir: Path) -> list[Path]:
+    """The files of ``run_dir`` that belong in its record: the compact files and policy artifacts."""
+    files = [run_dir / name for name in COMPACT if (run_dir / name).is_file()]
+    return files + sorted({p for pattern in POLICY_ARTIFACTS for p in run_dir.glob(pattern) if p.is_file()})
 
 
 def run_entry(run_dir: Path) -> dict[str, Any]:
@@ -85,9 +102,8 @@ def export(suite_dir: Path, kind: str, records: Path = RECORDS) -> list[str]:
     for run_dir in finished_runs(suite_dir):
         target = dest / "runs" / run_dir.name
         target.mkdir(parents=True, exist_ok=True)
-        for name in COMPACT:
-            if (run_dir / name).is_file():
-                shutil.copyfile(run_dir / name, target / name)
+        for path in record_files(run_dir):
+            shutil.copyfile(path, target / path.name)
         exported.append(run_dir.name)
     if exported and (suite_dir / "manifest.yaml").is_file():
         shutil.copyfile(suite_dir / "manifest.yaml", dest / "manifest.yaml")
@@ -124,6 +140,33 @@ def write_index(records: Path = RECORDS) -> dict[str, Any]:
     return index
 
 
+def import_records(record_dir: Path, out: Path) -> tuple[list[str], list[str]]:
+    """Copy the runs of the record folder ``record_dir`` (``records/<kind>/<suite>``) into the run
+    store ``out/<suite>``, each through a temporary dir renamed into place (a kill leaves no half
+    run dir). A run dir already in the store is never touched (it may hold a run in progress or a
+    newer result). Returns (imported ids, ids kept as they were)."""
+    record_dir = Path(record_dir)
+    runs = finished_runs(record_dir)
+    if not runs:
+        raise ValueError(f"{record_dir} holds no finished run records (expected runs/<id>/status.json 'done')")
+    dest = Path(out) / record_dir.name / "runs"
+    dest.mkdir(parents=True, exist_ok=True)
+    imported, kept = [], []
+    for run_dir in runs:
+        target = dest / run_dir.name
+        if target.exists():
+            kept.append(run_dir.name)
+            continue
+        staging = dest / f".import-{run_dir.name}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        for path in record_files(run_dir):
+            shutil.copyfile(path, staging / path.name)
+        staging.rename(target)
+        imported.append(run_dir.name)
+    return imported, kept
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m suites.records", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,10 +174,24 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("suite_dir", type=Path, help="a suite directory of a run store, e.g. results/ddn_smax")
     ex.add_argument("--kind", choices=KINDS, required=True)
     ex.add_argument("--records", type=Path, default=RECORDS, help="records folder (default: the repository's)")
+    im = sub.add_parser("import", help="copy a record folder's runs into a run store (to resume a campaign there)")
+    im.add_argument("record_dir", type=Path, help="a record folder, e.g. records/reference/bidist_stag_hunt")
+    im.add_argument("--out", type=Path, required=True, help="the run store's root (reproduce.py --out)")
     sub.add_parser("index", help="rewrite records/index.yaml from the records on disk")
     args = parser.parse_args(argv)
     if args.command == "index":
         write_index()
+        return 0
+    if args.command == "import":
+        try:
+            imported, kept = import_records(args.record_dir, args.out)
+        except ValueError as exc:
+            print(f"records: {exc}", file=sys.stderr)
+            return 2
+        print(
+            f"records: imported {len(imported)} run(s) of {args.record_dir.name} into "
+            f"{args.out / args.record_dir.name}" + (f"; {len(kept)} already there, left as they were" if kept else "")
+        )
         return 0
     if not (args.suite_dir / "runs").is_dir():
         print(f"records: {args.suite_dir} is not a suite directory (no runs/ inside)", file=sys.stderr)

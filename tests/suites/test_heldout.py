@@ -296,3 +296,47 @@ def test_crossplay_phase_writes_skips_and_reevaluates_when_the_population_change
     cell = table.rows[0].cells["mappo"]
     assert (cell.n_done, cell.n_runs) == (1, 2) and cell.values == [pytest.approx(record["focal_per_capita_return"])]
     assert table.rows[0].members == ["mappo seed 100", "mappo seed 101"]
+
+
+def test_a_campaign_spans_machines_through_its_records(tmp_path):
+    """Machine A trains part of the suite and exports it (compact files and policy artifacts, never
+    the checkpoint); machine B imports the records, trains only the rest, and evaluates every focal
+    run against the whole population, A's members included; a second import touches nothing."""
+    from suites.records import export, import_records, main as records_main
+
+    suite = load_suite(str(_manifest(tmp_path)))
+    by_seed = {r.seed: r for r in suite.runs}
+    store_a = SuiteStore(tmp_path / "a", suite.name)
+    store_a.write_manifest(suite)
+    _train(store_a, suite, [0, 100])
+    records = tmp_path / "records"
+    assert sorted(export(store_a.root, "reference", records)) == sorted([by_seed[0].id, by_seed[100].id])
+    held = {p.name for p in (records / "reference" / suite.name / "runs" / by_seed[100].id).iterdir()}
+    assert {"policy.pt", "policy_at_0.1.pt", "policy_at_0.5.pt", "metrics.csv", "spec.json"} <= held
+    assert not any(name.startswith("checkpoint") for name in held)
+    assert (store_a.run_dir(by_seed[100].id) / "checkpoint.pt").is_file()  # it existed, and was left behind
+
+    store_b = SuiteStore(tmp_path / "b", suite.name)
+    assert records_main(["import", str(records / "reference" / suite.name), "--out", str(tmp_path / "b")]) == 0
+    states = {r.seed: store_b.inspect(r).kind for r in suite.runs}
+    assert states == {0: "done", 100: "done", 1: "new", 101: "new"}
+    _train(store_b, suite, [1, 101])
+    items = plan(list(suite.runs), store_b)
+    phase = execute_crossplay_phase(items, store_b, InlineBackend(), suite, {})
+    assert sorted(o.state for o in phase.outcomes) == ["done", "done"], phase.format()
+    for seed in (0, 1):
+        record = json.loads((store_b.run_dir(by_seed[seed].id) / CROSSPLAY).read_text())
+        assert sorted(m["seed"] for m in record["population"]) == [100, 101]
+        evaluated = {
+            (m["seed"], m["fraction"]) for m in {e["kind"]: e for e in record["evaluations"]}["heldout"]["population"]
+        }
+        assert evaluated == {(s, f) for s in (100, 101) for f in (0.1, 0.5, 1.0)}
+
+    # Importing again keeps every run dir as it is (B's crossplay.json of seed 0 stays).
+    before = (store_b.run_dir(by_seed[0].id) / CROSSPLAY).read_bytes()
+    imported, kept = import_records(records / "reference" / suite.name, tmp_path / "b")
+    assert imported == [] and sorted(kept) == sorted([by_seed[0].id, by_seed[100].id])
+    assert (store_b.run_dir(by_seed[0].id) / CROSSPLAY).read_bytes() == before
+    assert not list((tmp_path / "b" / suite.name / "runs").glob(".import-*"))
+    with pytest.raises(ValueError, match="no finished run records"):
+        import_records(tmp_path / "empty", tmp_path / "b")

@@ -24,6 +24,8 @@ def suite(tmp_path):
     root = write_suite(tmp_path / "store", "mysuite", runs, manifest="name: mysuite\n")
     for d in (root / "runs").iterdir():
         (d / "checkpoint.pt").write_bytes(b"x" * 100)
+        for name in ("policy.pt", "policy_at_0.5.pt"):  # a policy learner's artifacts (cross-play co-players)
+            (d / name).write_bytes(b"p" * 10)
         if (d / "provenance.json").is_file():  # as the worker writes it: git commit and CPU model
             prov = json.loads((d / "provenance.json").read_text())
             (d / "provenance.json").write_text(
@@ -40,7 +42,8 @@ def test_export_copies_finished_runs_compact_files_and_indexes_them(suite, tmp_p
     assert (dest / "manifest.yaml").read_text() == "name: mysuite\n"
     for run_id in ids:
         files = {p.name for p in (dest / "runs" / run_id).iterdir()}
-        assert files == {"spec.json", "status.json", "provenance.json", "metrics.csv"}  # no checkpoint
+        # no checkpoint; the policy artifacts travel (another machine's cross-play needs them)
+        assert files == {"spec.json", "status.json", "provenance.json", "metrics.csv", "policy.pt", "policy_at_0.5.pt"}
     index = yaml.safe_load((records / "index.yaml").read_text())
     (entry,) = index["suites"]
     assert entry["suite"] == "mysuite" and entry["kind"] == "tuning" and entry["commits"] == ["abc1234"]
@@ -82,7 +85,7 @@ def test_no_record_file_is_ignored_by_git(suite, tmp_path):
     so a fresh clone had the index and no runs)."""
     export(suite, "tuning", tmp_path / "records")
     files = [p.relative_to(tmp_path / "records") for p in (tmp_path / "records").rglob("*") if p.is_file()]
-    assert any(f.name == "metrics.csv" for f in files)
+    assert {"metrics.csv", "policy.pt", "policy_at_0.5.pt"} <= {f.name for f in files}
     as_committed = [str(RECORDS / f) for f in files]
     ignored = subprocess.run(
         ["git", "check-ignore", "--no-index", *as_committed], cwd=RECORDS.parent, capture_output=True, text=True
