@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", default=None, help="docker: image to run (default: the manifest's image)")
     p.add_argument("--no-report", action="store_true", help="do not render the report at the end")
     p.add_argument(
+        "--no-crossplay",
+        action="store_true",
+        help="train only: skip the cross-play phase (a campaign whose co-players finish on several machines "
+        "runs it once, on the last; docs/run-store.md)",
+    )
+    p.add_argument(
         "--tensorboard",
         action="store_true",
         help="keep TensorBoard event files (<run dir>/tb/) in step with each run's metrics.csv while "
@@ -323,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                     threads=args.threads,
                 )
                 crossplay = None
-                if suite.heldout is not None and not summary.interrupted:
+                if suite.heldout is not None and not summary.interrupted and not args.no_crossplay:
                     # After training: the focal policies against the held-out populations (suites/crossplay_phase.py).
                     from suites.crossplay_phase import execute_crossplay_phase
 

@@ -340,3 +340,19 @@ def test_a_campaign_spans_machines_through_its_records(tmp_path):
     assert not list((tmp_path / "b" / suite.name / "runs").glob(".import-*"))
     with pytest.raises(ValueError, match="no finished run records"):
         import_records(tmp_path / "empty", tmp_path / "b")
+
+
+def test_no_crossplay_trains_only_and_a_later_invocation_evaluates(tmp_path, capsys):
+    manifest = _manifest(tmp_path)
+    suite = load_suite(str(manifest))
+    by_seed = {r.seed: r for r in suite.runs}
+    out = tmp_path / "out"
+    args = ["--suite", str(manifest), "--out", str(out), "--seeds", "0,100", "--workers", "1", "--no-report"]
+    assert reproduce.main([*args, "--no-crossplay"]) == 0
+    store = SuiteStore(out, suite.name)
+    assert store.inspect(by_seed[0]).kind == "done" and store.inspect(by_seed[100]).kind == "done"
+    assert not (store.run_dir(by_seed[0].id) / CROSSPLAY).exists()
+    assert "cross-play" not in capsys.readouterr().out
+    assert reproduce.main(args) == 0
+    record = json.loads((store.run_dir(by_seed[0].id) / CROSSPLAY).read_text())
+    assert record["state"] == "done" and [m["seed"] for m in record["population"]] == [100]
