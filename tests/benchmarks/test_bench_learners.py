@@ -77,7 +77,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _matmul_gflops(hidden: int = 64, device: torch.device = torch.device("cpu")) -> float:
+def _matmul_gflops(hidden: int, device: torch.device) -> float:
     """Speed of the update's dominant product on ``device`` (one thread on the CPU): packed agent
     rows times a GRU's input/recurrent weights ([8192, H] @ [H, 3H])."""
     a, b = torch.randn(8192, hidden, device=device), torch.randn(hidden, 3 * hidden, device=device)
