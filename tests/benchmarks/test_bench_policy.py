@@ -89,7 +89,7 @@ def test_policy_training_throughput(benchmark, algorithm, substrate):
         trainer.learner.train_step = counted_update
         trainer.iteration()
         update_gflop = flops["update"]
-        peak_gflops = _matmul_gflops(cfg.hidden_dim)
+        peak_gflops = _matmul_gflops(cfg.hidden_dim, torch.device("cpu"))
         steps_per_iteration = steps / MEASURED_ITERATIONS
         floor_sps = steps_per_iteration / (steps_per_iteration / raw_sps + update_gflop / peak_gflops)
         benchmark.extra_info.update(
