@@ -41,6 +41,7 @@ from marl.value.controller import uniform_available_actions
 from marl.value.trainer import ValueTrainer
 
 from marl.trainer import Budget
+from tests.benchmarks import sync_device
 
 # paper profile of suites/ddn_smax.yaml (the reference campaign's) is marked "paper".
 CASES = [
@@ -72,11 +73,6 @@ def _raw_env_steps_per_s(env, steps: int) -> float:
     return n * env.spec.num_envs / (time.perf_counter() - start)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _matmul_gflops(hidden: int, device: torch.device) -> float:
     """Speed of the update's dominant product on ``device`` (one thread on the CPU): packed agent
     rows times a GRU's input/recurrent weights ([8192, H] @ [H, 3H])."""
@@ -84,11 +80,11 @@ def _matmul_gflops(hidden: int, device: torch.device) -> float:
     for _ in range(5):
         a @ b
     n = 50 if device.type == "cpu" else 500
-    _sync(device)
+    sync_device(device)
     start = time.perf_counter()
     for _ in range(n):
         a @ b
-    _sync(device)
+    sync_device(device)
     return 2 * 8192 * hidden * 3 * hidden * n / (time.perf_counter() - start) / 1e9
 
 
@@ -135,11 +131,11 @@ def _measure_training(benchmark, algorithm, family, scenario, num_envs, profile,
 
         def measured():
             t0, updates0 = trainer.t_env, trainer.learner.updates
-            _sync(device)
+            sync_device(device)
             start = time.perf_counter()
             for _ in range(MEASURED_ROUNDS):
                 trainer.iteration()
-            _sync(device)
+            sync_device(device)
             elapsed = time.perf_counter() - start
             return (trainer.t_env - t0) / elapsed, trainer.t_env - t0, trainer.learner.updates - updates0
 
@@ -147,13 +143,13 @@ def _measure_training(benchmark, algorithm, family, scenario, num_envs, profile,
         steps_measured = MEASURED_ROUNDS * num_envs * trainer.env.spec.episode_limit // 4
         raw_sps = _raw_env_steps_per_s(trainer.env, steps_measured)
 
-        _sync(device)
+        sync_device(device)
         start = time.perf_counter()
         for _ in range(5):
             trainer.learner.train_step(
                 trainer.buffer.sample(trainer.cfg.batch_size, trainer.generator), trainer.episode
             )
-        _sync(device)
+        sync_device(device)
         updates_per_s = 5 / (time.perf_counter() - start)
 
         update_gflop = (

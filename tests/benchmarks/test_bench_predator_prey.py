@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from envs import make_env
+from tests.benchmarks import sync_device
 
 STEPS_PER_ROUND = 200
 PHASES = ("_move_agents", "_captures", "_move_prey", "_observe", "_reset_where")
@@ -40,11 +41,6 @@ def _sample(out, gen):
     return scores.masked_fill_(~out.avail_actions, -1.0).argmax(-1)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _cost_breakdown(env, gen, steps: int) -> dict[str, float]:
     """Microseconds per step spent in each phase of step(), timed by wrapping the phase methods
     on this instance only."""
@@ -52,10 +48,10 @@ def _cost_breakdown(env, gen, steps: int) -> dict[str, float]:
 
     def timed(name, fn):
         def wrapper(*args, **kwargs):
-            _sync(env.device)
+            sync_device(env.device)
             start = time.perf_counter()
             result = fn(*args, **kwargs)
-            _sync(env.device)
+            sync_device(env.device)
             spent[name] += time.perf_counter() - start
             return result
 
@@ -67,13 +63,13 @@ def _cost_breakdown(env, gen, steps: int) -> dict[str, float]:
         out = env.reset(seed=1)
         total = 0.0
         for _ in range(steps):
-            _sync(env.device)
+            sync_device(env.device)
             start = time.perf_counter()
             actions = _sample(out, gen)
-            _sync(env.device)
+            sync_device(env.device)
             mid = time.perf_counter()
             out = env.step(actions)
-            _sync(env.device)
+            sync_device(env.device)
             spent["action_sampling"] += mid - start
             total += time.perf_counter() - mid
     finally:
@@ -104,7 +100,7 @@ def test_bench_predator_prey_step(benchmark, torch_threads, num_envs, device, th
         out = box["out"]
         for _ in range(STEPS_PER_ROUND):
             out = env.step(_sample(out, gen))
-        _sync(env.device)
+        sync_device(env.device)
         box["out"] = out
 
     benchmark.pedantic(episode_of_steps, rounds=5, warmup_rounds=1)
