@@ -49,9 +49,11 @@ def _read_json(path: Path) -> Any:
         return json.load(f)
 
 
-def final_score(metrics: Path, family: str) -> float | None:
-    """Mean of the last FINAL_EVALS evaluations of the family's metric (docs/evaluation.md)."""
-    column = metric_for(family).column
+def final_score(metrics: Path, family: str, column: str | None = None) -> float | None:
+    """Mean of the last FINAL_EVALS evaluations of the family's metric (docs/evaluation.md), or of
+    ``column`` of metrics.csv. None where metrics.csv has no such values (a Melting Pot run's metric
+    comes from its cross-play phase, not from metrics.csv)."""
+    column = column or metric_for(family).column
     with open(metrics, newline="") as f:
         values = [float(row[column]) for row in csv.DictReader(f) if row.get(column) not in (None, "")]
     return round(sum(values[-FINAL_EVALS:]) / len(values[-FINAL_EVALS:]), 4) if values else None
@@ -84,10 +86,21 @@ def run_entry(run_dir: Path) -> dict[str, Any]:
         "seed": spec["seed"],
         "env_steps": spec["budget"]["env_steps"],
         "final_score": final_score(run_dir / "metrics.csv", spec["family"]),
+        **_final_test_return(run_dir, spec["family"]),
         "commit": (prov.get("git") or {}).get("commit"),
         "cpu": prov.get("cpu"),
         "finished_at": status.get("finished_at"),
     }
+
+
+def _final_test_return(run_dir: Path, family: str) -> dict[str, float | None]:
+    """Where the family's score comes from cross-play (Melting Pot), the index also gives the run's
+    own test return (metrics.csv's learning curve, mean of its last FINAL_EVALS evaluations), so a
+    record whose cross-play phase has not run yet is not blank."""
+    metric = metric_for(family)
+    if metric.source != "crossplay":
+        return {}
+    return {"final_test_return": final_score(run_dir / "metrics.csv", family, metric.curve_column)}
 
 
 def export(suite_dir: Path, kind: str, records: Path = RECORDS) -> list[str]:

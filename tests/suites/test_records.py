@@ -55,6 +55,24 @@ def test_export_copies_finished_runs_compact_files_and_indexes_them(suite, tmp_p
     assert sorted(data.runs["final_score"]) == pytest.approx([0.5, 0.75])
 
 
+def test_a_melting_pot_record_without_cross_play_indexes_its_test_return(tmp_path):
+    """A Melting Pot run is scored by its cross-play phase; trained with --no-crossplay, its index
+    entry has no score yet, and says the run's own test return instead (last evaluations' mean)."""
+    runs = [
+        FakeRun("meltingpot", "stag_hunt_in_the_matrix__repeated", "mappo", 0, final=2.5, paper="bidist"),
+        FakeRun("smax", "3m", "qmix", 0, final=0.75),
+    ]
+    root = write_suite(tmp_path / "store", "mixed", runs, manifest="name: mixed\n")
+    records = tmp_path / "records"
+    export(root, "reference", records)
+    (entry,) = yaml.safe_load((records / "index.yaml").read_text())["suites"]
+    by_family = {r["scenario"].split("/")[0]: r for r in entry["runs"]}
+    assert by_family["meltingpot"]["final_score"] is None
+    assert by_family["meltingpot"]["final_test_return"] == pytest.approx(2.5)
+    assert by_family["smax"]["final_score"] == pytest.approx(0.75)
+    assert "final_test_return" not in by_family["smax"]  # its score is its test win rate already
+
+
 def test_export_refuses_what_is_not_a_suite(tmp_path, capsys):
     assert main(["export", str(tmp_path), "--kind", "tuning", "--records", str(tmp_path / "r")]) == 2
     assert "not a suite directory" in capsys.readouterr().err
