@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from marl.policy.population import POLICY_FILE, POLICY_SNAPSHOT_GLOB
 from marl.run_io import atomic_write_text
 from reports.collect import FINAL_EVALS, metric_for
 
@@ -41,7 +42,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 RECORDS = REPO_ROOT / "records"
 KINDS = ("reference", "tuning")
 COMPACT = ("spec.json", "status.json", "provenance.json", "metrics.csv", "crossplay.json")
-POLICY_ARTIFACTS = ("policy.pt", "policy_at_*.pt")  # marl/policy/population.py policy_file
+POLICY_ARTIFACTS = (POLICY_FILE, POLICY_SNAPSHOT_GLOB)
 
 
 def _read_json(path: Path) -> Any:

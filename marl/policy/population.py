@@ -25,6 +25,7 @@ from marl.run_io import atomic_torch_save
 
 ARTIFACT_FORMAT = 1
 POLICY_FILE = "policy.pt"
+POLICY_SNAPSHOT_GLOB = "policy_at_*.pt"  # the files policy_file names for fractions below 1
 
 
 def policy_file(fraction: float) -> str:

@@ -22,7 +22,7 @@ from marl.policy.crossplay import (
     seat_arrangements,
 )
 from marl.policy.networks import ActInput
-from marl.policy.population import POLICY_FILE, load_policy, policy_file, save_policy
+from marl.policy.population import POLICY_FILE, POLICY_SNAPSHOT_GLOB, load_policy, policy_file, save_policy
 from marl.registry import get_algorithm
 from suites.crossplay_phase import build_request, schedule_seed
 from suites.manifest import COPLAYER_KINDS, ManifestError, load_suite
@@ -256,6 +256,8 @@ def test_heldout_checkpoint_fractions_are_saved_and_loaded(tmp_path):
         snapshots=(0.1, 0.5),
     )
     assert sorted(p.name for p in run_dir.glob("policy*.pt")) == ["policy.pt", "policy_at_0.1.pt", "policy_at_0.5.pt"]
+    # the names the records export carries (suites/records.py): the final policy and every snapshot
+    assert sorted(p.name for p in run_dir.glob(POLICY_SNAPSHOT_GLOB)) == ["policy_at_0.1.pt", "policy_at_0.5.pt"]
     steps = {}
     for fraction in (0.1, 0.5, 1.0):
         loaded = load_policy(run_dir / policy_file(fraction))
