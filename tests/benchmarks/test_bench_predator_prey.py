@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from envs import make_env
+from marl.value.controller import uniform_available_actions
 from tests.benchmarks import sync_device
 
 STEPS_PER_ROUND = 200
@@ -33,12 +34,6 @@ def torch_threads():
     saved = torch.get_num_threads()
     yield torch.set_num_threads
     torch.set_num_threads(saved)
-
-
-def _sample(out, gen):
-    """Uniform random available action per agent, on the env's device."""
-    scores = torch.rand(out.avail_actions.shape, generator=gen, device=out.avail_actions.device)
-    return scores.masked_fill_(~out.avail_actions, -1.0).argmax(-1)
 
 
 def _cost_breakdown(env, gen, steps: int) -> dict[str, float]:
@@ -65,7 +60,7 @@ def _cost_breakdown(env, gen, steps: int) -> dict[str, float]:
         for _ in range(steps):
             sync_device(env.device)
             start = time.perf_counter()
-            actions = _sample(out, gen)
+            actions = uniform_available_actions(out.avail_actions, gen)
             sync_device(env.device)
             mid = time.perf_counter()
             out = env.step(actions)
@@ -99,7 +94,7 @@ def test_bench_predator_prey_step(benchmark, torch_threads, num_envs, device, th
     def episode_of_steps():
         out = box["out"]
         for _ in range(STEPS_PER_ROUND):
-            out = env.step(_sample(out, gen))
+            out = env.step(uniform_available_actions(out.avail_actions, gen))
         sync_device(env.device)
         box["out"] = out
 
