@@ -21,6 +21,11 @@ from suites.protocol import EventSink, StopRequested, lock_run_dir
 from suites.store import SPEC, now, read_json_file
 
 CROSSPLAY = "crossplay.json"
+# The partner schedule's batches played so far ({"format", "context", "batches": {key: returns}}),
+# written after every batch: a killed evaluation resumes from its last batch, and a re-evaluation
+# after a member finished plays only the batches that hold that member (marl/policy/crossplay.py).
+BATCHES = "crossplay_batches.json"
+BATCHES_FORMAT = 1
 FORMAT = 2  # 2: co-player kinds on a common partner schedule (1: one population drawn i.i.d. per episode)
 HELDOUT, BOTS, COPLAYERS = "heldout_population", "meltingpot_scenario", "coplayers"
 POPULATION_KIND_BOTS = "DeepMind's Melting Pot scenario bots (background population of the asset bundle)"
@@ -79,6 +84,30 @@ def evaluate_on_bot_scenario(
         "actions": "greedy" if greedy else "sampled",
         "population_kind": POPULATION_KIND_BOTS,
     }
+
+
+def batch_cache_context() -> tuple[dict[str, Any] | None, str]:
+    """(what a cached batch's returns depend on beyond its own key, or None; why). Batches are reused
+    only from the same commit, package versions and CPU model: anything else may play differently."""
+    from suites.provenance import cpu_model, git_info, package_versions
+
+    info = git_info()
+    if not info.get("commit"):
+        return None, "off: the code's commit is unknown (not a git checkout and no SUITE_GIT_COMMIT)"
+    if info.get("dirty"):
+        return None, "off: the working tree has uncommitted changes"
+    return {"code": info["commit"], "packages": package_versions(), "cpu": cpu_model()}, "on"
+
+
+def read_batches(run_dir: Path) -> dict[str, list]:
+    """The batches a previous evaluation of this run dir stored (empty when none or unreadable)."""
+    try:
+        data = read_json_file(run_dir / BATCHES)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("format") != BATCHES_FORMAT or not isinstance(data.get("batches"), dict):
+        return {}
+    return dict(data["batches"])
 
 
 def _acting(focal_path: Path) -> tuple[bool, int]:
@@ -159,6 +188,7 @@ def _evaluate(
     targets = [(COPLAYERS, spec["scenario"])] + [(BOTS, name) for name in request["bot_scenarios"]]
     evaluations: list[dict[str, Any]] = []
     by_kind: dict[str, Any] = {}
+    batch_cache: dict[str, Any] | None = None
     for i, (kind, scenario) in enumerate(targets):
         if sink.should_stop():
             raise StopRequested
@@ -179,6 +209,15 @@ def _evaluate(
                     ]
                     for k, ms in request["members"].items()
                 }
+                context, cache_state = batch_cache_context()
+                cache = read_batches(run_dir) if context is not None else None
+
+                def after_batch(cache: dict[str, list] | None = cache) -> None:
+                    if cache is not None:
+                        atomic_write_json(run_dir / BATCHES, {"format": BATCHES_FORMAT, "batches": cache})
+                    if sink.should_stop():
+                        raise StopRequested  # between batches: the batches played so far are kept
+
                 result = evaluate_schedule(
                     focal_path,
                     members,
@@ -192,7 +231,15 @@ def _evaluate(
                     greedy=greedy,
                     exclude_algorithm=request.get("focal_algorithm"),
                     device=device,
+                    batch_cache=cache,
+                    cache_context=context,
+                    on_batch=after_batch,
                 )
+                batch_cache = {
+                    "state": cache_state,
+                    "batches_played": result["batches_played"],
+                    "batches_reused": result["batches_reused"],
+                }
                 by_kind = result["kinds"]
                 common = {
                     k: result[k]
@@ -265,6 +312,8 @@ def _evaluate(
         "self_play_return": (by_kind.get("self_play") or {}).get("focal_per_capita_return"),
         "generalisation_gap": gap,
         "evaluations": evaluations,
+        # Batches of the partner schedule played now or reused from crossplay_batches.json.
+        "batch_cache": batch_cache,
         "host": socket.gethostname(),
         "finished_at": now(),
     }

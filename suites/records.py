@@ -41,7 +41,7 @@ from reports.collect import FINAL_EVALS, metric_for
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECORDS = REPO_ROOT / "records"
 KINDS = ("reference", "tuning")
-COMPACT = ("spec.json", "status.json", "provenance.json", "metrics.csv", "crossplay.json")
+COMPACT = ("spec.json", "status.json", "provenance.json", "metrics.csv", "crossplay.json", "crossplay_batches.json")
 POLICY_ARTIFACTS = (POLICY_FILE, POLICY_SNAPSHOT_GLOB)
 
 

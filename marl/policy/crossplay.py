@@ -15,9 +15,11 @@ focal policy and every other slot an independently, uniformly drawn population m
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, MutableMapping, Sequence
 
 import torch
 from torch import nn
@@ -200,6 +202,59 @@ def partner_schedule(
     return entries
 
 
+BATCH_CACHE_FORMAT = 1  # bump when a batch's outcome could change for the same key
+
+
+class _PolicyIdentity:
+    """The content hash of each policy file an evaluation reads (the focal policy, every member),
+    computed once per file: a batch key names the policies by what they are, not where they lie."""
+
+    def __init__(self, focal_path: str | Path, members: Mapping[str, Sequence[Mapping[str, Any]]]):
+        self.focal = _file_sha256(focal_path)
+        self._members = members
+        self._hashes: dict[str, str] = {}
+
+    def member(self, kind: str, index: int | None) -> str:
+        if kind == "self_play":
+            return "self"
+        if kind == "random":
+            return "uniform_random"
+        path = self._members[kind][index].get("path")
+        if not path:
+            return "unavailable"
+        if str(path) not in self._hashes:
+            self._hashes[str(path)] = _file_sha256(path)
+        return self._hashes[str(path)]
+
+
+def _file_sha256(path: str | Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def batch_key(
+    context: Mapping[str, Any], identity: _PolicyIdentity, rows: Sequence[Mapping[str, Any]], skip: Mapping[int, str]
+) -> str:
+    """What decides a batch's returns: the context (code, environment, copies, acting), the focal
+    policy, and per copy its co-player's content, focal seats and whether it is played (a skipped
+    copy still plays, focal policy everywhere, and shares the batch's random stream), and the seed."""
+    copies = [
+        # a skipped copy plays the focal policy in every seat: its member does not matter
+        {"copy": e["copy"], "played": False}
+        if e["index"] in skip
+        else {
+            "copy": e["copy"],
+            "kind": e["kind"],
+            "member": identity.member(e["kind"], e["member"]),
+            "focal_seats": list(e["focal_seats"]),
+            "played": True,
+        }
+        for e in rows
+    ]
+    blob = {"context": dict(context), "focal": identity.focal, "batch_seed": rows[0]["batch_seed"], "copies": copies}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
 class _BatchPlayers:
     """Players of one batch of scheduled episodes: the given assignment at the batch's start; copies
     whose first episode ended play on (the focal policy everywhere) but are not recorded."""
@@ -252,12 +307,22 @@ def evaluate_schedule(
     greedy: bool = False,
     exclude_algorithm: str | None = None,
     device: str = "cpu",
+    batch_cache: MutableMapping[str, list] | None = None,
+    cache_context: Mapping[str, Any] | None = None,
+    on_batch: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Play the partner schedule of ``members`` ({kind: [member]}; a member has ``path`` (None: not
     available) and ``algorithm``; ``random`` and ``self_play`` members need neither) with the focal
     policy. Entries whose member is of ``exclude_algorithm`` (round robin) or not available are
     skipped, never replaced, so every played episode is the same for every focal run. Returns per
-    kind the focal per-capita return, its per-member breakdown and the schedule indices played."""
+    kind the focal per-capita return, its per-member breakdown and the schedule indices played.
+
+    ``batch_cache`` ({batch key: returns [B][N]}) holds batches played before: a batch whose key
+    (:func:`batch_key`: ``cache_context``, the policies' file contents, the seats, which copies play,
+    the batch seed) is in it is not played again, and every batch played is added to it;
+    ``on_batch()`` is called after every batch played (to persist the cache, or to stop). A batch's returns are a function of its key alone, so
+    an evaluation from the cache equals one played afresh; adding a member re-plays only the batches
+    that hold its entries."""
     env = envs.make_env(family, scenario, num_envs=num_envs, seed=seed, device=device, **dict(env_options or {}))
     try:
         spec = env.spec
@@ -282,11 +347,32 @@ def evaluate_schedule(
                 loaded[key] = load_policy(m["path"], device, expect=spec).actor if m.get("path") else None
             if loaded[key] is None:
                 skip[e["index"]] = "not available"
+        identity = _PolicyIdentity(focal_path, members)
+        context = {
+            "cache_format": BATCH_CACHE_FORMAT,
+            **dict(cache_context or {}),
+            "family": family,
+            "scenario": scenario,
+            "env_options": dict(env_options or {}),
+            "num_envs": num_envs,
+            "n_agents": spec.n_agents,
+            "greedy": greedy,
+            "device": str(device),
+        }
         results: dict[int, torch.Tensor] = {}
+        played_batches = reused_batches = 0
         for batch in sorted({e["batch"] for e in schedule}):
             rows = [e for e in schedule if e["batch"] == batch]
             if all(e["index"] in skip for e in rows):
                 continue  # nothing to play; later batches keep their own seeds
+            cache_key = batch_key(context, identity, rows, skip) if batch_cache is not None else None
+            if cache_key is not None and cache_key in batch_cache:
+                returns = torch.tensor(batch_cache[cache_key], dtype=torch.float32)
+                reused_batches += 1
+                for e in rows:
+                    if e["index"] not in skip:
+                        results[e["index"]] = returns[e["copy"]]
+                continue
             assignment = torch.full((num_envs, spec.n_agents), LEARNER, dtype=torch.long)
             modules: dict[int, nn.Module] = {LEARNER: focal.actor}
             keys: dict[int, int] = {}
@@ -300,6 +386,11 @@ def evaluate_schedule(
                 assignment[e["copy"], others] = key
             random_actor.reseed(rows[0]["batch_seed"])
             returns = _play_batch(env, _BatchPlayers(assignment, modules), rows[0]["batch_seed"], greedy, device)
+            played_batches += 1
+            if cache_key is not None:
+                batch_cache[cache_key] = returns.tolist()  # float32 -> float -> float32 is exact
+            if on_batch is not None:
+                on_batch()
             for e in rows:
                 if e["index"] not in skip:
                     results[e["index"]] = returns[e["copy"]]
@@ -347,6 +438,8 @@ def evaluate_schedule(
         "schedule_seed": seed,
         "schedule_length": len(schedule),
         "actions": "greedy" if greedy else "sampled",
+        "batches_played": played_batches,
+        "batches_reused": reused_batches,
     }
 
 

@@ -212,6 +212,65 @@ def test_round_robin_excludes_the_focal_algorithm_and_every_method_plays_the_sam
     assert gap == pytest.approx(as_mappo["kinds"]["self_play"]["focal_per_capita_return"] - expected)
 
 
+def test_the_batch_cache_replays_only_the_batches_a_new_member_changes(tmp_path):
+    """A re-evaluation after a member finished plays only the batches that hold that member's
+    entries and takes the rest from the cache, with returns equal to a fresh evaluation; another
+    context (commit) or another policy file reuses nothing."""
+    env = envs.make_env(*GAME, num_envs=1, seed=0)
+    spec = env.spec
+    env.close()
+    names = {"mappo0": "mappo", "mappo1": "mappo", "selfplay0": "selfplay", "bidist0": "bidist", "held0": "mappo"}
+    paths = {name: _artifact(tmp_path / f"{name}.pt", algo, i, spec) for i, (name, algo) in enumerate(names.items())}
+
+    def members(bidist_path):
+        return {
+            "round_robin": [
+                {"run_id": "m0", "algorithm": "mappo", "path": paths["mappo0"]},
+                {"run_id": "m1", "algorithm": "mappo", "path": paths["mappo1"]},
+                {"run_id": "s0", "algorithm": "selfplay", "path": paths["selfplay0"]},
+                {"run_id": "b0", "algorithm": "bidist", "path": bidist_path},
+            ],
+            "heldout": [
+                {"run_id": "h", "algorithm": "mappo", "fraction": f, "path": paths["held0"]} for f in (0.1, 1.0)
+            ],
+            "random": [{"name": "uniform_random"}],
+            "self_play": [{"name": "self"}],
+        }
+
+    kw = {"episodes": 4, "seed": 5, "num_envs": 2, "exclude_algorithm": "mappo"}
+    cache: dict = {}
+    persisted: list[int] = []
+    first = evaluate_schedule(
+        paths["mappo0"], members(None), *GAME, batch_cache=cache, cache_context={"code": "c1"},
+        on_batch=lambda: persisted.append(len(cache)), **kw,
+    )  # fmt: skip
+    # round robin: m0, m1 (own algorithm) and b0 (unfinished) are whole batches of nothing to play;
+    # s0's batch, 2 held-out batches, 2 random, 2 self-play
+    assert first["batches_played"] == 7 and first["batches_reused"] == 0
+    assert len(cache) == 7 and persisted == list(range(1, 8))  # on_batch after every batch played
+    assert evaluate_schedule(paths["mappo0"], members(None), *GAME, **kw)["kinds"] == first["kinds"]
+
+    # b0 finishes: only its batch is played; everything else comes from the cache, as played afresh
+    again = evaluate_schedule(
+        paths["mappo0"], members(paths["bidist0"]), *GAME, batch_cache=cache, cache_context={"code": "c1"}, **kw
+    )
+    fresh = evaluate_schedule(paths["mappo0"], members(paths["bidist0"]), *GAME, **kw)
+    assert (again["batches_played"], again["batches_reused"]) == (1, 7)
+    assert again["kinds"] == fresh["kinds"]
+    assert [m["run_id"] for m in again["kinds"]["round_robin"]["population"]] == ["s0", "b0"]
+
+    # another commit: nothing reused; another focal policy (same path, new content): nothing reused
+    other = evaluate_schedule(
+        paths["mappo0"], members(paths["bidist0"]), *GAME, batch_cache=dict(cache), cache_context={"code": "c2"}, **kw
+    )
+    assert other["batches_reused"] == 0 and other["kinds"] == fresh["kinds"]
+    _artifact(Path(paths["mappo0"]), "mappo", 99, spec)
+    changed = evaluate_schedule(
+        paths["mappo0"], members(paths["bidist0"]), *GAME, batch_cache=dict(cache), cache_context={"code": "c1"}, **kw
+    )
+    assert changed["batches_reused"] == 0
+
+
 def test_uniform_random_coplayer_draws_every_available_action_equally():
     torch.manual_seed(0)
     actor = UniformRandomActor(4, seed=3)

@@ -298,6 +298,73 @@ def test_crossplay_phase_writes_skips_and_reevaluates_when_the_population_change
     assert table.rows[0].members == ["mappo seed 100", "mappo seed 101"]
 
 
+class StopAfter(ListSink):
+    """Asks the worker to stop once ``n`` batches were played (a Ctrl-C in the middle)."""
+
+    def __init__(self, run_dir: Path, n: int) -> None:
+        super().__init__()
+        self.run_dir, self.n = run_dir, n
+
+    def should_stop(self) -> bool:
+        from suites.crossplay_worker import read_batches
+
+        return len(read_batches(self.run_dir)) >= self.n
+
+
+def test_crossplay_resumes_from_its_batches_and_replays_only_what_a_new_member_changes(tmp_path, monkeypatch):
+    """With a clean commit, crossplay_batches.json keeps every batch played: a stopped evaluation
+    resumes where it stopped, a re-evaluation after a member finished plays only the batches that
+    hold it, and both equal an evaluation from nothing. A dirty tree turns the reuse off."""
+    from suites.crossplay_phase import build_request
+    from suites.crossplay_worker import BATCHES, execute_crossplay, read_batches
+
+    monkeypatch.setenv("SUITE_GIT_COMMIT", "0123abc")
+    monkeypatch.delenv("SUITE_GIT_DIRTY", raising=False)
+    suite = load_suite(str(_manifest(tmp_path)))
+    store = SuiteStore(tmp_path / "out", suite.name)
+    items = plan(list(suite.runs), store)
+    by_seed = {r.seed: r for r in suite.runs}
+    _train(store, suite, [0, 1, 100])
+    focal = store.run_dir(by_seed[0].id)
+
+    # Stopped after 2 batches: interrupted, the 2 batches kept; the rerun reuses them.
+    request, _ = build_request(by_seed[0], suite, store)
+    assert execute_crossplay(focal, StopAfter(focal, 2), request) == ("interrupted", None)
+    assert len(read_batches(focal)) == 2 and not (focal / CROSSPLAY).exists()
+    assert execute_crossplay(focal, ListSink(), request)[0] == "done"
+    cache = json.loads((focal / CROSSPLAY).read_text())["batch_cache"]
+    assert cache["state"] == "on" and cache["batches_reused"] == 2 and cache["batches_played"] > 0
+    played_first = cache["batches_played"] + cache["batches_reused"]
+    assert len(read_batches(focal)) == played_first
+
+    # The second held-out run finishes: only the batches holding its entries are played.
+    _train(store, suite, [101])
+    phase = execute_crossplay_phase(items, store, InlineBackend(), suite, {})
+    assert sorted(o.state for o in phase.outcomes) == ["done", "done"], phase.format()
+    record = json.loads((focal / CROSSPLAY).read_text())
+    cache = record["batch_cache"]
+    assert 0 < cache["batches_played"] < cache["batches_played"] + cache["batches_reused"]
+    assert cache["batches_reused"] < played_first  # a batch that held both seeds' entries is replayed
+
+    # From nothing (no batches file): the same per-kind returns, episode by episode.
+    (focal / BATCHES).unlink()
+    (focal / CROSSPLAY).unlink()
+    execute_crossplay_phase(items, store, InlineBackend(), suite, {})
+    fresh = json.loads((focal / CROSSPLAY).read_text())
+    assert fresh["batch_cache"]["batches_reused"] == 0
+    assert fresh["per_kind"] == record["per_kind"]
+    kinds = lambda r: {e["kind"]: e.get("episode_focal_returns") for e in r["evaluations"]}  # noqa: E731
+    assert kinds(fresh) == kinds(record)
+
+    # A dirty working tree: nothing reused, nothing stored, and the record says why.
+    monkeypatch.setenv("SUITE_GIT_DIRTY", "1")
+    (focal / CROSSPLAY).unlink()
+    execute_crossplay_phase(items, store, InlineBackend(), suite, {})
+    dirty = json.loads((focal / CROSSPLAY).read_text())
+    assert dirty["batch_cache"]["state"].startswith("off: the working tree has uncommitted changes")
+    assert dirty["batch_cache"]["batches_reused"] == 0 and dirty["per_kind"] == record["per_kind"]
+
+
 def test_a_campaign_spans_machines_through_its_records(tmp_path):
     """Machine A trains part of the suite and exports it (compact files and policy artifacts, never
     the checkpoint); machine B imports the records, trains only the rest, and evaluates every focal
