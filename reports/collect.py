@@ -89,7 +89,12 @@ RUN_COLUMNS = [
     "final_score",
     "crossplay_state",
     "crossplay_error",
+    "crossplay_unplayed",
 ]
+# crossplay.json evaluation kinds (suites/crossplay_phase.py, marl/policy/crossplay.py): one per
+# co-player kind (the co-player table's columns) and the score over the unseen kinds.
+COPLAYER_KINDS = ("round_robin", "heldout", "random", "self_play")
+SCORE_KIND = "coplayer_score"
 CROSSPLAY_COLUMNS = [
     "run_id",
     "paper",
@@ -165,15 +170,33 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
 
 
+def unplayed_entries(record: dict[str, Any] | None) -> int:
+    """Scheduled co-player episodes a crossplay.json skipped because their member had not finished
+    (``skipped_unavailable``; own-algorithm skips are by design). Nonzero: the evaluation was against
+    an incomplete population, so it is not the common schedule every focal run must meet."""
+    if not isinstance(record, dict):
+        return 0
+    return sum(
+        int(ev.get("skipped_unavailable") or 0)
+        for ev in record.get("evaluations") or []
+        if isinstance(ev, dict) and ev.get("kind") in COPLAYER_KINDS
+    )
+
+
 def _crossplay_rows(record: dict[str, Any], row: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per evaluation of a crossplay.json (held-out population or bot scenario): done, failed
-    or unavailable here (``eval_state``; only done ones have a value)."""
+    or unavailable here (``eval_state``; only done ones have a value). Against an incomplete
+    population (:func:`unplayed_entries`), the co-player kinds and the score are ``incomplete``."""
     out = []
     expected = record.get("population_expected")
+    incomplete = unplayed_entries(record) > 0
     for ev in record.get("evaluations") or []:
         if not isinstance(ev, dict):
             continue
         members = ev.get("population") or []
+        state = ev.get("state")
+        if incomplete and state == "done" and ev.get("kind") in (*COPLAYER_KINDS, SCORE_KIND):
+            state = "incomplete"
         out.append(
             {
                 **{
@@ -193,7 +216,7 @@ def _crossplay_rows(record: dict[str, Any], row: dict[str, Any]) -> list[dict[st
                 },
                 "kind": ev.get("kind"),
                 "eval_scenario": ev.get("scenario", row["scenario"]),
-                "eval_state": ev.get("state"),
+                "eval_state": state,
                 "reason": ev.get("reason") or ev.get("error"),
                 "population_kind": ev.get("population_kind"),
                 "value": _number(ev.get("focal_per_capita_return")),
@@ -252,9 +275,10 @@ def _load_run(
     has_metric = not metrics.empty and curve in metrics
     if not metrics.empty and not has_metric:
         problems.append(f"{run_dir.name}: metrics.csv has no column {curve!r}")
+    unplayed = unplayed_entries(crossplay)
     if metric.source == "crossplay":
         value = (crossplay or {}).get(metric.column)
-        score = float(value) if isinstance(value, (int, float)) else float("nan")
+        score = float(value) if isinstance(value, (int, float)) and not unplayed else float("nan")
     else:
         score = final_score(metrics[metric.column]) if has_metric else float("nan")
     row = {
@@ -279,8 +303,11 @@ def _load_run(
         "last_env_steps": int(metrics["env_steps"].iloc[-1]) if has_metric and "env_steps" in metrics else 0,
         "metric": metric.column,
         "final_score": score,
-        "crossplay_state": (crossplay or {}).get("state"),
+        "crossplay_state": "incomplete"
+        if unplayed and (crossplay or {}).get("state") == "done"
+        else (crossplay or {}).get("state"),
         "crossplay_error": (crossplay or {}).get("error"),
+        "crossplay_unplayed": unplayed,
     }
     # The orchestrator stores one run for every (group, label) cell with the same training.
     cells = [(m.get("group"), m.get("label")) for m in spec.get("memberships") or [] if isinstance(m, dict)]

@@ -133,6 +133,12 @@ def _bidist(data: SuiteData, fig_dir: Path, reps: int) -> dict[str, Any]:
             reason = f"training {r.state}"
         elif r.crossplay_state == "failed":
             reason = f"cross-play failed: {r.crossplay_error}"
+        elif r.crossplay_state == "incomplete":
+            reason = (
+                f"evaluated against an incomplete population ({int(r.crossplay_unplayed)} scheduled episodes skipped: "
+                "their co-players had not finished), so not on the schedule every focal run meets; rerun "
+                "reproduce.py once they have (only the missing batches are played)"
+            )
         else:
             reason = (
                 "trained, not evaluated in cross-play yet (it runs after training, once held-out runs of "

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from reports.collect import FOCAL_RETURN, SuiteData, metric_for, run_metric
+from reports.collect import COPLAYER_KINDS, FOCAL_RETURN, SCORE_KIND, SuiteData, metric_for, run_metric
 from reports.paper import PaperNumbers
 from reports.stats import Aggregate, Improvement, OneSidedTest, aggregate, one_sided_test, probability_of_improvement
 
@@ -250,11 +250,7 @@ def learning_curve(data: SuiteData, family: str, scenario: str, label: str, grou
 
 HELDOUT_GROUP = "heldout"  # suites/manifest.py: the held-out runs' group, never a focal column
 BIDIST_REFERENCE = "bidist"
-# crossplay.json evaluation kinds (suites/crossplay_phase.py, marl/policy/crossplay.py): one per co-player kind (the
-# co-player table's columns), the score over the unseen kinds, and the legacy single-population kind.
-COPLAYER_KINDS = ("round_robin", "heldout", "random", "self_play")
-SCORE_KIND = "coplayer_score"
-LEGACY_HELDOUT = "heldout_population"
+LEGACY_HELDOUT = "heldout_population"  # crossplay.json format 1: one population drawn per episode
 KIND_TITLES = {
     "round_robin": "round robin (other algorithms)",
     "heldout": "held-out checkpoints",

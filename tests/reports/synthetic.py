@@ -40,6 +40,7 @@ class FakeRun:
     # Co-player kinds (format 2): the focal per-capita return per kind (round_robin, heldout, random,
     # self_play); the score (the headline) is the mean over the unseen kinds, as suites/crossplay_phase.py writes.
     kinds: dict[str, float] = field(default_factory=dict)
+    unplayed: int = 0  # round-robin episodes skipped: their co-player had not finished (format 2)
 
     def spec(self, suite: str) -> dict[str, Any]:
         content = {
@@ -197,6 +198,7 @@ def coplayer_record(run: FakeRun, members: list[dict[str, Any]], bots: list[dict
             "episodes": 4,
             "n_focal": 1,
             "population": members if kind == "heldout" else [],
+            "skipped_unavailable": run.unplayed if kind == "round_robin" else 0,
         }
         for kind, value in run.kinds.items()
     ]

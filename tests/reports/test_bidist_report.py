@@ -253,6 +253,32 @@ def test_coplayer_table_has_a_column_per_kind_the_score_and_the_gap(coplayer_sui
     assert len(rows) == 1 and rows[0].cells["bidist"].agg.median == pytest.approx(3.0)
 
 
+def test_crossplay_against_an_incomplete_population_is_not_a_result(tmp_path):
+    """A focal run evaluated while some co-players had not finished did not meet the schedule every
+    focal run meets: no score, no table value, and the report says why and what to do."""
+    runs = [
+        FakeRun("meltingpot", SUBSTRATE, "bidist", 0, 2.0, paper="bidist", kinds=dict(zip(KIND_COLUMNS, KINDS["bidist"][0]))),
+        FakeRun(
+            "meltingpot", SUBSTRATE, "bidist", 1, 2.0, paper="bidist",
+            kinds=dict(zip(KIND_COLUMNS, KINDS["bidist"][1])), unplayed=6,
+        ),
+        FakeRun("meltingpot", SUBSTRATE, "mappo", 100, 1.0, group="heldout", paper="bidist", algorithm="mappo"),
+    ]  # fmt: skip
+    root = write_suite(tmp_path, "partial", runs, manifest="name: partial\npaper: bidist\n")
+    data = collect(root)
+    by_seed = data.runs.set_index("seed")
+    assert by_seed.loc[0, "final_score"] == pytest.approx(3.0) and by_seed.loc[0, "crossplay_state"] == "done"
+    assert math.isnan(by_seed.loc[1, "final_score"]) and by_seed.loc[1, "crossplay_state"] == "incomplete"
+    seed1 = data.crossplay[data.crossplay["seed"] == 1]
+    assert set(seed1["eval_state"]) == {"incomplete"}
+    from reports.tables import build_coplayer_table
+
+    (row,) = build_coplayer_table(data, "main", REPS).rows
+    assert row.cells["score"].values == [pytest.approx(3.0)] and (row.cells["score"].n_done, row.n_runs) == (1, 2)
+    html = render_html(data, load_paper_numbers(), root / "report", REPS)
+    assert "evaluated against an incomplete population (6 scheduled episodes skipped" in html
+
+
 def test_coplayer_table_in_the_html(coplayer_suite):
     html = render_html(collect(coplayer_suite), load_paper_numbers(), coplayer_suite / "report", REPS)
     section = html[html.index('id="coplayers-main"') : html.index('id="missing"')]

@@ -13,6 +13,8 @@ import pytest
 import torch
 
 import envs
+from marl.policy.crossplay import COPLAYER_KINDS as crossplay_kinds
+from marl.policy.crossplay import SCORE_KIND
 from marl.policy.crossplay import (
     KIND_NAMES,
     UniformRandomActor,
@@ -24,6 +26,8 @@ from marl.policy.crossplay import (
 from marl.policy.networks import ActInput
 from marl.policy.population import POLICY_FILE, POLICY_SNAPSHOT_GLOB, load_policy, policy_file, save_policy
 from marl.registry import get_algorithm
+from reports.collect import COPLAYER_KINDS as report_kinds
+from reports.collect import SCORE_KIND as report_score_kind
 from suites.crossplay_phase import build_request, schedule_seed
 from suites.manifest import COPLAYER_KINDS, ManifestError, load_suite
 from suites.store import SuiteStore
@@ -70,6 +74,8 @@ def _artifact(path: Path, algorithm: str, init_seed: int, spec) -> str:
 def test_manifest_defaults_and_the_heldout_runs_snapshots(tmp_path):
     suite = _suite(tmp_path)
     assert suite.heldout.coplayers == COPLAYER_KINDS == ("round_robin", "heldout", "random", "self_play")
+    # the names the evaluation writes and the report reads (reports/ imports no torch, so it keeps a copy)
+    assert COPLAYER_KINDS == crossplay_kinds == report_kinds and SCORE_KIND == report_score_kind
     assert suite.heldout.checkpoints == (0.1, 0.5, 1.0) and suite.heldout.num_envs == 2
     held = [r for r in suite.runs if r.is_heldout]
     focal = [r for r in suite.runs if not r.is_heldout]
