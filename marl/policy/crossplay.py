@@ -320,9 +320,11 @@ def evaluate_schedule(
     ``batch_cache`` ({batch key: returns [B][N]}) holds batches played before: a batch whose key
     (:func:`batch_key`: ``cache_context``, the policies' file contents, the seats, which copies play,
     the batch seed) is in it is not played again, and every batch played is added to it;
-    ``on_batch()`` is called after every batch played (to persist the cache, or to stop). A batch's returns are a function of its key alone, so
-    an evaluation from the cache equals one played afresh; adding a member re-plays only the batches
-    that hold its entries."""
+    ``on_batch()`` is called after every batch played (to persist the cache, or to stop). On a
+    deterministic environment a batch's returns are a function of its key, so an evaluation from
+    the cache equals one played afresh (on Melting Pot, whose engine is not bit-reproducible, a
+    kept batch is one play of it, like any replay); adding a member re-plays only the batches that
+    hold its entries."""
     env = envs.make_env(family, scenario, num_envs=num_envs, seed=seed, device=device, **dict(env_options or {}))
     try:
         spec = env.spec

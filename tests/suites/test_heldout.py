@@ -314,7 +314,8 @@ class StopAfter(ListSink):
 def test_crossplay_resumes_from_its_batches_and_replays_only_what_a_new_member_changes(tmp_path, monkeypatch):
     """With a clean commit, crossplay_batches.json keeps every batch played: a stopped evaluation
     resumes where it stopped, a re-evaluation after a member finished plays only the batches that
-    hold it, and both equal an evaluation from nothing. A dirty tree turns the reuse off."""
+    hold it, and both equal an evaluation from nothing (SMAX is deterministic). A dirty tree turns
+    the reuse off."""
     from suites.crossplay_phase import build_request
     from suites.crossplay_worker import BATCHES, execute_crossplay, read_batches
 
