@@ -276,6 +276,7 @@ def _load_run(
     if not metrics.empty and not has_metric:
         problems.append(f"{run_dir.name}: metrics.csv has no column {curve!r}")
     unplayed = unplayed_entries(crossplay)
+    crossplay_state = (crossplay or {}).get("state")
     if metric.source == "crossplay":
         value = (crossplay or {}).get(metric.column)
         score = float(value) if isinstance(value, (int, float)) and not unplayed else float("nan")
@@ -303,9 +304,7 @@ def _load_run(
         "last_env_steps": int(metrics["env_steps"].iloc[-1]) if has_metric and "env_steps" in metrics else 0,
         "metric": metric.column,
         "final_score": score,
-        "crossplay_state": "incomplete"
-        if unplayed and (crossplay or {}).get("state") == "done"
-        else (crossplay or {}).get("state"),
+        "crossplay_state": "incomplete" if unplayed and crossplay_state == "done" else crossplay_state,
         "crossplay_error": (crossplay or {}).get("error"),
         "crossplay_unplayed": unplayed,
     }

@@ -21,7 +21,7 @@ from suites.protocol import EventSink, StopRequested, lock_run_dir
 from suites.store import SPEC, now, read_json_file
 
 CROSSPLAY = "crossplay.json"
-# The partner schedule's batches played so far ({"format", "context", "batches": {key: returns}}),
+# The partner schedule's batches played so far ({"format", "batches": {key: returns}}),
 # written after every batch: a killed evaluation resumes from its last batch, and a re-evaluation
 # after a member finished plays only the batches that hold that member (marl/policy/crossplay.py).
 BATCHES = "crossplay_batches.json"

@@ -37,11 +37,12 @@ import yaml
 from marl.policy.population import POLICY_FILE, POLICY_SNAPSHOT_GLOB
 from marl.run_io import atomic_write_text
 from reports.collect import FINAL_EVALS, metric_for
+from suites.crossplay_worker import BATCHES, CROSSPLAY
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECORDS = REPO_ROOT / "records"
 KINDS = ("reference", "tuning")
-COMPACT = ("spec.json", "status.json", "provenance.json", "metrics.csv", "crossplay.json", "crossplay_batches.json")
+COMPACT = ("spec.json", "status.json", "provenance.json", "metrics.csv", CROSSPLAY, BATCHES)
 POLICY_ARTIFACTS = (POLICY_FILE, POLICY_SNAPSHOT_GLOB)
 
 

@@ -349,7 +349,7 @@ def evaluate_schedule(
                 loaded[key] = load_policy(m["path"], device, expect=spec).actor if m.get("path") else None
             if loaded[key] is None:
                 skip[e["index"]] = "not available"
-        identity = _PolicyIdentity(focal_path, members)
+        identity = _PolicyIdentity(focal_path, members) if batch_cache is not None else None
         context = {
             "cache_format": BATCH_CACHE_FORMAT,
             **dict(cache_context or {}),
@@ -367,7 +367,7 @@ def evaluate_schedule(
             rows = [e for e in schedule if e["batch"] == batch]
             if all(e["index"] in skip for e in rows):
                 continue  # nothing to play; later batches keep their own seeds
-            cache_key = batch_key(context, identity, rows, skip) if batch_cache is not None else None
+            cache_key = batch_key(context, identity, rows, skip) if identity is not None else None
             if cache_key is not None and cache_key in batch_cache:
                 returns = torch.tensor(batch_cache[cache_key], dtype=torch.float32)
                 reused_batches += 1
