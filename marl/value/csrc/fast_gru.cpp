@@ -26,6 +26,45 @@ void check_inputs(const at::Tensor& gi, const at::Tensor& h0, const at::Tensor& 
   TORCH_CHECK(total == gi.size(0), "fast_gru extension: ", gi.size(0), " packed rows for active counts summing to ", total);
 }
 
+
+// The elementwise passes, one row of H values each, on restrict-qualified pointers: the rows never
+// overlap, and saying so lets the compiler vectorize every loop (the build targets the baseline
+// x86-64 ISA, without FMA, so the vector code computes the same roundings as the scalar code).
+template <typename scalar_t>
+inline void candidate_row(const scalar_t* __restrict__ g, const scalar_t* __restrict__ r,
+                          const scalar_t* __restrict__ q, scalar_t* __restrict__ n, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) n[j] = g[j] + r[j] * q[j];
+}
+
+template <typename scalar_t>
+inline void update_row(const scalar_t* __restrict__ n, const scalar_t* __restrict__ z,
+                       const scalar_t* __restrict__ hp, scalar_t* __restrict__ out, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) out[j] = n[j] + z[j] * (hp[j] - n[j]);
+}
+
+template <typename scalar_t>
+inline void backward_row(const scalar_t* __restrict__ gr, const scalar_t* __restrict__ rz,
+                         const scalar_t* __restrict__ n, const scalar_t* __restrict__ hn,
+                         const scalar_t* __restrict__ hp, const scalar_t* __restrict__ dnext,
+                         scalar_t* __restrict__ dg, scalar_t* __restrict__ dgh, scalar_t* __restrict__ out_dhz,
+                         int64_t H) {
+  const scalar_t* __restrict__ z_ = rz + H;
+  for (int64_t j = 0; j < H; ++j) {
+    const scalar_t r = rz[j], z = z_[j], nn = n[j];
+    const scalar_t dh = gr[j] + dnext[j];
+    const scalar_t da_n = dh * (scalar_t(1) - z) * (scalar_t(1) - nn * nn);
+    const scalar_t d_r = da_n * hn[j] * (r * (scalar_t(1) - r));
+    const scalar_t d_z = dh * (hp[j] - nn) * (z * (scalar_t(1) - z));
+    dg[j] = d_r;
+    dg[H + j] = d_z;
+    dg[2 * H + j] = da_n;
+    dgh[j] = d_r;
+    dgh[H + j] = d_z;
+    dgh[2 * H + j] = da_n * r;
+    out_dhz[j] = dh * z;
+  }
+}
+
 }  // namespace
 
 // -> hs [P,H], gh_all [P,3H] (W_hh h + b_hh), rz_all [P,2H], n_all [P,H]
@@ -58,22 +97,13 @@ std::vector<at::Tensor> gru_forward(at::Tensor gi, at::Tensor h0, at::Tensor w_h
       auto rz = rz_all.narrow(0, a, k);
       at::add_out(rz, gi.narrow(0, a, k).narrow(1, 0, 2 * H), gh.narrow(1, 0, 2 * H));
       at::sigmoid_(rz);
-      for (int64_t i = 0; i < k; ++i) {
-        const scalar_t* g = gi_p + (a + i) * H3 + 2 * H;
-        const scalar_t* q = gh_p + (a + i) * H3 + 2 * H;
-        const scalar_t* r = rz_p + (a + i) * 2 * H;
-        scalar_t* n = n_p + (a + i) * H;
-        for (int64_t j = 0; j < H; ++j) n[j] = g[j] + r[j] * q[j];
-      }
+      for (int64_t i = 0; i < k; ++i)
+        candidate_row(gi_p + (a + i) * H3 + 2 * H, rz_p + (a + i) * 2 * H, gh_p + (a + i) * H3 + 2 * H,
+                      n_p + (a + i) * H, H);
       auto n_blk = n_all.narrow(0, a, k);
       at::tanh_(n_blk);
-      for (int64_t i = 0; i < k; ++i) {
-        const scalar_t* z = rz_p + (a + i) * 2 * H + H;
-        const scalar_t* n = n_p + (a + i) * H;
-        const scalar_t* hp = hprev_p + i * H;
-        scalar_t* out = hs_p + (a + i) * H;
-        for (int64_t j = 0; j < H; ++j) out[j] = n[j] + z[j] * (hp[j] - n[j]);
-      }
+      for (int64_t i = 0; i < k; ++i)
+        update_row(n_p + (a + i) * H, rz_p + (a + i) * 2 * H + H, hprev_p + i * H, hs_p + (a + i) * H, H);
       h = hs.narrow(0, a, k);
       hprev_p = hs_p + a * H;
       a += k;
@@ -119,29 +149,8 @@ std::vector<at::Tensor> gru_backward(at::Tensor grad_hs, at::Tensor h0, at::Tens
       if (k == 0) continue;
       for (int64_t i = 0; i < k; ++i) {
         const int64_t row = a + i;
-        const scalar_t* gr = g_p + row * H;
-        const scalar_t* rz = rz_p + row * 2 * H;
-        const scalar_t* n = n_p + row * H;
-        const scalar_t* hn = gh_p + row * H3 + 2 * H;
-        const scalar_t* hp = hp_p + row * H;
-        const scalar_t* dnext = dn_p + i * H;
-        scalar_t* dg = dg_p + row * H3;
-        scalar_t* dgh = dgh_p + row * H3;
-        scalar_t* out_dhz = dhz_p + i * H;
-        for (int64_t j = 0; j < H; ++j) {
-          const scalar_t r = rz[j], z = rz[H + j], nn = n[j];
-          const scalar_t dh = gr[j] + dnext[j];
-          const scalar_t da_n = dh * (scalar_t(1) - z) * (scalar_t(1) - nn * nn);
-          const scalar_t d_r = da_n * hn[j] * (r * (scalar_t(1) - r));
-          const scalar_t d_z = dh * (hp[j] - nn) * (z * (scalar_t(1) - z));
-          dg[j] = d_r;
-          dg[H + j] = d_z;
-          dg[2 * H + j] = da_n;
-          dgh[j] = d_r;
-          dgh[H + j] = d_z;
-          dgh[2 * H + j] = da_n * r;
-          out_dhz[j] = dh * z;
-        }
+        backward_row(g_p + row * H, rz_p + row * 2 * H, n_p + row * H, gh_p + row * H3 + 2 * H, hp_p + row * H,
+                     dn_p + i * H, dg_p + row * H3, dgh_p + row * H3, dhz_p + i * H, H);
       }
       auto dn = dh_next.narrow(0, 0, k);
       at::addmm_out(dn, dhz.narrow(0, 0, k), d_gh.narrow(0, a, k), w_hh);
