@@ -88,6 +88,18 @@ class EpisodeLayout:
         }
 
 
+def leading_rows(tensor: torch.Tensor, n: int) -> torch.Tensor:
+    """The first ``n`` rows of a contiguous tensor, sharing its memory, over a storage of just those
+    rows: what torch.save writes of it is those rows, and nothing is copied to write them."""
+    if not tensor.is_contiguous() or tensor.storage_offset() != 0:
+        raise ValueError("leading_rows needs a contiguous tensor that starts its storage")
+    nbytes = n * (tensor.stride(0) if tensor.dim() else 1) * tensor.element_size()
+    storage = tensor.untyped_storage()[:nbytes]
+    return torch.empty(0, dtype=tensor.dtype, device=tensor.device).set_(
+        storage, 0, (n, *tensor.shape[1:]), tensor.stride()
+    )
+
+
 class EpisodeReplayBuffer:
     """Ring buffer of whole episodes, stored in compact dtypes; uniform sampling of episodes."""
 
@@ -140,12 +152,13 @@ class EpisodeReplayBuffer:
             batch[name] = tensor[idx, :steps].to(self.out_dtypes[name])
         return batch
 
-    # Checkpointing: only the filled part is saved. A full buffer's tensors are saved as they are
-    # (no copy of the whole replay at every checkpoint); a partial one's filled prefix is cloned,
-    # since torch.save writes a view's whole storage.
+    # Checkpointing: only the filled part is saved, and never copied. A full buffer's tensors are
+    # saved as they are; a partial one's as its leading rows over a storage cut to those rows
+    # (torch.save writes a tensor's whole storage, so a plain view v[:size] would write the whole
+    # replay and v[:size].clone() would hold a second one in memory at every early checkpoint).
     def state_dict(self) -> dict:
         def filled(v: torch.Tensor) -> torch.Tensor:
-            return v if self.size == self.capacity else v[: self.size].clone()
+            return v if self.size == self.capacity else leading_rows(v, self.size)
 
         return {
             "data": {k: filled(v) for k, v in self.data.items()},

@@ -3,10 +3,14 @@
 Each case runs in a fresh child process (so the peak is that run's alone, not the test session's):
 it builds the run's trainer as the suite does (learner config, environment), collects real
 episodes until it has a few, fills the replay to its capacity with copies of them (the same bytes
-a full replay holds: every row is padded to the episode limit), runs updates, saves a checkpoint
+a full replay holds: every row is padded to the episode limit), saving a checkpoint just before it
+is full, marks every episode as lasting to the limit (the longest batches, as a run meets once its
+policy survives: the update's activations at their largest), runs updates, saves a checkpoint
 into a temporary run directory, and reports the kernel's high-water mark (VmHWM) at each stage:
 
 * ``replay_gb``: the replay's storage (its compact dtypes), the figure suites/memory.py checks;
+* ``peak_after_partial_checkpoint_gb``: after a checkpoint of a replay not yet full (a run's first
+  checkpoints): its filled rows are written from the replay's own memory, not from a copy;
 * ``rss_full_replay_gb``: resident memory once the replay is full (before any update);
 * ``peak_after_updates_gb``: high-water mark after ``UPDATES`` updates (activations, allocator)
   and one greedy evaluation of the suite's ``eval_episodes`` (the test environment's copies, and
@@ -62,9 +66,18 @@ buf = trainer.buffer
 episodes = []
 while sum(e.count for e in episodes) < 8:
     episodes.append(trainer.runner.collect(1, trainer.epsilon, 0))
+while len(buf) < buf.capacity - 8:
+    for e in episodes:
+        buf.insert(e.data, e.lengths)
+trainer._save_checkpoint()  # a checkpoint before the replay is full (its filled rows only)
+partial_checkpoint = status_gb()
 while len(buf) < buf.capacity:
     for e in episodes:
         buf.insert(e.data, e.lengths)
+# Every episode as long as the limit: the batches of a trained policy (which survives to the time
+# limit), and the update's activations at their largest; the replay's bytes are the same.
+buf.data["filled"][:] = True
+buf.lengths[:] = buf.data["filled"].shape[1]
 replay = sum(t.numel() * t.element_size() for t in buf.data.values()) / 2**30
 full = status_gb("VmRSS")
 for _ in range(int(updates)):
@@ -73,7 +86,8 @@ trainer.evaluation_metrics()
 after_updates = status_gb()
 trainer._save_checkpoint()
 after_checkpoint = status_gb()
-print(json.dumps({"replay_gb": replay, "rss_full_replay_gb": full, "peak_after_updates_gb": after_updates,
+print(json.dumps({"replay_gb": replay, "peak_after_partial_checkpoint_gb": partial_checkpoint,
+                  "rss_full_replay_gb": full, "peak_after_updates_gb": after_updates,
                   "peak_after_checkpoint_gb": after_checkpoint, "base_gb": after_checkpoint - replay}))
 trainer.close()
 """

@@ -200,21 +200,39 @@ def test_replay_state_dict_roundtrip():
         assert torch.equal(other.data[k][:2], buf.data[k][:2])
 
 
-def test_full_replay_checkpoints_without_a_copy(tmp_path):
-    """A full buffer's state is its own tensors (no second replay in memory at a checkpoint), and
-    it round-trips through the streamed atomic save; a partial one saves only its filled prefix."""
+def test_replay_checkpoints_without_a_copy(tmp_path):
+    """A buffer's state is its own memory, full or not (no second replay in memory at a
+    checkpoint); a partial one writes only its filled rows; both round-trip through the streamed
+    atomic save."""
     from marl.run_io import atomic_torch_save
 
     layout = _layout()
-    buf = EpisodeReplayBuffer(layout, capacity=2)
+    buf = EpisodeReplayBuffer(layout, capacity=40)
     buf.insert(*_episodes(layout, [3], tag=1.0))
     partial = buf.state_dict()
-    assert all(v.shape[0] == 1 and v.data_ptr() != buf.data[k].data_ptr() for k, v in partial["data"].items())
-    buf.insert(*_episodes(layout, [4, 2], tag=2.0))  # wraps: full
+    for k, v in partial["data"].items():
+        assert v.shape == (1, *buf.data[k].shape[1:]) and v.data_ptr() == buf.data[k].data_ptr()
+        assert v.untyped_storage().nbytes() == v.numel() * v.element_size()  # just the filled row
+        assert torch.equal(v, buf.data[k][:1])
+    atomic_torch_save(tmp_path / "partial.pt", {"buffer": partial})
+    # Against plain views of the same row (torch.save writes their whole storages): the 39
+    # unfilled rows are not written (up to the zip format's per-record alignment padding).
+    views = {**partial, "data": {k: v[:1] for k, v in buf.data.items()}, "lengths": buf.lengths[:1]}
+    atomic_torch_save(tmp_path / "views.pt", {"buffer": views})
+    unfilled = sum(v[1:].numel() * v.element_size() for v in [*buf.data.values(), buf.lengths])
+    assert (tmp_path / "views.pt").stat().st_size - (tmp_path / "partial.pt").stat().st_size >= unfilled - 64 * 8
+    (tmp_path / "views.pt").unlink()
+    restored = EpisodeReplayBuffer(layout, capacity=40)
+    restored.load_state_dict(torch.load(tmp_path / "partial.pt", weights_only=False)["buffer"])
+    assert (restored.size, restored.insert_pos) == (1, 1)
+    for k in buf.data:
+        assert torch.equal(restored.data[k], buf.data[k])
+    (tmp_path / "partial.pt").unlink()
+    buf.insert(*_episodes(layout, [4, 2] * 20, tag=2.0))  # wraps: full
     state = buf.state_dict()
     assert all(v.data_ptr() == buf.data[k].data_ptr() for k, v in state["data"].items())
     atomic_torch_save(tmp_path / "ckpt.pt", {"buffer": state})
-    other = EpisodeReplayBuffer(layout, capacity=2)
+    other = EpisodeReplayBuffer(layout, capacity=40)
     other.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=False)["buffer"])
     assert (other.size, other.insert_pos) == (buf.size, buf.insert_pos)
     assert torch.equal(other.lengths, buf.lengths)
