@@ -25,7 +25,13 @@ from marl.trainer import Budget, train_run
 
 # The seed's plain form of the teacher-student pair (the student acts; every entry of L_B, L_Q
 # (MSE) and L_F is a target; the online teacher), which the tuning seeds replaced as the default.
-SEED_FORM = {"acting": "student", "distill_q_loss": "mse", "distill_mask": "all", "distill_from": "online"}
+SEED_FORM = {
+    "acting": "student",
+    "distill_q_loss": "mse",
+    "distill_mask": "all",
+    "distill_from": "online",
+    "student_td_weight": 0.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -180,14 +186,15 @@ def test_distillation_sends_no_gradient_into_the_teacher(spec, overrides):
     batch = with_dead_agent(spec, random_batch(spec))
     full = make_learner(spec, idm=False, **overrides)
     plain = copy.deepcopy(full)
-    plain.cfg = dataclasses.replace(full.cfg, distill_losses=[])
+    plain.cfg = dataclasses.replace(full.cfg, distill_losses=[], student_td_weight=0.0)
     full.compute_loss(batch)[0].backward()
     plain.compute_loss(batch)[0].backward()
-    # Teacher (fusion, agent, mixer) gradients are identical with and without distillation ...
+    # Teacher (fusion, agent, mixer) gradients are identical with and without the student's
+    # losses (distillation, and the student's TD term where it is on) ...
     for a, b in ((full.agent, plain.agent), (full.fusion, plain.fusion), (full.mixer, plain.mixer)):
         for ga, gb in zip(grads(a), grads(b)):
             assert ga is not None and torch.allclose(ga, gb, atol=1e-6)
-    # ... while the student is trained only by distillation.
+    # ... while the student is trained only by them.
     assert all(g is not None and g.abs().sum() > 0 for g in grads(full.student))
     assert all(g is None or g.abs().sum() == 0 for g in grads(plain.student))
 
@@ -467,7 +474,7 @@ def test_student_td_term_trains_only_the_student_on_the_teachers_target(spec):
     from marl.value.learner import mix_where
 
     batch = random_batch(spec)
-    base = make_learner(spec, idm=False, distill_losses=[])
+    base = make_learner(spec, idm=False, distill_losses=[], student_td_weight=0.0)
     with_td = copy.deepcopy(base)
     with_td.cfg = dataclasses.replace(base.cfg, student_td_weight=0.5)
     loss0, stats0 = base.compute_loss(batch)
