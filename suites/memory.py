@@ -10,9 +10,10 @@ allocated).
 Estimate per run = replay (its compact storage dtypes) + ``BASE_BYTES``, the rest of a value run's
 resident memory: interpreter, PyTorch, JAX for SMAX, the update's activations (kept by the
 allocator, marl/allocator.py). Measured (tests/benchmarks/test_bench_memory.py, a fresh process
-with its replay full, updates, an evaluation and a checkpoint): the rest is 0.7-1.1 GB (DDN on
-SMAX 3s_vs_5z and Predator-Prey stag hunt, QMIX on stag hunt); a DDN run on 3s_vs_5z that had
-trained 1.3M steps held 2.4 GB resident with a 0.78 GiB replay, hence the margin. Policy learners
+with its replay full of episodes at the length limit, updates, an evaluation and checkpoints):
+the rest is 0.7-1.42 GiB (DDN on SMAX 3s_vs_5z and Predator-Prey stag hunt, QMIX on stag hunt;
+the most for DDN's pymarl2 batches of 128); DDN pymarl2 runs on 3s_vs_5z peaked at 2.17-2.19 GiB
+(VmHWM at 1.8-1.9M steps) with a 0.78 GiB replay. Policy learners
 keep one rollout and are not counted.
 
 The check sums the estimates of the ``slots`` largest pending runs (the most that can run at once)

@@ -91,9 +91,9 @@ class EpisodeLayout:
 def leading_rows(tensor: torch.Tensor, n: int) -> torch.Tensor:
     """The first ``n`` rows of a contiguous tensor, sharing its memory, over a storage of just those
     rows: what torch.save writes of it is those rows, and nothing is copied to write them."""
-    if not tensor.is_contiguous() or tensor.storage_offset() != 0:
-        raise ValueError("leading_rows needs a contiguous tensor that starts its storage")
-    nbytes = n * (tensor.stride(0) if tensor.dim() else 1) * tensor.element_size()
+    if tensor.dim() == 0 or not tensor.is_contiguous() or tensor.storage_offset() != 0:
+        raise ValueError("leading_rows needs a contiguous tensor with rows that starts its storage")
+    nbytes = n * tensor.stride(0) * tensor.element_size()
     storage = tensor.untyped_storage()[:nbytes]
     return torch.empty(0, dtype=tensor.dtype, device=tensor.device).set_(
         storage, 0, (n, *tensor.shape[1:]), tensor.stride()

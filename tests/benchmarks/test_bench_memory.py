@@ -66,14 +66,16 @@ buf = trainer.buffer
 episodes = []
 while sum(e.count for e in episodes) < 8:
     episodes.append(trainer.runner.collect(1, trainer.epsilon, 0))
-while len(buf) < buf.capacity - 8:
-    for e in episodes:
-        buf.insert(e.data, e.lengths)
+
+def fill(size):
+    while len(buf) < size:
+        for e in episodes:
+            buf.insert(e.data, e.lengths)
+
+fill(buf.capacity - 8)
 trainer._save_checkpoint()  # a checkpoint before the replay is full (its filled rows only)
 partial_checkpoint = status_gb()
-while len(buf) < buf.capacity:
-    for e in episodes:
-        buf.insert(e.data, e.lengths)
+fill(buf.capacity)
 # Every episode as long as the limit: the batches of a trained policy (which survives to the time
 # limit), and the update's activations at their largest; the replay's bytes are the same.
 buf.data["filled"][:] = True
