@@ -39,9 +39,10 @@ without gradient).
 from __future__ import annotations
 
 import copy
+import math
 import typing
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -270,8 +271,26 @@ class TeacherStudentStats:
     @staticmethod
     @torch.no_grad()
     def rms(x: torch.Tensor, where: torch.Tensor) -> float:
-        """Root mean square of x [C, T(+1), N, D] over the positions ``where`` [C, T(+1)] holds."""
-        return float(x[where].pow(2).mean().sqrt()) if bool(where.any()) else float("nan")
+        """Root mean square of x [C, T(+1), N, D] over the positions ``where`` [C, T(+1)] holds.
+        Computed from per-position norms, without a copy of x (this runs at the update's peak)."""
+        count = where.sum() * x[0, 0].numel()
+        if not bool(count):
+            return float("nan")
+        squares = torch.linalg.vector_norm(x.flatten(2), dim=-1).square()  # [C, T(+1)]
+        return float(((squares * where).sum() / count).sqrt())
+
+    @staticmethod
+    @torch.no_grad()
+    def rms_all(x: torch.Tensor) -> float:
+        """Root mean square of every entry of x (nan when empty), without a squared copy."""
+        return float(torch.linalg.vector_norm(x) / math.sqrt(x.numel())) if x.numel() else float("nan")
+
+
+class InsideEpisodes(NamedTuple):
+    """Values of the teacher at the observations inside an episode, for the instruments."""
+
+    fused: torch.Tensor  # personalized state Ŝ (or the raw state) [M, N, d]
+    teacher_embedding: torch.Tensor  # [M, N, H] (padded path) or [M * N, H] (packed rows)
 
 
 class Learner(QLearner):
@@ -385,10 +404,12 @@ class Learner(QLearner):
         own = local if self.cfg.teacher_local_obs else local[..., self.obs_dim :]
         return torch.cat([fused, own], dim=-1)
 
-    def networks(self, batch: dict[str, torch.Tensor]) -> tuple[AgentOutput, AgentOutput, AgentOutput, torch.Tensor]:
+    def networks(self, batch: dict[str, torch.Tensor]) -> tuple[AgentOutput, AgentOutput, AgentOutput, InsideEpisodes]:
         """Teacher (with gradient), target teacher (without) and student over the batch's whole
         episodes, outputs [C, T+1, N, *] (zeros after an episode's end), and the teacher's fused
-        state at the observations inside an episode ([M, N, d], for the instruments).
+        state and embedding at the observations inside an episode (for the instruments). The
+        teacher's hidden and embedding are in its output only where the student is distilled
+        from it (``distill_from`` online): else a padded copy of them would be memory for nothing.
 
         On a batch sorted longest first (as the buffer samples) the local inputs, the states and
         the packing are built once, for the rows inside their episodes only, and every network
@@ -411,7 +432,10 @@ class Learner(QLearner):
                 )
             student = self.run_agent(self.student, local, None)
             fused_dim = self.cfg.fusion_dim if self.fusion is not None else self.state_dim
-            return teacher, target_teacher, student, teacher_in[..., :fused_dim][valid]
+            inside = InsideEpisodes(teacher_in[..., :fused_dim][valid], teacher.embedding[valid.t()])
+            if self.cfg.distill_from != "online":
+                teacher = teacher._replace(hidden=None, embedding=None)
+            return teacher, target_teacher, student, inside
         # Packed rows, step after step: the valid (t, c) positions in order, N agents each (the
         # episodes inside at step t are a prefix, so this is marl.value.fast_gru's packed layout).
         R = C * N
@@ -431,14 +455,20 @@ class Learner(QLearner):
             return AgentOutput(*(None if x is None else x.view(T1, C, N, -1).transpose(0, 1) for x in out))
 
         fused, teacher_in = teacher_input(self.fusion)
-        teacher = run(self.agent, teacher_in)
+        if self.cfg.distill_from == "online":
+            teacher = run(self.agent, teacher_in)
+            teacher_embedding = teacher.embedding[valid.t()]
+        else:  # only the instruments read the online teacher's features: packed rows suffice
+            out = self.agent.forward_packed(teacher_in, active, index, T1, R, pad_features=False)
+            teacher = AgentOutput(out.q.view(T1, C, N, -1).transpose(0, 1), None, None)
+            teacher_embedding = out.embedding
         with torch.no_grad():
             # The target teacher's features are read only when the student is distilled from it:
             # otherwise only its Q-values are scattered back to the padded layout.
             target_features = self.cfg.distill_from == "target"
             target_teacher = run(self.target_agent, teacher_input(self.target_fusion)[1], target_features)
         student = run(self.student, local.reshape(P, -1))
-        return teacher, target_teacher, student, fused
+        return teacher, target_teacher, student, InsideEpisodes(fused, teacher_embedding)
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
@@ -461,7 +491,7 @@ class Learner(QLearner):
             stats.update(idm_loss=float(idm_loss.detach()), intrinsic_reward_mean=float(r_i.sum() / mask.sum()))
 
         # Teacher TD loss on r + r_I.
-        teacher, target_teacher, student, fused = self.networks(batch)
+        teacher, target_teacher, student, inside = self.networks(batch)
         chosen = teacher.q[:, :-1].gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1)
         with torch.no_grad():
             target_tot = mix_where(
@@ -491,7 +521,7 @@ class Learner(QLearner):
 
         loss = td_loss + distill + idm_loss + cfg.student_td_weight * student_td_loss
         stats.update(td_stats(td_loss.detach(), td.detach(), q_tot.detach(), y, mask))
-        stats.update(self.instruments(batch, student, teacher, fused, q_tot.detach(), target_tot, reward, valid))
+        stats.update(self.instruments(batch, student, teacher, inside, q_tot.detach(), target_tot, reward, valid))
         stats["loss"] = float(loss.detach())
         return loss, stats
 
@@ -532,7 +562,7 @@ class Learner(QLearner):
         batch: dict[str, torch.Tensor],
         student: AgentOutput,
         teacher: AgentOutput,
-        fused: torch.Tensor,
+        inside: InsideEpisodes,
         q_tot: torch.Tensor,
         target_tot: torch.Tensor,
         reward: torch.Tensor,
@@ -541,8 +571,8 @@ class Learner(QLearner):
         """What the teacher-student pair is doing, logged per update: greedy agreement on live
         agents' available actions, the teacher's overestimation (Q_tot of the taken actions minus
         the realised discounted return of r + r_I, truncated episodes closed by the target Q_tot),
-        and the scale of the personalized state (``fused``: its values inside the episodes) and of
-        both networks' embeddings."""
+        and the scale of the personalized state and of both networks' embeddings inside the
+        episodes."""
         filled = batch["filled"]
         mask = filled.float()
         n = mask.sum()
@@ -554,8 +584,8 @@ class Learner(QLearner):
             ),
             "realised_return_mean": float((realised * mask).sum() / n),
             "teacher_overestimation": float(((q_tot - realised) * mask).sum() / n),
-            "fused_state_rms": float(fused.pow(2).mean().sqrt()) if fused.numel() else float("nan"),
-            "teacher_embedding_rms": TeacherStudentStats.rms(teacher.embedding, vt),
+            "fused_state_rms": TeacherStudentStats.rms_all(inside.fused),
+            "teacher_embedding_rms": TeacherStudentStats.rms_all(inside.teacher_embedding),
             "student_embedding_rms": TeacherStudentStats.rms(student.embedding, vt),
         }
 

@@ -32,7 +32,10 @@ takes precedence), which brings a make() down to about 2 s of tracing.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
+import sys
 
 # Must be set before JAX initialises its CPU backend (at the first computation).
 _XLA_CPU_FLAG = "--xla_cpu_multi_thread_eigen"
@@ -44,7 +47,7 @@ import typing  # noqa: E402
 import warnings  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from importlib.metadata import version  # noqa: E402
-from typing import Any, Callable, Literal, NamedTuple  # noqa: E402
+from typing import Any, Callable, Iterator, Literal, NamedTuple  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -59,11 +62,35 @@ if not jax.config.jax_compilation_cache_dir:
 
 from envs.quiet import quiet_import  # noqa: E402
 
-# Importing jaxmarl prints "Importing submoduled environments..." and imports its Brax wrapper, which
-# silences stdout/stderr and then "restores" them to sys.__stdout__/__stderr__, discarding any
-# redirection in place (pytest's capture, a logger's stream). quiet_import drops the print and puts
-# the streams back.
-with quiet_import():
+
+@contextlib.contextmanager
+def _without_package_inits(*packages: str) -> Iterator[None]:
+    """Import submodules of ``packages`` without running the packages' ``__init__``: each one not
+    yet imported stands in as an empty package (its real search path) during the block, then is
+    dropped, so a later ``import`` of the package runs its ``__init__`` and finds the submodules
+    already loaded (the same module objects)."""
+    stand_ins = []
+    for name in packages:
+        if name not in sys.modules:
+            spec = importlib.util.find_spec(name)
+            if spec is None or spec.submodule_search_locations is None:
+                raise ModuleNotFoundError(f"no package named {name!r}", name=name)
+            sys.modules[name] = importlib.util.module_from_spec(spec)  # not executed
+            stand_ins.append(name)
+    try:
+        yield
+    finally:
+        for name in stand_ins:
+            sys.modules.pop(name, None)
+
+
+# jaxmarl/__init__.py and jaxmarl/environments/__init__.py import every environment JaxMARL ships
+# (Hanabi, Overcooked, MPE, STORM, JaxNav, its Brax wrapper, matplotlib): 0.13 GiB of resident
+# memory in every SMAX run and in reproduce.py, for modules SMAX never uses. Only the SMAX package
+# is loaded (it imports nothing else of jaxmarl's but multi_agent_env and spaces). quiet_import
+# stays for the case where jaxmarl was imported in full before (its __init__ prints "Importing
+# submoduled environments..." and its Brax wrapper resets stdout/stderr to the process's originals).
+with quiet_import(), _without_package_inits("jaxmarl", "jaxmarl.environments"):
     from jaxmarl.environments.smax import HeuristicEnemySMAX  # noqa: E402
     from jaxmarl.environments.smax.smax_env import MAP_NAME_TO_SCENARIO  # noqa: E402
 

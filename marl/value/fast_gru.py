@@ -112,15 +112,16 @@ class _PackedGRURecurrence(torch.autograd.Function):
         ctx.ext = ext
         ctx.active = active
         if ext is not None:
-            hs, gh_all, rz_all, n_all = ext.gru_forward(gi, h0, w_hh, b_hh, active)
-            ctx.save_for_backward(h0, w_hh, hs, gh_all, rz_all, n_all)
+            hs, hn_all, rz_all, n_all = ext.gru_forward(gi, h0, w_hh, b_hh, active)
+            ctx.save_for_backward(h0, w_hh, hs, hn_all, rz_all, n_all)
             return hs
         P, H3 = gi.shape
         H = H3 // 3
         # Every intermediate is written in place into packed storage (out=): the loop allocates
         # and copies nothing.
         hs = gi.new_empty(P, H)
-        gh_all = gi.new_empty(P, H3)  # W_hh h + b_hh
+        gh_step = gi.new_empty(active[0], H3)  # one step's W_hh h + b_hh
+        hn_all = gi.new_empty(P, H)  # its n third (W_hn h + b_hn), all the backward keeps of it
         rz_all = gi.new_empty(P, 2 * H)
         n_all = gi.new_empty(P, H)
         w_hh_t = w_hh.t()
@@ -128,21 +129,22 @@ class _PackedGRURecurrence(torch.autograd.Function):
         a = 0
         for k in active:
             b = a + k
-            gh = torch.addmm(b_hh, h[:k], w_hh_t, out=gh_all[a:b])
+            gh = torch.addmm(b_hh, h[:k], w_hh_t, out=gh_step[:k])
+            hn = hn_all[a:b].copy_(gh[:, 2 * H :])
             rz = torch.sigmoid(torch.add(gi[a:b, : 2 * H], gh[:, : 2 * H], out=rz_all[a:b]), out=rz_all[a:b])
-            n = torch.tanh(torch.addcmul(gi[a:b, 2 * H :], rz[:, :H], gh[:, 2 * H :], out=n_all[a:b]), out=n_all[a:b])
+            n = torch.tanh(torch.addcmul(gi[a:b, 2 * H :], rz[:, :H], hn, out=n_all[a:b]), out=n_all[a:b])
             h = torch.lerp(n, h[:k], rz[:, H:], out=hs[a:b])  # n + z * (h - n)
             a = b
-        ctx.save_for_backward(h0, w_hh, hs, gh_all, rz_all, n_all)
+        ctx.save_for_backward(h0, w_hh, hs, hn_all, rz_all, n_all)
         return hs
 
     @staticmethod
     def backward(ctx, grad_hs):
-        h0, w_hh, hs, gh_all, rz_all, n_all = ctx.saved_tensors
+        h0, w_hh, hs, hn_all, rz_all, n_all = ctx.saved_tensors
         active = ctx.active
         if ctx.ext is not None:
             d_gates, dh0, grad_w_hh, grad_b_hh = ctx.ext.gru_backward(
-                grad_hs, h0, w_hh, hs, gh_all, rz_all, n_all, active
+                grad_hs, h0, w_hh, hs, hn_all, rz_all, n_all, active
             )
             return d_gates, dh0, grad_w_hh, grad_b_hh, None
         P, H = hs.shape
@@ -160,16 +162,17 @@ class _PackedGRURecurrence(torch.autograd.Function):
             k, a = active[t], starts[t]
             b = a + k
             r, z = rz_all[a:b, :H], rz_all[a:b, H:]
-            n, hn = n_all[a:b], gh_all[a:b, 2 * H :]
+            n, hn = n_all[a:b], hn_all[a:b]
             dh = grad_hs[a:b] + dh_next[:k]
             da_n = torch.mul(dh * (1 - z), 1 - n * n, out=d_an[a:b])
             torch.mul(da_n * hn, r * (1 - r), out=d_gh[a:b, :H])
             torch.mul(dh * (h_prev[a:b] - n), z * (1 - z), out=d_gh[a:b, H : 2 * H])
             torch.mul(da_n, r, out=d_gh[a:b, 2 * H :])
             dh_next[:k] = torch.addmm(dh * z, d_gh[a:b], w_hh)
-        d_gates = torch.cat([d_gh[:, : 2 * H], d_an], dim=1)
         grad_w_hh = d_gh.t() @ h_prev
         grad_b_hh = d_gh.sum(0)
+        d_gates = d_gh  # the gradient of gi: the r, z thirds are d_gh's, the n third d_an
+        d_gates[:, 2 * H :] = d_an
         return d_gates, dh_next, grad_w_hh, grad_b_hh, None
 
 

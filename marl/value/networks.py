@@ -70,10 +70,13 @@ class RecurrentAgent(nn.Module):
         R: int,
         h0: torch.Tensor | None = None,
         features: bool = True,
+        pad_features: bool = True,
     ) -> AgentOutput:
         """The same on inputs already packed ([P, input_dim], the rows inside their episode step
         after step, ``index`` = ``packed_index(active, R)``, ``active`` from ``check_active``):
-        learners that build their inputs once for several networks skip the gather."""
+        learners that build their inputs once for several networks skip the gather. With
+        ``pad_features=False`` hidden and embedding stay packed ([P, H]), for statistics that need
+        no layout: a padded copy of each is [T, R, H] of memory through the update."""
         embedding = F.relu(self.fc1(packed))
         h0 = embedding.new_zeros(R, self.hidden_dim) if h0 is None else h0
         hidden = gru_packed(F.linear(embedding, self.rnn.weight_ih_l0, self.rnn.bias_ih_l0), h0, self.rnn, active)
@@ -84,6 +87,8 @@ class RecurrentAgent(nn.Module):
 
         if not features:
             return AgentOutput(padded(q), None, None)
+        if not pad_features:
+            return AgentOutput(padded(q), hidden, embedding)
         return AgentOutput(padded(q), padded(hidden), padded(embedding))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -358,6 +359,20 @@ def test_live_agents_and_q_regression_forms_hand_values():
     assert float(q_distill_mse(teacher, shifted, avail, every, centred=True)) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_embedding_rms_hand_values():
+    from algorithms.ddn import TeacherStudentStats
+
+    x = torch.zeros(1, 3, 2, 2)  # [C=1, T+1=3, N=2, D=2]
+    x[0, 0] = torch.tensor([[1.0, 1.0], [1.0, 1.0]])
+    x[0, 1] = torch.tensor([[3.0, 0.0], [0.0, 1.0]])
+    x[0, 2] = 100.0  # outside the episode: never counted
+    where = torch.tensor([[True, True, False]])
+    assert TeacherStudentStats.rms(x, where) == pytest.approx(((4 + 9 + 1) / 8) ** 0.5)
+    assert math.isnan(TeacherStudentStats.rms(x, torch.zeros(1, 3, dtype=torch.bool)))
+    assert TeacherStudentStats.rms_all(torch.tensor([[3.0, 4.0]])) == pytest.approx((25 / 2) ** 0.5)
+    assert math.isnan(TeacherStudentStats.rms_all(torch.zeros(0, 4)))
+
+
 def test_greedy_agreement_and_realised_returns_hand_values():
     from algorithms.ddn import TeacherStudentStats, discounted_returns
 
@@ -660,6 +675,7 @@ def _loss_and_grads(learner, batch):
         {},
         {"personalize": False},
         {"teacher_local_obs": False, "distill_from": "target"},
+        {"distill_from": "online"},  # the online teacher's features padded for the distillation
         {"distill_mask": "live", "distill_q_loss": "kl", "student_td_weight": 0.5},
     ],
 )
