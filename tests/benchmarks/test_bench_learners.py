@@ -17,7 +17,12 @@ For each (algorithm, scenario, parallel envs) this measures, in one run:
   that speed the update reaches) and ``compute_floor_env_steps_per_s``: the end-to-end speed if the
   update ran at ``matmul_gflops`` and acting cost nothing beyond the raw environment. It bounds what
   any implementation of the same algorithm (pymarl2's 128-episode batch per 8 new episodes,
-  synchronous collection) can reach on this core.
+  synchronous collection) can reach on this core;
+* where an update's time goes (CPU rows): ``update_time_by_kind``, the share of the profiled
+  self time of ``PROFILED_UPDATES`` updates by kind of op (matrix products; the C++ GRU's own
+  per-step work; other element-wise ops and reductions; copies and layout changes; views; the
+  optimizer; anything else), and ``update_top_ops``, the ten largest ops by self time (torch
+  profiler; its own overhead is in neither).
 
 Where CUDA is available, ``test_training_throughput_cuda`` measures three of the cases (3s_vs_5z x8,
 Predator-Prey x8, the paper profile) with the learner on the GPU and the environment on the CPU
@@ -60,6 +65,7 @@ def _case_id(case) -> str:
 
 
 MEASURED_ROUNDS = 12
+PROFILED_UPDATES = 3
 THREADS = 1  # one learner per core: the suite runs one run per worker process
 
 
@@ -86,6 +92,96 @@ def _matmul_gflops(hidden: int, device: torch.device) -> float:
         a @ b
     sync_device(device)
     return 2 * 8192 * hidden * 3 * hidden * n / (time.perf_counter() - start) / 1e9
+
+
+OP_KINDS = {
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear"),
+    "copy_layout": (
+        "aten::copy_",
+        "aten::index_copy",
+        "aten::index_copy_",
+        "aten::index_select",
+        "aten::index",
+        "aten::index_put_",
+        "aten::cat",
+        "aten::clone",
+        "aten::contiguous",
+        "aten::_to_copy",
+        "aten::to",
+        "aten::gather",
+        "aten::scatter",
+        "aten::scatter_add",
+        "aten::stack",
+        "aten::repeat",
+        "aten::new_zeros",
+        "aten::zeros",
+        "aten::zeros_like",
+        "aten::fill_",
+        "aten::zero_",
+        "aten::empty",
+        "aten::empty_like",
+        "aten::new_empty",
+        "aten::empty_strided",
+        "aten::masked_fill",
+        "aten::masked_select",
+        "aten::nonzero",
+        "aten::flip",
+    ),
+    "view": (
+        "aten::view",
+        "aten::reshape",
+        "aten::_reshape_alias",
+        "aten::transpose",
+        "aten::t",
+        "aten::narrow",
+        "aten::slice",
+        "aten::select",
+        "aten::expand",
+        "aten::unsqueeze",
+        "aten::squeeze",
+        "aten::permute",
+        "aten::as_strided",
+        "aten::flatten",
+        "aten::unflatten",
+        "aten::alias",
+        "aten::detach",
+        "detach",
+        "aten::unbind",
+        "aten::split",
+        "aten::chunk",
+        "aten::expand_as",
+        "aten::view_as",
+        "aten::lift_fresh",
+    ),
+}
+
+
+def _op_kind(name: str) -> str:
+    if "PackedGRURecurrence" in name:
+        return "gru_recurrence"  # the C++ (or PyTorch-loop) recurrence's own work, products excluded
+    if "_foreach" in name or "Optimizer" in name or "adam" in name.lower():
+        return "optimizer"
+    for kind, names in OP_KINDS.items():
+        if name in names:
+            return kind
+    return "elementwise_reduction" if name.startswith("aten::") else "other"
+
+
+def _update_time_by_op(trainer) -> tuple[dict[str, float], list[tuple[str, float]]]:
+    """Shares of the profiled self CPU time of PROFILED_UPDATES updates, by op kind and top ops."""
+    batches = [trainer.buffer.sample(trainer.cfg.batch_size, trainer.generator) for _ in range(PROFILED_UPDATES)]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for batch in batches:
+            trainer.learner.train_step(batch, trainer.episode)
+    self_us = {e.key: e.self_cpu_time_total for e in prof.key_averages() if e.self_cpu_time_total > 0}
+    total = sum(self_us.values()) or 1.0
+    kinds: dict[str, float] = {}
+    for name, us in self_us.items():
+        kinds[_op_kind(name)] = kinds.get(_op_kind(name), 0.0) + us / total
+    top = sorted(self_us.items(), key=lambda kv: -kv[1])[:10]
+    return {k: round(v, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}, [
+        (name, round(us / total, 3)) for name, us in top
+    ]
 
 
 def _update_gflop(trainer, batch) -> float:
@@ -160,6 +256,7 @@ def _measure_training(benchmark, algorithm, family, scenario, num_envs, profile,
             / 3
         )
         peak_gflops = _matmul_gflops(trainer.cfg.hidden_dim, device)
+        by_kind, top_ops = _update_time_by_op(trainer) if device.type == "cpu" else ({}, [])
         steps_per_update = steps / n_updates
         floor_sps = steps_per_update / (update_gflop / peak_gflops + steps_per_update / raw_sps)
         benchmark.extra_info.update(
@@ -184,6 +281,8 @@ def _measure_training(benchmark, algorithm, family, scenario, num_envs, profile,
                 "update_efficiency": round(update_gflop * updates_per_s / peak_gflops, 3),
                 "compute_floor_env_steps_per_s": round(floor_sps, 1),
                 "ratio_to_compute_floor": round(train_sps / floor_sps, 3),
+                "update_time_by_kind": by_kind,
+                "update_top_ops": top_ops,
             }
         )
         print(
