@@ -11,10 +11,11 @@ Estimate per run = replay (its compact storage dtypes) + ``BASE_BYTES``, the res
 resident memory: interpreter, PyTorch, JAX for SMAX, the update's activations (kept by the
 allocator, marl/allocator.py). Measured (tests/benchmarks/test_bench_memory.py, a fresh process
 with its replay full of episodes at the length limit, updates, an evaluation and checkpoints):
-the rest is 0.7-1.42 GiB (DDN on SMAX 3s_vs_5z and Predator-Prey stag hunt, QMIX on stag hunt;
-the most for DDN's pymarl2 batches of 128); DDN pymarl2 runs on 3s_vs_5z peaked at 2.17-2.19 GiB
-(VmHWM at 1.8-1.9M steps) with a 0.78 GiB replay. Policy learners
-keep one rollout and are not counted.
+the rest is 0.66-1.24 GiB (DDN on SMAX 3s_vs_5z and Predator-Prey stag hunt, QMIX on stag hunt;
+the most for DDN's pymarl2 batches of 128: 1.95-2.01 GiB in all with its 0.78 GiB replay; real
+DDN pymarl2 runs before the SMAX import was slimmed peaked at 2.17-2.19 GiB, VmHWM at 1.8-1.9M
+steps). ``BASE_BYTES`` keeps a margin above the largest. Policy learners keep one rollout and are
+not counted.
 
 The check sums the estimates of the ``slots`` largest pending runs (the most that can run at once)
 and compares them with MemAvailable (/proc/meminfo). Off Linux nothing is checked.
