@@ -111,6 +111,11 @@ class Config(ValueLearnerConfig):
     # "joint": one norm clip over teacher, mixer, student and IDM (PyMARL); "per_group": each
     # network group clipped by its own norm, so a spike in one does not scale the others' steps.
     grad_clip: GradClip = "joint"  # gradient-norm clipping scope (choice)
+    # The student's learning rate as a fraction of ``lr`` (its own Adam parameter group). Adam's
+    # steps are about lr in size whatever the gradient's scale, so a student near its teacher's
+    # policy keeps stepping by lr in the directions of the batch's noise; a smaller rate damps that
+    # jitter at the cost of tracking the teacher more slowly.
+    student_lr_scale: float = 1.0  # 1 = one learning rate for every network, as PyMARL (choice)
     log_teacher_eval: bool = True  # also test the teacher greedily (on the state) at each evaluation
     # Internal Distillation Module (random network distillation on the global state)
     idm: bool = True  # False: no intrinsic reward (seed Table 5 ablation)
@@ -134,6 +139,8 @@ class Config(ValueLearnerConfig):
             raise ConfigError(f"acting_teacher_prob must be in [0, 1], got {self.acting_teacher_prob}")
         if self.student_td_weight < 0:
             raise ConfigError(f"student_td_weight must be >= 0, got {self.student_td_weight}")
+        if self.student_lr_scale <= 0:
+            raise ConfigError(f"student_lr_scale must be > 0, got {self.student_lr_scale}")
         if not 0.0 <= self.idm_mask_prob <= 1.0:
             raise ConfigError(f"idm_mask_prob must be in [0, 1], got {self.idm_mask_prob}")
 
@@ -329,6 +336,15 @@ class Learner(QLearner):
 
     def acting_agent(self) -> RecurrentAgent:
         return self.student
+
+    def optimizer_params(self) -> list[nn.Parameter] | list[dict[str, typing.Any]]:
+        if self.cfg.student_lr_scale == 1.0:
+            return self.params  # one group: the optimizer of every earlier run, step for step
+        student = {id(p) for p in self.student.parameters()}
+        return [
+            {"params": [p for p in self.params if id(p) not in student]},
+            {"params": [p for p in self.params if id(p) in student], "lr": self.cfg.lr * self.cfg.student_lr_scale},
+        ]
 
     def make_behaviour_controller(self) -> AgentController:
         if self.cfg.acting == "teacher":

@@ -81,7 +81,7 @@ def make_mixer(cfg: ValueLearnerConfig, spec: EnvSpec) -> nn.Module:
     raise ConfigError(f"unknown mixer {cfg.mixer!r}; valid: qmix, vdn")
 
 
-def make_optimizer(cfg: ValueLearnerConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+def make_optimizer(cfg: ValueLearnerConfig, params: list[nn.Parameter] | list[dict[str, Any]]) -> torch.optim.Optimizer:
     if cfg.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.optim_alpha, eps=cfg.optim_eps)
     if cfg.optimizer == "adam":
@@ -135,7 +135,7 @@ class QLearner:
         self.target_agent = copy.deepcopy(self.agent)
         self.target_mixer = copy.deepcopy(self.mixer)
         self.params = [p for m in self.trained_modules() for p in m.parameters()]
-        self.optimizer = make_optimizer(cfg, self.params)
+        self.optimizer = make_optimizer(cfg, self.optimizer_params())
         # `controller` is the policy that is evaluated (and deployed); `behaviour_controller` the one
         # that collects training data (the same, except for DDN with a teacher acting).
         self.controller = AgentController(
@@ -149,6 +149,11 @@ class QLearner:
 
     def build_extra_networks(self) -> None:
         """Create networks beyond the agent and the mixer (WQMIX's central Q, DDN's student ...)."""
+
+    def optimizer_params(self) -> list[nn.Parameter] | list[dict[str, Any]]:
+        """What the optimizer trains: ``self.params`` at ``cfg.lr``, or parameter groups with
+        their own learning rates (a subclass's choice)."""
+        return self.params
 
     def trained_modules(self) -> list[nn.Module]:
         return [self.agent, self.mixer]

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from marl.config import ConfigError
 from algorithms.ddn import (
     Config,
     PersonalizationFusion,
@@ -357,6 +358,30 @@ def test_live_agents_and_q_regression_forms_hand_values():
     shifted = teacher + torch.tensor([5.0, -3.0]).view(1, 1, 2, 1)
     shifted[..., 2] = 100.0
     assert float(q_distill_mse(teacher, shifted, avail, every, centred=True)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_student_lr_scale_scales_only_the_students_first_adam_step(spec):
+    """Adam's first step is lr * g / (|g| + eps) per entry: with the student's rate scaled, the
+    student moves by exactly that fraction of the unscaled step and every other network as before;
+    at 1.0 the optimizer keeps one parameter group (PyMARL's, and every earlier run's)."""
+    batch = random_batch(spec, C=3, T=4)
+    moved = {}
+    for scale in (1.0, 0.25):
+        torch.manual_seed(0)
+        learner = make_learner(spec, student_lr_scale=scale, grad_norm_clip=1e9)
+        before = {name: [p.detach().clone() for p in ps] for name, ps in learner.param_groups().items()}
+        learner.train_step(batch, episode=0)
+        moved[scale] = {
+            name: [p.detach() - b for p, b in zip(ps, before[name])] for name, ps in learner.param_groups().items()
+        }
+        assert len(learner.optimizer.param_groups) == (1 if scale == 1.0 else 2)
+    for name in moved[1.0]:
+        factor = 0.25 if name == "student" else 1.0
+        for full, scaled in zip(moved[1.0][name], moved[0.25][name]):
+            assert torch.allclose(scaled, factor * full, rtol=1e-3, atol=1e-7), name  # p - p0 in float32
+    assert any(float(d.abs().max()) > 0 for d in moved[1.0]["student"])
+    with pytest.raises(ConfigError):
+        make_learner(spec, student_lr_scale=0.0)
 
 
 def test_embedding_rms_hand_values():
