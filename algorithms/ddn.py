@@ -297,7 +297,7 @@ class InsideEpisodes(NamedTuple):
     """Values of the teacher at the observations inside an episode, for the instruments."""
 
     fused: torch.Tensor  # personalized state Ŝ (or the raw state) [M, N, d]
-    teacher_embedding: torch.Tensor  # [M, N, H] (padded path) or [M * N, H] (packed rows)
+    teacher_embedding: torch.Tensor  # [M, N, H], or the packed rows [M * N, H]
 
 
 class Learner(QLearner):

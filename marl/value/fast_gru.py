@@ -118,7 +118,7 @@ class _PackedGRURecurrence(torch.autograd.Function):
         P, H3 = gi.shape
         H = H3 // 3
         # Every intermediate is written in place into packed storage (out=): the loop allocates
-        # and copies nothing.
+        # nothing and copies only the n third of each step's W_hh h + b_hh (for the backward).
         hs = gi.new_empty(P, H)
         gh_step = gi.new_empty(active[0], H3)  # one step's W_hh h + b_hh
         hn_all = gi.new_empty(P, H)  # its n third (W_hn h + b_hn), all the backward keeps of it

@@ -177,7 +177,8 @@ def _update_time_by_op(trainer) -> tuple[dict[str, float], list[tuple[str, float
     total = sum(self_us.values()) or 1.0
     kinds: dict[str, float] = {}
     for name, us in self_us.items():
-        kinds[_op_kind(name)] = kinds.get(_op_kind(name), 0.0) + us / total
+        kind = _op_kind(name)
+        kinds[kind] = kinds.get(kind, 0.0) + us / total
     top = sorted(self_us.items(), key=lambda kv: -kv[1])[:10]
     return {k: round(v, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}, [
         (name, round(us / total, 3)) for name, us in top
