@@ -14,12 +14,19 @@ the same suite command trains only what is missing and, once every member's poli
 the cross-play phase over the whole population; ``export`` then brings the new runs and every
 crossplay.json back into the records.
 
+Once a campaign's cross-play phase is complete, its policies have served their purpose and weigh
+most of the folder: ``drop-policies`` removes them from the tree (never from git history) and writes
+``policies.yaml`` beside the manifest with the commit that still holds them, which ``import`` and
+the index report. It refuses while any focal run lacks a complete cross-play evaluation, or while
+the policies are not committed (they would be lost).
+
 ``records/index.yaml`` lists each exported suite: its kind (``reference``: the papers' headline
 comparisons at their budgets, seeds 0-4; ``tuning``: runs on seeds 100+ that chose a default), the
 commits and machines its runs came from, the dates, and each run's final score.
 
     python -m suites.records export /path/to/out/ddn_tuning --kind tuning
     python -m suites.records import records/reference/bidist_stag_hunt --out /path/to/out
+    python -m suites.records drop-policies records/reference/bidist_stag_hunt
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import argparse
 import csv
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,12 +46,14 @@ from marl.policy.population import POLICY_FILE, POLICY_SNAPSHOT_GLOB
 from marl.run_io import atomic_write_text
 from reports.collect import FINAL_EVALS, metric_for
 from suites.crossplay_worker import BATCHES, CROSSPLAY
+from suites.manifest import HELDOUT_GROUP
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECORDS = REPO_ROOT / "records"
 KINDS = ("reference", "tuning")
 COMPACT = ("spec.json", "status.json", "provenance.json", "metrics.csv", CROSSPLAY, BATCHES)
 POLICY_ARTIFACTS = (POLICY_FILE, POLICY_SNAPSHOT_GLOB)
+DROPPED = "policies.yaml"  # beside a record folder's manifest once its policies left the tree
 
 
 def _read_json(path: Path) -> Any:
@@ -133,6 +143,7 @@ def write_index(records: Path = RECORDS) -> dict[str, Any]:
         for suite_dir in sorted(p for p in (records / kind).glob("*") if p.is_dir()):
             runs = [run_entry(d) for d in sorted((suite_dir / "runs").glob("*")) if (d / "spec.json").is_file()]
             dates = sorted(r["finished_at"] for r in runs if r["finished_at"])
+            dropped = yaml.safe_load((suite_dir / DROPPED).read_text()) if (suite_dir / DROPPED).is_file() else None
             suites.append(
                 {
                     "suite": suite_dir.name,
@@ -144,6 +155,7 @@ def write_index(records: Path = RECORDS) -> dict[str, Any]:
                     "last_finished": dates[-1] if dates else None,
                     "runs": [{k: v for k, v in r.items() if k not in ("commit", "cpu")} for r in runs],
                 }
+                | ({"policies_removed": dropped} if dropped else {})
             )
     index = {"format": 1, "suites": suites}
     records.mkdir(parents=True, exist_ok=True)
@@ -182,6 +194,72 @@ def import_records(record_dir: Path, out: Path) -> tuple[list[str], list[str]]:
     return imported, kept
 
 
+def _crossplay_incomplete(run_dir: Path) -> str | None:
+    """Why the focal run's cross-play evaluation is not final, or None when it is."""
+    path = run_dir / CROSSPLAY
+    if not path.is_file():
+        return "no crossplay.json"
+    result = _read_json(path)
+    if result.get("state") != "done":
+        return f"cross-play state {result.get('state')!r}"
+    skipped = sum(int(ev.get("skipped_unavailable") or 0) for ev in result.get("evaluations") or [])
+    return f"{skipped} scheduled episodes skipped (co-players not finished)" if skipped else None
+
+
+def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
+
+
+def drop_policies(record_dir: Path) -> tuple[list[Path], str]:
+    """Remove the policy artifacts of a record folder whose every focal run has a complete cross-play
+    evaluation; they must be committed and unchanged, so the commit returned (HEAD) still holds
+    them. Writes ``policies.yaml`` (that commit, how many files, how to restore them) and rewrites
+    the index. Raises ValueError, touching nothing, when a condition fails."""
+    record_dir = Path(record_dir).resolve()
+    runs = finished_runs(record_dir)
+    if not runs:
+        raise ValueError(f"{record_dir} holds no finished run records (expected runs/<id>/status.json 'done')")
+    focal = [d for d in runs if _read_json(d / "spec.json").get("group") != HELDOUT_GROUP]
+    waiting = {d.name: why for d in focal if (why := _crossplay_incomplete(d))}
+    if waiting:
+        listed = "; ".join(f"{k}: {v}" for k, v in sorted(waiting.items()))
+        raise ValueError(
+            f"{len(waiting)} focal run(s) have no complete cross-play evaluation ({listed}); run the suite's "
+            "cross-play phase over the whole population and export again first"
+        )
+    files = sorted(p for d in runs for pattern in POLICY_ARTIFACTS for p in d.glob(pattern) if p.is_file())
+    if not files:
+        raise ValueError(f"{record_dir} holds no policy artifacts")
+    top = _git(record_dir, "rev-parse", "--show-toplevel")
+    if top.returncode != 0:
+        raise ValueError(f"{record_dir} is not inside a git work tree: its policies would be lost")
+    repo = Path(top.stdout.strip())
+    rel = [str(p.relative_to(repo)) for p in files]
+    untracked = _git(repo, "ls-files", "--error-unmatch", "--", *rel)
+    changed = _git(repo, "diff", "--quiet", "HEAD", "--", *rel)
+    if untracked.returncode != 0 or changed.returncode != 0:
+        raise ValueError("commit the policy artifacts first (some are untracked or changed): they would be lost")
+    commit = _git(repo, "rev-parse", "HEAD").stdout.strip()
+    folder = str(record_dir.relative_to(repo))
+    for path in files:
+        path.unlink()
+    atomic_write_text(
+        record_dir / DROPPED,
+        yaml.safe_dump(
+            {
+                "commit": commit,
+                "files": len(files),
+                "restore": f"git checkout {commit} -- {folder}",
+                "why": "cross-play complete for every focal run; the policies are needed only to rerun it",
+            },
+            sort_keys=False,
+            width=200,
+        ),
+    )
+    write_index(record_dir.parent.parent)
+    return files, commit
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m suites.records", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -192,8 +270,21 @@ def main(argv: list[str] | None = None) -> int:
     im = sub.add_parser("import", help="copy a record folder's runs into a run store (to resume a campaign there)")
     im.add_argument("record_dir", type=Path, help="a record folder, e.g. records/reference/bidist_stag_hunt")
     im.add_argument("--out", type=Path, required=True, help="the run store's root (reproduce.py --out)")
+    dp = sub.add_parser("drop-policies", help="remove a record folder's policies once its cross-play is complete")
+    dp.add_argument("record_dir", type=Path, help="a record folder, e.g. records/reference/bidist_stag_hunt")
     sub.add_parser("index", help="rewrite records/index.yaml from the records on disk")
     args = parser.parse_args(argv)
+    if args.command == "drop-policies":
+        try:
+            files, commit = drop_policies(args.record_dir)
+        except ValueError as exc:
+            print(f"records: {exc}", file=sys.stderr)
+            return 2
+        print(
+            f"records: removed {len(files)} policy file(s) of {args.record_dir.name}; commit {commit[:12]} "
+            f"holds them (restore: git checkout {commit[:12]} -- {args.record_dir})"
+        )
+        return 0
     if args.command == "index":
         write_index()
         return 0
@@ -207,6 +298,12 @@ def main(argv: list[str] | None = None) -> int:
             f"records: imported {len(imported)} run(s) of {args.record_dir.name} into "
             f"{args.out / args.record_dir.name}" + (f"; {len(kept)} already there, left as they were" if kept else "")
         )
+        if (args.record_dir / DROPPED).is_file():
+            dropped = yaml.safe_load((args.record_dir / DROPPED).read_text())
+            print(
+                f"records: these records hold no policies (removed after their cross-play phase); to rerun "
+                f"cross-play, restore them first ({dropped.get('restore')}) and import into a store without these runs"
+            )
         return 0
     if not (args.suite_dir / "runs").is_dir():
         print(f"records: {args.suite_dir} is not a suite directory (no runs/ inside)", file=sys.stderr)

@@ -109,3 +109,77 @@ def test_no_record_file_is_ignored_by_git(suite, tmp_path):
         ["git", "check-ignore", "--no-index", *as_committed], cwd=RECORDS.parent, capture_output=True, text=True
     ).stdout.split()
     assert not ignored, f"record files ignored by .gitignore: {ignored}"
+
+
+def _git(repo, *args):
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+
+def _complete_crossplay(run_dir, skipped=0):
+    evaluations = [{"kind": "round_robin", "episodes": 4, "skipped_unavailable": skipped}]
+    (run_dir / "crossplay.json").write_text(json.dumps({"state": "done", "evaluations": evaluations}))
+
+
+@pytest.fixture
+def committed_records(suite, tmp_path):
+    """The suite exported into records/ of a fresh git repository and committed, each focal run
+    with a cross-play evaluation against the whole population."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    _git(repo, "config", "user.email", "t@t")
+    _git(repo, "config", "user.name", "t")
+    records = repo / "records"
+    export(suite, "reference", records)
+    folder = records / "reference" / "mysuite"
+    for run_dir in (folder / "runs").iterdir():
+        _complete_crossplay(run_dir)
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "records")
+    return repo, folder
+
+
+def test_drop_policies_removes_them_and_names_the_commit_that_holds_them(committed_records, capsys):
+    repo, folder = committed_records
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    assert main(["drop-policies", str(folder)]) == 0
+    assert not list(folder.rglob("policy*.pt"))
+    assert {p.name for p in (folder / "runs").rglob("*") if p.is_file()} >= {
+        "spec.json",
+        "metrics.csv",
+        "crossplay.json",
+    }
+    dropped = yaml.safe_load((folder / "policies.yaml").read_text())
+    assert dropped["commit"] == head and dropped["files"] == 4  # two finished runs, two artifacts each
+    assert dropped["restore"] == f"git checkout {head} -- records/reference/mysuite"
+    index = yaml.safe_load((repo / "records" / "index.yaml").read_text())
+    assert index["suites"][0]["policies_removed"] == dropped
+    assert write_index(repo / "records") == index  # the index keeps saying so when rewritten
+    # The named commit does hold them: the restore command brings every file back.
+    subprocess.run(dropped["restore"].split(), cwd=repo, check=True, capture_output=True)
+    assert len(list(folder.rglob("policy*.pt"))) == 4
+    # Importing the folder without its policies says how to get them back.
+    for p in folder.rglob("policy*.pt"):
+        p.unlink()
+    capsys.readouterr()
+    assert main(["import", str(folder), "--out", str(repo / "store")]) == 0
+    assert "restore them first" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["incomplete", "no_crossplay", "uncommitted"])
+def test_drop_policies_refuses_and_touches_nothing(committed_records, case, capsys):
+    repo, folder = committed_records
+    run_dir = sorted((folder / "runs").iterdir())[0]
+    if case == "incomplete":  # evaluated before every co-player had finished
+        _complete_crossplay(run_dir, skipped=3)
+        expected = "3 scheduled episodes skipped"
+    elif case == "no_crossplay":
+        (run_dir / "crossplay.json").unlink()
+        expected = "no crossplay.json"
+    else:  # a policy changed since the last commit: removing it would lose it
+        (run_dir / "policy.pt").write_bytes(b"retrained")
+        expected = "commit the policy artifacts first"
+    before = sorted(str(p) for p in folder.rglob("*"))
+    assert main(["drop-policies", str(folder)]) == 2
+    assert expected in capsys.readouterr().err
+    assert sorted(str(p) for p in folder.rglob("*")) == before
