@@ -10,15 +10,20 @@ campaign has committed a suite that touches a claim, its reference cell says so.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
 
 from reports.claims import INCONCLUSIVE, NOT_REPRODUCED, NOT_RUN, REPRODUCED, Verdict, evaluate_claims
 from reports.collect import collect, metric_for
+from marl.config import ConfigError
+from marl.registry import get_algorithm
 from reports.paper import PaperNumbers
 
 RECORDS = Path(__file__).resolve().parents[1] / "records"
@@ -83,6 +88,37 @@ def reference_results(numbers: PaperNumbers, reps: int, records: Path = RECORDS)
 # The reproducibility check: a suite's runs that are the first steps of reference runs ----------
 
 
+@functools.cache
+def _class_defaults(algorithm: str) -> dict[str, Any]:
+    """The algorithm's config fields at their class defaults (not a profile's values); {} when the
+    algorithm is unknown here."""
+    try:
+        cls = get_algorithm(algorithm).config_cls
+    except ConfigError:
+        return {}
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def _config_in_force(algorithm: str, config: dict) -> dict:
+    """``config`` without the fields at their class default. A field added to a config keeps the
+    old behaviour at its default (the project's rule for new choices), so a run from before the
+    field existed (no such key in its provenance) and a run with the field at its default ran
+    the same configuration; a field away from today's default (a default that changed, or an
+    override) stays and must match."""
+    defaults = _class_defaults(algorithm)
+    return {
+        k: v
+        for k, v in config.items()
+        if not (k in defaults and json.dumps(v, default=str) == json.dumps(defaults[k], default=str))
+    }
+
+
 def _same_configuration(spec: dict, provenance: dict | None = None) -> str:
     """What must match for a run to be the first steps of a reference run: everything that shapes
     its training but not the suite it belongs to or how long it trains. The learner's config is the
@@ -94,7 +130,11 @@ def _same_configuration(spec: dict, provenance: dict | None = None) -> str:
     budget = spec.get("budget") or {}
     key = {k: v for k, v in spec.items() if k in ("paper", "family", "scenario", "env_options", "algorithm", "seed")}
     config = (provenance or {}).get("config")
-    key["config"] = config if isinstance(config, dict) else {"overrides": spec.get("overrides")}
+    key["config"] = (
+        _config_in_force(str(spec.get("algorithm")), config)
+        if isinstance(config, dict)
+        else {"overrides": spec.get("overrides")}
+    )
     key["schedule"] = {k: budget.get(k) for k in ("eval_interval", "eval_episodes", "checkpoint_interval")}
     return json.dumps(key, sort_keys=True, default=str)
 

@@ -148,6 +148,19 @@ def test_a_run_matches_a_reference_run_by_the_config_in_force_and_its_checkpoint
     # The same overrides with another config in force (a default changed between commits): no match.
     prov_path.write_text(json.dumps({**prov, "config": {**prov["config"], "lr": prov["config"]["lr"] * 2}}))
     assert check() == "no reference run has this configuration"
+    # A config field added after the reference ran (absent from its provenance) at its default: the
+    # same configuration (a new field's default keeps the old behaviour); away from it: another.
+    ref_prov_path = ref_dir / "provenance.json"
+    ref_prov = json.loads(ref_prov_path.read_text())
+    ref_prov_path.write_text(
+        json.dumps({**ref_prov, "config": {k: v for k, v in ref_prov["config"].items() if k != "double_q"}})
+    )
+    assert prov["config"]["double_q"] is True  # QMIX's default (PyMARL)
+    prov_path.write_text(json.dumps(prov))
+    assert check().startswith("identical to reference run")
+    prov_path.write_text(json.dumps({**prov, "config": {**prov["config"], "double_q": False}}))
+    assert check() == "no reference run has this configuration"
+    ref_prov_path.write_text(json.dumps(ref_prov))
     prov_path.write_text(json.dumps(prov))
     # Another checkpoint interval: checkpoints truncate in-flight episodes and re-seed the envs.
     budget = {**spec["budget"], "checkpoint_interval": spec["budget"]["checkpoint_interval"] + 1}
