@@ -68,6 +68,14 @@ def _default(f: dataclasses.Field) -> Any:
     return None
 
 
+@lru_cache(maxsize=None)
+def class_defaults(algorithm: str) -> dict[str, Any]:
+    """The algorithm's config fields at their dataclass defaults (not a profile's values); {} when
+    this checkout lacks the algorithm."""
+    cls = _config_class(algorithm)
+    return {f.name: _default(f) for f in dataclasses.fields(cls)} if cls else {}
+
+
 @lru_cache(maxsize=4)
 def choice_evidence(path: Path = CHOICE_EVIDENCE) -> dict[str, dict[str, dict[str, Any]]]:
     """The evidence file, checked: every entry names the value it supports, says what chose it and

@@ -10,20 +10,16 @@ campaign has committed a suite that touches a claim, its reference cell says so.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import yaml
 
 from reports.claims import INCONCLUSIVE, NOT_REPRODUCED, NOT_RUN, REPRODUCED, Verdict, evaluate_claims
 from reports.collect import collect, metric_for
-from marl.config import ConfigError
-from marl.registry import get_algorithm
+from reports.configuration import class_defaults
 from reports.paper import PaperNumbers
 
 RECORDS = Path(__file__).resolve().parents[1] / "records"
@@ -88,30 +84,13 @@ def reference_results(numbers: PaperNumbers, reps: int, records: Path = RECORDS)
 # The reproducibility check: a suite's runs that are the first steps of reference runs ----------
 
 
-@functools.cache
-def _class_defaults(algorithm: str) -> dict[str, Any]:
-    """The algorithm's config fields at their class defaults (not a profile's values); {} when the
-    algorithm is unknown here."""
-    try:
-        cls = get_algorithm(algorithm).config_cls
-    except ConfigError:
-        return {}
-    out = {}
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            out[f.name] = f.default_factory()
-    return out
-
-
 def _config_in_force(algorithm: str, config: dict) -> dict:
     """``config`` without the fields at their class default. A field added to a config keeps the
     old behaviour at its default (the project's rule for new choices), so a run from before the
     field existed (no such key in its provenance) and a run with the field at its default ran
     the same configuration; a field away from today's default (a default that changed, or an
     override) stays and must match."""
-    defaults = _class_defaults(algorithm)
+    defaults = class_defaults(algorithm)
     return {
         k: v
         for k, v in config.items()
