@@ -44,7 +44,7 @@ import yaml
 
 from marl.policy.population import POLICY_FILE, POLICY_SNAPSHOT_GLOB
 from marl.run_io import atomic_write_text
-from reports.collect import FINAL_EVALS, metric_for
+from reports.collect import FINAL_EVALS, metric_for, unplayed_entries
 from suites.crossplay_worker import BATCHES, CROSSPLAY
 from suites.manifest import HELDOUT_GROUP
 
@@ -202,7 +202,7 @@ def _crossplay_incomplete(run_dir: Path) -> str | None:
     result = _read_json(path)
     if result.get("state") != "done":
         return f"cross-play state {result.get('state')!r}"
-    skipped = sum(int(ev.get("skipped_unavailable") or 0) for ev in result.get("evaluations") or [])
+    skipped = unplayed_entries(result)
     return f"{skipped} scheduled episodes skipped (co-players not finished)" if skipped else None
 
 
