@@ -33,7 +33,8 @@ Networks
 
 Teacher, student and predictor are updated jointly from the same replay batch by one optimizer;
 their losses touch disjoint parameters (the distillation targets are detached, r_I is computed
-without gradient).
+without gradient), so the update takes the teacher's gradients first and frees that graph before
+the student's pass is built (``Learner.backward``): the same gradients, one network's activations at a time.
 """
 
 from __future__ import annotations
@@ -300,6 +301,30 @@ class InsideEpisodes(NamedTuple):
     teacher_embedding: torch.Tensor  # [M, N, H], or the packed rows [M * N, H]
 
 
+class TeacherHalf(NamedTuple):
+    """The teacher's half of an update: its losses, the networks' outputs the student's half and
+    the instruments read, and the student's pass to run over the same inputs."""
+
+    td_loss: torch.Tensor
+    idm_loss: torch.Tensor
+    teacher: AgentOutput
+    target_teacher: AgentOutput
+    inside: InsideEpisodes
+    run_student: typing.Callable[[], AgentOutput]
+    q_tot: torch.Tensor  # detached
+    target_tot: torch.Tensor
+    y: torch.Tensor  # TD targets on r + r_I
+    reward: torch.Tensor  # r + r_I
+    stats: dict[str, float]
+
+
+class StudentHalf(NamedTuple):
+    student: AgentOutput
+    distill: torch.Tensor
+    student_td_loss: torch.Tensor
+    stats: dict[str, float]
+
+
 class Learner(QLearner):
     """Teacher (fusion + ``self.agent`` + ``self.mixer``), student (``self.student``) and IDM."""
 
@@ -420,12 +445,15 @@ class Learner(QLearner):
         own = local if self.cfg.teacher_local_obs else local[..., self.obs_dim :]
         return torch.cat([fused, own], dim=-1)
 
-    def networks(self, batch: dict[str, torch.Tensor]) -> tuple[AgentOutput, AgentOutput, AgentOutput, InsideEpisodes]:
-        """Teacher (with gradient), target teacher (without) and student over the batch's whole
-        episodes, outputs [C, T+1, N, *] (zeros after an episode's end), and the teacher's fused
-        state and embedding at the observations inside an episode (for the instruments). The
-        teacher's hidden and embedding are in its output only where the student is distilled
-        from it (``distill_from`` online): else a padded copy of them would be memory for nothing.
+    def teacher_networks(
+        self, batch: dict[str, torch.Tensor]
+    ) -> tuple[AgentOutput, AgentOutput, InsideEpisodes, typing.Callable[[], AgentOutput]]:
+        """Teacher (with gradient) and target teacher (without) over the batch's whole episodes,
+        outputs [C, T+1, N, *] (zeros after an episode's end), the teacher's fused state and
+        embedding at the observations inside an episode (for the instruments), and the student's
+        pass over the same inputs, to call when its half of the update runs. The teacher's hidden
+        and embedding are in its output only where the student is distilled from it
+        (``distill_from`` online): else a padded copy of them would be memory for nothing.
 
         On a batch sorted longest first (as the buffer samples) the local inputs, the states and
         the packing are built once, for the rows inside their episodes only, and every network
@@ -446,12 +474,11 @@ class Learner(QLearner):
                 target_teacher = self.run_agent(
                     self.target_agent, self.teacher_inputs(self.target_fusion, local, state_tm, valid), None
                 )
-            student = self.run_agent(self.student, local, None)
             fused_dim = self.cfg.fusion_dim if self.fusion is not None else self.state_dim
             inside = InsideEpisodes(teacher_in[..., :fused_dim][valid], teacher.embedding[valid.t()])
             if self.cfg.distill_from != "online":
                 teacher = teacher._replace(hidden=None, embedding=None)
-            return teacher, target_teacher, student, inside
+            return teacher, target_teacher, inside, lambda: self.run_agent(self.student, local, None)
         # Packed rows, step after step: the valid (t, c) positions in order, N agents each (the
         # episodes inside at step t are a prefix, so this is marl.value.fast_gru's packed layout).
         R = C * N
@@ -483,10 +510,36 @@ class Learner(QLearner):
             # otherwise only its Q-values are scattered back to the padded layout.
             target_features = self.cfg.distill_from == "target"
             target_teacher = run(self.target_agent, teacher_input(self.target_fusion)[1], target_features)
-        student = run(self.student, local.reshape(P, -1))
-        return teacher, target_teacher, student, InsideEpisodes(fused, teacher_embedding)
+        return (
+            teacher,
+            target_teacher,
+            InsideEpisodes(fused, teacher_embedding),
+            lambda: run(self.student, local.reshape(P, -1)),
+        )
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The whole update's loss (teacher TD + distillation + IDM + the student's TD term) and
+        its statistics, from one graph (``backward`` computes the same gradients in two halves)."""
+        teacher_half = self.teacher_half(batch)
+        student_half = self.student_half(batch, teacher_half)
+        return self.total_loss(teacher_half, student_half), self.update_stats(batch, teacher_half, student_half)
+
+    def backward(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The gradients of ``compute_loss`` in two halves: the teacher's (TD and IDM) first, whose
+        graph is freed before the student's pass is built. The two losses touch disjoint
+        parameters (the distillation targets are detached, the student's TD term reads the mixer
+        frozen), so every gradient is the one a single backward of the sum gives, and the update's
+        peak holds one network's activations instead of both."""
+        teacher_half = self.teacher_half(batch)
+        (teacher_half.td_loss + teacher_half.idm_loss).backward()
+        student_half = self.student_half(batch, teacher_half)
+        student_loss = student_half.distill + self.cfg.student_td_weight * student_half.student_td_loss
+        if student_loss.requires_grad:  # no distillation term and no TD term: nothing to learn
+            student_loss.backward()
+        return self.update_stats(batch, teacher_half, student_half)
+
+    def teacher_half(self, batch: dict[str, torch.Tensor]) -> TeacherHalf:
+        """The IDM's intrinsic reward and predictor loss, and the teacher's TD loss on r + r_I."""
         cfg = self.cfg
         filled = batch["filled"]
         mask = filled.float()
@@ -507,7 +560,7 @@ class Learner(QLearner):
             stats.update(idm_loss=float(idm_loss.detach()), intrinsic_reward_mean=float(r_i.sum() / mask.sum()))
 
         # Teacher TD loss on r + r_I.
-        teacher, target_teacher, student, inside = self.networks(batch)
+        teacher, target_teacher, inside, run_student = self.teacher_networks(batch)
         chosen = teacher.q[:, :-1].gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1)
         with torch.no_grad():
             target_tot = mix_where(
@@ -520,11 +573,30 @@ class Learner(QLearner):
         q_tot = mix_where(self.mixer, chosen, state[:, :-1], filled)
         td = (q_tot - y) * mask
         td_loss = td.pow(2).sum() / mask.sum()
+        stats.update(td_stats(td_loss.detach(), td.detach(), q_tot.detach(), y, mask))
+        return TeacherHalf(
+            td_loss,
+            idm_loss,
+            teacher,
+            target_teacher,
+            inside,
+            run_student,
+            q_tot.detach(),
+            target_tot,
+            y,
+            reward,
+            stats,
+        )
 
-        # External distillation into the student (teacher outputs detached).
-        source = target_teacher if cfg.distill_from == "target" else teacher
-        distill, distill_stats = self.distillation(student, source, batch["avail_actions"][:, :-1], mask)
-        stats.update(distill_stats)
+    def student_half(self, batch: dict[str, torch.Tensor], teacher_half: TeacherHalf) -> StudentHalf:
+        """The student's pass, its distillation from the teacher (outputs detached) and its
+        optional TD term of its own."""
+        cfg = self.cfg
+        filled = batch["filled"]
+        mask = filled.float()
+        student = teacher_half.run_student()
+        source = teacher_half.target_teacher if cfg.distill_from == "target" else teacher_half.teacher
+        distill, stats = self.distillation(student, source, batch["avail_actions"][:, :-1], mask)
 
         # Optional RL signal of the student's own: its chosen Q-values through the (frozen) mixer.
         student_td_loss = torch.zeros((), device=self.device)
@@ -532,14 +604,38 @@ class Learner(QLearner):
             chosen_s = student.q[:, :-1].gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1)
             frozen = {name: p.detach() for name, p in self.mixer.named_parameters()}
             mixer = lambda q, st: torch.func.functional_call(self.mixer, frozen, (q, st))  # noqa: E731
-            student_td_loss = student_td(mix_where(mixer, chosen_s, state[:, :-1], filled), y, mask)
+            student_td_loss = student_td(
+                mix_where(mixer, chosen_s, batch["state"][:, :-1], filled), teacher_half.y, mask
+            )
             stats["student_td_loss"] = float(student_td_loss.detach())
+        return StudentHalf(student, distill, student_td_loss, stats)
 
-        loss = td_loss + distill + idm_loss + cfg.student_td_weight * student_td_loss
-        stats.update(td_stats(td_loss.detach(), td.detach(), q_tot.detach(), y, mask))
-        stats.update(self.instruments(batch, student, teacher, inside, q_tot.detach(), target_tot, reward, valid))
-        stats["loss"] = float(loss.detach())
-        return loss, stats
+    def total_loss(self, teacher_half: TeacherHalf, student_half: StudentHalf) -> torch.Tensor:
+        return (
+            teacher_half.td_loss
+            + student_half.distill
+            + teacher_half.idm_loss
+            + self.cfg.student_td_weight * student_half.student_td_loss
+        )
+
+    def update_stats(
+        self, batch: dict[str, torch.Tensor], teacher_half: TeacherHalf, student_half: StudentHalf
+    ) -> dict[str, float]:
+        stats = {**teacher_half.stats, **student_half.stats}
+        stats.update(
+            self.instruments(
+                batch,
+                student_half.student,
+                teacher_half.teacher,
+                teacher_half.inside,
+                teacher_half.q_tot,
+                teacher_half.target_tot,
+                teacher_half.reward,
+                observed(batch["filled"]).t(),
+            )
+        )
+        stats["loss"] = float(self.total_loss(teacher_half, student_half).detach())
+        return stats
 
     def distillation(
         self, student: AgentOutput, teacher: AgentOutput, avail: torch.Tensor, mask: torch.Tensor

@@ -245,10 +245,16 @@ class QLearner:
 
     # Update -----------------------------------------------------------------------------------
 
-    def train_step(self, batch: dict[str, torch.Tensor], episode: int) -> dict[str, float]:
+    def backward(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Gradients of ``compute_loss`` into the parameters' ``.grad``; returns its statistics.
+        A learner whose loss splits over disjoint parameters may do it in parts (DDN)."""
         loss, stats = self.compute_loss(batch)
-        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        return stats
+
+    def train_step(self, batch: dict[str, torch.Tensor], episode: int) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        stats = self.backward(batch)
         stats.update(self.clip_gradients())
         self.optimizer.step()
         self.updates += 1

@@ -727,3 +727,34 @@ def test_packed_networks_pass_equals_the_padded_one(spec, overrides):
     assert grads_p.keys() == grads_d.keys() and grads_p
     for k in grads_p:
         assert torch.allclose(grads_p[k], grads_d[k], rtol=1e-4, atol=1e-6), k
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},  # the defaults: distilled from the target teacher
+        {"distill_from": "online", "personalize": False},
+        {"student_td_weight": 0.5, "distill_losses": ["Q"]},
+        {"distill_losses": [], "student_td_weight": 0.0},  # the student learns nothing
+    ],
+)
+@pytest.mark.parametrize("sorted_batch", [True, False], ids=["packed", "padded"])
+def test_update_in_two_halves_gives_the_single_graphs_gradients(spec, overrides, sorted_batch):
+    """``backward`` (the teacher's TD and IDM losses, then the student's pass and its losses) sets
+    the gradients one backward of ``compute_loss``'s sum sets, bit for bit, and logs the same
+    statistics: the two halves touch disjoint parameters."""
+    learner = make_learner(spec, **overrides)
+    batch = with_dead_agent(spec, random_batch(spec, C=4, T=6))
+    if not sorted_batch:
+        batch = {k: v.flip(0) for k, v in batch.items()}
+    loss, stats_one, grads_one = _loss_and_grads(learner, batch)
+    learner.optimizer.zero_grad(set_to_none=True)
+    torch.manual_seed(7)  # the IDM's sample mask draws as in _loss_and_grads
+    stats_two = learner.backward(batch)
+    grads_two = {f"{i}": p.grad.clone() for i, p in enumerate(learner.params) if p.grad is not None}
+    assert stats_two == stats_one and stats_two["loss"] == loss
+    student = {f"{i}" for i, p in enumerate(learner.params) if any(p is q for q in learner.student.parameters())}
+    assert (student <= grads_one.keys()) == bool(learner.cfg.distill_losses or learner.cfg.student_td_weight)
+    assert grads_two.keys() == grads_one.keys() and grads_one
+    for k in grads_one:
+        assert torch.equal(grads_two[k], grads_one[k]), k
