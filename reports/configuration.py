@@ -110,14 +110,17 @@ def method_choices(data: SuiteData) -> dict[str, list[ConfigField]]:
             continue
         cls = _config_class(str(algorithm))
         comments = field_comments(cls) if cls else {}
-        defaults = {f.name: _show(_default(f)) for f in dataclasses.fields(cls)} if cls else {}
+        class_values = class_defaults(str(algorithm))
+        defaults = {name: _show(value) for name, value in class_values.items()}
         evidence = choice_evidence().get(str(algorithm), {})
         names = list(dict.fromkeys(k for _, cfg in configs for k in cfg))
         fields = []
         for name in names:
             users: dict[str, list[str]] = {}
             for label, cfg in configs:
-                value = _show(cfg.get(name))
+                # A run older than a field ran at its class default (a new field's default keeps
+                # the old behaviour), as the reproducibility check reads it.
+                value = _show(cfg[name] if name in cfg else class_values.get(name))
                 if label not in users.setdefault(value, []):
                     users[value].append(label)
             # Most used value first: the template names the labels of the other values only.

@@ -47,3 +47,22 @@ def test_method_choices_carry_the_evidence_of_their_field(tmp_path, monkeypatch)
     fields = {f.name: f for f in method_choices(collect(root))["ddn"]}
     assert fields["acting"].evidence == {"value": "mixed", "evidence": "held on 3 seeds", "runs": ["r1"]}
     assert fields["distill_q_loss"].evidence is None
+
+
+def test_a_field_absent_from_an_older_runs_config_shows_its_class_default(tmp_path):
+    """A run whose provenance predates a config field ran at that field's class default: the
+    choices table shows the default for it, not ``null``."""
+    import json
+
+    root = write_suite(
+        tmp_path / "store",
+        "s",
+        [FakeRun("smax", "3m", "ddn", 0, final=0.5), FakeRun("smax", "3m", "ddn", 1, final=0.5)],
+    )
+    older = sorted(root.rglob("provenance.json"))[0]
+    provenance = json.loads(older.read_text())
+    del provenance["config"]["student_lr_scale"]
+    older.write_text(json.dumps(provenance))
+    fields = {f.name: f for f in method_choices(collect(root))["ddn"]}
+    assert [value for value, _ in fields["student_lr_scale"].values] == ["1.0"]
+    assert fields["student_lr_scale"].default == "1.0" and not fields["student_lr_scale"].changed
