@@ -46,6 +46,7 @@ from reports.tables import (
 )
 
 TEMPLATES = Path(__file__).with_name("templates")
+PROJECT = Path(__file__).resolve().parents[1]
 BIDIST_NOT_RUN = (
     "this suite has no BiDist runs. Run python reproduce.py --suite bidist_quick (a few minutes: "
     "the whole pipeline at a tiny budget) or --suite bidist_meltingpot (paper scale); the seed "
@@ -273,7 +274,7 @@ def render_html(
     context: dict[str, Any] = {
         "title": f"Reproduction report: {data.name}",
         "suite_name": data.name,
-        "suite_dir": str(data.suite_dir),
+        "suite_dir": shown_path(data.suite_dir),
         "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "counts": {
             "total": len(runs),
@@ -312,6 +313,13 @@ def render_html(
         "papers": list(numbers.papers.values()),
     }
     return env.get_template("report.html.j2").render(**context)
+
+
+def shown_path(path: Path) -> str:
+    """A suite's folder as its report names it: relative to the project when inside it (a committed
+    record's report is read on other machines, where this one's absolute path means nothing)."""
+    path = path.resolve()
+    return str(path.relative_to(PROJECT)) if path.is_relative_to(PROJECT) else str(path)
 
 
 def render_report(suite_dir: str | Path, reps: int = REPS) -> dict[str, Path]:

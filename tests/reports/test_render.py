@@ -163,3 +163,10 @@ def test_bidist_section_says_not_run_until_a_bidist_run_finished(tmp_path, rende
     section = html[html.index('id="bidist"') : html.index('id="missing"')]
     assert "No cross-play result yet." in section and "training pending" in section
     assert "mappo" in html[html.index('id="missing"') :]  # the pending run is listed as missing
+
+
+def test_report_names_a_suite_inside_the_project_by_its_relative_path(tmp_path):
+    from reports.render import PROJECT, shown_path
+
+    assert shown_path(PROJECT / "records" / "reference" / "reference_ddn") == "records/reference/reference_ddn"
+    assert shown_path(tmp_path / "store") == str((tmp_path / "store").resolve())
