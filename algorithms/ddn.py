@@ -53,7 +53,7 @@ from marl.config import ConfigError
 from marl.value.config import Mixer, ValueLearnerConfig
 from marl.value.controller import AgentController, epsilon_greedy, masked_q
 from marl.value.fast_gru import check_active, packed_index
-from marl.value.networks import AgentOutput, RecurrentAgent, agent_input_dim
+from marl.value.networks import AgentOutput, RecurrentAgent, SplitInput, agent_input_dim
 from marl.value.learner import QLearner, active_rows, mix_where, observed, previous_actions, td_lambda_targets, td_stats
 
 KIND = "value"
@@ -488,12 +488,13 @@ class Learner(QLearner):
         state_v = state_tm[valid]  # [M, S]
         P = index.shape[0]
 
-        def teacher_input(fusion: PersonalizationFusion | None) -> tuple[torch.Tensor, torch.Tensor]:
+        def teacher_input(fusion: PersonalizationFusion | None) -> tuple[torch.Tensor, SplitInput]:
             fused = fusion(local, state_v) if fusion is not None else state_v.unsqueeze(1).expand(-1, N, -1)
             own = local if self.cfg.teacher_local_obs else local[..., self.obs_dim :]
-            return fused, torch.cat([fused, own], dim=-1).reshape(P, -1)
+            # Only Ŝ's columns of the first layer's input need a gradient (into the fusion block).
+            return fused, SplitInput(fused.reshape(P, -1), own.reshape(P, -1))
 
-        def run(agent: RecurrentAgent, packed: torch.Tensor, features: bool = True) -> AgentOutput:
+        def run(agent: RecurrentAgent, packed: torch.Tensor | SplitInput, features: bool = True) -> AgentOutput:
             out = agent.forward_packed(packed, active, index, T1, R, features=features)
             return AgentOutput(*(None if x is None else x.view(T1, C, N, -1).transpose(0, 1) for x in out))
 

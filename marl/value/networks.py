@@ -17,6 +17,37 @@ class AgentOutput(NamedTuple):
     embedding: torch.Tensor | None  # [T, R, H] first-layer features (input to the GRU)
 
 
+class SplitInput(NamedTuple):
+    """A first layer's packed input [P, k + m] as its two column blocks, of which only the first
+    can need a gradient (DDN's teacher: the personalized state, then observations, last actions
+    and ids). Its layer skips the m columns' input gradient, which nothing reads."""
+
+    learned: torch.Tensor  # [P, k]
+    fixed: torch.Tensor  # [P, m], no gradient
+
+
+class _LinearOnSplitInput(torch.autograd.Function):
+    """``F.linear(cat(learned, fixed), weight, bias)`` whose backward computes the input gradient
+    of ``learned``'s columns only. Forward and gradients are the ops autograd runs for the
+    concatenated input (addmm; grad.mm(weight) cut to k columns, grad.t().mm(x), grad.sum(0)),
+    so the values are the same bit for bit (tests/learners/test_value_machinery.py)."""
+
+    @staticmethod
+    def forward(ctx, learned, fixed, weight, bias):  # type: ignore[override]
+        x = torch.cat([learned, fixed], dim=-1)
+        ctx.save_for_backward(x, weight)
+        ctx.k = learned.shape[-1]
+        return torch.addmm(bias, x, weight.t())
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        grad_learned = grad.mm(weight[:, : ctx.k]) if ctx.needs_input_grad[0] else None
+        grad_weight = grad.t().mm(x) if ctx.needs_input_grad[2] else None
+        grad_bias = grad.sum(0) if ctx.needs_input_grad[3] else None
+        return grad_learned, None, grad_weight, grad_bias
+
+
 class RecurrentAgent(nn.Module):
     """PyMARL's RNNAgent: input -> FC -> ReLU -> GRU -> FC -> Q per action, shared by all agents.
 
@@ -63,7 +94,7 @@ class RecurrentAgent(nn.Module):
 
     def forward_packed(
         self,
-        packed: torch.Tensor,
+        packed: torch.Tensor | SplitInput,
         active: list[int],
         index: torch.Tensor,
         T: int,
@@ -76,8 +107,12 @@ class RecurrentAgent(nn.Module):
         after step, ``index`` = ``packed_index(active, R)``, ``active`` from ``check_active``):
         learners that build their inputs once for several networks skip the gather. With
         ``pad_features=False`` hidden and embedding stay packed ([P, H]), for statistics that need
-        no layout: a padded copy of each is [T, R, H] of memory through the update."""
-        embedding = F.relu(self.fc1(packed))
+        no layout: a padded copy of each is [T, R, H] of memory through the update. ``packed`` as
+        a :class:`SplitInput` spares the input gradient of its fixed columns."""
+        if isinstance(packed, SplitInput):
+            embedding = F.relu(_LinearOnSplitInput.apply(*packed, self.fc1.weight, self.fc1.bias))
+        else:
+            embedding = F.relu(self.fc1(packed))
         h0 = embedding.new_zeros(R, self.hidden_dim) if h0 is None else h0
         hidden = gru_packed(F.linear(embedding, self.rnn.weight_ih_l0, self.rnn.bias_ih_l0), h0, self.rnn, active)
         q = self.fc2(hidden)

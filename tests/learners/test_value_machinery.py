@@ -9,7 +9,7 @@ from marl.value.buffer import EpisodeLayout, EpisodeReplayBuffer
 from marl.config import ConfigError, build_config
 from marl.value.config import ValueLearnerConfig
 from marl.value.controller import LinearSchedule, epsilon_greedy
-from marl.value.networks import QMixer, RecurrentAgent, VDNMixer, build_agent_inputs
+from marl.value.networks import QMixer, RecurrentAgent, SplitInput, VDNMixer, build_agent_inputs
 from marl.value.learner import previous_actions, td_lambda_targets
 
 
@@ -374,3 +374,40 @@ def test_online_and_target_agents_share_one_packed_input_construction():
     loss_sorted, _ = learner.compute_loss(batch)
     loss_unsorted, _ = learner.compute_loss({k: v.flip(0) for k, v in batch.items()})
     assert float(loss_sorted.detach()) == pytest.approx(float(loss_unsorted.detach()), rel=1e-5)
+
+
+@pytest.mark.parametrize("rows", [7, 384, 5000])
+def test_split_input_first_layer_equals_the_concatenated_one_bit_for_bit(rows):
+    """An agent fed its packed input as a SplitInput (a learned block, then a fixed one) returns the
+    outputs and sets the parameters' gradients the concatenated input gives, bit for bit, and the
+    learned block's gradient within float rounding: grad.mm(weight[:, :k]) is the first k columns of
+    grad.mm(weight), summed in the BLAS's order for that width (the same bits on this project's
+    CPU at DDN's widths, 64 of 178, but not at every width)."""
+    from marl.value.fast_gru import packed_index
+
+    torch.manual_seed(0)
+    agent = RecurrentAgent(input_dim=12, n_actions=5, hidden_dim=16)
+    T, R = 4, max(rows // 4, 1)
+    active = [R] * T
+    index = packed_index(active, R, torch.device("cpu"))
+    P = index.shape[0]
+    learned_src = torch.randn(P, 5, requires_grad=True)
+    fixed = torch.randn(P, 7)
+
+    def run(split: bool):
+        agent.zero_grad(set_to_none=True)
+        learned_src.grad = None
+        learned = learned_src * 2.0  # an interior node, as the fusion block's output
+        packed = SplitInput(learned, fixed) if split else torch.cat([learned, fixed], dim=-1)
+        out = agent.forward_packed(packed, active, index, T, R)
+        (out.q.square().sum() + out.embedding.sum()).backward()
+        return out, learned_src.grad.clone(), {n: p.grad.clone() for n, p in agent.named_parameters()}
+
+    out_cat, g_cat, p_cat = run(split=False)
+    out_split, g_split, p_split = run(split=True)
+    for a, b in zip(out_cat, out_split):
+        assert torch.equal(a, b)
+    assert torch.allclose(g_cat, g_split, rtol=1e-5, atol=1e-6)
+    assert p_cat.keys() == p_split.keys()
+    for name in p_cat:
+        assert torch.equal(p_cat[name], p_split[name]), name
