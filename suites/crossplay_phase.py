@@ -6,8 +6,9 @@ evaluation"; docs/evaluation.md). After the training phase, for each finished fo
 learner (not a held-out run) the driver builds a *request*:
 
 * the members of each co-player kind of the manifest's ``heldout.coplayers`` (suites/manifest.py):
-  ``round_robin``, every focal policy run of the scenario (those of the focal run's own algorithm
-  listed with ``available`` None and skipped); ``heldout``, every held-out run at every fraction of
+  ``round_robin``, every focal policy run of the scenario's main comparison (group ``main``; an
+  ablation variant is no co-player; those of the focal run's own algorithm listed with
+  ``available`` None and skipped); ``heldout``, every held-out run at every fraction of
   ``heldout.checkpoints`` (``policy_at_<f>.pt``, ``policy.pt``); ``random``; ``self_play``. The
   lists are the manifest's runs, finished or not, so they are the same for every focal run;
 * on Melting Pot, the listed Melting Pot scenarios of the run's substrate whose bots are installed
@@ -37,7 +38,7 @@ from marl.policy.population import POLICY_FILE
 from marl.run_io import atomic_write_json
 from suites.backends.base import Backend
 from suites.crossplay_worker import CROSSPLAY, FORMAT, request_hash
-from suites.manifest import RunSpec, Suite, algorithm_kind, content_id
+from suites.manifest import MAIN_GROUP, RunSpec, Suite, algorithm_kind, content_id
 from suites.orchestrator import Outcome, PlanItem, Summary, run_jobs
 from suites.progress import Progress
 from suites.store import SuiteStore, now, read_json_file
@@ -75,8 +76,8 @@ def schedule_seed(suite: Suite, family: str, scenario: str) -> int:
 def coplayer_members(spec: RunSpec, suite: Suite, store: SuiteStore) -> dict[str, list[dict[str, Any]]]:
     """The members of each co-player kind the manifest asks for, the same lists for every focal run
     of the scenario (the schedule is built from them): round robin, every focal policy run of the
-    scenario (those of the focal run's own algorithm are listed, and skipped when it plays, with
-    ``available`` None); held-out, every held-out run at every checkpoint fraction."""
+    scenario's main comparison (those of the focal run's own algorithm are listed, and skipped when
+    it plays, with ``available`` None); held-out, every held-out run at every checkpoint fraction."""
     from marl.policy.population import policy_file
 
     assert suite.heldout is not None
@@ -91,7 +92,12 @@ def coplayer_members(spec: RunSpec, suite: Suite, store: SuiteStore) -> dict[str
     out: dict[str, list[dict[str, Any]]] = {}
     for kind in suite.heldout.coplayers:
         if kind == "round_robin":
-            runs = sorted({r.id: r for r in same if is_focal_policy_run(r)}.values(), key=order)
+            focal = [r for r in same if is_focal_policy_run(r)]
+            # The methods' main comparison only: an ablation variant (its own table group) is
+            # evaluated like any focal run but is no co-player, or one method's variants would
+            # fill the population (and it could not be complete before every ablation trained).
+            compared = [r for r in focal if any(g == MAIN_GROUP for g, _ in r.memberships) or r.group == MAIN_GROUP]
+            runs = sorted({r.id: r for r in compared or focal}.values(), key=order)
             out[kind] = [
                 {
                     "run_id": r.id,

@@ -75,6 +75,7 @@ COPLAYER_KINDS = ("round_robin", "heldout", "random", "self_play")
 DEFAULT_CHECKPOINTS = (0.1, 0.5, 1.0)  # fractions of training at which held-out runs save their policy
 DEFAULT_CROSSPLAY_ENVS = 2  # parallel copies of the cross-play evaluation (the same for every focal run)
 HELDOUT_GROUP = "heldout"  # the table group of held-out runs (never a focal row of a report)
+MAIN_GROUP = "main"  # the table group of an algorithm entry that names none: the methods' comparison
 BUDGET_KEYS = ("env_steps", "eval_interval", "eval_episodes", "checkpoint_interval")
 SCENARIO_KEYS = ("family", "scenario", "options", "overrides", "budget")
 ALGORITHM_KEYS = ("name", "label", "group", "overrides", "scenarios")
@@ -524,7 +525,7 @@ class _Validator:
                     self.fail(f"{at}.group", f"held-out runs are always in group {forced_group!r}")
                 group = forced_group
             else:
-                group = self.string(item, "group", f"{at}.group", default="main") or "main"
+                group = self.string(item, "group", f"{at}.group", default=MAIN_GROUP) or MAIN_GROUP
                 if group == HELDOUT_GROUP:
                     self.fail(f"{at}.group", f"group {HELDOUT_GROUP!r} is reserved for the 'heldout' section's runs")
             label = self.string(item, "label", f"{at}.label", default=name) or name

@@ -364,3 +364,28 @@ def test_a_resumed_heldout_run_saves_the_same_checkpoints_as_an_uninterrupted_on
         assert a.info["env_steps"] == b.info["env_steps"]
         for key, value in a.actor.state_dict().items():
             assert torch.equal(value, b.actor.state_dict()[key]), (fraction, key)
+
+
+def test_round_robin_holds_the_main_comparison_not_the_ablation_variants(tmp_path):
+    """An ablation group's variants are focal runs (each gets its cross-play) but no co-players: the
+    round robin is the methods' main comparison, the run the ablation group shares with it once."""
+    data = copy.deepcopy(SUITE)
+    data["algorithms"] = [
+        "mappo",
+        "bidist",
+        {"name": "bidist", "label": "bidist", "group": "ablation_bidist"},
+        {
+            "name": "bidist",
+            "label": "bidist_forward_only",
+            "group": "ablation_bidist",
+            "overrides": {"schedule": "forward"},
+        },
+    ]
+    suite = load_suite(str(write_manifest(tmp_path / "m.yaml", data)))
+    store = SuiteStore(tmp_path / "out", suite.name)
+    variant = next(r for r in suite.runs if r.label == "bidist_forward_only" and r.seed == 0)
+    mappo = next(r for r in suite.runs if r.algorithm == "mappo" and r.seed == 0 and not r.is_heldout)
+    for focal in (variant, mappo):  # the variant is evaluated against the same population
+        request, _ = build_request(focal, suite, store)
+        rr = request["members"]["round_robin"]
+        assert [(m["label"], m["seed"]) for m in rr] == [("bidist", 0), ("bidist", 1), ("mappo", 0), ("mappo", 1)]
