@@ -96,7 +96,7 @@ def coplayer_members(spec: RunSpec, suite: Suite, store: SuiteStore) -> dict[str
             # The methods' main comparison only: an ablation variant (its own table group) is
             # evaluated like any focal run but is no co-player, or one method's variants would
             # fill the population (and it could not be complete before every ablation trained).
-            compared = [r for r in focal if any(g == MAIN_GROUP for g, _ in r.memberships) or r.group == MAIN_GROUP]
+            compared = [r for r in focal if any(g == MAIN_GROUP for g, _ in r.memberships)]
             runs = sorted({r.id: r for r in compared or focal}.values(), key=order)
             out[kind] = [
                 {
