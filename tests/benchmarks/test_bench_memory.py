@@ -31,6 +31,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,7 @@ CASES = [
 ]
 
 CHILD = r"""
-import json, sys, tempfile, torch
+import json, sys, torch
 from marl.trainer import Budget
 from marl.value.trainer import ValueTrainer
 
@@ -57,9 +58,8 @@ def status_gb(field="VmHWM"):
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 2**20
 
-algorithm, family, scenario, profile, updates, eval_episodes = sys.argv[1:7]
+algorithm, family, scenario, profile, updates, eval_episodes, run_dir = sys.argv[1:8]
 torch.set_num_threads(1)
-run_dir = tempfile.mkdtemp()
 trainer = ValueTrainer(algorithm, family, scenario, seed=0, run_dir=run_dir,
                        budget=Budget(env_steps=10**9, eval_episodes=int(eval_episodes)), overrides={"profile": profile})
 buf = trainer.buffer
@@ -103,14 +103,18 @@ def test_peak_memory_of_a_full_replay_run(benchmark, algorithm, family, scenario
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
     def child() -> dict:
-        out = subprocess.run(
-            [sys.executable, "-c", CHILD, algorithm, family, scenario, profile, str(UPDATES), str(eval_episodes)],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        # The run's checkpoints (about 1 GB with the replay full) go to a directory removed here,
+        # whether or not the child succeeds.
+        with tempfile.TemporaryDirectory(prefix="bench-memory-") as run_dir:
+            args = [algorithm, family, scenario, profile, str(UPDATES), str(eval_episodes), run_dir]
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, *args],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     result = benchmark.pedantic(child, rounds=1, iterations=1)
