@@ -14,13 +14,29 @@ from typing import Any, BinaryIO, Callable, Iterable
 import torch
 
 
+def _process_umask() -> int:
+    mask = os.umask(0)  # the only portable read of the umask is to set it: restore it at once
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import (single-threaded then): the mode a plain open() would give a new file.
+_NEW_FILE_MODE = 0o666 & ~_process_umask()
+
+
 def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     """``write(f)`` into a temp file beside ``path``, fsync, rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file 0600; give it what open() would (the old file's mode, or the
+        # umask's), so reports and records stay readable to the other users of a shared machine.
         with os.fdopen(fd, "wb") as f:
+            try:
+                os.fchmod(f.fileno(), path.stat().st_mode & 0o777)
+            except FileNotFoundError:
+                os.fchmod(f.fileno(), _NEW_FILE_MODE)
             write(f)
             f.flush()
             os.fsync(f.fileno())

@@ -32,6 +32,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
+# The table group of a run whose spec names none: the methods' main comparison. The run-store
+# contract's value (suites.manifest.MAIN_GROUP; reports read stores without importing suites, and
+# tests/reports/test_tables_and_claims.py checks that the two agree).
+MAIN_GROUP = "main"
+
 # A run's final score is the mean of its last FINAL_EVALS greedy evaluations (docs/evaluation.md, "Scores").
 FINAL_EVALS = 3
 
@@ -290,7 +295,7 @@ def _load_run(
         "scenario": spec.get("scenario", "?"),
         "algorithm": spec.get("algorithm", "?"),
         "label": spec.get("label") or spec.get("algorithm", "?"),
-        "group": spec.get("group") or "main",
+        "group": spec.get("group") or MAIN_GROUP,
         "seed": spec.get("seed"),
         "state": status.get("state", "pending"),
         "attempts": status.get("attempts", 0),
@@ -311,7 +316,7 @@ def _load_run(
     # The orchestrator stores one run for every (group, label) cell with the same training.
     cells = [(m.get("group"), m.get("label")) for m in spec.get("memberships") or [] if isinstance(m, dict)]
     cells = list(dict.fromkeys(cells)) or [(row["group"], row["label"])]
-    rows = [{**row, "group": g or "main", "label": lb or row["algorithm"]} for g, lb in cells]
+    rows = [{**row, "group": g or MAIN_GROUP, "label": lb or row["algorithm"]} for g, lb in cells]
     played = [x for r in rows for x in _crossplay_rows(crossplay, r)] if isinstance(crossplay, dict) else []
     return rows, metrics, provenance, played
 

@@ -288,3 +288,11 @@ def test_marl_eval_export_follows_its_raw_data_schema(suites, rendered):
     got = [raw["predator_prey"]["stag_hunt"]["ddn"]["seed_1"][f"step_{i}"]["return"][0] for i in range(5)]
     assert got == pytest.approx(expected)
     assert to_marl_eval(collect(rendered["empty"]["html"].parent.parent)) == {}
+
+
+def test_reports_and_the_run_store_agree_on_the_main_group():
+    """reports/ reads stores without importing suites/: the default group is written in both."""
+    from reports import collect
+    from suites import manifest
+
+    assert collect.MAIN_GROUP == manifest.MAIN_GROUP

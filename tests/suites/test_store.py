@@ -113,3 +113,30 @@ def test_corrupt_run_dirs_are_reported_specifically(prepared, damage, message):
         validate_run_dir(run_dir)
     state = store.inspect(spec)
     assert state.kind == "corrupt" and message in state.detail
+
+
+def test_atomic_writes_get_the_mode_open_would_give(tmp_path):
+    """mkstemp's temp files are 0600: the renamed file must not keep that (a report or record
+    unreadable to the machine's other users), and an existing file keeps its own mode."""
+    import os
+    import stat
+
+    from marl.run_io import atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        import importlib
+
+        import marl.run_io
+
+        importlib.reload(marl.run_io)  # the module reads the umask once, at import
+        marl.run_io.atomic_write_text(tmp_path / "new.txt", "a")
+        assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == 0o644
+        (tmp_path / "old.txt").write_text("x")
+        os.chmod(tmp_path / "old.txt", 0o640)
+        atomic_write_text(tmp_path / "old.txt", "b")
+        assert stat.S_IMODE((tmp_path / "old.txt").stat().st_mode) == 0o640
+        assert (tmp_path / "old.txt").read_text() == "b"
+    finally:
+        os.umask(mask)
+        importlib.reload(marl.run_io)
