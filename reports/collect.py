@@ -36,6 +36,9 @@ import yaml
 # contract's value (suites.manifest.MAIN_GROUP; reports read stores without importing suites, and
 # tests/reports/test_tables_and_claims.py checks that the two agree).
 MAIN_GROUP = "main"
+# Where the cross-play phase writes the floor rows' evaluations: <suite>/floor/<id>/ with spec.json and
+# crossplay.json (suites.crossplay_worker.FLOOR_DIR; the same test checks it).
+FLOOR_DIR = "floor"
 
 # A run's final score is the mean of its last FINAL_EVALS greedy evaluations (docs/evaluation.md, "Scores").
 FINAL_EVALS = 3
@@ -117,6 +120,7 @@ CROSSPLAY_COLUMNS = [
     "reason",
     "population_kind",
     "value",
+    "value_sem",  # standard error of the value over its episodes
     "episodes",
     "n_focal",
     "members",
@@ -143,6 +147,8 @@ class SuiteData:
     evals: pd.DataFrame
     provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
     crossplay: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CROSSPLAY_COLUMNS))
+    # The floor rows: a uniform-random focal player on each scenario's partner schedule (FLOOR_DIR).
+    floor: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CROSSPLAY_COLUMNS))
     manifest: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -225,6 +231,7 @@ def _crossplay_rows(record: dict[str, Any], row: dict[str, Any]) -> list[dict[st
                 "reason": ev.get("reason") or ev.get("error"),
                 "population_kind": ev.get("population_kind"),
                 "value": _number(ev.get("focal_per_capita_return")),
+                "value_sem": _number(ev.get("focal_per_capita_return_sem")),
                 "episodes": ev.get("episodes"),
                 "n_focal": ev.get("n_focal"),
                 "members": json.dumps(
@@ -321,6 +328,35 @@ def _load_run(
     return rows, metrics, provenance, played
 
 
+def _load_floor(floor_dir: Path, problems: list[str]) -> list[dict[str, Any]]:
+    """The cross-play rows of every floor evaluation (one per scenario) that has finished."""
+    out: list[dict[str, Any]] = []
+    for d in sorted(p for p in floor_dir.glob("*") if p.is_dir()) if floor_dir.is_dir() else []:
+        try:
+            spec, record = _read_json(d / "spec.json"), _read_json(d / CROSSPLAY)
+        except FileNotFoundError:
+            continue  # not evaluated yet
+        except (OSError, ValueError) as exc:
+            problems.append(f"floor {d.name}: unreadable ({exc.__class__.__name__}: {exc}); its row is not shown")
+            continue
+        if not isinstance(record, dict) or record.get("state") != "done":
+            continue
+        row = {
+            "run_id": spec.get("id", d.name),
+            "paper": spec.get("paper"),
+            "family": spec.get("family", "?"),
+            "scenario": spec.get("scenario", "?"),
+            "algorithm": spec.get("algorithm"),
+            "label": spec.get("label") or "uniform random (floor)",
+            "group": spec.get("group"),
+            "seed": spec.get("seed"),
+            "state": "done",
+            "env_steps_budget": None,
+        }
+        out.extend(_crossplay_rows(record, row))
+    return out
+
+
 def collect(suite_dir: str | Path) -> SuiteData:
     suite_dir = Path(suite_dir)
     problems: list[str] = []
@@ -344,6 +380,7 @@ def collect(suite_dir: str | Path) -> SuiteData:
         if run["n_evals"]:
             ident = {k: run[k] for k in ("run_id", "family", "scenario", "algorithm", "seed")}
             frames.append(metrics.assign(eval_index=np.arange(len(metrics)), **ident))
+    floor = _load_floor(suite_dir / FLOOR_DIR, problems)
     runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
     evals = (
         pd.concat(frames, ignore_index=True)
@@ -362,4 +399,5 @@ def collect(suite_dir: str | Path) -> SuiteData:
         manifest=manifest,
         problems=problems,
         crossplay=pd.DataFrame(played, columns=CROSSPLAY_COLUMNS),
+        floor=pd.DataFrame(floor, columns=CROSSPLAY_COLUMNS),
     )

@@ -386,6 +386,11 @@ class CoplayerRow:
     label: str
     cells: dict[str, Cell]  # by column: a co-player kind, "score" or "gap"
     n_runs: int  # focal runs of the label on the scenario, whatever their state
+    # The floor row (a uniform-random focal player, one evaluation): per column, the standard error
+    # over its episodes and their number, shown instead of a seed interval.
+    floor: bool = False
+    sem: dict[str, float] = field(default_factory=dict)
+    episodes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -394,6 +399,29 @@ class CoplayerTable:
     columns: list[str]  # co-player kinds present (COPLAYER_KINDS order), then "score" and "gap"
     rows: list[CoplayerRow]
     population_kinds: dict[str, str]  # column -> what the co-players were
+
+
+def _floor_row(
+    floor: pd.DataFrame, family: str, scenario: str, kinds: list[str], columns: list[str], reps: int
+) -> CoplayerRow:
+    """The scenario's floor: a uniform-random focal player on the same partner schedule."""
+    by_kind = {str(r["kind"]): r for _, r in floor.iterrows()}
+    values = {k: by_kind[k]["value"] for k in kinds if k in by_kind}
+    if "score" in columns and SCORE_KIND in by_kind:
+        values["score"] = by_kind[SCORE_KIND]["value"]
+    if "gap" in columns and "self_play" in values and "score" in values:
+        values["gap"] = values["self_play"] - values["score"]
+    cells = {
+        c: Cell(
+            label=c, agg=aggregate(pd.Series([float(v)]), reps=reps), values=[float(v)], seeds=[0], n_runs=1, n_done=1
+        )
+        for c, v in values.items()
+        if pd.notna(v)
+    }
+    sem = {k: float(by_kind[k]["value_sem"]) for k in kinds if k in by_kind and pd.notna(by_kind[k]["value_sem"])}
+    episodes = {k: int(by_kind[k]["episodes"]) for k in kinds if k in by_kind and pd.notna(by_kind[k]["episodes"])}
+    label = str(floor["label"].iloc[0])
+    return CoplayerRow(family, scenario, label, cells, 1, floor=True, sem=sem, episodes=episodes)
 
 
 def build_coplayer_table(data: SuiteData, group: str, reps: int) -> CoplayerTable:
@@ -440,6 +468,14 @@ def build_coplayer_table(data: SuiteData, group: str, reps: int) -> CoplayerTabl
                 n_done=len(series),
             )
         rows.append(CoplayerRow(family, scenario, label, cells, len(own.drop_duplicates("run_id"))))
+    for family, scenario in dict.fromkeys((k[0], k[1]) for k in keys):
+        floor = data.floor[
+            (data.floor["family"] == family)
+            & (data.floor["scenario"] == scenario)
+            & (data.floor["eval_state"] == "done")
+        ]
+        if not floor.empty:
+            rows.append(_floor_row(floor, family, scenario, kinds, columns, reps))
     names = {
         k: str(per_kind[per_kind["kind"] == k]["population_kind"].dropna().iloc[0])
         for k in kinds

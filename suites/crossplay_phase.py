@@ -37,11 +37,12 @@ from typing import Any, TextIO
 from marl.policy.population import POLICY_FILE
 from marl.run_io import atomic_write_json
 from suites.backends.base import Backend
-from suites.crossplay_worker import CROSSPLAY, FORMAT, request_hash
+from suites.crossplay_worker import CROSSPLAY, FLOOR_DIR, FORMAT, request_hash
 from suites.manifest import MAIN_GROUP, RunSpec, Suite, algorithm_kind, content_id
+
 from suites.orchestrator import Outcome, PlanItem, Summary, run_jobs
 from suites.progress import Progress
-from suites.store import SuiteStore, now, read_json_file
+from suites.store import SPEC, SuiteStore, now, read_json_file
 
 # Driver side ------------------------------------------------------------------------------------
 
@@ -63,6 +64,39 @@ def read_crossplay(run_dir: Path) -> dict[str, Any] | None:
 
 def is_focal_policy_run(spec: RunSpec) -> bool:
     return not spec.is_heldout and not spec.unavailable and algorithm_kind(spec.algorithm)[0] == "policy"
+
+
+FLOOR_GROUP = "floor"
+FLOOR_LABEL = "uniform random (floor)"
+
+
+def floor_spec(suite: Suite, focal: RunSpec) -> RunSpec:
+    """The floor row of ``focal``'s scenario: a uniform-random focal player evaluated on the same
+    partner schedule as every focal run (never trained; its dir is ``<suite>/floor/<id>``)."""
+    from marl.policy.crossplay import FLOOR_FOCAL
+
+    return RunSpec(
+        suite=suite.name,
+        paper=suite.paper,
+        family=focal.family,
+        scenario=focal.scenario,
+        env_options=dict(focal.env_options),
+        algorithm=FLOOR_FOCAL,
+        label=FLOOR_LABEL,
+        group=FLOOR_GROUP,
+        overrides={},
+        seed=0,
+        budget={},
+    )
+
+
+def is_floor(spec: RunSpec) -> bool:
+    return spec.group == FLOOR_GROUP
+
+
+def evaluation_dir(store: SuiteStore, spec: RunSpec) -> Path:
+    """Where ``spec``'s crossplay.json lies: its run dir, or the floor's dir."""
+    return store.root / FLOOR_DIR / spec.id if is_floor(spec) else store.run_dir(spec.id)
 
 
 def schedule_seed(suite: Suite, family: str, scenario: str) -> int:
@@ -162,36 +196,49 @@ def build_request(spec: RunSpec, suite: Suite, store: SuiteStore) -> tuple[dict[
 
 
 def plan_crossplay(items: list[PlanItem], suite: Suite, store: SuiteStore) -> CrossplayPlan:
-    """Which focal runs of ``items`` (the selection) need a cross-play evaluation now."""
+    """Which focal runs of ``items`` (the selection) need a cross-play evaluation now, and the
+    floor row of each of their scenarios (a uniform-random focal player, same schedule)."""
     plan = CrossplayPlan([], [], [])
     if suite.heldout is None:
         return plan
+    floors: dict[tuple[str, str], RunSpec] = {}
     for it in items:
         spec = it.spec
         if not is_focal_policy_run(spec) or store.inspect(spec).kind != "done":
             continue
+        floors.setdefault((spec.family, spec.scenario), floor_spec(suite, spec))
+        _plan_one(plan, spec, *build_request(spec, suite, store), store)
+    for spec in floors.values():
         request, expected = build_request(spec, suite, store)
-        if "heldout" in request["coplayers"] and not request["population"] and not request["bot_scenarios"]:
-            why = (
-                f"none of the {expected} held-out run(s) of {spec.family}/{spec.scenario} has finished "
-                f"(run them: --only group=heldout)"
-                if expected
-                else f"the suite has no held-out run on {spec.family}/{spec.scenario}"
-            )
-            plan.waiting.append((spec, why))
-            continue
-        existing = read_crossplay(store.run_dir(spec.id))
-        if existing and existing.get("state") == "done" and existing.get("request_hash") == request_hash(request):
-            plan.up_to_date.append(spec)
-        else:
-            plan.jobs.append((spec, request))
+        # The floor is a row of the co-player table: the substrate's schedule only, no bot scenarios.
+        request.update(bot_scenarios=[], bot_scenarios_unavailable={})
+        _plan_one(plan, spec, request, expected, store)
     return plan
 
 
+def _plan_one(plan: CrossplayPlan, spec: RunSpec, request: dict[str, Any], expected: int, store: SuiteStore) -> None:
+    if "heldout" in request["coplayers"] and not request["population"] and not request["bot_scenarios"]:
+        why = (
+            f"none of the {expected} held-out run(s) of {spec.family}/{spec.scenario} has finished "
+            f"(run them: --only group=heldout)"
+            if expected
+            else f"the suite has no held-out run on {spec.family}/{spec.scenario}"
+        )
+        plan.waiting.append((spec, why))
+        return
+    existing = read_crossplay(evaluation_dir(store, spec))
+    if existing and existing.get("state") == "done" and existing.get("request_hash") == request_hash(request):
+        plan.up_to_date.append(spec)
+    else:
+        plan.jobs.append((spec, request))
+
+
 def describe_plan(plan: CrossplayPlan) -> str:
+    floors = sum(is_floor(spec) for spec, _ in plan.jobs)
     return (
-        f"cross-play: {len(plan.jobs)} focal run(s) to evaluate, {len(plan.up_to_date)} up to date, "
-        f"{len(plan.waiting)} waiting for a held-out population"
+        f"cross-play: {len(plan.jobs) - floors} focal run(s)"
+        + (f" and {floors} floor row(s)" if floors else "")
+        + f" to evaluate, {len(plan.up_to_date)} up to date, {len(plan.waiting)} waiting for a held-out population"
     )
 
 
@@ -209,7 +256,7 @@ def execute_crossplay_phase(
     the store's lock). Outcomes: done / failed / skipped (up to date) / waiting / interrupted."""
     started = time.monotonic()
     plan = plan_crossplay(items, suite, store)
-    summary = Summary(title="cross-play", noun="focal runs")
+    summary = Summary(title="cross-play", noun="evaluations")
     summary.outcomes += [Outcome(spec, "skipped") for spec in plan.up_to_date]
     summary.outcomes += [Outcome(spec, "waiting", error=why) for spec, why in plan.waiting]
     if not plan.jobs:
@@ -226,10 +273,13 @@ def execute_crossplay_phase(
 
     def prepare(spec: RunSpec) -> Path:
         submitted[spec.id] = submitted.get(spec.id, 0) + 1
-        return store.run_dir(spec.id)
+        where = evaluation_dir(store, spec)
+        if is_floor(spec) and not (where / SPEC).is_file():
+            atomic_write_json(where / SPEC, spec.to_json())  # what the worker reads: scenario, options
+        return where
 
     def on_failed(spec: RunSpec, error: str | None) -> None:
-        record = read_crossplay(store.run_dir(spec.id))
+        record = read_crossplay(evaluation_dir(store, spec))
         if (
             not record
             or record.get("request_hash") != request_hash(requests[spec.id])
@@ -237,7 +287,7 @@ def execute_crossplay_phase(
         ):
             # The worker died before recording its failure (killed, crashed): record it here.
             atomic_write_json(
-                store.run_dir(spec.id) / CROSSPLAY,
+                evaluation_dir(store, spec) / CROSSPLAY,
                 {
                     "format": FORMAT,
                     "state": "failed",

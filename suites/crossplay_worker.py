@@ -21,6 +21,8 @@ from suites.protocol import EventSink, StopRequested, lock_run_dir
 from suites.store import SPEC, now, read_json_file
 
 CROSSPLAY = "crossplay.json"
+# The floor row's evaluation dirs, beside runs/: <suite>/floor/<id>/{spec.json, crossplay.json}.
+FLOOR_DIR = "floor"
 # The partner schedule's batches played so far ({"format", "batches": {key: returns}}),
 # written after every batch: a killed evaluation resumes from its last batch, and a re-evaluation
 # after a member finished plays only the batches that hold that member (marl/policy/crossplay.py).
@@ -177,13 +179,35 @@ def _evaluate(
     kinds, with the generalisation gap) and one per bot scenario."""
     import torch
 
-    from marl.policy.crossplay import KIND_NAMES, SCORE_KIND, SCORE_NAME, coplayer_score, evaluate_schedule
+    from marl.policy.crossplay import (
+        FLOOR_FOCAL,
+        KIND_NAMES,
+        SCORE_KIND,
+        SCORE_NAME,
+        coplayer_score,
+        evaluate_schedule,
+    )
 
     torch.set_num_threads(max(1, threads))
-    focal_path = run_dir / POLICY_FILE
-    if not focal_path.is_file():
-        raise FileNotFoundError(f"{focal_path} is missing: the run finished without its policy artifact")
-    greedy, _ = _acting(focal_path)
+    is_floor = spec.get("algorithm") == FLOOR_FOCAL
+    # Focal runs live in <suite>/runs/<id>, the floor in <suite>/FLOOR_DIR/<id>; members are runs.
+    runs_dir = run_dir.parent.parent / "runs" if is_floor else run_dir.parent
+    if is_floor:
+        # The floor row (suites/crossplay_phase.py): a uniform-random focal player, acting mode of
+        # the suite's focal runs (any finished member is one), no bot scenarios.
+        focal_path = None
+        finished = [
+            runs_dir / m["run_id"] / m["file"]
+            for ms in request["members"].values()
+            for m in ms
+            if m.get("available") and "run_id" in m
+        ]
+        greedy = _acting(finished[0])[0] if finished else False
+    else:
+        focal_path = run_dir / POLICY_FILE
+        if not focal_path.is_file():
+            raise FileNotFoundError(f"{focal_path} is missing: the run finished without its policy artifact")
+        greedy, _ = _acting(focal_path)
     num_envs = int(request.get("num_envs") or 2)  # the request's, not the focal run's: the same for every method
     targets = [(COPLAYERS, spec["scenario"])] + [(BOTS, name) for name in request["bot_scenarios"]]
     evaluations: list[dict[str, Any]] = []
@@ -200,7 +224,7 @@ def _evaluate(
                         {
                             **m,
                             "path": (
-                                str(run_dir.parent / m["run_id"] / m["file"])
+                                str(runs_dir / m["run_id"] / m["file"])
                                 if m.get("available") and "run_id" in m
                                 else None
                             ),

@@ -50,7 +50,7 @@ class Progress:
         self.stream = stream or sys.stderr
         self.specs = {s.id: s for s in specs}
         self.steps = {s.id: 0 for s in specs}
-        self.totals = {s.id: (totals or {}).get(s.id, s.budget["env_steps"]) for s in specs}
+        self.totals = {s.id: totals[s.id] if totals and s.id in totals else s.budget["env_steps"] for s in specs}
         self.total_steps = sum(self.totals.values())
         self.done_runs, self.total_runs = already_done, total_runs
         self.unit, self.what = unit, what

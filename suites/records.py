@@ -45,7 +45,7 @@ import yaml
 from marl.policy.population import POLICY_FILE, POLICY_SNAPSHOT_GLOB
 from marl.run_io import atomic_write_text
 from reports.collect import FINAL_EVALS, metric_for, unplayed_entries
-from suites.crossplay_worker import BATCHES, CROSSPLAY
+from suites.crossplay_worker import BATCHES, CROSSPLAY, FLOOR_DIR
 from suites.manifest import HELDOUT_GROUP
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -130,6 +130,18 @@ def export(suite_dir: Path, kind: str, records: Path = RECORDS) -> list[str]:
         for path in record_files(run_dir):
             shutil.copyfile(path, target / path.name)
         exported.append(run_dir.name)
+    # The cross-play table's floor rows (suites/crossplay_phase.py), once evaluated.
+    for floor_dir in sorted((suite_dir / FLOOR_DIR).glob("*")):
+        record = floor_dir / CROSSPLAY
+        if not (floor_dir / "spec.json").is_file() or not record.is_file():
+            continue
+        if (_read_json(record) or {}).get("state") != "done":
+            continue
+        target = dest / FLOOR_DIR / floor_dir.name
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("spec.json", CROSSPLAY, BATCHES):
+            if (floor_dir / name).is_file():
+                shutil.copyfile(floor_dir / name, target / name)
     if exported and (suite_dir / "manifest.yaml").is_file():
         shutil.copyfile(suite_dir / "manifest.yaml", dest / "manifest.yaml")
     write_index(records)

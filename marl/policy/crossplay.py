@@ -135,6 +135,9 @@ KIND_NAMES = {
     "random": "uniform-random policy (the floor)",
     "self_play": "self-play: the focal policy in every seat (not cross-play; the generalisation gap's reference)",
 }
+# The floor row: a uniform-random policy in the focal seats, on the same partner schedule as every
+# focal run (what each co-player kind gives a player that learned nothing).
+FLOOR_FOCAL = "uniform_random"
 SCORE_KIND = "coplayer_score"
 SCORE_NAME = "mean over co-player kinds (round robin, held-out checkpoints, uniform random)"
 
@@ -209,8 +212,8 @@ class _PolicyIdentity:
     """The content hash of each policy file an evaluation reads (the focal policy, every member),
     computed once per file: a batch key names the policies by what they are, not where they lie."""
 
-    def __init__(self, focal_path: str | Path, members: Mapping[str, Sequence[Mapping[str, Any]]]):
-        self.focal = _file_sha256(focal_path)
+    def __init__(self, focal_path: str | Path | None, members: Mapping[str, Sequence[Mapping[str, Any]]]):
+        self.focal = FLOOR_FOCAL if focal_path is None else _file_sha256(focal_path)
         self._members = members
         self._hashes: dict[str, str] = {}
 
@@ -295,7 +298,7 @@ def _play_batch(env: Any, players: _BatchPlayers, seed: int, greedy: bool, devic
 
 
 def evaluate_schedule(
-    focal_path: str | Path,
+    focal_path: str | Path | None,
     members: Mapping[str, Sequence[Mapping[str, Any]]],
     family: str,
     scenario: str,
@@ -313,7 +316,7 @@ def evaluate_schedule(
 ) -> dict[str, Any]:
     """Play the partner schedule of ``members`` ({kind: [member]}; a member has ``path`` (None: not
     available) and ``algorithm``; ``random`` and ``self_play`` members need neither) with the focal
-    policy. Entries whose member is of ``exclude_algorithm`` (round robin) or not available are
+    policy (``focal_path`` None: a uniform-random focal player, the floor row). Entries whose member is of ``exclude_algorithm`` (round robin) or not available are
     skipped, never replaced, so every played episode is the same for every focal run. Returns per
     kind the focal per-capita return, its per-member breakdown and the schedule indices played.
 
@@ -325,13 +328,18 @@ def evaluate_schedule(
     the cache equals one played afresh (on Melting Pot, whose engine is not bit-reproducible, a
     kept batch is one play of it, like any replay); adding a member re-plays only the batches that
     hold its entries."""
+    from marl.trainer import derive_seed
+
     env = envs.make_env(family, scenario, num_envs=num_envs, seed=seed, device=device, **dict(env_options or {}))
     try:
         spec = env.spec
         n_focal = default_n_focal(spec.n_agents) if n_focal is None else n_focal
         schedule = partner_schedule(members, spec.n_agents, n_focal, episodes, num_envs, seed)
-        focal = load_policy(focal_path, device, expect=spec)
         random_actor = UniformRandomActor(spec.n_actions)
+        # The floor's focal player draws from its own stream, apart from the random co-player's.
+        focal_actor = (
+            load_policy(focal_path, device, expect=spec).actor if focal_path else UniformRandomActor(spec.n_actions)
+        )
         loaded: dict[tuple[str, int], nn.Module | None] = {}
         skip: dict[int, str] = {}
         for e in schedule:
@@ -376,7 +384,7 @@ def evaluate_schedule(
                         results[e["index"]] = returns[e["copy"]]
                 continue
             assignment = torch.full((num_envs, spec.n_agents), LEARNER, dtype=torch.long)
-            modules: dict[int, nn.Module] = {LEARNER: focal.actor}
+            modules: dict[int, nn.Module] = {LEARNER: focal_actor}
             keys: dict[int, int] = {}
             for e in rows:
                 if e["index"] in skip or e["kind"] == "self_play":
@@ -387,6 +395,8 @@ def evaluate_schedule(
                 others = [s for s in range(spec.n_agents) if s not in e["focal_seats"]]
                 assignment[e["copy"], others] = key
             random_actor.reseed(rows[0]["batch_seed"])
+            if isinstance(focal_actor, UniformRandomActor):
+                focal_actor.reseed(derive_seed(rows[0]["batch_seed"], 1))
             returns = _play_batch(env, _BatchPlayers(assignment, modules), rows[0]["batch_seed"], greedy, device)
             played_batches += 1
             if cache_key is not None:

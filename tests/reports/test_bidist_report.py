@@ -299,3 +299,44 @@ def test_coplayer_table_in_the_html(coplayer_suite):
     mappo_row = table[table.index("<td>mappo</td>") :]
     assert "n=3 of 4" in mappo_row and "<b>4.50</b>" in mappo_row
     assert "same partner schedule" in section
+
+
+def test_the_floor_row_closes_the_coplayer_table(coplayer_suite):
+    """A uniform-random focal player's evaluation (<suite>/floor/<id>/crossplay.json, written by the
+    cross-play phase) is the table's last row: its mean +- standard error over its episodes."""
+    import json
+
+    from reports.collect import FLOOR_DIR
+    from reports.tables import build_coplayer_table
+    from suites.crossplay_worker import FLOOR_DIR as WRITTEN_TO
+
+    assert FLOOR_DIR == WRITTEN_TO
+    floor = coplayer_suite / FLOOR_DIR / "f00"
+    floor.mkdir(parents=True)
+    spec = {"id": "f00", "paper": "bidist", "family": "meltingpot", "scenario": SUBSTRATE}
+    (floor / "spec.json").write_text(json.dumps({**spec, "algorithm": "uniform_random", "group": "floor", "seed": 0}))
+    values = {"round_robin": 1.0, "heldout": 1.5, "random": 0.5, "self_play": 0.75}
+    evaluations = [
+        {"kind": k, "state": "done", "focal_per_capita_return": v, "focal_per_capita_return_sem": 0.25, "episodes": 16}
+        for k, v in values.items()
+    ] + [{"kind": "coplayer_score", "state": "done", "focal_per_capita_return": 1.0, "episodes": 48}]
+    (floor / "crossplay.json").write_text(json.dumps({"format": 2, "state": "done", "evaluations": evaluations}))
+    data = collect(coplayer_suite)
+    rows = build_coplayer_table(data, "main", REPS).rows
+    assert [(r.label, r.floor) for r in rows] == [
+        ("bidist", False),
+        ("mappo", False),
+        ("uniform random (floor)", True),
+    ]
+    floor_row = rows[-1]
+    assert {c: cell.values for c, cell in floor_row.cells.items()} == {
+        **{k: [v] for k, v in values.items()},
+        "score": [1.0],
+        "gap": [pytest.approx(-0.25)],
+    }
+    html = render_html(data, load_paper_numbers(), coplayer_suite / "report", REPS)
+    table = html[html.index('id="coplayers-main"') : html.index('id="missing"')]
+    last = table[table.index("<td>uniform random (floor)</td>") : table.index("</table>")]
+    assert [c.split("</b>")[0] for c in last.split("<b>")[1:]] == ["1.00", "1.50", "0.50", "0.75", "1.00", "-0.25"]
+    assert "&plusmn; 0.25 s.e." in last and "16 episodes" in last
+    assert "a player that learned nothing" in table

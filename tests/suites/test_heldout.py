@@ -233,13 +233,14 @@ def test_crossplay_phase_writes_skips_and_reevaluates_when_the_population_change
     # Nothing held-out has finished: the focal runs wait.
     _train(store, suite, [0, 1])
     phase = execute_crossplay_phase(items, store, InlineBackend(), suite, {})
-    assert [o.state for o in phase.outcomes] == ["waiting", "waiting"] and phase.exit_code == 0
+    # (the third: the floor row, a uniform-random focal player on the same schedule)
+    assert [o.state for o in phase.outcomes] == ["waiting"] * 3 and phase.exit_code == 0
     assert "none of the 2 held-out run(s) of smax/3m has finished" in phase.format()
 
     # One member finished: both focal runs are evaluated against it.
     _train(store, suite, [100])
     phase = execute_crossplay_phase(items, store, InlineBackend(), suite, {})
-    assert sorted(o.state for o in phase.outcomes) == ["done", "done"], phase.format()
+    assert sorted(o.state for o in phase.outcomes) == ["done"] * 3, phase.format()
     record = json.loads((store.run_dir(by_seed[0].id) / CROSSPLAY).read_text())
     assert record["state"] == "done" and record["focal_run"] == by_seed[0].id
     assert [m["run_id"] for m in record["population"]] == [by_seed[100].id] and record["population_expected"] == 2
@@ -269,19 +270,23 @@ def test_crossplay_phase_writes_skips_and_reevaluates_when_the_population_change
     # Rerun: up to date, nothing evaluated, nothing rewritten.
     backend = InlineBackend()
     phase = execute_crossplay_phase(items, store, backend, suite, {})
-    assert [o.state for o in phase.outcomes] == ["skipped", "skipped"] and backend.jobs == []
+    assert [o.state for o in phase.outcomes] == ["skipped"] * 3 and backend.jobs == []
     assert (store.run_dir(by_seed[0].id) / CROSSPLAY).read_bytes() == first
 
     # The second member finishes: the population changed, so both are evaluated again. Seed 1's
     # policy is gone: its evaluation fails, is recorded, and does not stop seed 0's.
     _train(store, suite, [101])
+    seed1_policy = (store.run_dir(by_seed[1].id) / POLICY_FILE).read_bytes()
     (store.run_dir(by_seed[1].id) / POLICY_FILE).unlink()
-    assert "2 focal run(s) to evaluate, 0 up to date" in describe_plan(plan_crossplay(items, suite, store))
+    assert "2 focal run(s) and 1 floor row(s) to evaluate, 0 up to date" in describe_plan(
+        plan_crossplay(items, suite, store)
+    )
     phase = execute_crossplay_phase(items, store, InlineBackend(), suite, {}, retries=0)
-    states = {o.spec.seed: o.state for o in phase.outcomes}
-    assert states == {0: "done", 1: "failed"} and phase.exit_code == 1
+    states = {(o.spec.group, o.spec.seed): o.state for o in phase.outcomes}
+    assert states == {("main", 0): "done", ("main", 1): "failed", ("floor", 0): "done"} and phase.exit_code == 1
     record = json.loads((store.run_dir(by_seed[0].id) / CROSSPLAY).read_text())
     assert sorted(m["seed"] for m in record["population"]) == [100, 101]
+    evals_after = {e["kind"]: e for e in record["evaluations"]}
     failed = json.loads((store.run_dir(by_seed[1].id) / CROSSPLAY).read_text())
     assert failed["state"] == "failed" and "policy.pt is missing" in failed["error"]
     assert "FAILED" in phase.format() and "policy.pt is missing" in phase.format()
@@ -296,6 +301,34 @@ def test_crossplay_phase_writes_skips_and_reevaluates_when_the_population_change
     cell = table.rows[0].cells["mappo"]
     assert (cell.n_done, cell.n_runs) == (1, 2) and cell.values == [pytest.approx(record["focal_per_capita_return"])]
     assert table.rows[0].members == ["mappo seed 100", "mappo seed 101"]
+
+    # The floor row: a uniform-random focal player on the same schedule, every finished focal run
+    # its round robin (no algorithm of its own), greedy like the focal runs; a row of the co-player table.
+    (floor_dir,) = (store.root / "floor").iterdir()
+    floor = json.loads((floor_dir / CROSSPLAY).read_text())
+    fevals = {e["kind"]: e for e in floor["evaluations"]}
+    assert floor["state"] == "done" and fevals["heldout"]["actions"] == "greedy"
+    assert [m["seed"] for m in fevals["round_robin"]["population"]] == [0]  # seed 1's policy is gone
+    assert fevals["round_robin"]["skipped_own_algorithm"] == 0 and fevals["round_robin"]["skipped_unavailable"] == 3
+    # the same schedule: the held-out, random and self-play episodes are seed 0's, index for index
+    for kind in ("heldout", "random", "self_play"):
+        assert fevals[kind]["episode_index"] == evals_after[kind]["episode_index"]
+    from reports.tables import build_coplayer_table
+
+    # Against a population with a member missing (seed 1's policy) the floor is no result yet ...
+    rows = build_coplayer_table(collect(store.root), "main", reps=200).rows
+    assert [(r.label, r.floor) for r in rows] == [("mappo", False)]
+    # ... with it back, seed 1 and the floor are evaluated again and the floor is the table's last row.
+    (store.run_dir(by_seed[1].id) / POLICY_FILE).write_bytes(seed1_policy)
+    phase = execute_crossplay_phase(items, store, InlineBackend(), suite, {}, retries=0)
+    assert sorted(o.state for o in phase.outcomes) == ["done", "done", "skipped"], phase.format()
+    floor = json.loads((floor_dir / CROSSPLAY).read_text())
+    fevals = {e["kind"]: e for e in floor["evaluations"]}
+    assert [m["seed"] for m in fevals["round_robin"]["population"]] == [0, 1]
+    rows = build_coplayer_table(collect(store.root), "main", reps=200).rows
+    assert [(r.label, r.floor) for r in rows] == [("mappo", False), ("uniform random (floor)", True)]
+    assert rows[1].cells["random"].values == [pytest.approx(fevals["random"]["focal_per_capita_return"])]
+    assert rows[1].episodes["heldout"] == fevals["heldout"]["episodes"]
 
 
 class StopAfter(ListSink):
@@ -341,7 +374,7 @@ def test_crossplay_resumes_from_its_batches_and_replays_only_what_a_new_member_c
     # The second held-out run finishes: only the batches holding its entries are played.
     _train(store, suite, [101])
     phase = execute_crossplay_phase(items, store, InlineBackend(), suite, {})
-    assert sorted(o.state for o in phase.outcomes) == ["done", "done"], phase.format()
+    assert sorted(o.state for o in phase.outcomes) == ["done"] * 3, phase.format()  # 2 focal runs, the floor
     record = json.loads((focal / CROSSPLAY).read_text())
     cache = record["batch_cache"]
     assert 0 < cache["batches_played"] < cache["batches_played"] + cache["batches_reused"]
@@ -391,7 +424,7 @@ def test_a_campaign_spans_machines_through_its_records(tmp_path):
     _train(store_b, suite, [1, 101])
     items = plan(list(suite.runs), store_b)
     phase = execute_crossplay_phase(items, store_b, InlineBackend(), suite, {})
-    assert sorted(o.state for o in phase.outcomes) == ["done", "done"], phase.format()
+    assert sorted(o.state for o in phase.outcomes) == ["done"] * 3, phase.format()  # and the floor row
     for seed in (0, 1):
         record = json.loads((store_b.run_dir(by_seed[seed].id) / CROSSPLAY).read_text())
         assert sorted(m["seed"] for m in record["population"]) == [100, 101]
@@ -408,6 +441,11 @@ def test_a_campaign_spans_machines_through_its_records(tmp_path):
     assert not list((tmp_path / "b" / suite.name / "runs").glob(".import-*"))
     with pytest.raises(ValueError, match="no finished run records"):
         import_records(tmp_path / "empty", tmp_path / "b")
+
+    # B's export brings the floor row's evaluation into the records, where a report finds it.
+    export(store_b.root, "reference", records)
+    (floor,) = (records / "reference" / suite.name / "floor").iterdir()
+    assert json.loads((floor / CROSSPLAY).read_text())["state"] == "done" and (floor / "spec.json").is_file()
 
 
 def test_no_crossplay_trains_only_and_a_later_invocation_evaluates(tmp_path, capsys):
