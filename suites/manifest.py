@@ -1,7 +1,8 @@
 """Suite manifests: YAML -> typed, fully validated objects -> RunSpecs with content-hashed ids.
 
 A manifest names a paper, a budget, seeds, scenarios (family + scenario + env options) and
-algorithm entries (registry name + label + group + overrides). Everything is validated before
+algorithm entries (registry name + label + group + overrides; optionally ``seeds``, a subset of the
+suite's, for an arm the comparison needs fewer seeds of). Everything is validated before
 anything runs and every problem is reported at once, each naming the file, the field and the valid
 choices (:class:`ManifestError`).
 
@@ -78,7 +79,7 @@ HELDOUT_GROUP = "heldout"  # the table group of held-out runs (never a focal row
 MAIN_GROUP = "main"  # the table group of an algorithm entry that names none: the methods' comparison
 BUDGET_KEYS = ("env_steps", "eval_interval", "eval_episodes", "checkpoint_interval")
 SCENARIO_KEYS = ("family", "scenario", "options", "overrides", "budget")
-ALGORITHM_KEYS = ("name", "label", "group", "overrides", "scenarios")
+ALGORITHM_KEYS = ("name", "label", "group", "overrides", "scenarios", "seeds")
 RESOURCE_KEYS = ("cpus", "gpus")
 DEFAULT_IMAGE = "marl-repro-suite:latest"
 SUITE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -124,6 +125,7 @@ class AlgorithmEntry:
     scenarios: tuple[str, ...] | None  # restrict this entry to these scenarios ("name" or "family/name")
     unavailable: str | None  # a module that cannot be imported here, or a kind without a trainer
     kind: str | None = None  # "value" | "policy"; None when the module cannot be imported here
+    seeds: tuple[int, ...] | None = None  # a subset of the suite's seeds for this entry (None: all)
 
 
 @dataclass(frozen=True)
@@ -376,7 +378,7 @@ class _Validator:
 
         scenarios = self.scenarios(data.get("scenarios"), budget, top_overrides)
         names = {s.scenario for s in scenarios} | {f"{s.family}/{s.scenario}" for s in scenarios}
-        algorithms = self.algorithms(data.get("algorithms"), names)
+        algorithms = self.algorithms(data.get("algorithms"), names, suite_seeds=seeds)
         heldout = self.heldout(data.get("heldout"), seeds, scenarios, algorithms, names)
         if self.problems:
             raise ManifestError(self.path, self.problems)
@@ -498,7 +500,12 @@ class _Validator:
         return {key: getattr(parsed, key) for key in options}
 
     def algorithms(
-        self, value: Any, scenario_names: set[str], where: str = "algorithms", forced_group: str | None = None
+        self,
+        value: Any,
+        scenario_names: set[str],
+        where: str = "algorithms",
+        forced_group: str | None = None,
+        suite_seeds: tuple[int, ...] = (),
     ) -> list[AlgorithmEntry]:
         if not isinstance(value, list) or not value:
             self.fail(where, f"must be a non-empty list of algorithm entries, got {value!r}")
@@ -546,7 +553,20 @@ class _Validator:
                             )
                     restrict = tuple(restrict)
             overrides = self.mapping(item.get("overrides"), f"{at}.overrides")
-            entries.append(AlgorithmEntry(name, label, group, overrides, restrict, unavailable, kind))
+            seeds = None
+            if "seeds" in item:
+                if forced_group is not None:
+                    self.fail(f"{at}.seeds", "held-out runs use heldout.seeds; remove this key")
+                else:
+                    seeds = self.seeds(item["seeds"], f"{at}.seeds")
+                    extra = sorted(set(seeds) - set(suite_seeds))
+                    if extra:
+                        self.fail(
+                            f"{at}.seeds",
+                            f"seeds {extra} are not among the suite's seeds {list(suite_seeds)}; an entry "
+                            "may run a subset of them (add the seeds to the top-level 'seeds' first)",
+                        )
+            entries.append(AlgorithmEntry(name, label, group, overrides, restrict, unavailable, kind, seeds))
         return entries
 
     def heldout(
@@ -735,7 +755,7 @@ class _Validator:
                 if overrides is None:
                     continue
                 budget = {**scenario.budget.as_dict(), **budget_overrides}
-                for seed in seeds:
+                for seed in algo.seeds if algo.seeds is not None else seeds:
                     spec = RunSpec(
                         suite=suite.name,
                         paper=suite.paper,

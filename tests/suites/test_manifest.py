@@ -92,6 +92,12 @@ BAD_MANIFESTS = [
         ["3m"],
         ["algorithms[0].scenarios", "'3m' is not one of this manifest's scenarios"],
     ),
+    (
+        ("algorithms", 0, "seeds"),
+        [0, 7],
+        ["algorithms[0].seeds", "seeds [7] are not among the suite's seeds [0, 1, 2]", "a subset"],
+    ),
+    (("algorithms", 0, "seeds"), [], ["algorithms[0].seeds: must be a non-empty list"]),
 ]
 
 
@@ -211,6 +217,40 @@ def test_override_layers_algorithm_wins_over_scenario_over_suite(tmp_path):
     data["algorithms"][0]["overrides"] = {"hidden_dim": 16}
     run = load_suite(str(write_manifest(tmp_path / "m.yaml", data))).runs[0]
     assert run.overrides == {"batch_size": 8, "lr": 0.2, "hidden_dim": 16}
+
+
+def test_an_algorithm_entry_may_run_a_subset_of_the_suites_seeds(tmp_path):
+    """An arm the comparison needs fewer seeds of (BiDist's OPRE and RandNet: 3 of 5) runs only
+    those; the others keep every seed, and a run's id is the same as with all seeds."""
+    data = copy.deepcopy(TINY)
+    data["algorithms"] = [{"name": "qmix"}, {"name": "vdn", "seeds": [0, 2]}]
+    runs = load_suite(str(write_manifest(tmp_path / "m.yaml", data))).runs
+    assert sorted((r.algorithm, r.seed) for r in runs) == [
+        ("qmix", 0),
+        ("qmix", 1),
+        ("qmix", 2),
+        ("vdn", 0),
+        ("vdn", 2),
+    ]
+    data["algorithms"] = [{"name": "qmix"}, {"name": "vdn"}]
+    every = {(r.algorithm, r.seed): r.id for r in load_suite(str(write_manifest(tmp_path / "n.yaml", data))).runs}
+    assert all(every[(r.algorithm, r.seed)] == r.id for r in runs)
+
+
+def test_heldout_entries_take_their_seeds_from_the_heldout_section(tmp_path):
+    from tests.suites.conftest import write_manifest as write
+
+    data = {
+        "name": "h",
+        "paper": "bidist",
+        "budget": {"env_steps": 200, "eval_interval": 100, "eval_episodes": 2},
+        "seeds": [0],
+        "scenarios": [{"family": "matrix_game", "scenario": "wqmix_payoff"}],
+        "algorithms": ["mappo"],
+        "heldout": {"seeds": [100], "algorithms": [{"name": "mappo", "seeds": [100]}]},
+    }
+    with pytest.raises(ManifestError, match=r"heldout.algorithms\[0\].seeds: held-out runs use heldout.seeds"):
+        load_suite(str(write(tmp_path / "h.yaml", data)))
 
 
 def test_scenario_budget_overrides_the_suite_budget(tmp_path):
