@@ -42,7 +42,8 @@ def test_the_window_pools_the_episodes_of_three_evaluations():
 
 def test_the_budget_is_the_first_window_end_from_which_every_seed_stays_above(tmp_path):
     # s.e. of a window of constant means 5.0 (sd 2): 2/sqrt(48) = 0.289; with random play's 0.23 the
-    # difference's s.e. is 0.369, so 2 s.e. above 3.35 is 4.09: three 5.0s are above, a window holding a 1.0 is not.
+    # difference's s.e. is 0.369, so 2 s.e. above 3.35 is 4.09: three 5.0s are above, and a window
+    # holding a 1.0 is not (5, 5, 1: mean 3.67).
     high, low = 5.0, 1.0
     a = _run(tmp_path, "a", [3.0, 3.0, high, high, high, low, high, high, high, high])  # a lucky early window
     b = _run(tmp_path, "b", [3.0, 3.0, 3.0, 3.0, high, high, high, high, high, high])
