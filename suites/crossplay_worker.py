@@ -192,17 +192,20 @@ def _evaluate(
     is_floor = spec.get("algorithm") == FLOOR_FOCAL
     # Focal runs live in <suite>/runs/<id>, the floor in <suite>/FLOOR_DIR/<id>; members are runs.
     runs_dir = run_dir.parent.parent / "runs" if is_floor else run_dir.parent
+    # Every member with the path of its policy file (None: not available to play).
+    members = {
+        k: [
+            {**m, "path": str(runs_dir / m["run_id"] / m["file"]) if m.get("available") and "run_id" in m else None}
+            for m in ms
+        ]
+        for k, ms in request["members"].items()
+    }
     if is_floor:
         # The floor row (suites/crossplay_phase.py): a uniform-random focal player, acting mode of
         # the suite's focal runs (any finished member is one), no bot scenarios.
         focal_path = None
-        finished = [
-            runs_dir / m["run_id"] / m["file"]
-            for ms in request["members"].values()
-            for m in ms
-            if m.get("available") and "run_id" in m
-        ]
-        greedy = _acting(finished[0])[0] if finished else False
+        finished = [m["path"] for ms in members.values() for m in ms if m["path"]]
+        greedy = _acting(Path(finished[0]))[0] if finished else False
     else:
         focal_path = run_dir / POLICY_FILE
         if not focal_path.is_file():
@@ -219,20 +222,6 @@ def _evaluate(
         seed = int(request["seed"]) + i
         try:
             if kind == COPLAYERS:
-                members = {
-                    k: [
-                        {
-                            **m,
-                            "path": (
-                                str(runs_dir / m["run_id"] / m["file"])
-                                if m.get("available") and "run_id" in m
-                                else None
-                            ),
-                        }
-                        for m in ms
-                    ]
-                    for k, ms in request["members"].items()
-                }
                 context, cache_state = batch_cache_context()
                 cache = read_batches(run_dir) if context is not None else None
 

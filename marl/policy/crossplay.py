@@ -316,8 +316,9 @@ def evaluate_schedule(
 ) -> dict[str, Any]:
     """Play the partner schedule of ``members`` ({kind: [member]}; a member has ``path`` (None: not
     available) and ``algorithm``; ``random`` and ``self_play`` members need neither) with the focal
-    policy (``focal_path`` None: a uniform-random focal player, the floor row). Entries whose member is of ``exclude_algorithm`` (round robin) or not available are
-    skipped, never replaced, so every played episode is the same for every focal run. Returns per
+    policy (``focal_path`` None: a uniform-random focal player, the floor row). Entries whose
+    member is of ``exclude_algorithm`` (round robin) or not available are skipped, never replaced,
+    so every played episode is the same for every focal run. Returns per
     kind the focal per-capita return, its per-member breakdown and the schedule indices played.
 
     ``batch_cache`` ({batch key: returns [B][N]}) holds batches played before: a batch whose key
