@@ -58,8 +58,10 @@ from marl.policy.networks import (
     RecurrentCritic,
     extra_dim,
     flat_input,
+    init_gru,
     init_layer,
     masked_logits,
+    output_norm,
     run_gru,
 )
 from marl.policy.runner import Rollout
@@ -173,8 +175,11 @@ class OptionActor(nn.Module):
             channels=cfg.cnn_channels,
             kernel=cfg.cnn_kernel,
             orthogonal=orth,
+            fc_layers=cfg.actor_fc_layers,
+            layer_norm=cfg.layer_norm,
         )
-        self.gru = nn.GRUCell(H, H)
+        self.gru = init_gru(nn.GRUCell(H, H), orth)
+        self.out_norm = output_norm(H, cfg.layer_norm)  # MAPPO's (on-policy's) LayerNorm under the heads
         # Small gains (MAPPO's policy-head 0.01): options and q start near uniform.
         self.option_head = init_layer(nn.Linear(H, cfg.n_options * spec.n_actions), 0.01, orth)
         self.meta_head = init_layer(nn.Linear(H, cfg.n_options), 0.01, orth)  # q(z | o)
@@ -182,15 +187,16 @@ class OptionActor(nn.Module):
     def initial_hidden(self, rows: int, device: torch.device | str = "cpu") -> torch.Tensor:
         return torch.zeros(rows, self.hidden_dim, device=device)
 
-    def option_logits(self, h: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
-        """h [..., H] -> masked per-option logits [..., K, A]."""
-        raw = self.option_head(h).view(*h.shape[:-1], self.n_options, self.n_actions)
+    def option_logits(self, y: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
+        """normalised GRU output y [..., H] -> masked per-option logits [..., K, A]."""
+        raw = self.option_head(y).view(*y.shape[:-1], self.n_options, self.n_actions)
         return masked_logits(raw, avail.unsqueeze(-2))
 
     def act(self, inp: ActInput, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (mixture log-probs [M, A], new hidden [M, H])."""
         h = self.gru(self.encoder(inp.obs, inp.extra, inp.agent_ids), h)
-        return mixture_logits(self.option_logits(h, inp.avail), self.meta_head(h), inp.avail), h
+        y = self.out_norm(h)
+        return mixture_logits(self.option_logits(y, inp.avail), self.meta_head(y), inp.avail), h
 
     def sequence(self, inp: ActInput, h0: torch.Tensor, starts: torch.Tensor) -> dict[str, torch.Tensor]:
         """inp fields [L, M, ...]; h0 [M, H]; starts [L, M]. Returns the acting mixture "logits"
@@ -199,10 +205,12 @@ class OptionActor(nn.Module):
         flat = flat_input(inp, L * M)
         feats = self.encoder(flat.obs, flat.extra, flat.agent_ids).view(L, M, -1)
         hidden = run_gru(self.gru, feats, h0, starts)
-        options = self.option_logits(hidden, inp.avail)
-        q_logits = self.meta_head(hidden)
+        y = self.out_norm(hidden)
+        options = self.option_logits(y, inp.avail)
+        q_logits = self.meta_head(y)
         return {
             "hidden": hidden,
+            "penultimate": y,
             "features": feats,
             "option_logits": options,
             "q_logits": q_logits,
@@ -221,8 +229,9 @@ class FactorisedCritic(RecurrentCritic):
         self.p_head = init_layer(nn.Linear(cfg.hidden_dim, cfg.n_options), 0.01, cfg.orthogonal_init)  # p(z|x)
 
     def heads(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        """h [..., H] -> "values" [...] = sum_z p V_z, "p_logits" and "option_values" [..., K]."""
-        p_logits, option_values = self.p_head(h), self.v(h)
+        """GRU output h [..., H] -> "values" [...] = sum_z p V_z, "p_logits" and "option_values" [..., K]."""
+        y = self.out_norm(h)
+        p_logits, option_values = self.p_head(y), self.v(y)
         p = F.softmax(p_logits if self.value_trains_p else p_logits.detach(), -1)
         return {"values": (p * option_values).sum(-1), "p_logits": p_logits, "option_values": option_values}
 

@@ -14,7 +14,7 @@ this reconstruction.
   held by the learner until the next ``before_rollout``). As in the authors' code, the choice is
   made once per iteration, not per observation.
 * Feature matching: ``feature_match_coef`` * MSE between the penultimate layer's features (the
-  paper's f, the layer below the policy head: here the GRU's output, run over the same chunk from the
+  paper's f, the layer below the policy head: here the GRU's output through MAPPO's LayerNorm, run over the same chunk from the
   same stored hidden state) of the randomized and of the clean input, the clean side detached
   (authors' code: ``stop_gradient`` on the clean features), averaged over feature units and the
   learner's agent steps (``feature_match_layer``: "encoder" matches the encoder's output instead).
@@ -106,7 +106,7 @@ class Config(PolicyLearnerConfig):
     randomize_at: Literal["pixels", "cells"] = "pixels"  # the paper: the random layer on the input frame
     # The features matched between the randomized and the clean input. "penultimate": the layer
     # under the policy head (the paper's feature-matching loss on f's penultimate layer; here the
-    # GRU output); "encoder": the encoder's output (the earlier reconstruction).
+    # normalised GRU output); "encoder": the encoder's output (the earlier reconstruction).
     feature_match_layer: Literal["penultimate", "encoder"] = "penultimate"  # the paper: penultimate features
 
     def validate(self) -> None:
@@ -308,7 +308,7 @@ class MonteCarloActor(nn.Module):
     def _average(self, hidden: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
         """hidden [..., S, R, H], avail [..., R, A] -> log mean_s softmax(head) [..., R, A], masked."""
         S = self.draws.shape[0]
-        logp = F.log_softmax(masked_logits(self.actor.head(hidden), avail.unsqueeze(-3)), -1)
+        logp = F.log_softmax(self.actor.logits(hidden, avail.unsqueeze(-3)), -1)
         return masked_logits(torch.logsumexp(logp, -3) - math.log(S), avail)
 
     def act(self, inp: ActInput, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -426,13 +426,13 @@ class Learner(PolicyLearner):
             other_transform = random_layer(self.draw) if self.clean else None
         out = self._sequence_with(own_transform, inp, h0, starts)  # this iteration's input (draw or clean)
         if self.cfg.feature_match_layer == "penultimate":
-            # The layer under the policy head: the GRU output, over the same chunk from the same h0.
+            # The layer under the policy head: the (normalised) GRU output, over the same chunk from the same h0.
             if self.clean:
-                other = self._sequence_with(other_transform, other_inp, h0, starts)["hidden"]
+                other = self._sequence_with(other_transform, other_inp, h0, starts)["penultimate"]
             else:
                 with torch.no_grad():
-                    other = self._sequence_with(other_transform, other_inp, h0, starts)["hidden"]
-            mine = out["hidden"]
+                    other = self._sequence_with(other_transform, other_inp, h0, starts)["penultimate"]
+            mine = out["penultimate"]
         else:
             flat = flat_input(other_inp, L * M)
             with torch.set_grad_enabled(self.clean and torch.is_grad_enabled()):

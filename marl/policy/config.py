@@ -6,11 +6,13 @@ entropy 0.01, value normalisation, Huber value loss (delta 10) with value clippi
 grad-norm clip 10, GRU 64. Choices that are reconstructions (methods.md) are named fields here or in
 the algorithm's own Config subclass.
 
-Two differences are documented rather than configurable (docs/methods.md, "MAPPO"): the networks
-have no LayerNorm (``on-policy`` normalises the input features, each hidden layer and the GRU output
-by default), and the rate is on-policy's 5e-4 where the Melting Pot line of work trained with 5e-5
-and much larger budgets (set ``lr``/``critic_lr`` in a manifest to follow it). The field comments of
-``profile``, ``lr`` and ``critic_lr`` carry this into the report's method notes.
+The networks are on-policy's (``r_actor_critic.py`` with its CNN/MLP bases and ``RNNLayer``): two
+FC layers under the GRU, LayerNorm on the GRU output (and, for vector observations, on the input
+features and after each FC layer), orthogonal GRU weights; ``layer_norm: false`` with
+``actor_fc_layers: 1`` gives this project's earlier, smaller networks. The rate is on-policy's 5e-4
+where the Melting Pot line of work trained with 5e-5 and much larger budgets (set ``lr`` /
+``critic_lr`` in a manifest to follow it); the field comments carry this into the report's method
+notes (docs/methods.md, "MAPPO").
 """
 
 from __future__ import annotations
@@ -23,9 +25,7 @@ from typing import Literal
 class PolicyLearnerConfig:
     """Choice fields are Literal types, checked by marl/config.py build_config (as the value learners')."""
 
-    profile: Literal["mappo"] = (
-        "mappo"  # hyperparameter set: the on-policy MAPPO reference defaults, but no LayerNorm (on-policy normalises inputs, hidden layer, GRU output; docs/methods.md)
-    )
+    profile: Literal["mappo"] = "mappo"  # hyperparameter set: the on-policy MAPPO reference defaults (docs/methods.md)
     # Interaction: each iteration collects rollout_length steps from each of num_envs copies.
     num_envs: int = 8  # parallel environment copies per iteration (MAPPO n_rollout_threads)
     rollout_length: int = 200  # MAPPO's episode_length (steps per copy between updates)
@@ -42,9 +42,17 @@ class PolicyLearnerConfig:
     # would be stride 1, 32 channels, about 15x the cost on a 2-player substrate).
     critic_cnn_channels: list[int] = field(default_factory=lambda: [16])
     critic_cnn_stride: int = 2  # stride of the critic's convolutions (*choice*, see above)
+    # on-policy's LayerNorms: on the actor's and critic's GRU output (its RNNLayer, always there)
+    # and, for vector observations, on the input features and after each FC layer of the base
+    # (use_feature_normalization, MLPLayer); its CNN base has none. false: no LayerNorm anywhere. *choice*
+    layer_norm: bool = True
+    # FC layers between the actor's input (CNN features or the vector) and its GRU: on-policy's CNN
+    # and MLP bases have 2 (layer_N = 1); 1 was this project's earlier actor. The critic has 2 either
+    # way (the state's FC, then one joining the agent id). *choice*
+    actor_fc_layers: int = 2
     actor_agent_id: bool = False  # actors see only their own observation (decentralised execution)
     critic_agent_id: bool = True  # the centralised critic sees the global state + which agent it values
-    orthogonal_init: bool = True  # MAPPO: orthogonal weights, gain 0.01 on the policy head
+    orthogonal_init: bool = True  # MAPPO: orthogonal weights (GRU too, zero biases), gain 0.01 on the policy head
     # PPO
     lr: float = 5e-4  # actor Adam learning rate (MAPPO's on-policy default; the Melting Pot line trained with 5e-5, docs/methods.md)
     critic_lr: float = (

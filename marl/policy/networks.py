@@ -37,6 +37,21 @@ def init_layer(layer: nn.Module, gain: float = math.sqrt(2), orthogonal: bool = 
     return layer
 
 
+def init_gru(cell: nn.GRUCell, orthogonal: bool = True) -> nn.GRUCell:
+    """on-policy's RNNLayer: orthogonal weight matrices, zero biases (PyTorch's default otherwise)."""
+    if orthogonal:
+        nn.init.orthogonal_(cell.weight_ih)
+        nn.init.orthogonal_(cell.weight_hh)
+        nn.init.zeros_(cell.bias_ih)
+        nn.init.zeros_(cell.bias_hh)
+    return cell
+
+
+def output_norm(dim: int, layer_norm: bool) -> nn.Module:
+    """on-policy's LayerNorm on the GRU output (what the heads read; the carried state stays raw)."""
+    return nn.LayerNorm(dim) if layer_norm else nn.Identity()
+
+
 def is_image(shape: tuple[int, ...]) -> bool:
     return len(shape) == 3
 
@@ -52,7 +67,9 @@ def preprocess_image(x: torch.Tensor, downsample: int) -> torch.Tensor:
 
 
 class ObsEncoder(nn.Module):
-    """Image (CNN) or vector input, plus flattened extras and an optional one-hot id -> FC -> ReLU."""
+    """Image (CNN) or vector input, plus flattened extras and an optional one-hot id -> ``fc_layers``
+    x (FC -> ReLU). With ``layer_norm``, a vector input is normalised first and each FC's output after
+    its ReLU (on-policy's MLPBase); an image input gets none (on-policy's CNN base)."""
 
     def __init__(
         self,
@@ -66,8 +83,12 @@ class ObsEncoder(nn.Module):
         stride: int = 1,
         orthogonal: bool = True,
         pool: int = 1,
+        fc_layers: int = 1,
+        layer_norm: bool = False,
     ):
         super().__init__()
+        if fc_layers < 1:
+            raise ValueError(f"an encoder needs at least one FC layer, got fc_layers={fc_layers}")
         # ``downsample``: the pooling of what rollouts store (preprocess); ``pool``: a further pooling
         # inside the forward pass, after any ``image_transform`` (RandNet's pixel-level random layer
         # sees the image at the stored resolution, the CNN the pooled one).
@@ -93,7 +114,20 @@ class ObsEncoder(nn.Module):
             self.cnn = None
             flat = int(math.prod(shape))
             self.stored_shape = tuple(shape)
-        self.fc = init_layer(nn.Linear(flat + extra_dim + id_dim, hidden_dim), orthogonal=orthogonal)
+        in_dim = flat + extra_dim + id_dim
+        norm = layer_norm and not self.image
+        self.input_norm = nn.LayerNorm(in_dim) if norm else nn.Identity()
+        # The first FC keeps its name ``fc`` (artifacts of the one-layer encoder load unchanged).
+        self.fc = init_layer(nn.Linear(in_dim, hidden_dim), orthogonal=orthogonal)
+        self.fc_norm = nn.LayerNorm(hidden_dim) if norm else nn.Identity()
+        self.more_fc = nn.ModuleList(
+            nn.Sequential(
+                init_layer(nn.Linear(hidden_dim, hidden_dim), orthogonal=orthogonal),
+                nn.ReLU(),
+                nn.LayerNorm(hidden_dim) if norm else nn.Identity(),
+            )
+            for _ in range(fc_layers - 1)
+        )
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Raw env observation -> what rollouts store (see module docstring)."""
@@ -131,7 +165,10 @@ class ObsEncoder(nn.Module):
             parts.append(extra)
         if self.id_dim:
             parts.append(F.one_hot(ids, self.id_dim).to(parts[0].dtype))
-        return F.relu(self.fc(torch.cat(parts, -1)))
+        x = self.fc_norm(F.relu(self.fc(self.input_norm(torch.cat(parts, -1)))))
+        for layer in self.more_fc:
+            x = layer(x)
+        return x
 
 
 def extra_dim(spec: EnvSpec) -> int:
@@ -186,8 +223,11 @@ class RecurrentActor(nn.Module):
             1,
             cfg.orthogonal_init,
             pool=pool,
+            fc_layers=cfg.actor_fc_layers,
+            layer_norm=cfg.layer_norm,
         )
-        self.gru = nn.GRUCell(cfg.hidden_dim, cfg.hidden_dim)
+        self.gru = init_gru(nn.GRUCell(cfg.hidden_dim, cfg.hidden_dim), cfg.orthogonal_init)
+        self.out_norm = output_norm(cfg.hidden_dim, cfg.layer_norm)
         self.head = init_layer(nn.Linear(cfg.hidden_dim, n_outputs or spec.n_actions), 0.01, cfg.orthogonal_init)
 
     def initial_hidden(self, rows: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -196,18 +236,29 @@ class RecurrentActor(nn.Module):
     def features(self, inp: ActInput) -> torch.Tensor:
         return self.encoder(inp.obs, inp.extra, inp.agent_ids)
 
+    def logits(self, hidden: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
+        """GRU output [..., H] -> masked logits [..., A] (through the output LayerNorm)."""
+        return masked_logits(self.head(self.out_norm(hidden)), avail)
+
     def act(self, inp: ActInput, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (masked logits [M, A], new hidden [M, H])."""
         h = self.gru(self.features(inp), h)
-        return masked_logits(self.head(h), inp.avail), h
+        return self.logits(h, inp.avail), h
 
     def sequence(self, inp: ActInput, h0: torch.Tensor, starts: torch.Tensor) -> dict[str, torch.Tensor]:
         """inp fields [L, M, ...] (flattened to L*M for the encoder); h0 [M, H]; starts [L, M] bool.
-        Returns {"logits": [L, M, A] masked, "hidden": [L, M, H], "features": [L, M, H]}."""
+        Returns {"logits": [L, M, A] masked, "hidden": [L, M, H] (the GRU's), "penultimate": [L, M, H]
+        (what the policy head reads: the normalised GRU output), "features": [L, M, H] (the encoder's)}."""
         L, M = starts.shape
         feats = self.features(flat_input(inp, L * M)).view(L, M, -1)
         hidden = run_gru(self.gru, feats, h0, starts)
-        return {"logits": masked_logits(self.head(hidden), inp.avail), "hidden": hidden, "features": feats}
+        penultimate = self.out_norm(hidden)
+        return {
+            "logits": masked_logits(self.head(penultimate), inp.avail),
+            "hidden": hidden,
+            "penultimate": penultimate,
+            "features": feats,
+        }
 
 
 def flat_input(inp: ActInput, rows: int) -> ActInput:
@@ -228,7 +279,7 @@ def run_gru(cell: nn.GRUCell, feats: torch.Tensor, h0: torch.Tensor, starts: tor
 
 
 class RecurrentCritic(nn.Module):
-    """MAPPO's centralised critic: global state (+ one-hot agent id) -> FC -> GRU -> V.
+    """MAPPO's centralised critic: global state -> FC, (+ one-hot agent id) -> FC -> GRU -> V.
 
     The state is encoded once per env copy and shared by that copy's N agents."""
 
@@ -245,10 +296,16 @@ class RecurrentCritic(nn.Module):
             cfg.cnn_kernel,
             cfg.critic_cnn_stride,
             cfg.orthogonal_init,
+            layer_norm=cfg.layer_norm,
         )
         self.id_dim = spec.n_agents if cfg.critic_agent_id else 0
         self.fc = init_layer(nn.Linear(cfg.hidden_dim + self.id_dim, cfg.hidden_dim), orthogonal=cfg.orthogonal_init)
-        self.gru = nn.GRUCell(cfg.hidden_dim, cfg.hidden_dim)
+        # The second FC's LayerNorm follows the encoder's rule (vector states only).
+        self.fc_norm = (
+            nn.LayerNorm(cfg.hidden_dim) if cfg.layer_norm and not self.state_encoder.image else nn.Identity()
+        )
+        self.gru = init_gru(nn.GRUCell(cfg.hidden_dim, cfg.hidden_dim), cfg.orthogonal_init)
+        self.out_norm = output_norm(cfg.hidden_dim, cfg.layer_norm)
         self.v = init_layer(nn.Linear(cfg.hidden_dim, 1), 1.0, cfg.orthogonal_init)
 
     def initial_hidden(self, rows: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -264,14 +321,14 @@ class RecurrentCritic(nn.Module):
         if self.id_dim:
             eye = torch.eye(self.n_agents, dtype=s.dtype, device=s.device).expand(s.shape[0], -1, -1)
             s = torch.cat([s, eye], -1)
-        return F.relu(self.fc(s))
+        return self.fc_norm(F.relu(self.fc(s)))
 
     def step(self, state_p: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """state_p [B, *stored]; h [B, N, H] -> (values [B, N], new hidden [B, N, H])."""
         B = state_p.shape[0]
         x = self._inputs(state_p).reshape(B * self.n_agents, -1)
         h = self.gru(x, h.reshape(B * self.n_agents, -1))
-        return self.v(h).view(B, self.n_agents), h.view(B, self.n_agents, -1)
+        return self.v(self.out_norm(h)).view(B, self.n_agents), h.view(B, self.n_agents, -1)
 
     def sequence(self, state_p: torch.Tensor, h0: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
         """state_p [L, K, *stored] (K chunks of env copies); h0 [K, N, H]; starts [L, K] -> values [L, K, N]."""
@@ -279,4 +336,4 @@ class RecurrentCritic(nn.Module):
         x = self._inputs(state_p.reshape(L * K, *state_p.shape[2:])).view(L, K * self.n_agents, -1)
         s = starts.unsqueeze(-1).expand(L, K, self.n_agents).reshape(L, K * self.n_agents)
         hidden = run_gru(self.gru, x, h0.reshape(K * self.n_agents, -1), s)
-        return self.v(hidden).view(L, K, self.n_agents)
+        return self.v(self.out_norm(hidden)).view(L, K, self.n_agents)

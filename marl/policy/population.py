@@ -78,6 +78,12 @@ def spec_from_record(rec: dict[str, Any]) -> EnvSpec:
     )
 
 
+# The networks of artifacts written before on-policy's LayerNorms and second FC layer were added
+# (commit 9783904 and earlier, e.g. records/reference/bidist_stag_hunt at 600k): what a field absent
+# from an artifact's config stood for.
+LEGACY_NETWORK = {"layer_norm": False, "actor_fc_layers": 1}
+
+
 def save_policy(
     path: str | Path, algorithm: str, cfg: Any, spec: EnvSpec, actor: nn.Module, info: dict[str, Any] | None = None
 ) -> None:
@@ -122,7 +128,8 @@ def load_policy(path: str | Path, device: torch.device | str = "cpu", expect: En
     if not isinstance(blob, dict) or blob.get("format") != ARTIFACT_FORMAT:
         raise PolicyLoadError(f"{path} is not a policy artifact of format {ARTIFACT_FORMAT}")
     algo = get_algorithm(blob["algorithm"])
-    cfg = algo.make_config({k: v for k, v in blob["config"].items()})
+    # An artifact saved before a network field existed was built without it: rebuild it as it was.
+    cfg = algo.make_config({**LEGACY_NETWORK, **blob["config"]})
     spec = spec_from_record(blob["spec"])
     if expect is not None:
         mismatch = [

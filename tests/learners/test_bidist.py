@@ -150,9 +150,10 @@ PUSH = Config().reverse_kl_push  # 0.25 nats: what a default reverse round adds 
 MOVE = 0.15  # nats: the least each default round must move its KL on this data (60% of the push)
 
 
-def perturb_theta(learner: Learner, scale: float = 1.0, seed: int = 5) -> None:
+def perturb_theta(learner: Learner, scale: float = 0.25, seed: int = 5) -> None:
     """Move theta away from phi as a learner's own updates would: noise on the policy head (MAPPO's
-    starts near zero, gain 0.01) and 10% relative noise on every other weight."""
+    starts near zero, gain 0.01; it reads the GRU output through LayerNorm, unit scale per unit, so
+    0.25 moves the logits by about 2 over 64 units) and 10% relative noise on every other weight."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in learner.actor.named_parameters():
@@ -209,7 +210,7 @@ def test_default_forward_round_lowers_kl_to_the_history_mixture_and_reverse_then
     with torch.no_grad():
         to_target = float(masked_mean(kl_categorical(target, learner._phi_logits(inp, starts)), mask))
         theta_to_target = float(masked_mean(kl_categorical(th, target), mask))
-    assert to_target < 0.2 * theta_to_target  # measured 0.019 vs 0.142
+    assert to_target < 0.2 * theta_to_target  # measured 0.018 vs 0.186
     assert fwd_after == pytest.approx(theta_to_target, rel=0.3)
     # Just after a forward round (where the old reverse round moved KL by 1e-6), a default reverse
     # round adds the whole push.

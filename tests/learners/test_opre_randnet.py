@@ -559,7 +559,27 @@ def _features_by_hand(actor: RecurrentActor, obs: torch.Tensor, w: torch.Tensor 
         img = F.avg_pool2d(F.conv2d(obs.float() / 255.0, w, padding=1), 8)
     conv = actor.encoder.cnn[0]
     x = F.relu(F.conv2d(img, conv.weight, conv.bias)).flatten(1)
-    return F.relu(F.linear(x, actor.encoder.fc.weight, actor.encoder.fc.bias))
+    return _fc_by_hand(actor, x)
+
+
+def _fc_by_hand(actor: RecurrentActor, x: torch.Tensor) -> torch.Tensor:
+    """The encoder's FC layers (on-policy's two at the defaults), each then ReLU, and for a vector input
+    the LayerNorms: on the input and after each layer (unit gains, zero shifts at initialisation)."""
+    enc = actor.encoder
+    linears = [m for m in enc.modules() if isinstance(m, torch.nn.Linear)]
+    vector_norm = not enc.image and any(isinstance(m, torch.nn.LayerNorm) for m in enc.modules())
+    if vector_norm:
+        x = F.layer_norm(x, x.shape[-1:])
+    for lin in linears:
+        x = F.relu(F.linear(x, lin.weight, lin.bias))
+        if vector_norm:
+            x = F.layer_norm(x, x.shape[-1:])
+    return x
+
+
+def _penultimate_by_hand(h: torch.Tensor) -> torch.Tensor:
+    """What the policy head reads: on-policy's LayerNorm of the GRU output (unit gain, zero shift at init)."""
+    return F.layer_norm(h, h.shape[-1:])
 
 
 def _gru_by_hand(actor: RecurrentActor, feats: torch.Tensor, h: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
@@ -710,6 +730,7 @@ def test_randnet_feature_matching_on_the_penultimate_layer_by_hand(clean_prob):
     learner = randnet_learner(clean_prob=clean_prob)
     learner.before_rollout(torch.Generator().manual_seed(3))
     assert learner.cfg.feature_match_layer == "penultimate" and learner.cfg.feature_match_coef == 0.002
+    assert learner.cfg.layer_norm and learner.cfg.actor_fc_layers == 2  # on-policy's networks (the defaults)
     L, M = 3, 4
     inp = image_input(M, 0, (L,))
     starts = torch.zeros(L, M, dtype=torch.bool)
@@ -719,14 +740,16 @@ def test_randnet_feature_matching_on_the_penultimate_layer_by_hand(clean_prob):
     out = learner.actor_sequence(inp, h0, starts)
     with torch.no_grad():
         actor = learner.actor
-        rand_h = _gru_by_hand(actor, _features_by_hand(actor, flat(inp.obs), learner.draw).view(L, M, -1), h0, starts)
-        clean_h = _gru_by_hand(actor, _features_by_hand(actor, flat(inp.obs), None).view(L, M, -1), h0, starts)
+        rand_gru = _gru_by_hand(actor, _features_by_hand(actor, flat(inp.obs), learner.draw).view(L, M, -1), h0, starts)
+        clean_gru = _gru_by_hand(actor, _features_by_hand(actor, flat(inp.obs), None).view(L, M, -1), h0, starts)
+        rand_h, clean_h = _penultimate_by_hand(rand_gru), _penultimate_by_hand(clean_gru)
     assert torch.allclose(out["randomized_features"], rand_h, atol=1e-5)
     assert torch.allclose(out["clean_features"], clean_h, atol=1e-5)
     assert not torch.allclose(rand_h, clean_h, atol=1e-3)
     # The iteration's own input drives the policy (and PPO); the other side is the matched target.
-    used = clean_h if learner.clean else rand_h
-    assert torch.allclose(out["hidden"], used, atol=1e-5)
+    used_gru, used = (clean_gru, clean_h) if learner.clean else (rand_gru, rand_h)
+    assert torch.allclose(out["hidden"], used_gru, atol=1e-5)
+    assert torch.allclose(out["penultimate"], used, atol=1e-5)
     assert out["randomized_features"].requires_grad and not out["clean_features"].detach().requires_grad
     # The term: beta * mean over units of the squared difference, over the masked rows only.
     mask = torch.ones(L, M, dtype=torch.bool)
@@ -866,11 +889,11 @@ def test_randnet_vector_transform_changes_the_features_and_is_matched(clean_prob
     inp = vector_input(M, 0, (L,))
     starts = torch.zeros(L, M, dtype=torch.bool)
     starts[0] = True
-    fc = learner.actor.encoder.fc  # vector encoder: FC -> ReLU on [obs] (no extras, no id by default)
+    fc = learner.actor.encoder.fc  # the first of LN, (FC -> ReLU -> LN) x 2 on [obs] (no extras or id by default)
     with torch.no_grad():
         out = learner.actor_sequence(inp, learner.actor.initial_hidden(M), starts)
-        clean = F.relu(inp.obs @ fc.weight.T + fc.bias)  # by hand
-        rand = F.relu((inp.obs @ learner.draw.T) @ fc.weight.T + fc.bias)
+        clean = _fc_by_hand(learner.actor, inp.obs)  # by hand
+        rand = _fc_by_hand(learner.actor, inp.obs @ learner.draw.T)
         plain = RecurrentActor(vector_spec(), learner.cfg)  # the same weights without any random layer
         plain.load_state_dict(learner.actor.state_dict())
         plain_logits = plain.sequence(inp, plain.initial_hidden(M), starts)["logits"]
@@ -880,8 +903,8 @@ def test_randnet_vector_transform_changes_the_features_and_is_matched(clean_prob
             assert torch.allclose(logits, out["logits"][t], atol=1e-5)
         # The matched features are the penultimate layer's: the GRU over each input's features.
         h0 = learner.actor.initial_hidden(M)
-        clean_h = _gru_by_hand(learner.actor, clean, h0, starts)
-        rand_h = _gru_by_hand(learner.actor, rand, h0, starts)
+        clean_h = _penultimate_by_hand(_gru_by_hand(learner.actor, clean, h0, starts))
+        rand_h = _penultimate_by_hand(_gru_by_hand(learner.actor, rand, h0, starts))
     assert torch.allclose(out["clean_features"], clean_h, atol=1e-5)
     assert torch.allclose(out["randomized_features"], rand_h, atol=1e-5)
     assert not torch.allclose(clean, rand, atol=1e-2) and not torch.allclose(clean_h, rand_h, atol=1e-3)

@@ -1,8 +1,10 @@
 """The policy networks (marl/policy/networks.py): image preprocessing, the observation encoder's
-shapes, GRU resets at episode starts, and the actor's sequence pass equal to stepping it."""
+shapes, GRU resets at episode starts, the actor's sequence pass equal to stepping it, on-policy's
+networks at the defaults (by hand), the earlier networks, and loading an artifact of the earlier ones."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from envs.base import EnvSpec
@@ -122,3 +124,132 @@ def test_actor_sequence_equals_stepping_act_with_resets():
         assert torch.allclose(seq["hidden"][t], h, atol=1e-6)
         assert (logits[~avail[t]] == NEG_INF).all()
     assert seq["logits"][avail].std() > 0.1  # not near-uniform: the comparison has teeth
+
+
+# on-policy's networks at the defaults, and the earlier ones --------------------------------------
+
+
+def _image_spec() -> EnvSpec:
+    return EnvSpec(
+        family="test",
+        scenario="img",
+        num_envs=1,
+        n_agents=2,
+        n_actions=5,
+        obs_shape=(40, 40, 3),  # 5 x 5 cells after the 8x pooling
+        state_shape=(48, 40, 3),
+        episode_limit=10,
+        obs_dtype=torch.uint8,
+        extra_obs_shapes={"READY_TO_SHOOT": (1,)},
+    )
+
+
+def _linears(module: nn.Module) -> list[nn.Linear]:
+    return [m for m in module.modules() if isinstance(m, nn.Linear)]
+
+
+def _has_layer_norm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.LayerNorm) for m in module.modules())
+
+
+def _columns_orthonormal(w: torch.Tensor) -> bool:  # GRU weights are [3H, H]: orthonormal columns
+    return torch.allclose(w.T @ w, torch.eye(w.shape[1]), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["image", "vector"])
+def test_default_networks_are_on_policy_s(kind):
+    # on-policy (r_actor_critic.py): base with two FC layers (CNNLayer: conv, FC, FC; MLPBase:
+    # LayerNorm on the input, then FC -> ReLU -> LayerNorm twice), GRU with orthogonal weights and
+    # zero biases, LayerNorm on the GRU output under the heads; the carried hidden state stays raw.
+    from marl.policy.networks import RecurrentCritic
+
+    torch.manual_seed(0)
+    cfg = PolicyLearnerConfig()
+    assert cfg.layer_norm and cfg.actor_fc_layers == 2 and cfg.orthogonal_init
+    spec = _image_spec() if kind == "image" else _vector_spec()
+    actor, critic = RecurrentActor(spec, cfg), RecurrentCritic(spec, cfg)
+    assert len(_linears(actor.encoder)) == 2
+    assert _has_layer_norm(actor.encoder) == (kind == "vector")  # on-policy's CNN base has none
+    for gru in (actor.gru, critic.gru):
+        assert _columns_orthonormal(gru.weight_ih) and _columns_orthonormal(gru.weight_hh)
+        assert not gru.bias_ih.any() and not gru.bias_hh.any()
+    M = 3
+    if kind == "image":
+        obs = actor.encoder.preprocess(torch.randint(0, 256, (M, 40, 40, 3), dtype=torch.uint8))
+        extra, state = torch.randn(M, 1), critic.preprocess(torch.randint(0, 256, (M, 48, 40, 3), dtype=torch.uint8))
+    else:
+        obs, extra, state = torch.randn(M, 6), torch.zeros(M, 0), torch.randn(M, 5)
+    avail = torch.ones(M, spec.n_actions, dtype=torch.bool)
+    inp = ActInput(obs, extra, torch.arange(M) % 2, avail, state)
+    with torch.no_grad():
+        h0 = torch.randn(M, cfg.hidden_dim)
+        logits, h = actor.act(inp, h0)
+        # By hand: the encoder's two FC layers, the GRU, then LayerNorm (unit gain, zero shift at init).
+        x = actor.encoder.cnn(obs.float() / 255.0) if kind == "image" else obs
+        x = torch.cat([x, extra], -1)
+        if kind == "vector":
+            x = F.layer_norm(x, x.shape[-1:])
+        for lin in _linears(actor.encoder):
+            x = torch.relu(lin(x))
+            if kind == "vector":
+                x = F.layer_norm(x, x.shape[-1:])
+        assert torch.allclose(h, actor.gru(x, h0), atol=1e-5)
+        assert torch.allclose(logits, actor.head(F.layer_norm(h, h.shape[-1:])), atol=1e-5)
+        values, hc = critic.step(state[:1], torch.randn(1, 2, cfg.hidden_dim))  # one env copy, its 2 agents
+        assert torch.allclose(values, critic.v(F.layer_norm(hc, hc.shape[-1:])).squeeze(-1), atol=1e-5)
+
+
+def test_layer_norm_off_and_one_fc_layer_give_the_earlier_networks():
+    cfg = PolicyLearnerConfig(layer_norm=False, actor_fc_layers=1)
+    from marl.policy.networks import RecurrentCritic
+
+    for spec in (_image_spec(), _vector_spec()):
+        actor, critic = RecurrentActor(spec, cfg), RecurrentCritic(spec, cfg)
+        assert not _has_layer_norm(actor) and not _has_layer_norm(critic)
+        assert len(_linears(actor.encoder)) == 1  # encoder -> ReLU -> GRU -> head
+    with pytest.raises(ValueError, match="at least one FC layer"):
+        RecurrentActor(_vector_spec(), PolicyLearnerConfig(actor_fc_layers=0))
+
+
+def test_a_policy_artifact_written_before_the_network_fields_loads_as_it_was_built(tmp_path):
+    # Artifacts of commit 9783904 and earlier (records/reference/bidist_stag_hunt at 600k) have no
+    # layer_norm / actor_fc_layers in their config: they were the earlier networks.
+    from marl.policy.population import LEGACY_NETWORK, load_policy, save_policy
+
+    torch.manual_seed(0)
+    spec = _vector_spec()
+    old_cfg = PolicyLearnerConfig(**LEGACY_NETWORK)
+    actor = RecurrentActor(spec, old_cfg)
+    path = tmp_path / "policy.pt"
+    save_policy(path, "mappo", old_cfg, spec, actor)
+    blob = torch.load(path, weights_only=False)
+    for key in LEGACY_NETWORK:
+        del blob["config"][key]
+    torch.save(blob, path)
+    loaded = load_policy(path)
+    assert not _has_layer_norm(loaded.actor) and len(_linears(loaded.actor.encoder)) == 1
+    inp = ActInput(
+        torch.randn(3, 6),
+        torch.zeros(3, 0),
+        torch.zeros(3, dtype=torch.long),
+        torch.ones(3, 4, dtype=torch.bool),
+        torch.randn(3, 5),
+    )
+    with torch.no_grad():
+        assert torch.equal(loaded.actor.act(inp, torch.zeros(3, 64))[0], actor.act(inp, torch.zeros(3, 64))[0])
+    # A new artifact keeps its own fields.
+    save_policy(path, "mappo", PolicyLearnerConfig(), spec, RecurrentActor(spec, PolicyLearnerConfig()))
+    assert _has_layer_norm(load_policy(path).actor)
+
+
+def test_the_committed_600k_population_still_loads():
+    # The shipped records of that campaign hold earlier-network artifacts (until their policies are dropped).
+    from pathlib import Path
+
+    from marl.policy.population import load_policy
+
+    paths = sorted(Path(__file__).parents[2].glob("records/reference/bidist_stag_hunt/runs/*/policy*.pt"))
+    if not paths:
+        pytest.skip("the records hold no policy artifacts (dropped after their cross-play)")
+    for path in paths[:3]:
+        assert not _has_layer_norm(load_policy(path).actor)
