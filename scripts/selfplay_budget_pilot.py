@@ -3,7 +3,7 @@
     .venv/bin/python scripts/selfplay_budget_pilot.py RUN_DIR [RUN_DIR ...]
 
 Each RUN_DIR holds a ``metrics.csv`` of a self-play run on stag_hunt_in_the_matrix__repeated with
-greedy tests every 100k steps. At each window end B (the env steps of an evaluation, from the third
+tests every 100k steps (sampled actions, the Melting Pot default). At each window end B (the env steps of an evaluation, from the third
 on) a seed is *clearly above random play* when the mean of its evaluations at B-200k, B-100k and B
 exceeds random play's return by at least ``--z`` (2) standard errors of the difference: its own
 standard error from the three evaluations' episodes (their means and population standard
