@@ -17,7 +17,8 @@ crossplay.json back into the records.
 Once a campaign's cross-play phase is complete, its policies have served their purpose and weigh
 most of the folder: ``drop-policies`` removes them from the tree (never from git history) and writes
 ``policies.yaml`` beside the manifest with the commit that still holds them, which ``import`` and
-the index report. It refuses while any focal run lacks a complete cross-play evaluation, or while
+the index report. It refuses while any focal run lacks a complete cross-play evaluation, unless
+``--superseded WHY`` says the campaign is replaced and will not be cross-played, and always while
 the policies are not committed (they would be lost).
 
 ``records/index.yaml`` lists each exported suite: its kind (``reference``: the papers' headline
@@ -27,6 +28,7 @@ commits and machines its runs came from, the dates, and each run's final score.
     python -m suites.records export /path/to/out/ddn_tuning --kind tuning
     python -m suites.records import records/reference/bidist_stag_hunt --out /path/to/out
     python -m suites.records drop-policies records/reference/bidist_stag_hunt
+    python -m suites.records drop-policies records/reference/bidist_stag_hunt --superseded "rerun at ..."
 """
 
 from __future__ import annotations
@@ -222,22 +224,26 @@ def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
 
 
-def drop_policies(record_dir: Path) -> tuple[list[Path], str]:
+def drop_policies(record_dir: Path, superseded: str | None = None) -> tuple[list[Path], str]:
     """Remove the policy artifacts of a record folder whose every focal run has a complete cross-play
-    evaluation; they must be committed and unchanged, so the commit returned (HEAD) still holds
-    them. Writes ``policies.yaml`` (that commit, how many files, how to restore them) and rewrites
-    the index. Raises ValueError, touching nothing, when a condition fails."""
+    evaluation, or, with ``superseded`` (why), of a campaign that will not be cross-played (replaced
+    by a rerun); they must be committed and unchanged, so the commit returned (HEAD) still holds
+    them. Writes ``policies.yaml`` (that commit, how many files, how to restore them, why) and
+    rewrites the index. Raises ValueError, touching nothing, when a condition fails."""
     record_dir = Path(record_dir).resolve()
     runs = finished_runs(record_dir)
     if not runs:
         raise ValueError(f"{record_dir} holds no finished run records (expected runs/<id>/status.json 'done')")
+    if superseded is not None and not superseded.strip():
+        raise ValueError("--superseded needs the reason (what replaces these runs), e.g. 'rerun with new networks'")
     focal = [d for d in runs if _read_json(d / "spec.json").get("group") != HELDOUT_GROUP]
-    waiting = {d.name: why for d in focal if (why := _crossplay_incomplete(d))}
+    waiting = {} if superseded else {d.name: why for d in focal if (why := _crossplay_incomplete(d))}
     if waiting:
         listed = "; ".join(f"{k}: {v}" for k, v in sorted(waiting.items()))
         raise ValueError(
             f"{len(waiting)} focal run(s) have no complete cross-play evaluation ({listed}); run the suite's "
-            "cross-play phase over the whole population and export again first"
+            "cross-play phase over the whole population and export again first (or, for a campaign that "
+            "will not be cross-played, give --superseded 'why')"
         )
     files = sorted(p for d in runs for pattern in POLICY_ARTIFACTS for p in d.glob(pattern) if p.is_file())
     if not files:
@@ -262,7 +268,9 @@ def drop_policies(record_dir: Path) -> tuple[list[Path], str]:
                 "commit": commit,
                 "files": len(files),
                 "restore": f"git checkout {commit} -- {folder}",
-                "why": "cross-play complete for every focal run; the policies are needed only to rerun it",
+                "why": f"superseded: {superseded.strip()}"
+                if superseded
+                else "cross-play complete for every focal run; the policies are needed only to rerun it",
             },
             sort_keys=False,
             width=200,
@@ -284,11 +292,16 @@ def main(argv: list[str] | None = None) -> int:
     im.add_argument("--out", type=Path, required=True, help="the run store's root (reproduce.py --out)")
     dp = sub.add_parser("drop-policies", help="remove a record folder's policies once its cross-play is complete")
     dp.add_argument("record_dir", type=Path, help="a record folder, e.g. records/reference/bidist_stag_hunt")
+    dp.add_argument(
+        "--superseded",
+        metavar="WHY",
+        help="drop them although cross-play is incomplete: the campaign is replaced (say by what) and will not be cross-played",
+    )
     sub.add_parser("index", help="rewrite records/index.yaml from the records on disk")
     args = parser.parse_args(argv)
     if args.command == "drop-policies":
         try:
-            files, commit = drop_policies(args.record_dir)
+            files, commit = drop_policies(args.record_dir, args.superseded)
         except ValueError as exc:
             print(f"records: {exc}", file=sys.stderr)
             return 2
@@ -313,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         if (args.record_dir / DROPPED).is_file():
             dropped = yaml.safe_load((args.record_dir / DROPPED).read_text())
             print(
-                f"records: these records hold no policies (removed after their cross-play phase); to rerun "
+                f"records: these records hold no policies ({dropped.get('why')}); to rerun "
                 f"cross-play, restore them first ({dropped.get('restore')}) and import into a store without these runs"
             )
         return 0

@@ -183,3 +183,25 @@ def test_drop_policies_refuses_and_touches_nothing(committed_records, case, caps
     assert main(["drop-policies", str(folder)]) == 2
     assert expected in capsys.readouterr().err
     assert sorted(str(p) for p in folder.rglob("*")) == before
+
+
+def test_drop_policies_of_a_superseded_campaign_without_cross_play(committed_records, capsys):
+    # A campaign replaced by a rerun is never cross-played: --superseded drops its policies anyway,
+    # says why, and still refuses uncommitted ones or an empty reason.
+    repo, folder = committed_records
+    for run_dir in (folder / "runs").iterdir():
+        (run_dir / "crossplay.json").unlink()
+    _git(repo, "commit", "-qam", "no cross-play")
+    before = sorted(str(p) for p in folder.rglob("*"))
+    assert main(["drop-policies", str(folder)]) == 2
+    assert "--superseded" in capsys.readouterr().err
+    assert main(["drop-policies", str(folder), "--superseded", "  "]) == 2
+    assert "needs the reason" in capsys.readouterr().err
+    assert sorted(str(p) for p in folder.rglob("*")) == before
+    assert main(["drop-policies", str(folder), "--superseded", "rerun with on-policy's networks"]) == 0
+    assert not list(folder.rglob("policy*.pt"))
+    dropped = yaml.safe_load((folder / "policies.yaml").read_text())
+    assert dropped["why"] == "superseded: rerun with on-policy's networks" and dropped["files"] == 4
+    capsys.readouterr()
+    assert main(["import", str(folder), "--out", str(repo / "store")]) == 0
+    assert "superseded: rerun with on-policy's networks" in capsys.readouterr().out
