@@ -242,14 +242,28 @@ def test_a_policy_artifact_written_before_the_network_fields_loads_as_it_was_bui
     assert _has_layer_norm(load_policy(path).actor)
 
 
-def test_the_committed_600k_population_still_loads():
-    # The shipped records of that campaign hold earlier-network artifacts (until their policies are dropped).
+def test_the_committed_600k_population_still_loads(tmp_path):
+    # That campaign's artifacts (earlier networks) left the tree when it was superseded; the commit in
+    # its policies.yaml holds them. Load three of them from git as a user restoring them would.
+    import subprocess
     from pathlib import Path
+
+    import yaml
 
     from marl.policy.population import load_policy
 
-    paths = sorted(Path(__file__).parents[2].glob("records/reference/bidist_stag_hunt/runs/*/policy*.pt"))
-    if not paths:
-        pytest.skip("the records hold no policy artifacts (dropped after their cross-play)")
-    for path in paths[:3]:
-        assert not _has_layer_norm(load_policy(path).actor)
+    repo = Path(__file__).parents[2]
+    folder = "records/reference/bidist_stag_hunt"
+    commit = yaml.safe_load((repo / folder / "policies.yaml").read_text())["commit"]
+    listed = subprocess.run(
+        ["git", "ls-tree", "-r", "--name-only", commit, "--", folder], cwd=repo, capture_output=True, text=True
+    )
+    if listed.returncode != 0:
+        pytest.skip(f"this checkout lacks commit {commit[:12]} (a shallow clone?)")
+    paths = [p for p in listed.stdout.split() if p.endswith("/policy.pt")][:3]
+    assert len(paths) == 3
+    for i, path in enumerate(paths):
+        blob = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=repo, capture_output=True, check=True).stdout
+        (tmp_path / f"{i}.pt").write_bytes(blob)
+        loaded = load_policy(tmp_path / f"{i}.pt")
+        assert not _has_layer_norm(loaded.actor) and len(_linears(loaded.actor.encoder)) == 1
