@@ -185,7 +185,8 @@ def import_records(record_dir: Path, out: Path) -> tuple[list[str], list[str]]:
     """Copy the runs of the record folder ``record_dir`` (``records/<kind>/<suite>``) into the run
     store ``out/<suite>``, each through a temporary dir renamed into place (a kill leaves no half
     run dir). A run dir already in the store is never touched (it may hold a run in progress or a
-    newer result). Returns (imported ids, ids kept as they were)."""
+    newer result). The floor rows' evaluations (``floor/<id>``) come along under the same rule, so a
+    store resumed elsewhere does not evaluate them again. Returns (imported ids, ids kept as they were)."""
     record_dir = Path(record_dir)
     runs = finished_runs(record_dir)
     if not runs:
@@ -205,6 +206,16 @@ def import_records(record_dir: Path, out: Path) -> tuple[list[str], list[str]]:
             shutil.copyfile(path, staging / path.name)
         staging.rename(target)
         imported.append(run_dir.name)
+    for floor_dir in sorted((record_dir / FLOOR_DIR).glob("*")):
+        target = dest.parent / FLOOR_DIR / floor_dir.name
+        if target.exists() or not (floor_dir / "spec.json").is_file():
+            continue
+        staging = target.parent / f".import-{floor_dir.name}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for path in sorted(p for p in floor_dir.iterdir() if p.is_file()):
+            shutil.copyfile(path, staging / path.name)
+        staging.rename(target)
     return imported, kept
 
 

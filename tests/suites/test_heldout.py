@@ -446,6 +446,17 @@ def test_a_campaign_spans_machines_through_its_records(tmp_path):
     export(store_b.root, "reference", records)
     (floor,) = (records / "reference" / suite.name / "floor").iterdir()
     assert json.loads((floor / CROSSPLAY).read_text())["state"] == "done" and (floor / "spec.json").is_file()
+    # ... and an import brings it into a fresh store, where the cross-play phase finds it up to date.
+    imported, _ = import_records(records / "reference" / suite.name, tmp_path / "c")
+    assert len(imported) == 4  # two focal runs, two held-out ones
+    assert (tmp_path / "c" / suite.name / "floor" / floor.name / CROSSPLAY).read_bytes() == (
+        floor / CROSSPLAY
+    ).read_bytes()
+    assert not list((tmp_path / "c" / suite.name / "floor").glob(".import-*"))
+    store_c = SuiteStore(tmp_path / "c", suite.name)
+    assert "0 focal run(s) to evaluate, 3 up to date" in describe_plan(  # 2 focal runs and the floor
+        plan_crossplay(plan(list(suite.runs), store_c), suite, store_c)
+    )
 
 
 def test_no_crossplay_trains_only_and_a_later_invocation_evaluates(tmp_path, capsys):
