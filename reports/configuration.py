@@ -68,6 +68,12 @@ def _default(f: dataclasses.Field) -> Any:
     return None
 
 
+def absent_means(algorithm: str) -> dict[str, Any]:
+    """What a config written before a field existed ran for fields whose default did not keep the
+    old behaviour (the config class's ``ABSENT_MEANS``; every other field: its class default)."""
+    return dict(getattr(_config_class(algorithm), "ABSENT_MEANS", None) or {})
+
+
 @lru_cache(maxsize=None)
 def class_defaults(algorithm: str) -> dict[str, Any]:
     """The algorithm's config fields at their dataclass defaults (not a profile's values); {} when
@@ -111,6 +117,7 @@ def method_choices(data: SuiteData) -> dict[str, list[ConfigField]]:
         cls = _config_class(str(algorithm))
         comments = field_comments(cls) if cls else {}
         class_values = class_defaults(str(algorithm))
+        before_field = {**class_values, **absent_means(str(algorithm))}
         defaults = {name: _show(value) for name, value in class_values.items()}
         evidence = choice_evidence().get(str(algorithm), {})
         names = list(dict.fromkeys(k for _, cfg in configs for k in cfg))
@@ -119,8 +126,9 @@ def method_choices(data: SuiteData) -> dict[str, list[ConfigField]]:
             users: dict[str, list[str]] = {}
             for label, cfg in configs:
                 # A run older than a field ran at its class default (a new field's default keeps
-                # the old behaviour), as the reproducibility check reads it.
-                value = _show(cfg[name] if name in cfg else class_values.get(name))
+                # the old behaviour) unless the class says otherwise (ABSENT_MEANS), as the
+                # reproducibility check reads it.
+                value = _show(cfg[name] if name in cfg else before_field.get(name))
                 if label not in users.setdefault(value, []):
                     users[value].append(label)
             # Most used value first: the template names the labels of the other values only.

@@ -19,7 +19,7 @@ import yaml
 
 from reports.claims import INCONCLUSIVE, NOT_REPRODUCED, NOT_RUN, REPRODUCED, Verdict, evaluate_claims
 from reports.collect import collect, metric_for
-from reports.configuration import class_defaults
+from reports.configuration import absent_means, class_defaults
 from reports.paper import PaperNumbers
 
 RECORDS = Path(__file__).resolve().parents[1] / "records"
@@ -88,12 +88,13 @@ def _config_in_force(algorithm: str, config: dict) -> dict:
     """``config`` without the fields at their class default. A field added to a config keeps the
     old behaviour at its default (the project's rule for new choices), so a run from before the
     field existed (no such key in its provenance) and a run with the field at its default ran
-    the same configuration; a field away from today's default (a default that changed, or an
-    override) stays and must match."""
+    the same configuration; the exceptions (the class's ``ABSENT_MEANS``) are filled in with what
+    such a run ran. A field away from today's default (a default that changed, or an override)
+    stays and must match."""
     defaults = class_defaults(algorithm)
     return {
         k: v
-        for k, v in config.items()
+        for k, v in {**absent_means(algorithm), **config}.items()
         if not (k in defaults and json.dumps(v, default=str) == json.dumps(defaults[k], default=str))
     }
 

@@ -18,12 +18,18 @@ notes (docs/methods.md, "MAPPO").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 
 @dataclass
 class PolicyLearnerConfig:
     """Choice fields are Literal types, checked by marl/config.py build_config (as the value learners')."""
+
+    # A new field's default normally keeps the old behaviour, so a config written before the field
+    # existed ran at its default. These fields' defaults changed the networks (commit 1a7a662): a
+    # config without them (policy artifacts, run provenance of commit 9783904 and earlier) ran these
+    # values. Read by policy loading (marl/policy/population.py) and the reports' configuration checks.
+    ABSENT_MEANS: ClassVar[dict[str, Any]] = {"layer_norm": False, "actor_fc_layers": 1}
 
     profile: Literal["mappo"] = "mappo"  # hyperparameter set: the on-policy MAPPO reference defaults (docs/methods.md)
     # Interaction: each iteration collects rollout_length steps from each of num_envs copies.

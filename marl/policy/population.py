@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from envs.base import EnvSpec
+from marl.policy.config import PolicyLearnerConfig
 from marl.run_io import atomic_torch_save
 
 ARTIFACT_FORMAT = 1
@@ -81,7 +82,7 @@ def spec_from_record(rec: dict[str, Any]) -> EnvSpec:
 # The networks of artifacts written before on-policy's LayerNorms and second FC layer were added
 # (commit 9783904 and earlier, e.g. records/reference/bidist_stag_hunt at 600k): what a field absent
 # from an artifact's config stood for.
-LEGACY_NETWORK = {"layer_norm": False, "actor_fc_layers": 1}
+LEGACY_NETWORK = PolicyLearnerConfig.ABSENT_MEANS
 
 
 def save_policy(
@@ -129,7 +130,7 @@ def load_policy(path: str | Path, device: torch.device | str = "cpu", expect: En
         raise PolicyLoadError(f"{path} is not a policy artifact of format {ARTIFACT_FORMAT}")
     algo = get_algorithm(blob["algorithm"])
     # An artifact saved before a network field existed was built without it: rebuild it as it was.
-    cfg = algo.make_config({**LEGACY_NETWORK, **blob["config"]})
+    cfg = algo.make_config({**getattr(algo.config_cls, "ABSENT_MEANS", {}), **blob["config"]})
     spec = spec_from_record(blob["spec"])
     if expect is not None:
         mismatch = [

@@ -168,6 +168,21 @@ def test_a_run_matches_a_reference_run_by_the_config_in_force_and_its_checkpoint
     assert check() == "no reference run has this configuration"
 
 
+def test_a_field_whose_default_changed_behaviour_reads_as_what_older_runs_ran():
+    # MAPPO's network fields came with on-policy's networks as their defaults (commit 1a7a662), so a
+    # provenance without them ran the earlier networks (PolicyLearnerConfig.ABSENT_MEANS), not today's.
+    from reports.configuration import absent_means
+    from reports.reference import _config_in_force
+
+    assert absent_means("mappo") == {"layer_norm": False, "actor_fc_layers": 1} and absent_means("qmix") == {}
+    before = {"lr": 5e-4}  # a provenance of commit 9783904 (no such keys)
+    today = {"lr": 5e-4, "layer_norm": True, "actor_fc_layers": 2}
+    spelled_out = {"lr": 5e-4, "layer_norm": False, "actor_fc_layers": 1}
+    assert _config_in_force("mappo", before) != _config_in_force("mappo", today)
+    assert _config_in_force("mappo", before) == _config_in_force("mappo", spelled_out)
+    assert _config_in_force("mappo", today) == {}  # every field at its default
+
+
 def _check_reference_set(records, tmp_path, numbers, monkeypatch) -> int:
     """Every reference suite under ``records`` loads without problems and renders as its own
     report, and a user's report shows each claim's reference cell from it (or, while none is
