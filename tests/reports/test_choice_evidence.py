@@ -66,3 +66,26 @@ def test_a_field_absent_from_an_older_runs_config_shows_its_class_default(tmp_pa
     fields = {f.name: f for f in method_choices(collect(root))["ddn"]}
     assert [value for value, _ in fields["student_lr_scale"].values] == ["1.0"]
     assert fields["student_lr_scale"].default == "1.0" and not fields["student_lr_scale"].changed
+
+
+def test_a_network_field_absent_from_an_older_policy_run_shows_the_earlier_networks(tmp_path):
+    """MAPPO's layer_norm / actor_fc_layers came with defaults that changed the networks: a run whose
+    provenance lacks them ran the earlier networks (PolicyLearnerConfig.ABSENT_MEANS), and the
+    choices table says so beside a run at today's defaults."""
+    import json
+
+    root = write_suite(
+        tmp_path / "store",
+        "s",
+        [FakeRun("smax", "3m", "mappo", 0, final=0.5), FakeRun("smax", "3m", "mappo", 1, final=0.5)],
+    )
+    older = sorted(root.rglob("provenance.json"))[0]
+    provenance = json.loads(older.read_text())
+    assert provenance["config"]["layer_norm"] is True  # today's default
+    for key in ("layer_norm", "actor_fc_layers"):
+        del provenance["config"][key]
+    older.write_text(json.dumps(provenance))
+    fields = {f.name: f for f in method_choices(collect(root))["mappo"]}
+    assert sorted(value for value, _ in fields["layer_norm"].values) == ["false", "true"]
+    assert sorted(value for value, _ in fields["actor_fc_layers"].values) == ["1", "2"]
+    assert fields["layer_norm"].default == "true" and fields["layer_norm"].changed
