@@ -10,9 +10,9 @@ The networks are on-policy's (``r_actor_critic.py`` with its CNN/MLP bases and `
 FC layers under the GRU, LayerNorm on the GRU output (and, for vector observations, on the input
 features and after each FC layer), orthogonal GRU weights; ``layer_norm: false`` with
 ``actor_fc_layers: 1`` gives this project's earlier, smaller architecture (its GRU now starts
-orthogonal; it used PyTorch's default). The rate is on-policy's 5e-4 where the Melting Pot line of work trained with 5e-5 and much larger budgets (set ``lr`` /
-``critic_lr`` in a manifest to follow it); the field comments carry this into the report's method
-notes (docs/methods.md, "MAPPO").
+orthogonal; it used PyTorch's default). The rate is on-policy's 5e-4 where the Melting Pot line
+of work trained with 5e-5 and much larger budgets (set ``lr`` / ``critic_lr`` in a manifest to
+follow it); the field comments carry this into the report's method notes (docs/methods.md, "MAPPO").
 """
 
 from __future__ import annotations
