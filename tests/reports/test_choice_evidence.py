@@ -49,21 +49,29 @@ def test_method_choices_carry_the_evidence_of_their_field(tmp_path, monkeypatch)
     assert fields["distill_q_loss"].evidence is None
 
 
-def test_a_field_absent_from_an_older_runs_config_shows_its_class_default(tmp_path):
-    """A run whose provenance predates a config field ran at that field's class default: the
-    choices table shows the default for it, not ``null``."""
+def _choices_with_an_older_run(tmp_path, algorithm: str, missing: tuple[str, ...]) -> tuple[dict, dict]:
+    """Two runs of ``algorithm``; the first one's provenance lacks the ``missing`` config fields (a run
+    from before they existed). Returns (the choices table's fields by name, that run's full config)."""
     import json
 
     root = write_suite(
         tmp_path / "store",
         "s",
-        [FakeRun("smax", "3m", "ddn", 0, final=0.5), FakeRun("smax", "3m", "ddn", 1, final=0.5)],
+        [FakeRun("smax", "3m", algorithm, 0, final=0.5), FakeRun("smax", "3m", algorithm, 1, final=0.5)],
     )
     older = sorted(root.rglob("provenance.json"))[0]
     provenance = json.loads(older.read_text())
-    del provenance["config"]["student_lr_scale"]
+    config = dict(provenance["config"])
+    for key in missing:
+        del provenance["config"][key]
     older.write_text(json.dumps(provenance))
-    fields = {f.name: f for f in method_choices(collect(root))["ddn"]}
+    return {f.name: f for f in method_choices(collect(root))[algorithm]}, config
+
+
+def test_a_field_absent_from_an_older_runs_config_shows_its_class_default(tmp_path):
+    """A run whose provenance predates a config field ran at that field's class default: the
+    choices table shows the default for it, not ``null``."""
+    fields, _ = _choices_with_an_older_run(tmp_path, "ddn", ("student_lr_scale",))
     assert [value for value, _ in fields["student_lr_scale"].values] == ["1.0"]
     assert fields["student_lr_scale"].default == "1.0" and not fields["student_lr_scale"].changed
 
@@ -72,20 +80,8 @@ def test_a_network_field_absent_from_an_older_policy_run_shows_the_earlier_netwo
     """MAPPO's layer_norm / actor_fc_layers came with defaults that changed the networks: a run whose
     provenance lacks them ran the earlier networks (PolicyLearnerConfig.ABSENT_MEANS), and the
     choices table says so beside a run at today's defaults."""
-    import json
-
-    root = write_suite(
-        tmp_path / "store",
-        "s",
-        [FakeRun("smax", "3m", "mappo", 0, final=0.5), FakeRun("smax", "3m", "mappo", 1, final=0.5)],
-    )
-    older = sorted(root.rglob("provenance.json"))[0]
-    provenance = json.loads(older.read_text())
-    assert provenance["config"]["layer_norm"] is True  # today's default
-    for key in ("layer_norm", "actor_fc_layers"):
-        del provenance["config"][key]
-    older.write_text(json.dumps(provenance))
-    fields = {f.name: f for f in method_choices(collect(root))["mappo"]}
+    fields, config = _choices_with_an_older_run(tmp_path, "mappo", ("layer_norm", "actor_fc_layers"))
+    assert config["layer_norm"] is True  # today's default
     assert sorted(value for value, _ in fields["layer_norm"].values) == ["false", "true"]
     assert sorted(value for value, _ in fields["actor_fc_layers"].values) == ["1", "2"]
     assert fields["layer_norm"].default == "true" and fields["layer_norm"].changed
