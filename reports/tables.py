@@ -56,7 +56,10 @@ LAYOUTS: dict[str, Layout] = {
     "ablation_distill": Layout(
         "ablation_distill",
         "Ablation: distillation losses (paper Table 4)",
-        "ddn = multi-level L_B + L_Q + L_F; ddn_distill_B = single-level L_B only.",
+        "ddn = multi-level L_B + L_Q + L_F; ddn_distill_B = single-level L_B only. Read as the seed"
+        " defines L_B (the student's first-layer embedding against the teacher's), L_B alone trains"
+        " only that layer: the student's GRU and Q head keep their initial weights, so its greedy"
+        " policy cannot learn (docs/methods.md, DDN).",
         ("ddn", "ddn_distill_B"),
         REFERENCE,
     ),

@@ -207,6 +207,17 @@ def test_only_listed_distillation_losses_are_used(spec):
     assert "distill_B" in stats and "distill_Q" not in stats and "distill_F" not in stats
 
 
+def test_l_b_alone_trains_only_the_students_first_layer(spec):
+    # The report's ablation caption says so: L_B aligns the first layer's embedding, so the GRU and
+    # the Q head get no gradient and the single-level student's greedy policy stays at its init.
+    learner = make_learner(spec, idm=False, distill_losses=["B"])
+    learner.compute_loss(random_batch(spec))[0].backward()
+    first = {id(p) for p in learner.student.fc1.parameters()}
+    for name, p in learner.student.named_parameters():
+        trained = p.grad is not None and p.grad.abs().sum() > 0
+        assert trained == (id(p) in first), name
+
+
 def test_idm_mask_keeps_each_real_sample_with_probability_mu():
     g = torch.Generator().manual_seed(0)
     real = torch.rand(400, 500, generator=g) < 0.8
