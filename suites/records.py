@@ -29,6 +29,7 @@ commits and machines its runs came from, the dates, and each run's final score.
     python -m suites.records import records/reference/bidist_stag_hunt --out /path/to/out
     python -m suites.records drop-policies records/reference/bidist_stag_hunt
     python -m suites.records drop-policies records/reference/bidist_stag_hunt --superseded "rerun at ..."
+    python -m suites.records table reference_ddn     # every run: arm x seed, run id and final score
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ def run_entry(run_dir: Path) -> dict[str, Any]:
         "algorithm": spec["algorithm"],
         "scenario": f"{spec['family']}/{spec['scenario']}",
         "seed": spec["seed"],
+        **({"group": spec["group"]} if spec.get("group") else {}),
         "env_steps": spec["budget"]["env_steps"],
         "final_score": final_score(run_dir / "metrics.csv", spec["family"]),
         **_final_test_return(run_dir, spec["family"]),
@@ -179,6 +181,32 @@ def write_index(records: Path = RECORDS) -> dict[str, Any]:
         + yaml.safe_dump(index, sort_keys=False, width=120),
     )
     return index
+
+
+def score_table(suite: dict[str, Any]) -> str:
+    """One index entry's runs as a markdown table: a row per label (scenario-qualified when a suite
+    has several), a column per seed, each cell the run id and its final score (or, for a Melting Pot
+    run without cross-play, its own test return in brackets; "-" where no run finished)."""
+
+    def score(run: dict[str, Any]) -> str:
+        if run.get("final_score") is not None:
+            return f"{run['final_score']:.3f}"
+        if run.get("final_test_return") is not None:
+            return f"({run['final_test_return']:.2f})"
+        return "n/a"
+
+    runs = suite["runs"]
+    several = len({r["scenario"] for r in runs}) > 1
+    rows: dict[str, dict[int, str]] = {}
+    for run in runs:
+        row = f"{run['label']} on {run['scenario']}" if several else run["label"]
+        if run.get("group") == HELDOUT_GROUP:
+            row += " (held-out population)"
+        rows.setdefault(row, {})[run["seed"]] = f"{run['id']} {score(run)}"
+    seeds = sorted({r["seed"] for r in runs})
+    lines = ["| arm | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---" * (len(seeds) + 1) + "|"]
+    lines += [f"| {row} | " + " | ".join(rows[row].get(s, "-") for s in seeds) + " |" for row in sorted(rows)]
+    return "\n".join(lines)
 
 
 def import_records(record_dir: Path, out: Path) -> tuple[list[str], list[str]]:
@@ -309,7 +337,28 @@ def main(argv: list[str] | None = None) -> int:
         help="drop them although cross-play is incomplete: the campaign is replaced (say by what) and will not be cross-played",
     )
     sub.add_parser("index", help="rewrite records/index.yaml from the records on disk")
+    tb = sub.add_parser("table", help="print a suite's runs as an arm x seed table of run ids and final scores")
+    tb.add_argument("suite", help="a suite in records/index.yaml, e.g. reference_ddn")
+    tb.add_argument("--records", type=Path, default=RECORDS, help="records folder (default: the repository's)")
     args = parser.parse_args(argv)
+    if args.command == "table":
+        index = (
+            yaml.safe_load((args.records / "index.yaml").read_text()) if (args.records / "index.yaml").is_file() else {}
+        )
+        found = [s for s in index.get("suites", []) if s["suite"] == args.suite]
+        if not found:
+            names = ", ".join(s["suite"] for s in index.get("suites", [])) or "none"
+            print(
+                f"records: no suite {args.suite!r} in {args.records / 'index.yaml'} (suites there: {names})",
+                file=sys.stderr,
+            )
+            return 2
+        for entry in found:
+            print(
+                f"{entry['kind']}/{entry['suite']} (commits {', '.join(c[:7] for c in entry['commits'])}; {', '.join(entry['cpus'])})"
+            )
+            print(score_table(entry))
+        return 0
     if args.command == "drop-policies":
         try:
             files, commit = drop_policies(args.record_dir, args.superseded)

@@ -73,6 +73,30 @@ def test_a_melting_pot_record_without_cross_play_indexes_its_test_return(tmp_pat
     assert "final_test_return" not in by_family["smax"]  # its score is its test win rate already
 
 
+def test_table_lists_every_run_by_arm_and_seed(tmp_path, capsys):
+    runs = [
+        FakeRun("meltingpot", "stag_hunt_in_the_matrix__repeated", "mappo", 0, final=2.5, paper="bidist"),
+        FakeRun("smax", "3m", "qmix", 0, final=0.75),
+        FakeRun("smax", "3m", "qmix", 2, final=1.0),
+        FakeRun("meltingpot", "stag_hunt_in_the_matrix__repeated", "mappo", 100, 3.0, group="heldout", paper="bidist"),
+    ]
+    root = write_suite(tmp_path / "store", "mixed", runs, manifest="name: mixed\n")
+    records = tmp_path / "records"
+    export(root, "reference", records)
+    assert main(["table", "mixed", "--records", str(records)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "| arm | seed 0 | seed 2 | seed 100 |"
+    ids = {(r.label, r.seed): r.spec("mixed")["id"] for r in runs}
+    # two scenarios: rows name theirs; a Melting Pot run without cross-play shows its test return
+    focal, held_out, smax = lines[3:6]
+    scenario = "mappo on meltingpot/stag_hunt_in_the_matrix__repeated"
+    assert focal == f"| {scenario} | {ids['mappo', 0]} (2.50) | - | - |"
+    assert held_out == f"| {scenario} (held-out population) | - | - | {ids['mappo', 100]} (3.00) |"
+    assert smax == f"| qmix on smax/3m | {ids['qmix', 0]} 0.750 | {ids['qmix', 2]} 1.000 | - |"
+    assert main(["table", "other", "--records", str(records)]) == 2
+    assert "no suite 'other'" in capsys.readouterr().err
+
+
 def test_export_refuses_what_is_not_a_suite(tmp_path, capsys):
     assert main(["export", str(tmp_path), "--kind", "tuning", "--records", str(tmp_path / "r")]) == 2
     assert "not a suite directory" in capsys.readouterr().err
