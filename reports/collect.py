@@ -103,7 +103,8 @@ RUN_COLUMNS = [
 # co-player kind (the co-player table's columns) and the score over the unseen kinds.
 COPLAYER_KINDS = ("round_robin", "heldout", "random", "self_play")
 SCORE_KIND = "coplayer_score"
-CROSSPLAY_COLUMNS = [
+# The focal run's own columns, which every one of its cross-play rows repeats.
+CROSSPLAY_RUN_COLUMNS = (
     "run_id",
     "paper",
     "family",
@@ -114,6 +115,9 @@ CROSSPLAY_COLUMNS = [
     "seed",
     "state",
     "env_steps_budget",
+)
+CROSSPLAY_COLUMNS = [
+    *CROSSPLAY_RUN_COLUMNS,
     "kind",
     "eval_scenario",
     "eval_state",
@@ -210,21 +214,7 @@ def _crossplay_rows(record: dict[str, Any], row: dict[str, Any]) -> list[dict[st
             state = "incomplete"
         out.append(
             {
-                **{
-                    k: row[k]
-                    for k in (
-                        "run_id",
-                        "paper",
-                        "family",
-                        "scenario",
-                        "algorithm",
-                        "label",
-                        "group",
-                        "seed",
-                        "state",
-                        "env_steps_budget",
-                    )
-                },
+                **{k: row[k] for k in CROSSPLAY_RUN_COLUMNS},
                 "kind": ev.get("kind"),
                 "eval_scenario": ev.get("scenario", row["scenario"]),
                 "eval_state": state,
