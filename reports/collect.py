@@ -347,6 +347,14 @@ def _load_floor(floor_dir: Path, problems: list[str]) -> list[dict[str, Any]]:
     return out
 
 
+def index_entries(records: Path) -> list[dict[str, Any]]:
+    """Every suite entry of ``<records>/index.yaml`` (suites.records writes it); none without one."""
+    index = records / "index.yaml"
+    if not index.is_file():
+        return []
+    return (yaml.safe_load(index.read_text()) or {}).get("suites") or []
+
+
 def collect(suite_dir: str | Path) -> SuiteData:
     suite_dir = Path(suite_dir)
     problems: list[str] = []

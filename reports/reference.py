@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from reports.claims import INCONCLUSIVE, NOT_REPRODUCED, NOT_RUN, REPRODUCED, Verdict, evaluate_claims
-from reports.collect import collect, metric_for
+from reports.collect import collect, index_entries, metric_for
 from reports.configuration import absent_means, class_defaults
 from reports.paper import PaperNumbers
 
@@ -51,11 +50,7 @@ class ReferenceResult:
 
 def reference_suites(records: Path = RECORDS) -> list[dict]:
     """The index entries of the committed reference suites."""
-    index = records / "index.yaml"
-    if not index.is_file():
-        return []
-    entries = (yaml.safe_load(index.read_text()) or {}).get("suites") or []
-    return [e for e in entries if e.get("kind") == "reference"]
+    return [e for e in index_entries(records) if e.get("kind") == "reference"]
 
 
 def reference_results(numbers: PaperNumbers, reps: int, records: Path = RECORDS) -> dict[str, ReferenceResult]:

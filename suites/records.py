@@ -47,7 +47,7 @@ import yaml
 
 from marl.policy.population import POLICY_FILE, POLICY_SNAPSHOT_GLOB
 from marl.run_io import atomic_write_text
-from reports.collect import FINAL_EVALS, metric_for, unplayed_entries
+from reports.collect import FINAL_EVALS, index_entries, metric_for, unplayed_entries
 from suites.crossplay_worker import BATCHES, CROSSPLAY, FLOOR_DIR
 from suites.manifest import HELDOUT_GROUP
 
@@ -342,12 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     tb.add_argument("--records", type=Path, default=RECORDS, help="records folder (default: the repository's)")
     args = parser.parse_args(argv)
     if args.command == "table":
-        index = (
-            yaml.safe_load((args.records / "index.yaml").read_text()) if (args.records / "index.yaml").is_file() else {}
-        )
-        found = [s for s in index.get("suites", []) if s["suite"] == args.suite]
+        entries = index_entries(args.records)
+        found = [s for s in entries if s["suite"] == args.suite]
         if not found:
-            names = ", ".join(s["suite"] for s in index.get("suites", [])) or "none"
+            names = ", ".join(s["suite"] for s in entries) or "none"
             print(
                 f"records: no suite {args.suite!r} in {args.records / 'index.yaml'} (suites there: {names})",
                 file=sys.stderr,
