@@ -112,7 +112,9 @@ def main() -> None:
         probe = make_env("meltingpot", SCENARIO, num_envs=1, seed=0)
         n_actions = probe.spec.n_actions
         probe.close()
-        rows.append(("random", 0, behaviour(UniformRandomActor(n_actions, args.seed), per_env, args.num_envs, args.seed)))
+        rows.append(
+            ("random", 0, behaviour(UniformRandomActor(n_actions, args.seed), per_env, args.num_envs, args.seed))
+        )
     for path in args.checkpoints:
         probe = make_env("meltingpot", SCENARIO, num_envs=1, seed=0)
         actor, t_env = load_actor(path, probe.spec)
