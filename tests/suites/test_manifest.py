@@ -431,6 +431,6 @@ def test_bidist_stag_hunt_is_the_comparison_of_the_six_learners():
             per_algorithm.setdefault(r.algorithm, set()).add(r.seed)
     assert per_algorithm == {a: {0, 1, 2, 3, 4} for a in ("bidist", "mappo", "selfplay", "rpm", "opre", "randnet")}
     assert sorted(r.seed for r in runs if r.is_heldout) == [100, 101, 102]
-    assert all(r.budget["env_steps"] == 600_000 for r in runs) and len(runs) == 33
+    assert all(r.budget["env_steps"] == 3_000_000 for r in runs) and len(runs) == 33
     assert suite.heldout.coplayers == ("round_robin", "heldout", "random", "self_play")
     assert suite.heldout.checkpoints == (0.1, 0.5, 1.0)
