@@ -243,18 +243,17 @@ def test_a_policy_artifact_written_before_the_network_fields_loads_as_it_was_bui
 
 
 def test_the_committed_600k_population_still_loads(tmp_path):
-    # That campaign's artifacts (earlier networks) left the tree when it was superseded; the commit in
-    # its policies.yaml holds them. Load three of them from git as a user restoring them would.
+    # That campaign's artifacts (earlier networks) left the tree when it was superseded (its policies
+    # first, then its compact records); commit 17467c3 holds both. Load three of them from git as a
+    # user restoring them would.
     import subprocess
     from pathlib import Path
-
-    import yaml
 
     from marl.policy.population import load_policy
 
     repo = Path(__file__).parents[2]
     folder = "records/reference/bidist_stag_hunt"
-    commit = yaml.safe_load((repo / folder / "policies.yaml").read_text())["commit"]
+    commit = "17467c3deb07dc89b9e5bb1edbc1e909a6f0de6c"  # the superseded 600k campaign with its policies (README)
     listed = subprocess.run(
         ["git", "ls-tree", "-r", "--name-only", commit, "--", folder], cwd=repo, capture_output=True, text=True
     )
