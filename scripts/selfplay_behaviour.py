@@ -26,6 +26,7 @@ import torch
 
 from envs import make_env
 from marl.policy.crossplay import UniformRandomActor
+from marl.policy.population import config_as_built
 from marl.policy.runner import SelfPlayPlayers, _Acting
 from marl.registry import get_algorithm
 
@@ -36,7 +37,7 @@ ACTIONS = ["noop", "fwd", "right", "back", "left", "turn_l", "turn_r", "interact
 def load_actor(path: Path, spec) -> tuple[torch.nn.Module, int]:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     algo = get_algorithm(ckpt["algorithm"])
-    cfg = algo.make_config(ckpt["config"])
+    cfg = config_as_built(algo, ckpt["config"])
     actor = algo.module.build_actor(cfg, spec)
     actor.load_state_dict(ckpt["learner"]["actor"])
     actor.eval()
@@ -107,18 +108,16 @@ def main() -> None:
     parser.add_argument("--random", action="store_true", help="also two uniform-random players")
     args = parser.parse_args()
     per_env = max(1, args.episodes // args.num_envs)
+    probe = make_env("meltingpot", SCENARIO, num_envs=1, seed=0)  # the spec the actors are built for
+    spec = probe.spec
+    probe.close()
     rows = []
     if args.random:
-        probe = make_env("meltingpot", SCENARIO, num_envs=1, seed=0)
-        n_actions = probe.spec.n_actions
-        probe.close()
         rows.append(
-            ("random", 0, behaviour(UniformRandomActor(n_actions, args.seed), per_env, args.num_envs, args.seed))
+            ("random", 0, behaviour(UniformRandomActor(spec.n_actions, args.seed), per_env, args.num_envs, args.seed))
         )
     for path in args.checkpoints:
-        probe = make_env("meltingpot", SCENARIO, num_envs=1, seed=0)
-        actor, t_env = load_actor(path, probe.spec)
-        probe.close()
+        actor, t_env = load_actor(path, spec)
         rows.append((path.name, t_env, behaviour(actor, per_env, args.num_envs, args.seed)))
     print("policy | env steps | return | interactions/ep | payoff/interaction | stag share | " + " ".join(ACTIONS))
     for name, t_env, r in sorted(rows, key=lambda row: (row[0].split("-")[0], row[1])):

@@ -111,6 +111,12 @@ class LoadedPolicy:
     path: str
 
 
+def config_as_built(algo: Any, saved: dict[str, Any]) -> Any:
+    """The config a saved actor (policy artifact or training checkpoint) was built with: a field it
+    predates takes the value its absence meant (the config class's ``ABSENT_MEANS``), not today's default."""
+    return algo.make_config({**getattr(algo.config_cls, "ABSENT_MEANS", {}), **saved})
+
+
 def load_policy(path: str | Path, device: torch.device | str = "cpu", expect: EnvSpec | None = None) -> LoadedPolicy:
     """Rebuild the actor of a policy artifact (any registered policy algorithm), in eval mode.
     With ``expect``, check that it can act in that environment (same observations and actions)."""
@@ -129,8 +135,7 @@ def load_policy(path: str | Path, device: torch.device | str = "cpu", expect: En
     if not isinstance(blob, dict) or blob.get("format") != ARTIFACT_FORMAT:
         raise PolicyLoadError(f"{path} is not a policy artifact of format {ARTIFACT_FORMAT}")
     algo = get_algorithm(blob["algorithm"])
-    # An artifact saved before a network field existed was built without it: rebuild it as it was.
-    cfg = algo.make_config({**getattr(algo.config_cls, "ABSENT_MEANS", {}), **blob["config"]})
+    cfg = config_as_built(algo, blob["config"])
     spec = spec_from_record(blob["spec"])
     if expect is not None:
         mismatch = [
