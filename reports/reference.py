@@ -133,12 +133,15 @@ class ReproCheck:
     in_band: int = 0  # diverged evaluations inside the reference seeds' [min, max] at that step
     diverged: int = 0
     same_platform: bool = False  # same CPU model and torch version as the reference run
+    missing_column: str | None = None  # the compared column is absent from one of the two metrics.csv
 
     @property
     def text(self) -> str:
         if self.reference_id is None:
             return "no reference run has this configuration"
         where = f"reference run {self.reference_id} ({self.reference_suite})"
+        if self.missing_column:
+            return f"{where}: cannot compare (no {self.missing_column} column in both metrics.csv)"
         if not self.compared:
             return f"{where}: no evaluation at a common env step yet"
         if self.first_divergence is None:
@@ -210,8 +213,11 @@ def reproducibility(suite_dir: Path, records: Path = RECORDS) -> list[ReproCheck
         suite, ref_spec, ref_prov, ref = match
         check.reference_id, check.reference_suite = ref_spec["id"], suite
         check.same_platform = _platform(prov) == _platform(ref_prov) and all(_platform(prov))
-        column = metric_for(spec["family"]).column
+        # The evaluations metrics.csv holds (a Melting Pot run's score comes from cross-play, but its
+        # test returns are compared step by step all the same).
+        column = metric_for(spec["family"]).curve_column
         if column not in mine or column not in ref:
+            check.missing_column = column
             continue
         ref_at = dict(zip(ref["env_steps"], ref[column]))
         band_frames = bands.get(_same_configuration({**spec, "seed": None}, prov), [])

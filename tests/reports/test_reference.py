@@ -113,6 +113,42 @@ def test_reproducibility_check_finds_equal_prefixes_and_the_first_divergence(tmp
     assert html.count('data-repro="none"') == 1
 
 
+def test_a_melting_pot_run_is_compared_on_its_test_returns(tmp_path):
+    """A Melting Pot run is scored by cross-play, which metrics.csv does not hold: the check compares
+    its evaluations' test returns instead, and says so when one side lacks them."""
+    from tests.reports.synthetic import FakeRun
+
+    def policy_run(seed: int) -> FakeRun:
+        return FakeRun(
+            "meltingpot",
+            "stag_hunt_in_the_matrix__repeated",
+            "bidist",
+            seed,
+            final=4.0,
+            paper="bidist",
+            env_steps=3_000_000,
+        )
+
+    records = _reference_records(tmp_path, "bidist_ref", [policy_run(0), policy_run(1)])
+    ref_dir = records / "reference" / "bidist_ref" / "runs"
+    ref_metrics = {json.loads((d / "spec.json").read_text())["seed"]: d / "metrics.csv" for d in ref_dir.iterdir()}
+    suite = write_suite(tmp_path, "rerun", [policy_run(0)])
+    run_dir = next((suite / "runs").iterdir())
+    prov = json.loads((run_dir / "provenance.json").read_text())
+    (run_dir / "provenance.json").write_text(json.dumps({**prov, "cpu": "Test CPU"}))
+    lines = ref_metrics[0].read_text().splitlines()[:4]  # header + 3 evaluations of seed 0's reference
+    (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
+    (check,) = reproducibility(suite, records)
+    assert check.compared == 3 and check.equal == 3, check
+    assert check.text.startswith("identical to reference run") and "at all 3 evaluations" in check.text
+    header = lines[0].split(",")
+    col = header.index("test_return_mean")
+    without = [",".join(c for i, c in enumerate(line.split(",")) if i != col) for line in lines]
+    (run_dir / "metrics.csv").write_text("\n".join(without) + "\n")
+    (check,) = reproducibility(suite, records)
+    assert check.text.endswith("cannot compare (no test_return_mean column in both metrics.csv)"), check.text
+
+
 def test_a_suite_without_any_matching_run_says_so_in_one_line(tmp_path, numbers, monkeypatch):
     from tests.reports.synthetic import FakeRun
 
